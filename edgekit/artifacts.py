@@ -1,0 +1,166 @@
+"""Stage folders: every stage writes one folder with a ``meta.json``.
+
+Writes are atomic: a stage is built in a hidden temporary folder beside its
+destination and renamed into place only when complete, so a failure never leaves a
+half-written folder. Standard library only: the device path uses this too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+META_FILE = "meta.json"
+RECIPE_FILE = "recipe.yaml"
+SCHEMA_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-serialisable parts (configs, parent fingerprints)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_table(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``folder`` except meta.json itself."""
+    table = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == META_FILE:
+            continue
+        table[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return table
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Fail early, before any work, when ``out`` exists and ``force`` is off."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise EdgekitError(f"output folder {out} already exists; pass --force to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(f"output path {out} exists and is not a folder; choose another --out")
+
+
+@contextlib.contextmanager
+def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``out`` atomically."""
+    out = Path(out)
+    check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_meta(
+    folder: Path,
+    *,
+    stage: str,
+    config: dict[str, Any],
+    parent: Path | None = None,
+    metrics: dict[str, Any] | None = None,
+    parameters: int | None = None,
+    extra: dict[str, Any] | None = None,
+    fingerprint_value: str | None = None,
+) -> dict[str, Any]:
+    """Write ``meta.json`` describing a finished stage folder and return it."""
+    folder = Path(folder)
+    parent_meta = read_meta(parent) if parent is not None and (Path(parent) / META_FILE).exists() else None
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "stage": stage,
+        "producer": {"tool": "edgekit", "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "parent": None
+        if parent is None
+        else {"path": str(Path(parent).resolve()), "stage": parent_meta.get("stage") if parent_meta else None,
+              "fingerprint": parent_meta.get("fingerprint") if parent_meta else None},
+        "fingerprint": fingerprint_value,
+        "config": config,
+        "metrics": metrics or {},
+        "parameters": parameters,
+        "files": file_table(folder),
+    }
+    if extra:
+        meta.update(extra)
+    meta["size_bytes"] = sum(entry["bytes"] for entry in meta["files"].values())
+    write_json_atomic(folder / META_FILE, meta)
+    return meta
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise EdgekitError(f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgekitError(f"{path} is corrupt ({exc.msg} at line {exc.lineno}); re-run the stage that wrote it") from None
+
+
+def is_stage(folder: Path) -> bool:
+    return (Path(folder) / META_FILE).is_file()

@@ -1,0 +1,71 @@
+"""What the numbers were measured on: CPU, governor, frequency, temperature, throttling, versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        for line in text.splitlines():
+            if line.lower().startswith(key.lower()) and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def temperatures_c() -> dict[str, float]:
+    temps = {}
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        raw, kind = _read(str(zone / "temp")), _read(str(zone / "type"))
+        if raw and raw.lstrip("-").isdigit():
+            temps[f"{zone.name}:{kind or 'unknown'}"] = int(raw) / 1000.0
+    return temps
+
+
+def throttling() -> dict[str, Any] | None:
+    """Raspberry Pi firmware's throttle flags, when vcgencmd is present."""
+    if not shutil.which("vcgencmd"):
+        return None
+    try:
+        out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = int(out.split("=")[-1], 16) if "=" in out else None
+    return {"raw": out, "throttled_now": bool(value & 0x4) if value is not None else None,
+            "under_voltage_now": bool(value & 0x1) if value is not None else None,
+            "throttled_since_boot": bool(value & 0x40000) if value is not None else None}
+
+
+def capture() -> dict[str, Any]:
+    import onnxruntime
+
+    from edgekit import __version__
+
+    freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    return {
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "cores_logical": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cpu_freq_mhz": int(freq) / 1000 if freq and freq.isdigit() else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "edgekit": __version__,
+        "onnxruntime": onnxruntime.__version__,
+        "temperatures_c": temperatures_c(),
+        "throttling": throttling(),
+    }

@@ -1,0 +1,1 @@
+"""The edgekit command line. Heavy imports (torch, transformers) happen inside command bodies."""

@@ -1,0 +1,298 @@
+"""Command bodies. Each parses flags into a recipe or paths and calls one stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgekit.cli.options import (DatasetOpt, ForceOpt, ImageSizeOpt, LabelColOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt,
+                                 TaskOpt, TestOpt, TextColOpt, TrainOpt, ValOpt, WriteRecipeOpt, build_recipe,
+                                 data_overrides, write_recipe_file)
+from edgekit.errors import EdgekitError
+
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: by model family).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.")]
+
+
+def root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """edgekit: distil, compress, export and benchmark models for edge devices."""
+    if version:
+        from edgekit import __version__
+
+        print(f"edgekit {__version__}")
+        raise typer.Exit(0)
+
+
+def _print_json(path: Optional[Path], document) -> None:
+    if path is not None:
+        from edgekit.artifacts import write_json_atomic
+
+        write_json_atomic(path, document)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def run(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML (default: the embedded digits recipe, no download).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: ./runs/<recipe name>).")] = None,
+    sets: SetOpt = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Re-run every stage, even unchanged ones.")] = False,
+    write_recipe: WriteRecipeOpt = None,
+) -> None:
+    """Run a whole recipe: teacher -> distill -> int8 export -> eval -> bench -> report."""
+    from edgekit.pipeline import run as run_pipeline
+    from edgekit.recipe import load_recipe
+    from edgekit.report.build import text_table
+
+    loaded = load_recipe(recipe, list(sets or []))
+    write_recipe_file(loaded, write_recipe)
+    out = out or Path("runs") / loaded.name
+    print(f"edgekit run: {loaded.name} -> {out}", file=sys.stderr)
+    document = run_pipeline(loaded, out, fresh=fresh)
+    print(text_table(document["rows"]))
+    print(f"\nreport: {out / 'report.md'}, {out / 'report.json'}, {out / document['plots'][0]}")
+
+
+def finetune(
+    model: Annotated[str, typer.Argument(help="Model to train: torchvision name, Hugging Face id or folder.")],
+    out: OutOpt,
+    recipe: RecipeOpt = None,
+    train: TrainOpt = None, val: ValOpt = None, test: TestOpt = None, dataset: DatasetOpt = None,
+    text_column: TextColOpt = None, label_column: LabelColOpt = None, task: TaskOpt = None,
+    image_size: ImageSizeOpt = None, seed: SeedOpt = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--scratch", help="torchvision: start from ImageNet weights (downloads once) or from scratch.")] = None,
+    epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None,
+    sets: SetOpt = None, force: ForceOpt = False, write_recipe: WriteRecipeOpt = None,
+) -> None:
+    """Fine-tune a model on the task (full fine-tune; the teacher of a distillation)."""
+    from edgekit import stages
+    from edgekit.artifacts import check_output
+
+    overrides = data_overrides(train, val, test, dataset, text_column, label_column, task, image_size, seed)
+    overrides.append(f"teacher.model={json.dumps(model)}")
+    if pretrained is not None:
+        overrides.append(f"teacher.pretrained={str(pretrained).lower()}")
+    overrides += _train_overrides("teacher.train", epochs, lr, batch_size)
+    loaded = build_recipe(recipe, overrides, sets)
+    if loaded.teacher.train is None:
+        loaded.teacher.train = loaded.distill.train
+    check_output(out, force)
+    write_recipe_file(loaded, write_recipe)
+    meta = stages.finetune(loaded, out, force=force)
+    _print_model_summary(meta, out)
+
+
+def distill(
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher: a finetune output folder, or a model already trained on the task.")],
+    student: Annotated[str, typer.Option("--student", help="Student: torchvision name, Hugging Face id or folder.")],
+    out: OutOpt,
+    recipe: RecipeOpt = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Distillation strategy: straightforward.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-T", help="Softmax temperature T (default 4).")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of the distillation term (default 0.3): (1-alpha)*CE + alpha*T^2*KL.")] = None,
+    train: TrainOpt = None, val: ValOpt = None, test: TestOpt = None, dataset: DatasetOpt = None,
+    text_column: TextColOpt = None, label_column: LabelColOpt = None, task: TaskOpt = None,
+    image_size: ImageSizeOpt = None, seed: SeedOpt = None,
+    epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None,
+    sets: SetOpt = None, force: ForceOpt = False, write_recipe: WriteRecipeOpt = None,
+) -> None:
+    """Distil a teacher into a smaller student (Hinton KD)."""
+    from edgekit import stages
+    from edgekit.artifacts import check_output, is_stage
+
+    base = recipe
+    if base is None and is_stage(Path(teacher)) and (Path(teacher) / "recipe.yaml").is_file() and not (train or dataset):
+        base = Path(teacher) / "recipe.yaml"  # the teacher's data, unless new data is given
+    overrides = data_overrides(train, val, test, dataset, text_column, label_column, task, image_size, seed)
+    overrides.append(f"student.model={json.dumps(student)}")
+    for key, value in (("strategy", strategy), ("temperature", temperature), ("alpha", alpha)):
+        if value is not None:
+            overrides.append(f"distill.{key}={json.dumps(value)}")
+    overrides += _train_overrides("distill.train", epochs, lr, batch_size)
+    loaded = build_recipe(base, overrides, sets)
+    check_output(out, force)
+    write_recipe_file(loaded, write_recipe)
+    meta = stages.distill(loaded, teacher, out, force=force)
+    _print_model_summary(meta, out)
+
+
+def prune(
+    model: Annotated[Path, typer.Argument(help="A finetune or distill output folder.")],
+    out: OutOpt,
+    method: Annotated[str, typer.Option("--method", help="Pruning method: l1-unstructured.")] = "l1-unstructured",
+    amount: Annotated[float, typer.Option("--amount", help="Fraction of weights to zero in each Linear/Conv layer, in (0, 1).")] = 0.3,
+    force: ForceOpt = False,
+) -> None:
+    """Prune a model's weights and make the pruning permanent."""
+    from edgekit.artifacts import check_output
+    from edgekit.compress.prune import prune_stage
+
+    check_output(out, force)
+    meta = prune_stage(model, out, method=method, amount=amount, force=force)
+    m = meta["metrics"]
+    print(f"pruned {method} {amount:.0%}: sparsity {m['sparsity']:.1%} of prunable weights, accuracy "
+          f"{m['accuracy_before']:.2%} -> {m['accuracy']:.2%}; wrote {out}")
+
+
+def export(
+    model: Annotated[str, typer.Argument(help="A finetune/distill/prune output folder.")],
+    out: OutOpt,
+    fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8/--fp32", help="Quantize to int8 (default) or keep fp32.")] = True,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Export preset (edgekit devices show NAME lists a device's); default cpu-int8.")] = None,
+    calib_samples: Annotated[Optional[int], typer.Option("--calib-samples", help="Examples used to calibrate static int8.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Least int8-vs-fp32 label agreement to accept, in [0, 1].")] = None,
+    allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Keep the bundle even when parity fails (recorded in the manifest).")] = False,
+    recipe: RecipeOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Export a model to a parity-checked ONNX bundle (int8 by default)."""
+    from edgekit import stages
+    from edgekit.artifacts import check_output
+
+    if fmt != "onnx":
+        raise EdgekitError(f"--format {fmt!r} is not supported yet; use --format onnx")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise EdgekitError(f"--min-agreement {min_agreement} is outside [0, 1]")
+    check_output(out, force)
+    loaded = None
+    if recipe is not None:
+        from edgekit.recipe import load_recipe
+
+        loaded = load_recipe(recipe)
+    meta = stages.export(model, out, preset_name=preset, int8=int8, recipe=loaded, calib_samples=calib_samples,
+                         min_agreement=min_agreement, allow_drop=allow_drop, force=force)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, p in manifest["parity"].items():
+        print(f"parity {name}: label agreement {p['label_agreement']:.2%}, SNR {p['snr_db']:.1f} dB, "
+              f"max |diff| {p['max_abs_diff']:.3g} on {p['examples']} examples: {'passed' if p['passed'] else 'FAILED'}")
+    print(f"model.onnx: {meta['model_bytes'] / 1e6:.2f} MB (fp32 {meta['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}")
+
+
+def evaluate(
+    target: Annotated[Path, typer.Argument(help="An exported bundle (torch-free) or a model stage folder.")],
+    test: Annotated[Optional[str], typer.Option("--data", "--test", help="Data file (CSV/TSV/JSONL) or ImageFolder folder.")] = None,
+    dataset: DatasetOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Split of --dataset to use: train, val or test.")] = "test",
+    text_column: TextColOpt = None, label_column: LabelColOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write an eval stage folder with meta.json.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Accuracy, macro F1 and confusion matrix of an exported bundle on its runtime."""
+    from edgekit.artifacts import check_output
+    from edgekit.data.splits import load_eval_split
+    from edgekit.recipe import DataConfig
+    from edgekit.runtime.bundle import read_manifest
+
+    manifest = read_manifest(target)
+    if not (test or dataset):
+        raise EdgekitError("give the evaluation data: --data FILE_OR_FOLDER or --dataset NAME (e.g. --dataset digits)")
+    if out is not None:
+        check_output(out, force)
+    cfg = DataConfig(dataset=dataset, train=None, test=test, text_column=text_column or "text",
+                     label_column=label_column or "label", image_size=manifest["preprocessing"].get("image_size"))
+    data_split = load_eval_split(cfg, manifest["task"], manifest["label_names"], split)
+    from edgekit.stages import evaluate_bundle
+
+    metrics = evaluate_bundle(target, data_split, out, force=force,
+                              config={"bundle": str(target), "data": test or dataset, "split": split})
+    _print_metrics(metrics)
+    _print_json(json_out, metrics)
+
+
+def bench(
+    bundles: Annotated[list[Path], typer.Argument(help="One or more exported bundles.")],
+    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgekit devices list) or a profile .yaml.")] = "cpu",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs (default: the profile's).")] = None,
+    batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", help="Batch sizes to measure (repeatable).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Real inputs: a CSV/TSV/JSONL file (text) or ImageFolder folder.")] = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+) -> None:
+    """Measure size, latency and memory of bundles on a device profile (torch-free)."""
+    from edgekit.bench.run import bench_bundles, markdown_table
+
+    if runs is not None and runs < 1:
+        raise EdgekitError("--runs must be at least 1")
+    items = _bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None
+    document = bench_bundles(list(bundles), device, items=items, runs=runs, batch_sizes=batch_size)
+    print(markdown_table(document))
+    if len(bundles) == 1:
+        document = {**document, **{k: v for k, v in document["results"][0].items() if k != "device"}}
+    _print_json(json_out, document)
+    if not document["valid"]:
+        reasons = "; ".join(r for res in document["results"] for r in res.get("invalid_reasons", []))
+        print(f"warning: result not valid: {reasons}", file=sys.stderr)
+
+
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by 'edgekit run'.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write report.md/.json and plots (default: the first run folder).")] = None,
+) -> None:
+    """Write report.md, report.json and plots for one or more runs."""
+    from edgekit.report import write_report
+    from edgekit.report.build import text_table
+
+    target = out or runs[0]
+    document = write_report(list(runs), target)
+    print(text_table(document["rows"]))
+    print(f"\nreport: {target / 'report.md'}, {target / 'report.json'}, {target / document['plots'][0]}")
+
+
+def devices_list() -> None:
+    """List the device profiles that ship with edgekit."""
+    from edgekit.bench.profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        profile = load_profile(name)
+        print(f"{name:8s} {profile.get('description', '')}")
+
+
+def devices_show(name: Annotated[str, typer.Argument(help="Profile name or .yaml file.")]) -> None:
+    """Show every setting of a device profile."""
+    import yaml
+
+    from edgekit.bench.profiles import load_profile
+
+    profile = load_profile(name)
+    print(yaml.safe_dump({k: v for k, v in profile.items() if not k.startswith("_")}, sort_keys=False).rstrip())
+
+
+def _train_overrides(section: str, epochs, lr, batch_size) -> list[str]:
+    values = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    return [f"{section}.{k}={v}" for k, v in values.items() if v is not None]
+
+
+def _print_model_summary(meta: dict, out: Path) -> None:
+    m = meta["metrics"]
+    lat = m.get("latency_ms") or {}
+    print(f"{meta['config']['model']}: accuracy {m['accuracy']:.2%} on {m['split']} ({m['examples']} examples), "
+          f"macro F1 {m['macro_f1']:.3f}, {meta['parameters'] / 1e6:.3f} M parameters, "
+          f"p50 {lat.get('p50', float('nan')):.3f} ms (PyTorch CPU, batch 1); wrote {out}")
+
+
+def _print_metrics(metrics: dict) -> None:
+    print(f"accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.3f} on {metrics['examples']} examples")
+    width = max(len(n) for n in metrics["per_class"])
+    print(f"{'label'.ljust(width)}  precision  recall   f1      support")
+    for name, row in metrics["per_class"].items():
+        print(f"{name.ljust(width)}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:6.3f}  {row['support']:7d}")
+
+
+def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) -> list:
+    from edgekit.data.images import read_image_folder
+    from edgekit.data.tables import read_table
+    from edgekit.runtime.bundle import read_manifest
+
+    task = read_manifest(bundle)["task"]
+    items = read_image_folder(data)[0] if task == "image-classification" else read_table(data, text_column, label_column)[0]
+    return items[:2000]

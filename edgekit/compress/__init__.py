@@ -1,0 +1,1 @@
+"""Compression: pruning (and, later, LoRA/QLoRA)."""

@@ -1,0 +1,66 @@
+"""Read labelled text from CSV, TSV and JSONL files (standard library only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".jsonl": None, ".json": None}
+
+
+def read_table(path: str | Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """Return the texts and the labels (as names) of a CSV/TSV/JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgekitError(f"data file {path} does not exist; check the path")
+    if path.is_dir():
+        raise EdgekitError(f"{path} is a folder; text data must be a CSV, TSV or JSONL file")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise EdgekitError(f"data file {path}: unknown format {suffix or '(none)'}; use .csv, .tsv or .jsonl")
+    rows = _read_jsonl(path) if TABLE_SUFFIXES[suffix] is None else _read_delimited(path, TABLE_SUFFIXES[suffix])
+    if not rows:
+        raise EdgekitError(f"data file {path} has no examples; give a file with a header and at least one row")
+    columns = list(rows[0].keys())
+    for column, option in ((text_column, "--text-column"), (label_column, "--label-column")):
+        if column not in columns:
+            raise EdgekitError(
+                f"data file {path} has no column {column!r} (columns: {', '.join(map(str, columns))}); set {option}"
+            )
+    texts, labels = [], []
+    for number, row in enumerate(rows, start=2):
+        text, label = row.get(text_column), row.get(label_column)
+        if text is None or label is None or str(label).strip() == "":
+            raise EdgekitError(f"data file {path}, row {number}: missing {text_column!r} or {label_column!r}")
+        texts.append(str(text))
+        labels.append(str(label).strip())
+    return texts, labels
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[dict]:
+    csv.field_size_limit(1 << 24)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
+        try:
+            return [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+        except csv.Error as exc:
+            raise EdgekitError(f"data file {path} is not valid {'CSV' if delimiter == ',' else 'TSV'}: {exc}") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EdgekitError(f"data file {path}, line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise EdgekitError(f"data file {path}, line {number}: each line must be a JSON object")
+            rows.append(row)
+    return rows

@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses and the one training loop every strategy plugs into."""

@@ -1,0 +1,1 @@
+"""Export trained models to parity-checked ONNX bundles."""

@@ -1,0 +1,5 @@
+"""Load teachers and students: torchvision names, Hugging Face ids or folders, edgekit stage folders."""
+
+from edgekit.models.handle import ModelHandle, default_lr, load_model
+
+__all__ = ["ModelHandle", "default_lr", "load_model"]

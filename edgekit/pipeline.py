@@ -1,0 +1,88 @@
+"""``edgekit run``: chain the stages of a recipe in one run folder.
+
+    RUN/recipe.yaml  teacher/  student/  export/  eval/  bench-<device>/  report.md report.json *.png
+
+A stage whose folder already holds the same fingerprint (same config, same parent) is reused,
+so an interrupted run continues where it stopped and an unchanged one finishes at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgekit import stages
+from edgekit.artifacts import is_stage, read_meta, stage_folder, write_json_atomic, write_meta, write_text_atomic
+from edgekit.errors import EdgekitError
+from edgekit.recipe import Recipe
+
+
+def preflight(recipe: Recipe) -> None:
+    """Everything that can be checked before training: task, devices, providers, preset."""
+    from edgekit.bench.profiles import check_providers, load_profile
+    from edgekit.export.presets import load_preset
+
+    stages.task_of(recipe)
+    for device in recipe.bench.devices:
+        check_providers(load_profile(device))
+    load_preset(recipe.export.preset, recipe.export.int8)
+
+
+def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
+    preflight(recipe)
+    data = stages.load_data(recipe)  # a missing or empty dataset fails here, before any folder is made
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(f"--out {out} is a file; choose a folder")
+    if out.exists() and any(out.iterdir()) and not (out / "recipe.yaml").is_file():
+        raise EdgekitError(f"--out {out} exists and is not an edgekit run folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
+    reuse = not fresh
+
+    teacher: str = recipe.teacher.model
+    if recipe.teacher.train is not None:
+        stages.finetune(recipe, out / "teacher", force=True, data=data, reuse=reuse)
+        teacher = str(out / "teacher")
+    stages.distill(recipe, teacher, out / "student", force=True, data=data, reuse=reuse)
+    stages.export(str(out / "student"), out / "export", preset_name=recipe.export.preset, int8=recipe.export.int8,
+                  recipe=recipe, calib_samples=recipe.export.calib_samples, min_agreement=recipe.export.min_agreement,
+                  force=True, reuse=reuse)
+    eval_config = {"bundle": "export", "split": data.eval_split.name, "data": recipe.to_dict()["data"]}
+    eval_print = stages.stage_fingerprint("eval", eval_config, out / "export")
+    if not (reuse and stages.reusable(out / "eval", eval_print)):
+        stages.evaluate_bundle(out / "export", data.eval_split, out / "eval", force=True, config=eval_config)
+    for device in recipe.bench.devices:
+        bench_stage(out / "export", out / f"bench-{Path(device).stem}", device, recipe, reuse)
+    from edgekit.report import write_report
+
+    return write_report([out], out)
+
+
+def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: bool) -> dict[str, Any]:
+    from edgekit.bench.run import bench_bundles, markdown_table
+
+    config = {"device": device, "runs": recipe.bench.runs, "batch_size": recipe.bench.batch_size}
+    print_ = stages.stage_fingerprint("bench", config, bundle)
+    if reuse and stages.reusable(out, print_):
+        stages.log(f"bench: {device} reused from {out}")
+        return read_meta(out)
+    document = bench_bundles([bundle], device, runs=recipe.bench.runs, batch_sizes=[recipe.bench.batch_size])
+    stages.log(markdown_table(document))
+    result = document["results"][0]
+    with stage_folder(out, force=True) as folder:
+        write_json_atomic(folder / "bench.json", document)
+        metrics = {"valid": result["valid"]}
+        if "latency_ms" in result:
+            metrics.update(latency_ms=result["latency_ms"], size_mb=result["size_mb"], peak_rss_mb=result["peak_rss_mb"])
+        return write_meta(folder, stage="bench", config=config, parent=bundle, metrics=metrics, fingerprint_value=print_)
+
+
+def find_stages(run_dir: Path) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EdgekitError(f"run folder {run_dir} does not exist; pass a folder written by 'edgekit run'")
+    found = {p.name: p for p in sorted(run_dir.iterdir()) if p.is_dir() and is_stage(p)}
+    if not found:
+        raise EdgekitError(f"{run_dir} holds no stage folders; pass a folder written by 'edgekit run'")
+    return found

@@ -1,0 +1,325 @@
+"""The recipe: one YAML file that says what to train, compress, export and measure.
+
+Every section is a small dataclass validated on load. Errors name the field by its
+dotted path and list the allowed values, e.g.
+``recipe field distill.strategy: 'fast' is not one of straightforward``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekit.errors import EdgekitError
+
+TASKS = ("image-classification", "text-classification")
+STRATEGIES = ("straightforward",)
+EXPORT_FORMATS = ("onnx",)
+
+
+class RecipeError(EdgekitError):
+    pass
+
+
+def _check_range(path: str, value: float | None, low: float, high: float, *, low_open=False, high_open=False) -> None:
+    if value is None:
+        return
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise RecipeError(f"recipe field {path}: {value} is outside {lo}{low}, {high}{hi}")
+
+
+def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RecipeError(f"recipe field {path}: {value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from.
+
+    ``dataset: digits`` is scikit-learn's built-in handwritten digits (no download).
+    Any other ``dataset`` is a Hugging Face dataset ``NAME[:CONFIG]`` or a folder
+    written by ``datasets.save_to_disk``. ``train``/``val``/``test`` are local
+    CSV/TSV/JSONL files (text) or ImageFolder folders (images) and win over ``dataset``.
+    """
+
+    dataset: str | None = "digits"
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    image_column: str = "image"
+    image_size: int | None = None
+    max_length: int = 128
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    limit: int | None = None
+
+    def validate(self, path: str) -> None:
+        _check_range(f"{path}.val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        _check_range(f"{path}.test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
+        _check_range(f"{path}.max_length", self.max_length, 8, 8192)
+        if self.image_size is not None:
+            _check_range(f"{path}.image_size", self.image_size, 8, 2048)
+        if self.limit is not None:
+            _check_range(f"{path}.limit", self.limit, 1, 10**9)
+        if self.train is None and self.dataset is None:
+            raise RecipeError(f"recipe field {path}: give either 'dataset' or a 'train' file/folder")
+        if (self.val or self.test) and not self.train:
+            raise RecipeError(f"recipe field {path}.train: 'val'/'test' files need a 'train' file too")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``lr: null`` picks a default by model family:
+    1e-3 for vision models trained from scratch, 1e-4 for pretrained vision models,
+    5e-5 for transformers."""
+
+    epochs: int = 10
+    lr: float | None = None
+    batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    seed: int | None = None
+
+    def validate(self, path: str) -> None:
+        _check_range(f"{path}.epochs", self.epochs, 1, 10_000)
+        _check_range(f"{path}.batch_size", self.batch_size, 1, 1 << 16)
+        _check_range(f"{path}.lr", self.lr, 0, 1, low_open=True)
+        _check_range(f"{path}.weight_decay", self.weight_decay, 0, 1)
+        _check_range(f"{path}.warmup_fraction", self.warmup_fraction, 0, 0.5)
+
+
+@dataclass
+class TeacherConfig:
+    """The large model. ``train`` set: fine-tune it on the task first."""
+
+    model: str = "resnet18"
+    pretrained: bool = False
+    train: TrainConfig | None = None
+
+    def validate(self, path: str) -> None:
+        if not self.model:
+            raise RecipeError(f"recipe field {path}.model: must name a model")
+
+
+@dataclass
+class StudentConfig:
+    model: str = "mobilenet_v2"
+    pretrained: bool = False
+
+    def validate(self, path: str) -> None:
+        if not self.model:
+            raise RecipeError(f"recipe field {path}.model: must name a model")
+
+
+@dataclass
+class DistillConfig:
+    """Hinton KD: loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)."""
+
+    strategy: str = "straightforward"
+    temperature: float = 4.0
+    alpha: float = 0.3
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, path: str) -> None:
+        _check_choice(f"{path}.strategy", self.strategy, STRATEGIES)
+        _check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
+        _check_range(f"{path}.alpha", self.alpha, 0, 1)
+
+
+@dataclass
+class ExportConfig:
+    format: str = "onnx"
+    int8: bool = True
+    preset: str | None = None
+    calib_samples: int = 256
+    min_agreement: float | None = None
+
+    def validate(self, path: str) -> None:
+        _check_choice(f"{path}.format", self.format, EXPORT_FORMATS)
+        _check_range(f"{path}.calib_samples", self.calib_samples, 1, 100_000)
+        _check_range(f"{path}.min_agreement", self.min_agreement, 0, 1)
+
+
+@dataclass
+class BenchConfig:
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    batch_size: int = 1
+    runs: int | None = None
+
+    def validate(self, path: str) -> None:
+        if not self.devices:
+            raise RecipeError(f"recipe field {path}.devices: list at least one device profile")
+        _check_range(f"{path}.batch_size", self.batch_size, 1, 4096)
+        if self.runs is not None:
+            _check_range(f"{path}.runs", self.runs, 1, 1_000_000)
+
+
+@dataclass
+class Recipe:
+    name: str = "edgekit"
+    task: str | None = None
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def validate(self, path: str = "") -> None:
+        if not self.name or "/" in self.name:
+            raise RecipeError("recipe field name: must be a non-empty name without '/'")
+        if self.task is not None:
+            _check_choice("task", self.task, TASKS)
+        for section in ("data", "teacher", "student", "distill", "export", "bench"):
+            _validate_tree(getattr(self, section), section)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _validate_tree(obj: Any, path: str) -> None:
+    obj.validate(path)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value, f"{path}.{f.name}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise a RecipeError naming ``path``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise RecipeError(f"recipe field {path}: expected a mapping of fields, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise RecipeError(f"recipe field {path}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"recipe field {path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"recipe field {path}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"recipe field {path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise RecipeError(f"recipe field {path}: expected text, got {value!r}")
+        return str(value)
+    raise RecipeError(f"recipe field {path}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise RecipeError(f"recipe field {full} is unknown; allowed fields here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=c`` (the value read as YAML) into (["a", "b"], c)."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: write overrides as section.field=value, e.g. distill.alpha=0.5")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"--set {text!r}: the field name is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe file (or the embedded default when ``path`` is None)."""
+    if path is None:
+        from edgekit.resources import recipes_dir
+
+        path = recipes_dir() / "default.yaml"
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"recipe file {path} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe file {path} must be a mapping of sections (name, data, teacher, ...)")
+    return recipe_from_dict(data, overrides or [])
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    data = apply_overrides(data, overrides or [])
+    recipe = from_dict(Recipe, data)
+    recipe.validate()
+    return recipe
+
+
+def infer_task(data: DataConfig) -> str:
+    """Image or text, from where the data comes from."""
+    if data.train:
+        return "image-classification" if Path(data.train).is_dir() else "text-classification"
+    if data.dataset == "digits":
+        return "image-classification"
+    raise RecipeError("recipe field task: say 'image-classification' or 'text-classification' for a Hugging Face dataset")

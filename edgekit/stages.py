@@ -1,0 +1,197 @@
+"""The stages of the flow. Each reads the folder before it and writes one stage folder.
+
+    finetune (teacher) -> distill (student) -> export (bundle) -> evaluate -> bench
+
+CLI commands call one stage each; ``edgekit run`` chains them and skips a stage whose
+folder already holds the same fingerprint (same config, same parent).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edgekit.artifacts import (RECIPE_FILE, fingerprint, is_stage, read_meta, stage_folder, write_json_atomic,
+                               write_meta)
+from edgekit.errors import EdgekitError
+from edgekit.recipe import Recipe, infer_task
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def task_of(recipe: Recipe) -> str:
+    return recipe.task or infer_task(recipe.data)
+
+
+def load_data(recipe: Recipe):
+    from edgekit.data import load_task_data
+
+    return load_task_data(recipe.data, task_of(recipe), recipe.seed)
+
+
+def stage_fingerprint(stage: str, config: dict[str, Any], parent: Path | None) -> str:
+    parent_print = read_meta(parent).get("fingerprint") if parent is not None and is_stage(parent) else None
+    return fingerprint(stage, config, parent_print)
+
+
+def reusable(out: Path, print_: str) -> bool:
+    return is_stage(out) and read_meta(out).get("fingerprint") == print_
+
+
+def _model_metrics(handle, data) -> dict[str, Any]:
+    from edgekit.bench.torch_latency import torch_latency
+    from edgekit.distill.trainer import evaluate
+
+    metrics = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch}")
+    metrics["split"] = data.eval_split.name
+    metrics["val_accuracy"] = evaluate(handle, data.val)["accuracy"]
+    metrics["latency_ms"] = torch_latency(handle)
+    return metrics
+
+
+def _write_model_stage(folder: Path, stage: str, handle, recipe: Recipe, config: dict, metrics: dict,
+                       parent: Path | None, print_: str, extra: dict | None = None) -> dict:
+    handle.save(folder)
+    (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+    return write_meta(folder, stage=stage, config=config, parent=parent, metrics=metrics,
+                      parameters=handle.parameter_count(), fingerprint_value=print_, extra=extra)
+
+
+def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False) -> dict:
+    """Train the recipe's teacher on the task (full fine-tune) and save it as a stage."""
+    from edgekit.distill.trainer import train
+    from edgekit.models import load_model
+
+    train_cfg = recipe.teacher.train or recipe.distill.train
+    config = {"model": recipe.teacher.model, "pretrained": recipe.teacher.pretrained, "train": asdict(train_cfg),
+              "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
+    print_ = stage_fingerprint("finetune", config, None)
+    if reuse and reusable(out, print_):
+        log(f"finetune: reused {out}")
+        return read_meta(out)
+    data = data or load_data(recipe)
+    handle = load_model(recipe.teacher.model, task=data.task, label_names=data.label_names,
+                        pretrained=recipe.teacher.pretrained, image_size=recipe.data.image_size,
+                        max_length=recipe.data.max_length)
+    with stage_folder(out, force) as folder:
+        log(f"finetune: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters) on {len(data.train)} examples")
+        result = train(handle, data, train_cfg, seed=recipe.seed, desc=f"teacher {handle.arch}")
+        metrics = _model_metrics(handle, data)
+        metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
+        meta = _write_model_stage(folder, "finetune", handle, recipe, config, metrics, None, print_,
+                                  {"history": result.history})
+    return meta
+
+
+def distill(recipe: Recipe, teacher: str, out: Path, force: bool = False, data=None, reuse: bool = False) -> dict:
+    """Distil ``teacher`` (a stage folder, or a model that already knows the task) into the student."""
+    from edgekit.distill.trainer import evaluate, predict_logits, train
+    from edgekit.models import load_model
+
+    teacher_path = Path(teacher) if is_stage(Path(teacher)) else None
+    cfg = recipe.distill
+    config = {"strategy": cfg.strategy, "temperature": cfg.temperature, "alpha": cfg.alpha, "train": asdict(cfg.train),
+              "model": recipe.student.model, "pretrained": recipe.student.pretrained, "teacher": str(teacher),
+              "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
+    print_ = stage_fingerprint("distill", config, teacher_path)
+    if reuse and reusable(out, print_):
+        log(f"distill: reused {out}")
+        return read_meta(out)
+    data = data or load_data(recipe)
+    teacher_handle = load_model(teacher, task=data.task, label_names=data.label_names, image_size=recipe.data.image_size,
+                                max_length=recipe.data.max_length)
+    student = load_model(recipe.student.model, task=data.task, label_names=data.label_names,
+                         pretrained=recipe.student.pretrained, image_size=recipe.data.image_size,
+                         max_length=recipe.data.max_length)
+    if teacher_handle.task != student.task:
+        raise EdgekitError(f"teacher does {teacher_handle.task} but student does {student.task}; use models of one task")
+    with stage_folder(out, force) as folder:
+        log(f"distill: {teacher_handle.arch} ({teacher_handle.parameter_count() / 1e6:.2f} M) -> "
+            f"{student.arch} ({student.parameter_count() / 1e6:.2f} M), T={cfg.temperature}, alpha={cfg.alpha}")
+        teacher_logits = predict_logits(teacher_handle, data.train, desc="teacher logits")
+        teacher_metrics = evaluate(teacher_handle, data.eval_split)
+        teacher_handle.module.cpu()
+        result = train(student, data, cfg.train, seed=recipe.seed, teacher_logits=teacher_logits,
+                       temperature=cfg.temperature, alpha=cfg.alpha, desc=f"student {student.arch}")
+        metrics = _model_metrics(student, data)
+        metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
+                       teacher_accuracy=teacher_metrics["accuracy"],
+                       compression_ratio=teacher_handle.parameter_count() / student.parameter_count())
+        meta = _write_model_stage(folder, "distill", student, recipe, config, metrics, teacher_path, print_,
+                                  {"history": result.history,
+                                   "teacher": {"source": str(teacher), "arch": teacher_handle.arch,
+                                               "parameters": teacher_handle.parameter_count(),
+                                               "accuracy": teacher_metrics["accuracy"]}})
+    return meta
+
+
+def export(model_dir: str, out: Path, *, preset_name: str | None, int8: bool, recipe: Recipe | None = None,
+           calib_samples: int | None = None, min_agreement: float | None = None, allow_drop: bool = False,
+           force: bool = False, reuse: bool = False) -> dict:
+    """Export a model stage folder (or a model id) to a parity-checked ONNX bundle."""
+    from edgekit.export.bundle import build_bundle
+    from edgekit.export.presets import load_preset
+    from edgekit.models import load_model
+    from edgekit.models.handle import load_saved
+
+    preset = load_preset(preset_name, int8)
+    if calib_samples:
+        preset["calib_samples"] = calib_samples
+    if min_agreement is not None:
+        preset["parity"]["min_agreement"] = min_agreement
+    source = Path(model_dir)
+    if recipe is None and is_stage(source) and (source / RECIPE_FILE).is_file():
+        from edgekit.recipe import load_recipe
+
+        recipe = load_recipe(source / RECIPE_FILE)
+    config = {"source": str(model_dir), "preset": {k: v for k, v in preset.items() if not k.startswith("_")}}
+    print_ = stage_fingerprint("export", config, source if is_stage(source) else None)
+    if reuse and reusable(out, print_):
+        log(f"export: reused {out}")
+        return read_meta(out)
+    data = load_data(recipe) if recipe is not None else None
+    if is_stage(source):
+        handle = load_saved(source)
+    else:
+        if data is None:
+            raise EdgekitError(f"{model_dir} is not an edgekit stage folder; give --train/--dataset so labels and calibration data are known")
+        handle = load_model(str(model_dir), task=data.task, label_names=data.label_names)
+    if data is not None and data.label_names != handle.label_names:
+        raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
+    with stage_folder(out, force) as folder:
+        log(f"export: {handle.arch} -> ONNX opset {preset['opset']}" + (" int8" if int8 else " fp32") + f" (preset {preset['name']})")
+        manifest = build_bundle(handle, folder, preset, calibration=data.train if data else None,
+                                parity_split=data.val if data else None,
+                                source_stage=source if is_stage(source) else None, allow_drop=allow_drop)
+        if recipe is not None:
+            (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+        metrics = {"parity_" + k: v["label_agreement"] for k, v in manifest["parity"].items()}
+        meta = write_meta(folder, stage="export", config=config, parent=source if is_stage(source) else None,
+                          metrics=metrics, parameters=manifest["parameters"], fingerprint_value=print_,
+                          extra={"model_bytes": manifest["sizes"]["model_bytes"],
+                                 "fp32_model_bytes": manifest["sizes"]["fp32_model_bytes"],
+                                 "quantization": manifest["quantization"]})
+    return meta
+
+
+def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: bool = False,
+                    threads: int = 0, config: dict | None = None) -> dict:
+    """Accuracy, F1 and confusion matrix of the exported file itself, on onnxruntime (torch-free)."""
+    from edgekit.metrics import classification_metrics
+    from edgekit.runtime import Bundle
+
+    bundle = Bundle(bundle_dir, threads=threads)
+    logits = bundle.predict(split.items, progress=True)
+    metrics = classification_metrics(split.labels, logits.argmax(-1), bundle.label_names)
+    metrics["split"] = split.name
+    if out is not None:
+        with stage_folder(out, force) as folder:
+            write_json_atomic(folder / "metrics.json", metrics)
+            write_meta(folder, stage="eval", config=config or {"bundle": str(bundle_dir)}, parent=Path(bundle_dir),
+                       metrics=metrics, parameters=bundle.manifest.get("parameters"),
+                       fingerprint_value=stage_fingerprint("eval", config or {}, Path(bundle_dir)))
+    return metrics
