@@ -229,6 +229,10 @@ def bench(
     if len(bundles) == 1:
         document = {**document, **{k: v for k, v in document["results"][0].items() if k != "device"}}
     _print_json(json_out, document)
+    failed = [r for r in document["results"] if "error" in r]
+    if failed:
+        raise EdgekitError(f"{len(failed)} of {len(document['results'])} bundles could not be measured "
+                           f"(recorded as incomplete): {failed[0]['error']}")
     if not document["valid"]:
         reasons = "; ".join(r for res in document["results"] for r in res.get("invalid_reasons", []))
         print(f"warning: result not valid: {reasons}", file=sys.stderr)

