@@ -51,21 +51,11 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -77,6 +67,14 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """Read a JSON file edgekit wrote; corruption is a user error whose message ends with ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgekitError(f"{path} is corrupt ({exc.msg} at line {exc.lineno}); {fix}") from None
 
 
 def _json_default(value: Any) -> Any:
@@ -156,10 +154,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     path = Path(folder) / META_FILE
     if not path.is_file():
         raise EdgekitError(f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgekitError(f"{path} is corrupt ({exc.msg} at line {exc.lineno}); re-run the stage that wrote it") from None
+    return read_json(path, "re-run the stage that wrote it")
 
 
 def is_stage(folder: Path) -> bool:

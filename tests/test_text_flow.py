@@ -13,11 +13,11 @@ pytestmark = pytest.mark.slow
 def text_stages(tmp_path_factory, tiny_bert, question_files):
     root = tmp_path_factory.mktemp("text")
     common = ["--train", question_files["train"], "--test", question_files["test"]]
-    teacher = run_cli("finetune", tiny_bert, *common, "--epochs", "15", "--batch-size", "16", "--lr", "3e-3",
+    teacher = run_cli("finetune", tiny_bert, *common, "--epochs", "20", "--batch-size", "16", "--lr", "1e-3",
                       "--out", root / "teacher", "--write-recipe", root / "teacher.yaml")
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     student = run_cli("distill", "--teacher", root / "teacher", "--student", tiny_bert, "--temperature", "4",
-                      "--alpha", "0.5", "--epochs", "15", "--batch-size", "16", "--lr", "3e-3", "--out", root / "student")
+                      "--alpha", "0.5", "--epochs", "20", "--batch-size", "16", "--lr", "1e-3", "--out", root / "student")
     assert student.returncode == 0, student.stderr[-3000:]
     export = run_cli("export", root / "student", "--int8", "--out", root / "bundle")
     assert export.returncode == 0, export.stderr[-3000:]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgekit.data.splits import Split, TaskData, encode_labels, stratified_split
 from edgekit.errors import EdgekitError
 
@@ -67,8 +65,9 @@ def load_hf_dataset(cfg, task: str, seed: int) -> TaskData:
         train, val = train.take(keep, "train"), train.take(held, "val")
     test = None
     if "test" in dd:
-        t_items, t_names = split("test", "test")
-        labels = np.asarray([n for n in t_names])
-        if len(labels):
+        raw = list(_column(dd["test"], cfg.label_column, "--label-column"))
+        # GLUE-style test splits carry no labels (-1): evaluate on validation instead.
+        if raw and not any(v is None or (names_of is not None and int(v) < 0) for v in raw):
+            t_items, t_names = split("test", "test")
             test = Split("test", t_items, encode_labels(t_names, label_names, f"{cfg.dataset} test"))
     return TaskData(task, label_names, train, val, test, source=f"hf:{cfg.dataset}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from edgekit.artifacts import read_json
 from edgekit.errors import EdgekitError
 
 MANIFEST = "manifest.json"
@@ -24,10 +24,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
         raise EdgekitError(f"{folder} is not an exported bundle (no {MANIFEST}); run 'edgekit export' first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgekitError(f"{path} is corrupt ({exc.msg}); export the bundle again") from None
+    return read_json(path, "export the bundle again")
 
 
 def session_options(threads: int = 0, graph_optimization: str = "all"):
