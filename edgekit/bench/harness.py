@@ -80,5 +80,6 @@ def time_loop(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 100, min_s
     stats = summarize(latencies)
     stats.update(first_inference_ms=first_ms, warmup_runs=warmup, warmup_mean_ms=float(np.mean(warm)) if warm else first_ms,
                  timed_seconds=time.perf_counter() - timed_start, total_seconds=time.perf_counter() - start,
-                 stopped_by_time_limit=bool(len(latencies) < runs))
+                 stopped_by_time_limit=bool(len(latencies) < runs and len(latencies) < max_runs),
+                 stopped_by_max_runs=bool(len(latencies) < runs and len(latencies) >= max_runs))
     return stats

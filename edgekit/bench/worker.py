@@ -98,7 +98,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "batch_size": latency["batch_size"],
         "warmup": {"runs": latency["warmup_runs"], "mean_ms": latency["warmup_mean_ms"]},
         "invalid_reasons": latency["invalid_reasons"] + (
-            [f"stopped at max_seconds={profile['max_seconds']} before {runs} runs"] if latency["stopped_by_time_limit"] else []),
+            [f"stopped at max_seconds={profile['max_seconds']} before {runs} runs"] if latency["stopped_by_time_limit"] else []) + (
+            [f"stopped at the cap of {latency['runs']} runs before {runs} runs"] if latency["stopped_by_max_runs"] else []),
         "unstable": latency["unstable"],
         "cv": latency["cv"],
         "robust_spread": latency["robust_spread"],

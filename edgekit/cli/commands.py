@@ -217,19 +217,39 @@ def bench(
     data: Annotated[Optional[Path], typer.Option("--data", help="Real inputs: a CSV/TSV/JSONL file (text) or ImageFolder folder.")] = None,
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Bench on this SSH host ([user@]host or an ssh config alias) instead of here.")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="SSH port (default: ssh's).")] = None,
+    identity: Annotated[Optional[Path], typer.Option("--identity", "-i", help="SSH private key file.")] = None,
+    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="ssh configuration file (ssh -F).")] = None,
+    ssh_option: Annotated[Optional[list[str]], typer.Option("--ssh-option", help="Extra ssh -o option, e.g. UserKnownHostsFile=~/k (repeatable).")] = None,
+    remote_edgekit: Annotated[str, typer.Option("--remote-edgekit", help="The edgekit command on the host.")] = "edgekit",
+    connect_timeout: Annotated[int, typer.Option("--connect-timeout", help="Seconds to wait for the SSH connection.")] = 15,
+    run_timeout: Annotated[float, typer.Option("--run-timeout", help="Seconds the remote benchmark may take.")] = 1800,
 ) -> None:
-    """Measure size, latency and memory of bundles on a device profile (torch-free)."""
+    """Measure size, latency and memory of bundles on a device profile (torch-free), here or over SSH."""
     from edgekit.bench.run import bench_bundles, markdown_table
 
     if runs is not None and runs < 1:
         raise EdgekitError("--runs must be at least 1")
-    items = _bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None
-    document = bench_bundles(list(bundles), device, items=items, runs=runs, batch_sizes=batch_size)
+    if host:
+        document = _bench_over_ssh(bundles, device, host, port, identity, ssh_config, ssh_option, remote_edgekit,
+                                   connect_timeout, run_timeout, runs, batch_size, data)
+    else:
+        items = _bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None
+        document = bench_bundles(list(bundles), device, items=items, runs=runs, batch_sizes=batch_size)
     print(markdown_table(document))
     if len(bundles) == 1:
         document = {**document, **{k: v for k, v in document["results"][0].items() if k != "device"}}
     _print_json(json_out, document)
+    remote_code = (document.get("remote") or {}).get("exit_code")
+    if document.get("incomplete"):
+        raise EdgekitError(f"incomplete result (recorded as not valid): {document['error']}")
     failed = [r for r in document["results"] if "error" in r]
+    if remote_code:
+        from edgekit.bench.ssh import RemoteError
+
+        raise RemoteError(f"edgekit bench on {host} exited with code {remote_code}: {document['remote'].get('error', '')}",
+                          remote_code)
     if failed:
         raise EdgekitError(f"{len(failed)} of {len(document['results'])} bundles could not be measured "
                            f"(recorded as incomplete): {failed[0]['error']}")
@@ -290,6 +310,25 @@ def _print_metrics(metrics: dict) -> None:
     print(f"{'label'.ljust(width)}  precision  recall   f1      support")
     for name, row in metrics["per_class"].items():
         print(f"{name.ljust(width)}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:6.3f}  {row['support']:7d}")
+
+
+def _bench_over_ssh(bundles, device, host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout,
+                    run_timeout, runs, batch_size, data) -> dict:
+    from edgekit.bench.ssh import SshTarget, bench_remote
+    from edgekit.runtime.bundle import read_manifest
+
+    if data is not None:
+        raise EdgekitError("--data cannot be combined with --host; copy the data file to the device and run 'edgekit bench' there")
+    for bundle in bundles:
+        read_manifest(bundle)
+    for path, option in ((identity, "--identity"), (ssh_config, "--ssh-config")):
+        if path is not None and not path.is_file():
+            raise EdgekitError(f"{option} {path} does not exist")
+    extra = [*(["--runs", str(runs)] if runs else []), *[a for b in (batch_size or []) for a in ("--batch-size", str(b))]]
+    target = SshTarget(host, port=port, identity=identity, config=ssh_config, options=list(ssh_option or []),
+                       connect_timeout=connect_timeout, remote_edgekit=remote_edgekit)
+    print(f"bench: {len(bundles)} bundle(s) on {host} ({device})", file=sys.stderr)
+    return bench_remote(list(bundles), device, target, extra_args=extra, run_timeout=run_timeout)
 
 
 def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) -> list:

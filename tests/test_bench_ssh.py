@@ -1,0 +1,166 @@
+"""`edgekit bench --host` against a real OpenSSH server on 127.0.0.1, started by the test."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error, run_cli
+from test_bench_local import make_bundle
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+pytestmark = pytest.mark.skipif(not Path(SSHD).exists() or not shutil.which("ssh"),
+                                reason="needs OpenSSH (Debian: apt-get install openssh-server); .ci/run installs it")
+EDGEKIT = str(Path(sys.executable).parent / "edgekit")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sshd")
+    _keygen(root / "host_key")
+    _keygen(root / "user_key")
+    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+    port = _free_port()
+    (root / "sshd_config").write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {root}/host_key
+AuthorizedKeysFile {root}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile {root}/sshd.pid
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"sshd did not start: {server.stderr.read()}")
+            time.sleep(0.1)
+    host_key = (root / "host_key.pub").read_text().split()
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (root / "empty_known_hosts").write_text("")
+
+    def config(known_hosts: str) -> Path:
+        path = root / f"ssh_config_{known_hosts}"
+        path.write_text(f"""Host edgekit-device
+  HostName 127.0.0.1
+  Port {port}
+  User {getpass.getuser()}
+  IdentityFile {root}/user_key
+  IdentitiesOnly yes
+  UserKnownHostsFile {root}/{known_hosts}
+  GlobalKnownHostsFile /dev/null
+""")
+        return path
+
+    yield {"server": server, "known": config("known_hosts"), "unknown": config("empty_known_hosts"), "port": port}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture()
+def odd_bundle(tmp_path):
+    """A bundle whose local path has spaces and shell syntax, which must be taken literally."""
+    folder = tmp_path / "my bundle $(touch pwned) `id`; rm -rf x"
+    make_bundle(folder)
+    return folder
+
+
+def test_remote_bench_with_odd_path(sshd, odd_bundle, tmp_path):
+    out = tmp_path / "remote.json"
+    proc = run_cli("bench", odd_bundle, "--host", "edgekit-device", "--ssh-config", sshd["known"], "--remote-edgekit",
+                   EDGEKIT, "--runs", "30", "--json", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(out.read_text())
+    assert document["valid"] is True and document["device"] == "cpu"
+    assert document["remote"]["host"] == "edgekit-device" and document["remote"]["exit_code"] == 0
+    assert document["latency_ms"]["p50"] > 0 and document["runs"] >= 30
+    assert document["remote"]["local_bundles"] == [str(odd_bundle)]
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    # the remote work folder is removed afterwards
+    assert subprocess.run(["ssh", "-F", str(sshd["known"]), "edgekit-device", "test", "-e",
+                           document["remote"]["workdir"]]).returncode == 1
+
+
+def test_unknown_host_key_is_refused(sshd, odd_bundle, tmp_path):
+    proc = run_cli("bench", odd_bundle, "--host", "edgekit-device", "--ssh-config", sshd["unknown"],
+                   "--remote-edgekit", EDGEKIT, "--json", tmp_path / "r.json")
+    assert_user_error(proc, "host key is not known", "never skips host-key checks")
+    assert proc.returncode == 255
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_remote_exit_code_is_passed_through(sshd, odd_bundle):
+    proc = run_cli("bench", odd_bundle, "--host", "edgekit-device", "--ssh-config", sshd["known"],
+                   "--remote-edgekit", EDGEKIT, "--device", "no-such-device")
+    assert_user_error(proc, "exit code 2", "unknown device 'no-such-device'")
+    assert proc.returncode == 2
+
+
+def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
+    import psutil
+
+    daemon = psutil.Process(sshd["server"].pid)
+    big = make_bundle(tmp_path / "big", hidden=4096)  # ~0.1 ms a run: the 60 s profile really runs long
+
+    def kill_sessions() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait for the remote benchmark process, then cut its connection
+            sessions = daemon.children(recursive=False)
+            if any("edgekit.bench.worker" in " ".join(p.cmdline()) for s in sessions
+                   for p in s.children(recursive=True) if p.is_running()):
+                time.sleep(1)
+                for session in sessions:
+                    session.kill()
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_sessions)
+    killer.start()
+    out = tmp_path / "r.json"
+    slow = tmp_path / "slow.yaml"  # a profile whose run lasts 60 s, copied to the host with the bundle
+    slow.write_text("name: slow\nwarmup: 1\nruns: 10\nmin_seconds: 60\nmax_seconds: 120\n")
+    proc = run_cli("bench", big, "--host", "edgekit-device", "--ssh-config", sshd["known"], "--remote-edgekit",
+                   EDGEKIT, "--device", slow, "--json", out, timeout=300)
+    killer.join()
+    for orphan in psutil.process_iter(["cmdline"]):  # the remote side of a cut connection runs on; stop it
+        if any("/tmp/edgekit-bench." in part for part in orphan.info["cmdline"] or []):
+            orphan.kill()
+    assert_user_error(proc, "incomplete result", "connection to edgekit-device lost")
+    document = json.loads(out.read_text())
+    assert document["valid"] is False and document["incomplete"] is True
+    assert all(r["valid"] is False for r in document["results"])
+
+
+def test_missing_identity_file(odd_bundle, tmp_path):
+    proc = run_cli("bench", odd_bundle, "--host", "somewhere", "--identity", tmp_path / "nokey")
+    assert_user_error(proc, "--identity", "does not exist")
