@@ -53,6 +53,9 @@ def test_bench_json_fields(bundles, tmp_path, block_torch):
     assert 0 < result["compressed_size_mb"] <= result["size_mb"] * 1.1
     assert result["peak_rss_mb"] > 10 and result["load_ms"] > 0 and result["first_inference_ms"] > 0
     assert result["warmup"]["runs"] == 10
+    from edgekit.artifacts import sha256_file
+
+    assert result["model_sha256"] == sha256_file(bundles[0] / "model.onnx")
     env = result["environment"]
     assert env["cores_logical"] >= 1 and env["cpu_model"] and env["onnxruntime"]
     assert "| small | yes" in proc.stdout and "p50 (ms)" in proc.stdout
@@ -77,13 +80,17 @@ def test_several_bundles_give_one_table(bundles, tmp_path):
 
 def test_custom_profile_file(bundles, tmp_path):
     profile = tmp_path / "tiny.yaml"
-    profile.write_text("name: tiny\nthreads: 1\nwarmup: 2\nruns: 10\nmin_seconds: 0\nbatch_sizes: [1, 4]\n")
+    sensor = tmp_path / "temp"
+    sensor.write_text("48250\n")  # sysfs format: millidegrees Celsius
+    profile.write_text("name: tiny\nthreads: 1\nwarmup: 2\nruns: 10\nmin_seconds: 0\nbatch_sizes: [1, 4]\n"
+                       f"thermal_sensors: [{sensor}]\n")
     proc = run_cli("bench", bundles[0], "--device", profile, "--json", tmp_path / "b.json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["device"] == "tiny" and result["threads"] == 1
     assert set(result["throughput"]) == {"1", "4"}
     assert result["throughput"]["4"]["items_per_second"] > 0
+    assert result["environment"]["temperatures_c"][str(sensor)] == 48.25
 
 
 def test_unknown_device_and_missing_provider(bundles):

@@ -26,8 +26,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def temperatures_c() -> dict[str, float]:
+def temperatures_c(sensors: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
+    """Every thermal zone, plus the profile's own sensor files (millidegrees Celsius, as in sysfs)."""
     temps = {}
+    for sensor in sensors:
+        raw = _read(sensor)
+        if raw and raw.lstrip("-").isdigit():
+            temps[sensor] = int(raw) / 1000.0
     for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
         raw, kind = _read(str(zone / "temp")), _read(str(zone / "type"))
         if raw and raw.lstrip("-").isdigit():
@@ -49,7 +54,7 @@ def throttling() -> dict[str, Any] | None:
             "throttled_since_boot": bool(value & 0x40000) if value is not None else None}
 
 
-def capture() -> dict[str, Any]:
+def capture(sensors: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     import onnxruntime
 
     from edgekit import __version__
@@ -66,6 +71,6 @@ def capture() -> dict[str, Any]:
         "python": platform.python_version(),
         "edgekit": __version__,
         "onnxruntime": onnxruntime.__version__,
-        "temperatures_c": temperatures_c(),
+        "temperatures_c": temperatures_c(sensors),
         "throttling": throttling(),
     }

@@ -45,7 +45,8 @@ def bench_bundles(bundles: list[Path], device: str, *, items: list | None = None
 
 
 def _bench_one(bundle: Path, profile: dict, providers: list[str], items, runs, batch_sizes, timeout_s) -> dict[str, Any]:
-    before = env.capture()
+    sensors = profile.get("thermal_sensors") or []
+    before = env.capture(sensors)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         config_path = Path(scratch) / "config.json"
         config_path.write_text(json.dumps({"bundle": str(bundle.resolve()), "profile": profile, "providers": providers,
@@ -59,7 +60,7 @@ def _bench_one(bundle: Path, profile: dict, providers: list[str], items, runs, b
             raw = {"error": f"timed out after {timeout_s:.0f} s"}
         except json.JSONDecodeError:
             raw = {"error": f"benchmark process printed no result (exit code {proc.returncode})"}
-    after = env.capture()
+    after = env.capture(sensors)
     manifest = read_manifest(bundle)
     result = {"bundle": str(bundle), "device": profile["name"], "name": bundle.name}
     if "error" in raw:

@@ -49,6 +49,7 @@ def real_inputs(bundle, items: list[Any], batch: int) -> list[dict[str, np.ndarr
 
 
 def measure(config: dict[str, Any]) -> dict[str, Any]:
+    from edgekit.artifacts import sha256_file
     from edgekit.bench.harness import time_loop
     from edgekit.runtime import Bundle
     from edgekit.runtime.bundle import MODEL_FILE
@@ -89,7 +90,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     model_path = folder / MODEL_FILE
     return {
         "bundle": str(folder),
-        "model_sha256": bundle.manifest.get("sha256"),
+        "model_sha256": sha256_file(model_path),
         "size_bytes": model_path.stat().st_size,
         "load_ms": load_ms,
         "first_inference_ms": latency["first_inference_ms"],
