@@ -19,8 +19,12 @@ def text_stages(tmp_path_factory, tiny_bert, question_files):
     student = run_cli("distill", "--teacher", root / "teacher", "--student", tiny_bert, "--temperature", "4",
                       "--alpha", "0.5", "--epochs", "20", "--batch-size", "16", "--lr", "1e-3", "--out", root / "student")
     assert student.returncode == 0, student.stderr[-3000:]
-    export = run_cli("export", root / "student", "--int8", "--out", root / "bundle")
+    workdir = root / "cwd"
+    workdir.mkdir()
+    export = run_cli("export", root / "student", "--int8", "--out", root / "bundle", cwd=workdir)
     assert export.returncode == 0, export.stderr[-3000:]
+    # quantization temporaries (sym_shape_infer_temp.onnx, *.data) must not land in the working directory
+    assert list(workdir.iterdir()) == []
     return root
 
 

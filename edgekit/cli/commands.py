@@ -244,12 +244,12 @@ def bench(
     remote_code = (document.get("remote") or {}).get("exit_code")
     if document.get("incomplete"):
         raise EdgekitError(f"incomplete result (recorded as not valid): {document['error']}")
-    failed = [r for r in document["results"] if "error" in r]
     if remote_code:
         from edgekit.bench.ssh import RemoteError
 
         raise RemoteError(f"edgekit bench on {host} exited with code {remote_code}: {document['remote'].get('error', '')}",
                           remote_code)
+    failed = [r for r in document["results"] if "error" in r]
     if failed:
         raise EdgekitError(f"{len(failed)} of {len(document['results'])} bundles could not be measured "
                            f"(recorded as incomplete): {failed[0]['error']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -112,6 +113,16 @@ class _Calibration:
         pass
 
 
+@contextlib.contextmanager
+def _working_directory(folder: Path):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _prepare(fp32: Path, prepared: Path) -> None:
     """onnxruntime's pre-processing (shape inference, graph clean-up) before quantization. Symbolic
     shape inference fails on some transformer graphs; then ONNX's own is used, then none."""
@@ -140,7 +151,9 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
         mode = "static" if is_convolutional(fp32) and calibration else "dynamic"
     prepared = out.with_name(out.stem + ".pre.onnx")
     try:
-        with warnings.catch_warnings(), _quiet_loggers():
+        # onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx and uuid-named .data
+        # files into the working directory when it fails: keep them in the scratch folder.
+        with warnings.catch_warnings(), _quiet_loggers(), _working_directory(out.parent):
             warnings.simplefilter("ignore")
             _prepare(fp32, prepared)
             if mode == "static":
