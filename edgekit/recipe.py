@@ -2,7 +2,7 @@
 
 Every section is a small dataclass validated on load. Errors name the field by its
 dotted path and list the allowed values, e.g.
-``recipe field distill.strategy: 'fast' is not one of straightforward``.
+``recipe field distill.strategy: 'fast' is not one of straightforward, ...``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from edgekit.errors import EdgekitError
 
 TASKS = ("image-classification", "text-classification")
-STRATEGIES = ("straightforward",)
+STRATEGIES = ("straightforward", "successive", "multi-teacher", "self-quantized")
 EXPORT_FORMATS = ("onnx",)
 
 
@@ -116,27 +116,75 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    model: str = "mobilenet_v2"
+    """The small model: a model name/id/folder, or ``layers: [K]`` to derive it from a transformer
+    teacher by keeping K of its layers (evenly spaced, weights copied). With the ``successive``
+    strategy ``layers`` is the chain, e.g. ``[6, 3, 1]``: each link is derived from and taught by
+    the one before."""
+
+    model: str | None = "mobilenet_v2"
     pretrained: bool = False
+    layers: list[int] | None = None
 
     def validate(self, path: str) -> None:
-        if not self.model:
-            raise RecipeError(f"recipe field {path}.model: must name a model")
+        if not self.model and not self.layers:
+            raise RecipeError(f"recipe field {path}.model: name a student model, or set {path}.layers")
+        for i, k in enumerate(self.layers or []):
+            _check_range(f"{path}.layers[{i}]", k, 1, 1000)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft). ``target_modules: null`` picks query/value projections."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+    def validate(self, path: str) -> None:
+        _check_range(f"{path}.r", self.r, 1, 4096)
+        _check_range(f"{path}.alpha", self.alpha, 1, 1 << 16)
+        _check_range(f"{path}.dropout", self.dropout, 0, 1, high_open=True)
 
 
 @dataclass
 class DistillConfig:
-    """Hinton KD: loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)."""
+    """Hinton KD: loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T).
+
+    Strategies: ``straightforward`` (one teacher), ``successive`` (a chain of students, each
+    teaching the next; see student.layers), ``multi-teacher`` (a weighted ensemble of the teacher
+    and ``teachers``; ``teacher_weights`` fixed, or learned with ``learn_teacher_weights``),
+    ``self-quantized`` (the teacher's own weights in 4-bit NF4 with LoRA adapters, see ``lora``).
+    ``feature_weight`` > 0 adds feature KD: the student's pooled feature (the head's input), through
+    a learned projection, matched to the teacher's by mean squared error.
+    """
 
     strategy: str = "straightforward"
     temperature: float = 4.0
     alpha: float = 0.3
+    teachers: list[str] = field(default_factory=list)
+    teacher_weights: list[float] | None = None
+    learn_teacher_weights: bool = False
+    feature_weight: float = 0.0
+    baseline: bool = False
+    cache: bool = True
+    checkpoint_every: int = 200
+    deterministic: bool = True
+    lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, path: str) -> None:
         _check_choice(f"{path}.strategy", self.strategy, STRATEGIES)
         _check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
         _check_range(f"{path}.alpha", self.alpha, 0, 1)
+        _check_range(f"{path}.feature_weight", self.feature_weight, 0, 1000)
+        _check_range(f"{path}.checkpoint_every", self.checkpoint_every, 1, 10**9)
+        for i, w in enumerate(self.teacher_weights or []):
+            _check_range(f"{path}.teacher_weights[{i}]", w, 0, 1000)
+        if self.teacher_weights is not None and sum(self.teacher_weights) <= 0:
+            raise RecipeError(f"recipe field {path}.teacher_weights: the weights must not all be 0")
+        if self.strategy != "multi-teacher" and (self.teachers or self.teacher_weights or self.learn_teacher_weights):
+            raise RecipeError(f"recipe field {path}.teachers/teacher_weights: several teachers need strategy multi-teacher")
 
 
 @dataclass

@@ -42,7 +42,7 @@ def reusable(out: Path, print_: str) -> bool:
     return is_stage(out) and read_meta(out).get("fingerprint") == print_
 
 
-def _model_metrics(handle, data) -> dict[str, Any]:
+def model_metrics(handle, data) -> dict[str, Any]:
     from edgekit.bench.torch_latency import torch_latency
     from edgekit.distill.trainer import evaluate
 
@@ -61,9 +61,13 @@ def _write_model_stage(folder: Path, stage: str, handle, recipe: Recipe, config:
                       parameters=handle.parameter_count(), fingerprint_value=print_, extra=extra)
 
 
-def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False) -> dict:
+def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False,
+             resume: bool = False) -> dict:
     """Train the recipe's teacher on the task (full fine-tune) and save it as a stage."""
-    from edgekit.distill.trainer import train
+    import shutil
+
+    from edgekit.distill.engine import checkpoint_folder
+    from edgekit.distill.trainer import Checkpointing, train
     from edgekit.models import load_model
 
     train_cfg = recipe.teacher.train or recipe.distill.train
@@ -74,59 +78,35 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
         log(f"finetune: reused {out}")
         return read_meta(out)
     data = data or load_data(recipe)
+    from edgekit.distill.trainer import seed_everything
+
+    seed_everything(recipe.seed)  # the initial weights of a model trained from scratch
     handle = load_model(recipe.teacher.model, task=data.task, label_names=data.label_names,
                         pretrained=recipe.teacher.pretrained, image_size=recipe.data.image_size,
                         max_length=recipe.data.max_length)
     with stage_folder(out, force) as folder:
         log(f"finetune: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters) on {len(data.train)} examples")
-        result = train(handle, data, train_cfg, seed=recipe.seed, desc=f"teacher {handle.arch}")
-        metrics = _model_metrics(handle, data)
+        ckpt = Checkpointing(checkpoint_folder(out), tag=print_, every_steps=recipe.distill.checkpoint_every, resume=resume)
+        if not resume:
+            shutil.rmtree(ckpt.folder, ignore_errors=True)
+        result = train(handle, data, train_cfg, seed=recipe.seed, desc=f"teacher {handle.arch}", checkpoint=ckpt,
+                       deterministic=recipe.distill.deterministic)
+        metrics = model_metrics(handle, data)
         metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
         meta = _write_model_stage(folder, "finetune", handle, recipe, config, metrics, None, print_,
-                                  {"history": result.history})
+                                  {"history": result.history, "resumed_from": result.resumed_from})
+    shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta
 
 
-def distill(recipe: Recipe, teacher: str, out: Path, force: bool = False, data=None, reuse: bool = False) -> dict:
-    """Distil ``teacher`` (a stage folder, or a model that already knows the task) into the student."""
-    from edgekit.distill.trainer import evaluate, predict_logits, train
-    from edgekit.models import load_model
+def distill(recipe: Recipe, teacher, out: Path, force: bool = False, data=None, reuse: bool = False,
+            resume: bool = False) -> dict:
+    """Distil ``teacher`` (a stage folder or a model that already knows the task; a list for the
+    multi-teacher strategy) into the recipe's student(s). See :mod:`edgekit.distill.engine`."""
+    from edgekit.distill.engine import distill as run_distill
 
-    teacher_path = Path(teacher) if is_stage(Path(teacher)) else None
-    cfg = recipe.distill
-    config = {"strategy": cfg.strategy, "temperature": cfg.temperature, "alpha": cfg.alpha, "train": asdict(cfg.train),
-              "model": recipe.student.model, "pretrained": recipe.student.pretrained, "teacher": str(teacher),
-              "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
-    print_ = stage_fingerprint("distill", config, teacher_path)
-    if reuse and reusable(out, print_):
-        log(f"distill: reused {out}")
-        return read_meta(out)
-    data = data or load_data(recipe)
-    teacher_handle = load_model(teacher, task=data.task, label_names=data.label_names, image_size=recipe.data.image_size,
-                                max_length=recipe.data.max_length)
-    student = load_model(recipe.student.model, task=data.task, label_names=data.label_names,
-                         pretrained=recipe.student.pretrained, image_size=recipe.data.image_size,
-                         max_length=recipe.data.max_length)
-    if teacher_handle.task != student.task:
-        raise EdgekitError(f"teacher does {teacher_handle.task} but student does {student.task}; use models of one task")
-    with stage_folder(out, force) as folder:
-        log(f"distill: {teacher_handle.arch} ({teacher_handle.parameter_count() / 1e6:.2f} M) -> "
-            f"{student.arch} ({student.parameter_count() / 1e6:.2f} M), T={cfg.temperature}, alpha={cfg.alpha}")
-        teacher_logits = predict_logits(teacher_handle, data.train, desc="teacher logits")
-        teacher_metrics = evaluate(teacher_handle, data.eval_split)
-        teacher_handle.module.cpu()
-        result = train(student, data, cfg.train, seed=recipe.seed, teacher_logits=teacher_logits,
-                       temperature=cfg.temperature, alpha=cfg.alpha, desc=f"student {student.arch}")
-        metrics = _model_metrics(student, data)
-        metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
-                       teacher_accuracy=teacher_metrics["accuracy"],
-                       compression_ratio=teacher_handle.parameter_count() / student.parameter_count())
-        meta = _write_model_stage(folder, "distill", student, recipe, config, metrics, teacher_path, print_,
-                                  {"history": result.history,
-                                   "teacher": {"source": str(teacher), "arch": teacher_handle.arch,
-                                               "parameters": teacher_handle.parameter_count(),
-                                               "accuracy": teacher_metrics["accuracy"]}})
-    return meta
+    return run_distill(recipe, teacher, out, data=data, force=force, reuse=reuse, resume=resume,
+                       stage_fingerprint=stage_fingerprint, load_data=load_data)
 
 
 def export(model_dir: str, out: Path, *, preset_name: str | None, int8: bool, recipe: Recipe | None = None,

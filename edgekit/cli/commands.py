@@ -17,6 +17,7 @@ from edgekit.errors import EdgekitError
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: by model family).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint (same command and settings).")]
 
 
 def root(
@@ -69,12 +70,10 @@ def finetune(
     image_size: ImageSizeOpt = None, seed: SeedOpt = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--scratch", help="torchvision: start from ImageNet weights (downloads once) or from scratch.")] = None,
     epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None,
-    sets: SetOpt = None, force: ForceOpt = False, write_recipe: WriteRecipeOpt = None,
+    sets: SetOpt = None, force: ForceOpt = False, write_recipe: WriteRecipeOpt = None, resume: ResumeOpt = False,
 ) -> None:
     """Fine-tune a model on the task (full fine-tune; the teacher of a distillation)."""
     from edgekit import stages
-    from edgekit.artifacts import check_output
-
     overrides = data_overrides(train, val, test, dataset, text_column, label_column, task, image_size, seed)
     overrides.append(f"teacher.model={json.dumps(model)}")
     if pretrained is not None:
@@ -83,44 +82,88 @@ def finetune(
     loaded = build_recipe(recipe, overrides, sets)
     if loaded.teacher.train is None:
         loaded.teacher.train = loaded.distill.train
-    check_output(out, force)
+    _check_out(out, force, resume)
     write_recipe_file(loaded, write_recipe)
-    meta = stages.finetune(loaded, out, force=force)
+    meta = stages.finetune(loaded, out, force=force or resume, resume=resume)
     _print_model_summary(meta, out)
 
 
+def _csv(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise EdgekitError(f"{flag} {text!r}: give comma-separated {'whole numbers' if kind is int else 'numbers'}, e.g. "
+                           f"{'6,3' if kind is int else '0.7,0.3'}") from None
+
+
 def distill(
-    teacher: Annotated[str, typer.Option("--teacher", help="Teacher: a finetune output folder, or a model already trained on the task.")],
-    student: Annotated[str, typer.Option("--student", help="Student: torchvision name, Hugging Face id or folder.")],
+    teacher: Annotated[list[str], typer.Option("--teacher", help="Teacher: a finetune output folder, or a model already trained on the task. Repeat for --strategy multi-teacher.")],
     out: OutOpt,
+    student: Annotated[Optional[str], typer.Option("--student", help="Student: torchvision name, Hugging Face id or folder (or use --student-layers).")] = None,
+    student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="Derive the student from a transformer teacher by keeping K of its layers; for --strategy successive the chain, e.g. 6,3,1.")] = None,
     recipe: RecipeOpt = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Distillation strategy: straightforward.")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="straightforward, successive, multi-teacher or self-quantized.")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-T", help="Softmax temperature T (default 4).")] = None,
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of the distillation term (default 0.3): (1-alpha)*CE + alpha*T^2*KL.")] = None,
+    teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="multi-teacher: one weight per teacher (e.g. 0.7,0.3), or 'learned'.")] = None,
+    feature_weight: Annotated[Optional[float], typer.Option("--feature-weight", help="Add feature KD (pooled hidden state through a learned projection, MSE) with this weight.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also train the same student on labels only for the same budget and record it.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute teacher logits instead of using the on-disk transfer-set cache.")] = False,
+    resume: ResumeOpt = False,
     train: TrainOpt = None, val: ValOpt = None, test: TestOpt = None, dataset: DatasetOpt = None,
     text_column: TextColOpt = None, label_column: LabelColOpt = None, task: TaskOpt = None,
     image_size: ImageSizeOpt = None, seed: SeedOpt = None,
     epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None,
     sets: SetOpt = None, force: ForceOpt = False, write_recipe: WriteRecipeOpt = None,
 ) -> None:
-    """Distil a teacher into a smaller student (Hinton KD)."""
+    """Distil one or more teachers into a smaller student (Hinton KD and its strategies)."""
     from edgekit import stages
-    from edgekit.artifacts import check_output, is_stage
+    from edgekit.artifacts import is_stage
 
+    first = Path(teacher[0])
     base = recipe
-    if base is None and is_stage(Path(teacher)) and (Path(teacher) / "recipe.yaml").is_file() and not (train or dataset):
-        base = Path(teacher) / "recipe.yaml"  # the teacher's data, unless new data is given
+    if base is None and is_stage(first) and (first / "recipe.yaml").is_file() and not (train or dataset):
+        base = first / "recipe.yaml"  # the teacher's data, unless new data is given
     overrides = data_overrides(train, val, test, dataset, text_column, label_column, task, image_size, seed)
-    overrides.append(f"student.model={json.dumps(student)}")
-    for key, value in (("strategy", strategy), ("temperature", temperature), ("alpha", alpha)):
+    if student is not None:
+        overrides.append(f"student.model={json.dumps(student)}")
+    if student_layers is not None:
+        overrides.append(f"student.layers={json.dumps(_csv(student_layers, int, '--student-layers'))}")
+        if student is None:
+            overrides.append("student.model=null")
+    elif student is None and recipe is None and strategy != "self-quantized":
+        raise EdgekitError("say which student to train: --student MODEL, or --student-layers K to keep K of the teacher's layers")
+    for key, value in (("strategy", strategy), ("temperature", temperature), ("alpha", alpha),
+                       ("feature_weight", feature_weight)):
         if value is not None:
             overrides.append(f"distill.{key}={json.dumps(value)}")
+    if teacher_weights is not None:
+        if teacher_weights.strip().lower() == "learned":
+            overrides.append("distill.learn_teacher_weights=true")
+        else:
+            overrides.append(f"distill.teacher_weights={json.dumps(_csv(teacher_weights, float, '--teacher-weights'))}")
+    if baseline:
+        overrides.append("distill.baseline=true")
+    if no_cache:
+        overrides.append("distill.cache=false")
+    if len(teacher) > 1:
+        overrides.append(f"distill.teachers={json.dumps(teacher[1:])}")
     overrides += _train_overrides("distill.train", epochs, lr, batch_size)
     loaded = build_recipe(base, overrides, sets)
-    check_output(out, force)
+    _check_out(out, force, resume)
     write_recipe_file(loaded, write_recipe)
-    meta = stages.distill(loaded, teacher, out, force=force)
+    meta = stages.distill(loaded, teacher[0], out, force=force or resume, resume=resume)
     _print_model_summary(meta, out)
+
+
+def _check_out(out: Path, force: bool, resume: bool) -> None:
+    from edgekit.artifacts import check_output
+    from edgekit.distill.engine import checkpoint_folder
+
+    if resume and not checkpoint_folder(out).exists():
+        raise EdgekitError(f"nothing to resume for {out}: no checkpoint ({checkpoint_folder(out)}); run without --resume")
+    if not resume:
+        check_output(out, force)
 
 
 def prune(
@@ -299,7 +342,29 @@ def _train_overrides(section: str, epochs, lr, batch_size) -> list[str]:
 def _print_model_summary(meta: dict, out: Path) -> None:
     m = meta["metrics"]
     lat = m.get("latency_ms") or {}
-    print(f"{meta['config']['model']}: accuracy {m['accuracy']:.2%} on {m['split']} ({m['examples']} examples), "
+    config = meta["config"]
+    name = f"{config['strategy']} student" if "strategy" in config else config.get("model", "model")
+    links = meta.get("links") or []
+    if len(links) > 1 or meta.get("baseline_metrics"):
+        rows = [("teacher", meta["teacher"]["parameters"], meta["teacher"]["accuracy"], None)]
+        rows += [(f"link {r['name']}", r["parameters"], r["accuracy"], r.get("macro_f1")) for r in links]
+        if meta.get("baseline_metrics"):
+            b = meta["baseline_metrics"]
+            rows.append(("labels-only baseline", meta["parameters"], b["accuracy"], b["macro_f1"]))
+        print(f"{'model':<24} {'parameters (M)':>14} {'accuracy (%)':>12} {'macro F1':>9}")
+        for label, params, acc, f1 in rows:
+            print(f"{label:<24} {params / 1e6:14.3f} {100 * acc:12.2f} {'' if f1 is None else f'{f1:9.3f}':>9}")
+    if "teacher_weights" in m:
+        kind = "learned" if m.get("teacher_weights_learned") else "fixed"
+        print(f"teacher weights ({kind}): " + ", ".join(f"{w:.3f}" for w in m["teacher_weights"]))
+    if "kd_gain_points" in m:
+        print(f"KD gain over labels only: {m['kd_gain_points']:+.2f} accuracy points")
+    if meta.get("merge"):
+        g = meta["merge"]
+        print(f"NF4+LoRA merged to full precision: max |logit diff| {g['max_abs_logit_diff']:.2e}, label agreement "
+              f"{g['label_agreement']:.2%}; 4-bit model accuracy {g['nf4_lora_accuracy']:.2%}")
+    _print_metrics(m)
+    print(f"{name}: accuracy {m['accuracy']:.2%} on {m['split']} ({m['examples']} examples), "
           f"macro F1 {m['macro_f1']:.3f}, {meta['parameters'] / 1e6:.3f} M parameters, "
           f"p50 {lat.get('p50', float('nan')):.3f} ms (PyTorch CPU, batch 1); wrote {out}")
 

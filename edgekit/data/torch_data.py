@@ -78,8 +78,15 @@ def make_dataset(handle, split: Split) -> Dataset:
     return TextSplitDataset(split, handle.tokenizer, handle.preprocessing["max_length"], handle.input_names)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                batches: list[list[int]] | None = None) -> DataLoader:
+    """Batches in order, shuffled by ``seed``, or exactly the index lists ``batches``."""
     collate = dataset.collate if isinstance(dataset, TextSplitDataset) else _image_collate
+    if batches is not None:
+        # its own generator: creating the iterator must not draw from the global RNG (dropout's), or a
+        # run resumed mid-epoch would see other dropout masks than one never stopped
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0,
+                          generator=torch.Generator().manual_seed(seed))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
                       num_workers=0)

@@ -1,14 +1,27 @@
-"""The one training loop. Fine-tuning a teacher and distilling a student are the same loop:
-distillation only adds teacher logits, looked up by example index from a table computed once."""
+"""The one training loop, on Accelerate. Fine-tuning a teacher, every distillation strategy and the
+labels-only baseline are the same loop with a different :class:`~edgekit.distill.objectives.Objective`.
+
+- CUDA when present (bf16 autocast), CPU otherwise; ``accelerate launch`` on several GPUs shards each
+  epoch's batches across processes with no code change.
+- Each epoch's example order is a permutation drawn from (seed, epoch), so a run can stop after any
+  step and continue exactly where it was: checkpoints every ``checkpoint_every`` steps and at Ctrl-C
+  hold the weights, optimizer, scheduler, objective, random-generator states and the position in the
+  epoch. On CPU, in deterministic mode, a resumed run ends with the same weights as one never stopped.
+- Evaluation each epoch; the weights of the best validation epoch are kept.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,13 +30,28 @@ from tqdm.auto import tqdm
 
 from edgekit.data.splits import Split, TaskData
 from edgekit.data.torch_data import make_dataset, make_loader
-from edgekit.distill.losses import kd_loss
+from edgekit.distill.objectives import Objective
+from edgekit.errors import EdgekitError
 from edgekit.metrics import classification_metrics
 from edgekit.models.handle import ModelHandle, default_lr
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class Interrupted(EdgekitError):
+    exit_code = 130
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def accelerator():
+    """The process's Accelerator: CUDA with bf16 autocast when present, else CPU in fp32."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
 
 
 def seed_everything(seed: int) -> None:
@@ -39,14 +67,32 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     lr: float = 0.0
+    resumed_from: dict[str, int] | None = None
+    objective: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often to checkpoint. ``tag`` identifies the run (config fingerprint): a
+    checkpoint with another tag is never resumed."""
+
+    folder: Path
+    tag: str
+    every_steps: int = 200
+    resume: bool = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder) / CHECKPOINT_FILE
 
 
 def predict_logits(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None,
-                   device: torch.device | None = None) -> np.ndarray:
-    """Logits of ``handle`` for every example of ``split``, in split order."""
+                   device: torch.device | None = None, features: bool = False):
+    """Logits of ``handle`` for every example of ``split``, in split order; with ``features`` also
+    the input of the classification head (``(logits, features)``)."""
     device = device or pick_device()
     handle.module.to(device)
-    return _predict_dataset(handle, make_dataset(handle, split), batch_size, device, desc)
+    return _predict_dataset(handle, make_dataset(handle, split), batch_size, device, desc, features)
 
 
 def evaluate(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None) -> dict[str, Any]:
@@ -66,80 +112,276 @@ def _schedule(optimizer, total_steps: int, warmup_fraction: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's batches of ``epoch``: a permutation of range(n) drawn from (seed, epoch), so
+    any epoch's order can be rebuilt after a restart."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()[rank::world]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class _HeadInput:
+    """Captures the input of the classification head during forward (for feature KD)."""
+
+    def __init__(self, head: torch.nn.Module):
+        self.value = None
+        self.hook = head.register_forward_pre_hook(self._grab)
+
+    def _grab(self, module, args):
+        self.value = args[0]
+
+    def close(self):
+        self.hook.remove()
+
+
+class _StopFlag:
+    """SIGINT sets a flag; the loop checkpoints after the current step and stops cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:  # second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.set = True
+        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_rest": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]),
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, pos, has_gauss, cached = json.loads(state["numpy_rest"])
+    np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(ckpt: Checkpointing, state: dict[str, Any]) -> None:
+    ckpt.folder.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.path.with_name(CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt.path)
+
+
+def load_checkpoint(ckpt: Checkpointing) -> dict[str, Any] | None:
+    if not ckpt.path.is_file():
+        return None
+    try:
+        state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgekitError(f"cannot read checkpoint {ckpt.path} ({str(exc).splitlines()[0]}); delete it to start over") from None
+    if state.get("tag") != ckpt.tag:
+        raise EdgekitError(f"checkpoint {ckpt.path} was written by a run with other settings; "
+                           "rerun with the same settings, or delete it (or drop --resume) to start over")
+    return state
+
+
+def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and buffers (frozen weights, e.g. a 4-bit base, never change)."""
+    state = {name: p.detach().cpu().clone() for name, p in module.named_parameters() if p.requires_grad}
+    state.update({name: b.detach().cpu().clone() for name, b in module.named_buffers()})
+    return state
+
+
 def train(
     handle: ModelHandle,
     data: TaskData,
     cfg,
     *,
     seed: int,
-    teacher_logits: np.ndarray | None = None,
-    temperature: float = 1.0,
-    alpha: float = 0.0,
+    objective: Objective | None = None,
     desc: str = "train",
+    checkpoint: Checkpointing | None = None,
+    deterministic: bool = True,
 ) -> TrainResult:
-    """Train ``handle`` in place on ``data.train``; keep the weights of the best validation epoch.
+    """Train ``handle`` in place on ``data.train`` with ``objective`` (default: cross-entropy) and
+    keep the weights of the best validation epoch."""
+    seed = cfg.seed if cfg.seed is not None else seed
+    seed_everything(seed)
+    objective = objective or Objective()
+    acc = accelerator()
+    device = acc.device
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    if deterministic and device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
-    ``teacher_logits[i]`` are the teacher's logits for training example ``i``: with them the loss is
-    Hinton KD, without them plain cross-entropy.
-    """
-    seed_everything(cfg.seed if cfg.seed is not None else seed)
-    device = pick_device()
-    module = handle.module.to(device)
     lr = cfg.lr or default_lr(handle)
-    train_loader = make_loader(make_dataset(handle, data.train), cfg.batch_size, shuffle=True, seed=seed)
+    objective.to(device)
+    params = [p for p in handle.module.parameters() if p.requires_grad] + \
+             [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    module, optimizer = acc.prepare(handle.module, optimizer)
+    raw_module = acc.unwrap_model(module)
+    train_dataset = make_dataset(handle, data.train)
     val_dataset = make_dataset(handle, data.val)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(train_loader)
-    scheduler = _schedule(optimizer, total, cfg.warmup_fraction)
-    table = torch.from_numpy(teacher_logits) if teacher_logits is not None else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    batches_per_epoch = len(epoch_batches(len(train_dataset), cfg.batch_size, seed, 1, acc.process_index, acc.num_processes))
+    scheduler = _schedule(optimizer, cfg.epochs * batches_per_epoch, cfg.warmup_fraction)
+    head_input = _HeadInput(handle.head()) if objective.needs_features else None
 
     result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, lr=lr)
     best_state = None
+    start_epoch, start_step, global_step, elapsed = 1, 0, 0, 0.0
+    saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.resume else None
+    if saved is not None:
+        raw_module.load_state_dict(saved["module"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        objective.load_state_dict(saved["objective"], strict=False)
+        _set_rng_state(saved["rng"])
+        start_epoch, start_step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
+        elapsed = float(saved["elapsed"])
+        result.history = json.loads(saved["history"])
+        result.best_epoch, result.best_val_accuracy = saved["best_epoch"], float(saved["best_val_accuracy"])
+        best_state = saved.get("best_state") or None
+        result.resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
+        print(f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}",
+              file=sys.stderr)
+
+    def snapshot(epoch: int, step_in_epoch: int) -> None:
+        if checkpoint is None or not acc.is_main_process:
+            return
+        _save_checkpoint(checkpoint, {
+            "tag": checkpoint.tag, "module": _trainable_state(raw_module),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "objective": objective.state_dict(), "rng": _rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "global_step": global_step, "elapsed": elapsed + (time.perf_counter() - start),
+            "history": json.dumps(result.history), "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy, "best_state": best_state or {},
+        })
+
     start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        module.train()
-        epoch_start, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr)
-        for indices, inputs, labels in bar:
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            labels = labels.to(device)
-            with autocast:
-                logits = handle.logits(inputs)
-            teacher = table[indices].to(device) if table is not None else None
-            loss = kd_loss(logits.float(), teacher, labels, temperature, alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(labels)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-        epoch_seconds = time.perf_counter() - epoch_start
-        val_logits = _predict_dataset(handle, val_dataset, cfg.batch_size, device)
-        val_acc = float((val_logits.argmax(-1) == data.val.labels).mean())
-        result.history.append({"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_accuracy": val_acc,
-                               "epoch_seconds": epoch_seconds})
-        print(f"  {desc} epoch {epoch}/{cfg.epochs}: loss {total_loss / max(seen, 1):.4f}, "
-              f"val accuracy {val_acc:.2%}, {epoch_seconds:.1f} s", file=sys.stderr)
-        if val_acc > result.best_val_accuracy:
-            result.best_val_accuracy, result.best_epoch = val_acc, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+    try:
+        with _StopFlag() as stop:
+            for epoch in range(start_epoch, cfg.epochs + 1):
+                module.train()
+                batches = epoch_batches(len(train_dataset), cfg.batch_size, seed, epoch, acc.process_index,
+                                        acc.num_processes)
+                first = start_step if epoch == start_epoch else 0
+                if first == 0:
+                    epoch_loss, seen, epoch_seconds = 0.0, 0, 0.0
+                else:  # the partial epoch's running totals were saved in the history's tail
+                    partial = result.history.pop() if result.history and result.history[-1].get("partial") else {}
+                    epoch_loss, seen = partial.get("loss_sum", 0.0), partial.get("seen", 0)
+                    epoch_seconds = partial.get("epoch_seconds", 0.0)
+                epoch_start = time.perf_counter()
+                loader = make_loader(train_dataset, cfg.batch_size, shuffle=False, batches=batches[first:])
+                bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
+                           initial=first, total=len(batches), disable=None)
+                for step_in_epoch, (indices, inputs, labels) in enumerate(bar, start=first + 1):
+                    inputs = {k: v.to(device) for k, v in inputs.items()}
+                    labels = labels.to(device)
+                    with acc.autocast():
+                        logits = handle_logits(handle, module, inputs)
+                    features = head_input.value if head_input is not None else None
+                    loss = objective.loss(logits.float(), features, indices, labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    acc.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    global_step += 1
+                    epoch_loss += loss.item() * len(labels)
+                    seen += len(labels)
+                    bar.set_postfix(loss=f"{epoch_loss / seen:.4f}")
+                    stopping = stop.set
+                    if stopping or (checkpoint is not None and global_step % checkpoint.every_steps == 0):
+                        result.history.append({"partial": True, "loss_sum": epoch_loss, "seen": seen,
+                                               "epoch_seconds": epoch_seconds + time.perf_counter() - epoch_start})
+                        snapshot(epoch, step_in_epoch)
+                        result.history.pop()
+                    if stopping:
+                        where = f" in {checkpoint.path}" if checkpoint is not None else ""
+                        raise Interrupted(f"interrupted at epoch {epoch}, step {step_in_epoch}; checkpoint saved{where}; "
+                                          "rerun the same command with --resume to continue")
+                bar.close()
+                epoch_seconds += time.perf_counter() - epoch_start
+                val_logits = _predict_dataset(handle, val_dataset, cfg.batch_size, device)
+                val_acc = float((val_logits.argmax(-1) == data.val.labels).mean())
+                result.history.append({"epoch": epoch, "train_loss": epoch_loss / max(seen, 1), "val_accuracy": val_acc,
+                                       "epoch_seconds": epoch_seconds})
+                print(f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
+                      f"val accuracy {val_acc:.2%}, {epoch_seconds:.1f} s", file=sys.stderr)
+                if val_acc > result.best_val_accuracy:
+                    result.best_val_accuracy, result.best_epoch = val_acc, epoch
+                    best_state = _trainable_state(raw_module)
+                if checkpoint is not None:
+                    snapshot(epoch + 1, 0)
+    finally:
+        if head_input is not None:
+            head_input.close()
+        if deterministic and device.type == "cpu":
+            torch.use_deterministic_algorithms(previous_deterministic)
     if best_state is not None:
-        module.load_state_dict(best_state)
-    module.eval()
-    handle.module = module.cpu()
-    result.seconds = time.perf_counter() - start
+        raw_module.load_state_dict(best_state, strict=False)
+    raw_module.eval()
+    handle.module = raw_module.cpu()
+    objective.cpu()
+    result.seconds = elapsed + time.perf_counter() - start
+    result.objective = objective.report()
     return result
 
 
+def handle_logits(handle: ModelHandle, module, inputs):
+    """``handle.logits`` through ``module`` (the Accelerate-wrapped copy when on several GPUs)."""
+    if module is handle.module:
+        return handle.logits(inputs)
+    original, handle.module = handle.module, module
+    try:
+        return handle.logits(inputs)
+    finally:
+        handle.module = original
+
+
 @torch.no_grad()
-def _predict_dataset(handle: ModelHandle, dataset, batch_size: int, device, desc: str | None = None) -> np.ndarray:
+def _predict_dataset(handle: ModelHandle, dataset, batch_size: int, device, desc: str | None = None,
+                     features: bool = False):
     handle.module.eval()
     loader = make_loader(dataset, batch_size, shuffle=False)
     outputs = np.zeros((len(dataset), len(handle.label_names)), dtype=np.float32)
-    for indices, inputs, _ in tqdm(loader, desc=desc, leave=False, disable=desc is None, file=sys.stderr):
-        outputs[indices.numpy()] = handle.logits({k: v.to(device) for k, v in inputs.items()}).float().cpu().numpy()
-    return outputs
+    head_input = _HeadInput(handle.head()) if features else None
+    feature_rows = None
+    try:
+        for indices, inputs, _ in tqdm(loader, desc=desc, leave=False, disable=True if desc is None else None, file=sys.stderr):
+            outputs[indices.numpy()] = handle.logits({k: v.to(device) for k, v in inputs.items()}).float().cpu().numpy()
+            if head_input is not None:
+                value = head_input.value.float().reshape(len(indices), -1).cpu().numpy()
+                if feature_rows is None:
+                    feature_rows = np.zeros((len(dataset), value.shape[1]), dtype=np.float32)
+                feature_rows[indices.numpy()] = value
+    finally:
+        if head_input is not None:
+            head_input.close()
+    return (outputs, feature_rows) if features else outputs
+
+
+def copy_handle(handle: ModelHandle) -> ModelHandle:
+    """A deep copy of the handle's weights (the tokenizer is shared)."""
+    clone = copy.copy(handle)
+    clone.module = copy.deepcopy(handle.module)
+    return clone

@@ -48,6 +48,24 @@ class ModelHandle:
             return self.module(inputs["pixel_values"])
         return self.module(**{k: inputs[k] for k in self.input_names if k in inputs}).logits
 
+    def head(self) -> torch.nn.Module:
+        """The final classification layer (its input is the model's pooled feature)."""
+        module = self.module
+        if hasattr(module, "base_model") and hasattr(module.base_model, "model"):  # peft wrapper
+            module = module.base_model.model
+        for name in ("classifier", "fc", "heads", "head", "score"):
+            head = getattr(module, name, None)
+            if head is None:
+                continue
+            if hasattr(head, "modules_to_save"):  # peft ModulesToSaveWrapper
+                head = head.modules_to_save["default"]
+            if isinstance(head, torch.nn.Linear):
+                return head
+            linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+            if linears:
+                return linears[-1]
+        raise EdgekitError(f"cannot find the classification head of {self.arch}; feature distillation needs one")
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
@@ -79,6 +97,9 @@ class ModelHandle:
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
             save_file(state, str(folder / "model.safetensors"))
         else:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
             self.module.save_pretrained(folder, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(folder)

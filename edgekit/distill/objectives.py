@@ -1,0 +1,103 @@
+"""What the training loop minimises. Every strategy is the same loop with a different objective.
+
+An objective sees the student's logits (and, when it asks for them, the input of the student's
+classification head) for a batch, the batch's example indices and labels. Teacher outputs are
+looked up by example index in tables computed once (the cached transfer set), so no teacher runs
+during training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgekit.distill.losses import kd_loss
+
+
+class Objective(torch.nn.Module):
+    """Plain cross-entropy on the labels (fine-tuning, labels-only baselines)."""
+
+    needs_features = False
+
+    def loss(self, logits: torch.Tensor, features: torch.Tensor | None, indices: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def report(self) -> dict[str, Any]:
+        return {}
+
+
+class LogitKD(Objective):
+    """Hinton KD against one table of teacher logits, with optional feature KD: the student's
+    head input is projected (a learned linear map when widths differ) onto the teacher's and
+    matched by mean squared error, weighted by ``feature_weight``."""
+
+    def __init__(self, teacher_logits: np.ndarray, temperature: float, alpha: float,
+                 teacher_features: np.ndarray | None = None, student_width: int | None = None,
+                 feature_weight: float = 0.0):
+        super().__init__()
+        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32)),
+                             persistent=False)
+        self.temperature, self.alpha = temperature, alpha
+        self.feature_weight = feature_weight if teacher_features is not None else 0.0
+        self.projection = None
+        if self.feature_weight > 0:
+            self.register_buffer("feature_table", torch.from_numpy(np.ascontiguousarray(teacher_features, dtype=np.float32)),
+                                 persistent=False)
+            teacher_width = teacher_features.shape[1]
+            self.projection = (torch.nn.Identity() if student_width == teacher_width
+                               else torch.nn.Linear(student_width, teacher_width))
+            self.needs_features = True
+
+    def teacher(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.table[indices.to(self.table.device)]
+
+    def loss(self, logits, features, indices, labels):
+        loss = kd_loss(logits, self.teacher(indices).to(logits.device), labels, self.temperature, self.alpha)
+        if self.feature_weight > 0 and features is not None:
+            target = self.feature_table[indices.to(self.feature_table.device)].to(features.device)
+            loss = loss + self.feature_weight * F.mse_loss(self.projection(features.float()), target)
+        return loss
+
+
+class MultiTeacherKD(LogitKD):
+    """KD from a weighted ensemble of teachers: z = sum_i beta_i * z_i over their logits.
+
+    Fixed weights are normalised to sum to 1. Learned weights are beta = softmax(w), trained
+    with the student by the ensemble's own cross-entropy on the labels (the KD term sees the
+    ensemble detached, so the student cannot pull the weights toward whatever it already predicts).
+    """
+
+    def __init__(self, teacher_logits: list[np.ndarray], weights: list[float] | None, learn: bool,
+                 temperature: float, alpha: float, **features):
+        stacked = np.stack([np.asarray(t, dtype=np.float32) for t in teacher_logits])  # [teachers, N, classes]
+        super().__init__(stacked[0], temperature, alpha, **features)
+        self.register_buffer("table", torch.from_numpy(stacked), persistent=False)
+        n = len(teacher_logits)
+        init = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.learn = learn
+        self.weight_logits = torch.nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float32)), requires_grad=learn)
+
+    def betas(self) -> torch.Tensor:
+        return torch.softmax(self.weight_logits, dim=0)
+
+    def teacher(self, indices):
+        per_teacher = self.table[:, indices.to(self.table.device)]  # [teachers, batch, classes]
+        return torch.einsum("t,tbc->bc", self.betas().to(per_teacher.device), per_teacher)
+
+    def loss(self, logits, features, indices, labels):
+        ensemble = self.teacher(indices).to(logits.device)
+        loss = kd_loss(logits, ensemble.detach(), labels, self.temperature, self.alpha)
+        if self.learn:
+            loss = loss + F.cross_entropy(ensemble, labels)
+        if self.feature_weight > 0 and features is not None:
+            target = self.feature_table[indices.to(self.feature_table.device)].to(features.device)
+            loss = loss + self.feature_weight * F.mse_loss(self.projection(features.float()), target)
+        return loss
+
+    def report(self) -> dict[str, Any]:
+        return {"teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],
+                "teacher_weights_learned": self.learn}

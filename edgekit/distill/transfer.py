@@ -1,0 +1,112 @@
+"""The transfer set: a teacher's outputs on the training examples, computed once and kept on disk.
+
+The key is a hash of the teacher's weights, its architecture and preprocessing, and the examples
+(texts, or image files with their size and modification time, or pixel arrays) with their labels.
+Change any of them and the key changes, so a stale table is never used. Tables live in
+``$EDGEKIT_CACHE_DIR/transfer`` (default ``~/.cache/edgekit/transfer``) as ``.npz`` files and are
+shared by every epoch, strategy and student that uses the same teacher on the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.data.splits import Split
+
+FORMAT = "edgekit-transfer-1"
+
+
+def cache_root() -> Path:
+    root = os.environ.get("EDGEKIT_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "edgekit"
+
+
+def weights_digest(module) -> str:
+    """sha256 of every tensor of the state dict (name, dtype, shape and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch_uint8()).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def split_digest(split: Split) -> str:
+    digest = hashlib.sha256()
+    for item in split.items:
+        if isinstance(item, str):
+            path = Path(item)
+            if len(item) < 4096 and "\n" not in item and path.is_file():
+                stat = path.stat()
+                digest.update(f"file|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            else:
+                digest.update(b"text|" + item.encode("utf-8") + b"\x00")
+        elif isinstance(item, np.ndarray):
+            digest.update(f"array|{item.dtype}|{item.shape}|".encode() + np.ascontiguousarray(item).tobytes())
+        else:  # Pillow image
+            digest.update(f"image|{getattr(item, 'mode', '')}|{getattr(item, 'size', '')}|".encode() + item.tobytes())
+    digest.update(np.asarray(split.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class TransferSet:
+    logits: np.ndarray
+    features: np.ndarray | None
+    key: str
+    path: Path | None
+    hit: bool
+    seconds: float
+
+
+def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = True, batch_size: int = 128,
+                 desc: str = "teacher logits") -> TransferSet:
+    """The teacher ``handle``'s logits (and head-input features) on ``split``, from the cache when
+    the same teacher already saw the same examples."""
+    from edgekit.distill.trainer import predict_logits
+
+    start = time.perf_counter()
+    key = hashlib.sha256(json.dumps({
+        "format": FORMAT, "weights": weights_digest(handle.module), "arch": handle.arch, "family": handle.family,
+        "preprocessing": handle.preprocessing, "labels": handle.label_names, "data": split_digest(split),
+        "features": features,
+    }, sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_root() / "transfer" / f"{key}.npz" if cache else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as stored:
+                logits = stored["logits"]
+                feats = stored["features"] if features else None
+            if logits.shape[0] == len(split):
+                print(f"  {desc}: {len(split)} examples from cache {path}", file=sys.stderr)
+                return TransferSet(logits, feats, key, path, True, time.perf_counter() - start)
+        except Exception:  # a damaged file is recomputed and replaced
+            pass
+    if features:
+        logits, feats = predict_logits(handle, split, batch_size, desc=desc, features=True)
+    else:
+        logits, feats = predict_logits(handle, split, batch_size, desc=desc), None
+    handle.module.cpu()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        arrays = {"logits": logits, **({"features": feats} if feats is not None else {})}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return TransferSet(logits, feats, key, path, False, time.perf_counter() - start)
