@@ -18,7 +18,7 @@ import yaml
 
 from edgekit.errors import EdgekitError
 
-TASKS = ("image-classification", "text-classification")
+TASKS = ("image-classification", "text-classification", "text2text")
 STRATEGIES = ("straightforward", "successive", "multi-teacher", "self-quantized")
 EXPORT_FORMATS = ("onnx",)
 
@@ -51,6 +51,7 @@ class DataConfig:
     Any other ``dataset`` is a Hugging Face dataset ``NAME[:CONFIG]`` or a folder
     written by ``datasets.save_to_disk``. ``train``/``val``/``test`` are local
     CSV/TSV/JSONL files (text) or ImageFolder folders (images) and win over ``dataset``.
+    For ``task: text2text`` (T5 and other encoder-decoders) ``label_column`` holds the target text.
     """
 
     dataset: str | None = "digits"
@@ -62,6 +63,7 @@ class DataConfig:
     image_column: str = "image"
     image_size: int | None = None
     max_length: int = 128
+    max_target_length: int = 128
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     limit: int | None = None

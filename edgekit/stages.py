@@ -48,6 +48,10 @@ def model_metrics(handle, data) -> dict[str, Any]:
 
     metrics = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch}")
     metrics["split"] = data.eval_split.name
+    if handle.task == "text2text":  # generation metrics; batch-1 latency of generate() depends on output length
+        metrics["val_bleu"] = evaluate(handle, data.val)["bleu"]
+        handle.module.cpu()
+        return metrics
     metrics["val_accuracy"] = evaluate(handle, data.val)["accuracy"]
     metrics["latency_ms"] = torch_latency(handle)
     return metrics
@@ -83,7 +87,7 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
     seed_everything(recipe.seed)  # the initial weights of a model trained from scratch
     handle = load_model(recipe.teacher.model, task=data.task, label_names=data.label_names,
                         pretrained=recipe.teacher.pretrained, image_size=recipe.data.image_size,
-                        max_length=recipe.data.max_length)
+                        max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
     with stage_folder(out, force) as folder:
         log(f"finetune: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters) on {len(data.train)} examples")
         ckpt = Checkpointing(checkpoint_folder(out), tag=print_, every_steps=recipe.distill.checkpoint_every, resume=resume)

@@ -77,7 +77,7 @@ def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
     assert student.returncode == 0, student.stderr[-3000:]
     meta = json.loads((tmp_path / "student" / "meta.json").read_text())
     assert meta["metrics"]["compression_ratio"] > 5
-    assert meta["config"]["teacher"] == str(tmp_path / "teacher")
+    assert meta["config"]["teachers"] == [str(tmp_path / "teacher")]
     fp32 = run_cli("export", tmp_path / "student", "--fp32", "--out", tmp_path / "bundle")
     assert fp32.returncode == 0, fp32.stderr[-3000:]
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())

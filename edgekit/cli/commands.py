@@ -146,8 +146,7 @@ def distill(
         overrides.append("distill.baseline=true")
     if no_cache:
         overrides.append("distill.cache=false")
-    if len(teacher) > 1:
-        overrides.append(f"distill.teachers={json.dumps(teacher[1:])}")
+    overrides.append(f"distill.teachers={json.dumps([str(t) for t in teacher[1:]])}")  # --teacher is the whole list
     overrides += _train_overrides("distill.train", epochs, lr, batch_size)
     loaded = build_recipe(base, overrides, sets)
     _check_out(out, force, resume)
@@ -341,29 +340,38 @@ def _train_overrides(section: str, epochs, lr, batch_size) -> list[str]:
 
 def _print_model_summary(meta: dict, out: Path) -> None:
     m = meta["metrics"]
-    lat = m.get("latency_ms") or {}
     config = meta["config"]
     name = f"{config['strategy']} student" if "strategy" in config else config.get("model", "model")
+    seq2seq = "accuracy" not in m
+    key, key2, unit = ("bleu", "rouge_l", "BLEU") if seq2seq else ("accuracy", "macro_f1", "accuracy (%)")
+    scale = 1 if seq2seq else 100
     links = meta.get("links") or []
     if len(links) > 1 or meta.get("baseline_metrics"):
-        rows = [("teacher", meta["teacher"]["parameters"], meta["teacher"]["accuracy"], None)]
-        rows += [(f"link {r['name']}", r["parameters"], r["accuracy"], r.get("macro_f1")) for r in links]
+        rows = [("teacher", meta["teacher"]["parameters"], meta["teacher"][key], None)]
+        rows += [(f"link {r['name']}", r["parameters"], r[key], r.get(key2)) for r in links]
         if meta.get("baseline_metrics"):
             b = meta["baseline_metrics"]
-            rows.append(("labels-only baseline", meta["parameters"], b["accuracy"], b["macro_f1"]))
-        print(f"{'model':<24} {'parameters (M)':>14} {'accuracy (%)':>12} {'macro F1':>9}")
-        for label, params, acc, f1 in rows:
-            print(f"{label:<24} {params / 1e6:14.3f} {100 * acc:12.2f} {'' if f1 is None else f'{f1:9.3f}':>9}")
+            rows.append(("labels-only baseline", meta["parameters"], b[key], b[key2]))
+        print(f"{'model':<24} {'parameters (M)':>14} {unit:>12} {'ROUGE-L' if seq2seq else 'macro F1':>9}")
+        for label, params, value, second in rows:
+            print(f"{label:<24} {params / 1e6:14.3f} {scale * value:12.2f} {'' if second is None else f'{second:9.3f}':>9}")
     if "teacher_weights" in m:
         kind = "learned" if m.get("teacher_weights_learned") else "fixed"
         print(f"teacher weights ({kind}): " + ", ".join(f"{w:.3f}" for w in m["teacher_weights"]))
     if "kd_gain_points" in m:
         print(f"KD gain over labels only: {m['kd_gain_points']:+.2f} accuracy points")
+    if "kd_gain_bleu" in m:
+        print(f"KD gain over labels only: {m['kd_gain_bleu']:+.2f} BLEU")
     if meta.get("merge"):
         g = meta["merge"]
         print(f"NF4+LoRA merged to full precision: max |logit diff| {g['max_abs_logit_diff']:.2e}, label agreement "
-              f"{g['label_agreement']:.2%}; 4-bit model accuracy {g['nf4_lora_accuracy']:.2%}")
+              f"{g['label_agreement']:.2%}; 4-bit model score {g['nf4_lora_accuracy']:.4f}")
+    if seq2seq:
+        print(f"{name}: BLEU {m['bleu']:.2f}, ROUGE-L {m['rouge_l']:.3f}, exact match {m['exact_match']:.2%} on "
+              f"{m['split']} ({m['examples']} examples), {meta['parameters'] / 1e6:.3f} M parameters; wrote {out}")
+        return
     _print_metrics(m)
+    lat = m.get("latency_ms") or {}
     print(f"{name}: accuracy {m['accuracy']:.2%} on {m['split']} ({m['examples']} examples), "
           f"macro F1 {m['macro_f1']:.3f}, {meta['parameters'] / 1e6:.3f} M parameters, "
           f"p50 {lat.get('p50', float('nan')):.3f} ms (PyTorch CPU, batch 1); wrote {out}")

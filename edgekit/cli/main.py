@@ -7,6 +7,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Hugging Face's own bars (weight loading, shard writing) would interleave with edgekit's
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:  # recent Typer vendors its own copy of click
         from typer._click import exceptions as click
     except ImportError:  # pragma: no cover - older Typer uses click itself

@@ -79,7 +79,9 @@ def _check_not_empty(split: Split, where: str) -> None:
 
 def load_task_data(cfg, task: str, seed: int = 0) -> TaskData:
     """Load the splits described by a recipe's ``data`` section."""
-    if cfg.train:
+    if task == "text2text":
+        data = _text2text(cfg, seed)
+    elif cfg.train:
         data = _from_files(cfg, task, seed)
     elif cfg.dataset == "digits":
         data = _digits(cfg, seed)
@@ -92,11 +94,31 @@ def load_task_data(cfg, task: str, seed: int = 0) -> TaskData:
     for split in (data.train, data.val, data.test):
         if split is not None:
             _check_not_empty(split, f"the {split.name} split")
-    if len(data.label_names) < 2:
+    if task != "text2text" and len(data.label_names) < 2:
         raise EdgekitError(
             f"the training data has {len(data.label_names)} label(s) ({', '.join(data.label_names)}); classification needs two or more"
         )
     return data
+
+
+def _text2text(cfg, seed: int) -> TaskData:
+    """Source/target pairs from CSV/TSV/JSONL files (``text_column`` -> ``label_column``)."""
+    if not cfg.train:
+        raise EdgekitError("text2text data comes from files: give --train FILE (columns: source text and target text)")
+
+    def read(path, name):
+        items, targets = read_table(path, cfg.text_column, cfg.label_column)
+        return Split(name, items, np.asarray(targets, dtype=object))
+
+    train = read(cfg.train, "train")
+    if cfg.val:
+        val = read(cfg.val, "val")
+    else:
+        order = np.random.default_rng(seed).permutation(len(train))
+        n_val = max(1, int(round(len(train) * cfg.val_fraction))) if len(train) > 1 else 0
+        val, train = train.take(np.sort(order[:n_val]), "val"), train.take(np.sort(order[n_val:]), "train")
+    test = read(cfg.test, "test") if cfg.test else None
+    return TaskData("text2text", [], train, val, test, source="files")
 
 
 def _digits(cfg, seed: int) -> TaskData:

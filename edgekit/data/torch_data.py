@@ -73,6 +73,11 @@ def _image_collate(batch):
 
 
 def make_dataset(handle, split: Split) -> Dataset:
+    if handle.task == "text2text":
+        from edgekit.distill.seq2seq import Seq2SeqSplitDataset
+
+        return Seq2SeqSplitDataset(split, handle.tokenizer, handle.preprocessing["max_length"],
+                                   handle.preprocessing.get("max_target_length", 128))
     if handle.task == "image-classification":
         return ImageSplitDataset(split, handle.preprocessing)
     return TextSplitDataset(split, handle.tokenizer, handle.preprocessing["max_length"], handle.input_names)
@@ -81,7 +86,7 @@ def make_dataset(handle, split: Split) -> Dataset:
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                 batches: list[list[int]] | None = None) -> DataLoader:
     """Batches in order, shuffled by ``seed``, or exactly the index lists ``batches``."""
-    collate = dataset.collate if isinstance(dataset, TextSplitDataset) else _image_collate
+    collate = getattr(dataset, "collate", _image_collate)
     if batches is not None:
         # its own generator: creating the iterator must not draw from the global RNG (dropout's), or a
         # run resumed mid-epoch would see other dropout masks than one never stopped

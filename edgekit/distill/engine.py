@@ -62,7 +62,7 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
 
     cfg = recipe.distill
     teachers = [teachers] if isinstance(teachers, str) else list(teachers)
-    teachers = teachers + [t for t in cfg.teachers if t not in teachers]
+    teachers = teachers + [str(t) for t in cfg.teachers]
     if cfg.strategy == "multi-teacher" and len(teachers) < 2:
         raise EdgekitError("the multi-teacher strategy needs two or more teachers: repeat --teacher (distill.teachers)")
     if cfg.strategy != "multi-teacher" and len(teachers) > 1:
@@ -89,7 +89,7 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
         return read_meta(out)
     data = data or load_data(recipe)
     kwargs = dict(task=data.task, label_names=data.label_names, image_size=recipe.data.image_size,
-                  max_length=recipe.data.max_length)
+                  max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
     from edgekit.distill.trainer import seed_everything
 
     seed_everything(recipe.seed)  # the initial weights of students built from scratch
@@ -97,6 +97,12 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
     for t, h in zip(teachers, teacher_handles):
         if h.task != data.task:
             raise EdgekitError(f"teacher {t} does {h.task} but the data is {data.task}")
+    if "layers" in links[0]:  # a chain that cannot be cut from this teacher fails before any training
+        from edgekit.distill.derive import kept_layers, layer_count
+
+        n = layer_count(teacher_handles[0])
+        for link in links:
+            kept_layers(n, link["layers"])
     ckpt_root = checkpoint_folder(out)
     if not resume and ckpt_root.exists():
         shutil.rmtree(ckpt_root)
@@ -136,11 +142,11 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                 student, extra["merge"] = _merge_quantized(student, teacher, data, folder)
             metrics = _metrics(student, data)
             metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
-                           teacher_accuracy=_accuracy_of(teacher, data) if index > 1 else teacher_metrics[0]["accuracy"],
+                           teacher_score=_score_of(teacher, data) if index > 1 else score(teacher_metrics[0]),
                            **result.objective)
-            link_rows.append({"name": name, "parameters": student.parameter_count(), "accuracy": metrics["accuracy"],
-                              "macro_f1": metrics["macro_f1"], "teacher_accuracy": metrics["teacher_accuracy"],
-                              "train_seconds": result.seconds, **result.objective})
+            link_rows.append({"name": name, "parameters": student.parameter_count(), **headline(metrics),
+                              "teacher_score": metrics["teacher_score"], "train_seconds": result.seconds,
+                              **result.objective})
             if not last:
                 _save_link(done, student, recipe, config, metrics, result, print_, index)
             if initial is not None:
@@ -156,15 +162,18 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
             shutil.copytree(ckpt_root / row["name"] / "stage", folder / "links" / row["name"])
         metrics = _metrics_final(student, data, result, teacher_handles, teacher_metrics, link_rows)
         if baseline_metrics is not None:
-            metrics["kd_gain_points"] = 100 * (metrics["accuracy"] - baseline_metrics["accuracy"])
+            if "accuracy" in metrics:
+                metrics["kd_gain_points"] = 100 * (metrics["accuracy"] - baseline_metrics["accuracy"])
+            else:
+                metrics["kd_gain_bleu"] = metrics["bleu"] - baseline_metrics["bleu"]
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         extra.update({
             "history": result.history, "resumed_from": result.resumed_from, "links": link_rows,
             "teachers": [{"source": str(t), "arch": h.arch, "parameters": h.parameter_count(),
-                          "accuracy": m["accuracy"]} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],
+                          **headline(m)} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],
             "teacher": {"source": str(teachers[0]), "arch": teacher_handles[0].arch,
-                        "parameters": teacher_handles[0].parameter_count(), "accuracy": teacher_metrics[0]["accuracy"]},
+                        "parameters": teacher_handles[0].parameter_count(), **headline(teacher_metrics[0])},
         })
         if baseline_metrics is not None:
             extra["baseline_metrics"] = baseline_metrics
@@ -223,6 +232,15 @@ def _objective(cfg, teachers, student, data):
     from edgekit.distill.objectives import LogitKD, MultiTeacherKD
     from edgekit.distill.transfer import transfer_set
 
+    if data.task == "text2text":
+        from edgekit.distill.seq2seq import Seq2SeqKD, check_vocabularies
+
+        if cfg.strategy not in ("straightforward", "successive") or cfg.feature_weight > 0:
+            raise EdgekitError(f"text2text distillation supports the straightforward and successive strategies without "
+                               f"feature KD; {cfg.strategy}{' with --feature-weight' if cfg.feature_weight else ''} is for classifiers")
+        check_vocabularies(teachers[0], student)
+        return Seq2SeqKD(teachers[0].module, cfg.temperature, cfg.alpha)
+
     want_features = cfg.feature_weight > 0
     sets = [transfer_set(t, data.train, features=want_features and i == 0, cache=cfg.cache,
                          desc=f"teacher {i + 1} logits" if len(teachers) > 1 else "teacher logits")
@@ -246,16 +264,26 @@ def _metrics(handle, data) -> dict[str, Any]:
     return model_metrics(handle, data)
 
 
-def _accuracy_of(handle, data) -> float:
+def score(metrics: dict) -> float:
+    """The headline number: accuracy, or BLEU for text2text."""
+    return metrics["accuracy"] if "accuracy" in metrics else metrics["bleu"]
+
+
+def headline(metrics: dict) -> dict:
+    keys = ("accuracy", "macro_f1") if "accuracy" in metrics else ("bleu", "rouge_l")
+    return {k: metrics[k] for k in keys}
+
+
+def _score_of(handle, data) -> float:
     from edgekit.distill.trainer import evaluate
 
-    return evaluate(handle, data.eval_split)["accuracy"]
+    return score(evaluate(handle, data.eval_split))
 
 
 def _metrics_final(student, data, result, teacher_handles, teacher_metrics, link_rows) -> dict[str, Any]:
     metrics = _metrics(student, data)
     metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
-                   teacher_accuracy=teacher_metrics[0]["accuracy"],
+                   teacher_score=score(teacher_metrics[0]),
                    compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count(),
                    **result.objective)
     return metrics
@@ -280,7 +308,7 @@ def _merge_quantized(student, teacher, data, folder: Path):
     from edgekit.distill.trainer import predict_logits
 
     quantized_logits = predict_logits(student, data.val)
-    quantized_metrics = _accuracy_of(student, data)
+    quantized_metrics = _score_of(student, data)
     import warnings
 
     with warnings.catch_warnings():  # peft cannot find a config in the temporary folder the base came from

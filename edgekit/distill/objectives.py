@@ -55,6 +55,13 @@ class LogitKD(Objective):
     def teacher(self, indices: torch.Tensor) -> torch.Tensor:
         return self.table[indices.to(self.table.device)]
 
+    def report(self) -> dict[str, Any]:
+        if self.projection is None:
+            return {}
+        if isinstance(self.projection, torch.nn.Linear):
+            return {"feature_projection": f"linear {self.projection.in_features} -> {self.projection.out_features}"}
+        return {"feature_projection": f"identity ({self.feature_table.shape[1]})"}
+
     def loss(self, logits, features, indices, labels):
         loss = kd_loss(logits, self.teacher(indices).to(logits.device), labels, self.temperature, self.alpha)
         if self.feature_weight > 0 and features is not None:
@@ -99,5 +106,5 @@ class MultiTeacherKD(LogitKD):
         return loss
 
     def report(self) -> dict[str, Any]:
-        return {"teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],
+        return {**super().report(), "teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],
                 "teacher_weights_learned": self.learn}

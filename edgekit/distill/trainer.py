@@ -96,6 +96,12 @@ def predict_logits(handle: ModelHandle, split: Split, batch_size: int = 128, des
 
 
 def evaluate(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None) -> dict[str, Any]:
+    """Classification: accuracy, macro F1, per-class, confusion matrix. text2text: BLEU, ROUGE-L."""
+    if handle.task == "text2text":
+        from edgekit.distill.seq2seq import evaluate_seq2seq
+
+        handle.module.to(pick_device())
+        return evaluate_seq2seq(handle, split, min(batch_size, 64), desc)
     logits = predict_logits(handle, split, batch_size, desc)
     return classification_metrics(split.labels, logits.argmax(-1), handle.label_names)
 
@@ -224,6 +230,10 @@ def train(
     keep the weights of the best validation epoch."""
     seed = cfg.seed if cfg.seed is not None else seed
     seed_everything(seed)
+    if objective is None and handle.task == "text2text":
+        from edgekit.distill.seq2seq import Seq2SeqKD
+
+        objective = Seq2SeqKD(None, 1.0, 0.0)  # token-level cross-entropy
     objective = objective or Objective()
     acc = accelerator()
     device = acc.device
@@ -240,6 +250,8 @@ def train(
     raw_module = acc.unwrap_model(module)
     train_dataset = make_dataset(handle, data.train)
     val_dataset = make_dataset(handle, data.val)
+    if handle.task == "text2text":
+        handle.module.to(device)
     batches_per_epoch = len(epoch_batches(len(train_dataset), cfg.batch_size, seed, 1, acc.process_index, acc.num_processes))
     scheduler = _schedule(optimizer, cfg.epochs * batches_per_epoch, cfg.warmup_fraction)
     head_input = _HeadInput(handle.head()) if objective.needs_features else None
@@ -299,6 +311,8 @@ def train(
                     with acc.autocast():
                         logits = handle_logits(handle, module, inputs)
                     features = head_input.value if head_input is not None else None
+                    if hasattr(objective, "inputs"):  # objectives that run a teacher on the batch
+                        objective.inputs = inputs
                     loss = objective.loss(logits.float(), features, indices, labels)
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(loss)
@@ -321,12 +335,12 @@ def train(
                                           "rerun the same command with --resume to continue")
                 bar.close()
                 epoch_seconds += time.perf_counter() - epoch_start
-                val_logits = _predict_dataset(handle, val_dataset, cfg.batch_size, device)
-                val_acc = float((val_logits.argmax(-1) == data.val.labels).mean())
-                result.history.append({"epoch": epoch, "train_loss": epoch_loss / max(seen, 1), "val_accuracy": val_acc,
+                metric, val_acc = validation_score(handle, val_dataset, data.val, cfg.batch_size, device)
+                result.history.append({"epoch": epoch, "train_loss": epoch_loss / max(seen, 1), metric: val_acc,
                                        "epoch_seconds": epoch_seconds})
+                shown = f"val BLEU {val_acc:.2f}" if metric == "val_bleu" else f"val accuracy {val_acc:.2%}"
                 print(f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
-                      f"val accuracy {val_acc:.2%}, {epoch_seconds:.1f} s", file=sys.stderr)
+                      f"{shown}, {epoch_seconds:.1f} s", file=sys.stderr)
                 if val_acc > result.best_val_accuracy:
                     result.best_val_accuracy, result.best_epoch = val_acc, epoch
                     best_state = _trainable_state(raw_module)
@@ -356,6 +370,16 @@ def handle_logits(handle: ModelHandle, module, inputs):
         return handle.logits(inputs)
     finally:
         handle.module = original
+
+
+def validation_score(handle: ModelHandle, dataset, split: Split, batch_size: int, device) -> tuple[str, float]:
+    """The metric that picks the best epoch: accuracy, or BLEU for text2text."""
+    if handle.task == "text2text":
+        from edgekit.distill.seq2seq import evaluate_seq2seq
+
+        return "val_bleu", float(evaluate_seq2seq(handle, split, min(batch_size, 64))["bleu"])
+    logits = _predict_dataset(handle, dataset, batch_size, device)
+    return "val_accuracy", float((logits.argmax(-1) == split.labels).mean())
 
 
 @torch.no_grad()

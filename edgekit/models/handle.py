@@ -39,6 +39,8 @@ class ModelHandle:
         if self.task == "image-classification":
             return ["pixel_values"]
         names = ["input_ids", "attention_mask"]
+        if self.task == "text2text":
+            return names
         if getattr(self.module.config, "type_vocab_size", 0) and self.module.config.model_type in _TOKEN_TYPE_MODELS:
             names.append("token_type_ids")
         return names
@@ -46,6 +48,9 @@ class ModelHandle:
     def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.family == "torchvision":
             return self.module(inputs["pixel_values"])
+        if self.task == "text2text":  # teacher forcing: decoder logits for every target position
+            return self.module(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                               labels=inputs["labels"]).logits
         return self.module(**{k: inputs[k] for k in self.input_names if k in inputs}).logits
 
     def head(self) -> torch.nn.Module:
@@ -132,6 +137,7 @@ def load_model(
     pretrained: bool = False,
     image_size: int | None = None,
     max_length: int = 128,
+    max_target_length: int = 128,
 ) -> ModelHandle:
     """Load ``spec`` for ``task`` with a head over ``label_names``.
 
@@ -158,7 +164,8 @@ def load_model(
         )
     from edgekit.models.hf import load_hf
 
-    return load_hf(spec, task=task, label_names=label_names, image_size=image_size, max_length=max_length)
+    return load_hf(spec, task=task, label_names=label_names, image_size=image_size, max_length=max_length,
+                   max_target_length=max_target_length)
 
 
 def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder: Path | None = None) -> ModelHandle:
@@ -188,6 +195,7 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
 
     handle = load_hf(str(folder), task=info["task"], label_names=info["label_names"],
                      image_size=info["preprocessing"].get("image_size"),
-                     max_length=info["preprocessing"].get("max_length", 128))
+                     max_length=info["preprocessing"].get("max_length", 128),
+                     max_target_length=info["preprocessing"].get("max_target_length", 128))
     handle.source = str(stage_dir)
     return handle

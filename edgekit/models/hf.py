@@ -8,7 +8,8 @@ from edgekit.data.images import IMAGENET_MEAN, IMAGENET_STD
 from edgekit.errors import EdgekitError
 
 
-def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | None, max_length: int):
+def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | None, max_length: int,
+            max_target_length: int = 128):
     import transformers
 
     from edgekit.models.handle import ModelHandle
@@ -16,6 +17,8 @@ def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | N
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
+    if task == "text2text":
+        return _load_seq2seq(spec, max_length, max_target_length)
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     common = dict(num_labels=len(label_names), id2label=id2label, label2id=label2id,
@@ -57,3 +60,26 @@ def _image_preprocessing(spec: str, model, image_size: int | None) -> dict:
     except Exception:  # a config-only folder has no processor: ImageNet statistics are the usual default
         pass
     return {"image_size": int(size), "mean": mean, "std": std}
+
+
+def _load_seq2seq(spec: str, max_length: int, max_target_length: int):
+    """An encoder-decoder (T5, BART, ...) with its tokenizer."""
+    import transformers
+
+    from edgekit.models.handle import ModelHandle
+
+    try:
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(spec, trust_remote_code=False)
+    except OSError as exc:
+        where = "folder" if Path(spec).exists() else "Hugging Face id (needs network)"
+        raise EdgekitError(f"cannot load model {spec!r} as a {where}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise EdgekitError(f"model {spec!r} is not an encoder-decoder (text2text needs e.g. T5): "
+                           f"{str(exc).splitlines()[0]}") from None
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise EdgekitError(f"model {spec!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
+    preprocessing = {"max_length": int(max_length), "max_target_length": int(max_target_length)}
+    return ModelHandle(model, "hf", model.config.model_type, "text2text", [], preprocessing, tokenizer=tokenizer,
+                       source=spec, pretrained=True)

@@ -1,0 +1,147 @@
+"""Sequence-to-sequence (T5 and other encoder-decoders): data, token-level KD and generation metrics.
+
+KD is token-level with teacher forcing (seed 002): at every target position the student matches
+the teacher's distribution over the vocabulary, (1-α)·CE + α·T²·KL, padding ignored. Teacher and
+student must share a vocabulary. Teacher logits are vocabulary-sized per token, so they are
+computed batch by batch (teacher in eval mode) rather than cached on disk. Evaluation generates
+(greedy) and scores corpus BLEU (sacrebleu) and ROUGE-L F1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from edgekit.distill.objectives import Objective
+from edgekit.errors import EdgekitError
+
+TASK = "text2text"
+IGNORE = -100
+
+
+class Seq2SeqSplitDataset(Dataset):
+    """Sources and targets tokenized once; batches padded to their longest source/target."""
+
+    def __init__(self, split, tokenizer, max_length: int, max_target_length: int):
+        self.split = split
+        sources = tokenizer(list(split.items), truncation=True, max_length=max_length)
+        targets = tokenizer(text_target=[str(t) for t in split.labels], truncation=True, max_length=max_target_length)
+        self.input_ids, self.attention = sources["input_ids"], sources["attention_mask"]
+        self.targets = targets["input_ids"]
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return index, (self.input_ids[index], self.attention[index]), self.targets[index]
+
+    def collate(self, batch):
+        indices = torch.tensor([b[0] for b in batch], dtype=torch.long)
+        src = max(len(b[1][0]) for b in batch)
+        tgt = max(len(b[2]) for b in batch)
+        input_ids = torch.tensor([b[1][0] + [self.pad_id] * (src - len(b[1][0])) for b in batch], dtype=torch.long)
+        attention = torch.tensor([b[1][1] + [0] * (src - len(b[1][1])) for b in batch], dtype=torch.long)
+        labels = torch.tensor([b[2] + [IGNORE] * (tgt - len(b[2])) for b in batch], dtype=torch.long)
+        return indices, {"input_ids": input_ids, "attention_mask": attention, "labels": labels}, labels
+
+
+class Seq2SeqKD(Objective):
+    """Token-level Hinton KD against a teacher run on the same batch (no cache: vocab-sized logits)."""
+
+    def __init__(self, teacher_module: torch.nn.Module | None, temperature: float, alpha: float):
+        super().__init__()
+        self.teacher_module = [teacher_module]  # a list, so its weights are not part of this module's state
+        self.temperature, self.alpha = temperature, alpha
+        self.inputs: dict[str, torch.Tensor] | None = None
+
+    def loss(self, logits, features, indices, labels):
+        mask = labels != IGNORE
+        hard = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        teacher = self.teacher_module[0]
+        if teacher is None or self.alpha == 0:
+            return hard
+        with torch.no_grad():
+            teacher.to(logits.device).eval()
+            t_logits = teacher(**self.inputs).logits.float()
+        t = self.temperature
+        kl = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(t_logits / t, dim=-1),
+                      reduction="none", log_target=True).sum(-1)
+        soft = (kl * mask).sum() / mask.sum().clamp(min=1) * (t * t)
+        return (1 - self.alpha) * hard + self.alpha * soft
+
+
+def check_vocabularies(teacher, student) -> None:
+    tv = getattr(teacher.module.config, "vocab_size", None)
+    sv = getattr(student.module.config, "vocab_size", None)
+    same_vocab = teacher.tokenizer is None or student.tokenizer is None or teacher.tokenizer.get_vocab() == student.tokenizer.get_vocab()
+    if tv != sv or not same_vocab:
+        raise EdgekitError(f"teacher and student tokenizers differ (vocabulary {tv} vs {sv} tokens); token-level KD needs "
+                           "one tokenizer: pick a student of the teacher's family, or derive it with --student-layers")
+
+
+@torch.no_grad()
+def generate(handle, split, batch_size: int = 32, max_new_tokens: int | None = None, desc: str | None = None) -> list[str]:
+    from edgekit.data.torch_data import make_dataset, make_loader
+
+    device = next(handle.module.parameters()).device
+    handle.module.eval()
+    dataset = make_dataset(handle, split)
+    loader = make_loader(dataset, batch_size, shuffle=False)
+    max_new = max_new_tokens or int(handle.preprocessing.get("max_target_length", 128))
+    outputs: list[str] = [""] * len(dataset)
+    for indices, inputs, _ in tqdm(loader, desc=desc, leave=False, disable=True if desc is None else None, file=sys.stderr):
+        ids = handle.module.generate(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
+                                     max_new_tokens=max_new, num_beams=1, do_sample=False)
+        for i, text in zip(indices.tolist(), handle.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+            outputs[i] = text.strip()
+    return outputs
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    if not a or not b:
+        return 0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 of lower-cased whitespace tokens (Lin, 2004, with beta = 1)."""
+    p, r = prediction.lower().split(), reference.lower().split()
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, Any]:
+    """Corpus BLEU (sacrebleu, 0-100), mean ROUGE-L F1 (0-1), exact match (0-1)."""
+    import sacrebleu
+
+    bleu = sacrebleu.corpus_bleu(predictions, [references]).score if predictions else 0.0
+    return {
+        "bleu": float(bleu),
+        "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predictions, references)])) if predictions else 0.0,
+        "exact_match": float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)])) if predictions else 0.0,
+        "examples": len(predictions),
+    }
+
+
+def evaluate_seq2seq(handle, split, batch_size: int = 32, desc: str | None = None) -> dict[str, Any]:
+    predictions = generate(handle, split, batch_size, desc=desc)
+    metrics = generation_metrics(predictions, [str(t) for t in split.labels])
+    metrics["samples"] = [{"source": s, "prediction": p, "reference": str(r)}
+                          for s, p, r in list(zip(split.items, predictions, split.labels))[:5]]
+    return metrics

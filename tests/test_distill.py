@@ -1,0 +1,343 @@
+"""The distillation engine: every strategy, derived students, the transfer-set cache, resume after
+kill -9, labels-only baselines, seq2seq KD, and the inputs a user can get wrong.
+
+Models are tiny, built from configs, with the real MiniLM WordPiece tokenizer; data are small
+real-format files written by the tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli, write_questions
+
+pytestmark = pytest.mark.slow
+FAST = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3"]
+
+
+def meta(folder: Path) -> dict:
+    return json.loads((folder / "meta.json").read_text())
+
+
+def model_sha(folder: Path) -> str:
+    return hashlib.sha256((folder / "model" / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory) -> dict:
+    return {"EDGEKIT_CACHE_DIR": str(tmp_path_factory.mktemp("edgekit-cache"))}
+
+
+@pytest.fixture(scope="module")
+def bert4(tmp_path_factory, minilm_tokenizer_dir) -> Path:
+    """A 4-layer, 48-wide BERT (wider than the conftest tiny_bert, so feature KD needs a projection)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("bert4")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=96, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, bert4, question_files, cache_env) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "t"
+    proc = run_cli("finetune", bert4, "--train", question_files["train"], "--test", question_files["test"],
+                   "--epochs", "8", "--batch-size", "16", "--lr", "1e-3", "--out", out, env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert meta(out)["metrics"]["accuracy"] > 0.8
+    return out
+
+
+def test_kept_layers_are_evenly_spaced_and_end_with_the_last():
+    from edgekit.distill.derive import kept_layers
+
+    assert kept_layers(12, 3) == [3, 7, 11]
+    assert kept_layers(6, 1) == [5]
+    assert kept_layers(4, 2) == [1, 3]
+    assert kept_layers(4, 4) == [0, 1, 2, 3]
+
+
+def test_straightforward_derived_student_with_baseline(tmp_path, teacher, cache_env):
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", "--baseline", *FAST,
+                   "--out", tmp_path / "s", env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+    info = json.loads((tmp_path / "s" / "model" / "edgekit_model.json").read_text())
+    assert info["derived_from"] == {"layers": 4, "kept": [2, 4]}
+    assert m["parameters"] < m["teacher"]["parameters"]
+    metrics = m["metrics"]
+    assert metrics["accuracy"] > 0.6 and set(metrics["per_class"]) == {"HUM", "LOC", "NUM"}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == metrics["examples"] == 90
+    base = m["baseline_metrics"]
+    assert 0 <= base["accuracy"] <= 1 and len(base["history"]) == 3
+    assert metrics["kd_gain_points"] == pytest.approx(100 * (metrics["accuracy"] - base["accuracy"]))
+    assert "KD gain over labels only" in proc.stdout and "precision" in proc.stdout
+    assert not (tmp_path / ".s.checkpoint").exists()  # checkpoints go once the stage is written
+
+
+def test_successive_chain_keeps_every_link(tmp_path, teacher, cache_env):
+    proc = run_cli("distill", "--teacher", teacher, "--strategy", "successive", "--student-layers", "3,1", *FAST,
+                   "--out", tmp_path / "succ", env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "succ")
+    assert [row["name"] for row in m["links"]] == ["1-L3", "2-L1"]
+    link = tmp_path / "succ" / "links" / "1-L3"
+    assert meta(link)["stage"] == "distill-link"
+    assert json.loads((link / "model" / "config.json").read_text())["num_hidden_layers"] == 3
+    assert json.loads((tmp_path / "succ" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
+    # the second link was taught by the first: its teacher score is the first link's score
+    assert m["links"][1]["teacher_score"] == pytest.approx(m["links"][0]["accuracy"])
+
+
+def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
+    other = tmp_path / "other"
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", *FAST, "--out", other, env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    learned = run_cli("distill", "--teacher", teacher, "--teacher", other, "--strategy", "multi-teacher",
+                      "--teacher-weights", "learned", "--student-layers", "1", *FAST, "--out", tmp_path / "ml", env=cache_env)
+    assert learned.returncode == 0, learned.stderr[-3000:]
+    weights = meta(tmp_path / "ml")["metrics"]["teacher_weights"]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1, abs=1e-5) and weights != [0.5, 0.5]
+    assert "teacher weights (learned)" in learned.stdout
+    fixed = run_cli("distill", "--teacher", teacher, "--teacher", other, "--strategy", "multi-teacher",
+                    "--teacher-weights", "3,1", "--student-layers", "1", *FAST, "--out", tmp_path / "mf", env=cache_env)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    m = meta(tmp_path / "mf")
+    assert m["metrics"]["teacher_weights"] == pytest.approx([0.75, 0.25])
+    assert m["metrics"]["teacher_weights_learned"] is False
+    assert len(m["teachers"]) == 2
+
+
+def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, cache_env):
+    proc = run_cli("distill", "--teacher", teacher, "--student", tiny_bert, "--feature-weight", "1.0", *FAST,
+                   "--out", tmp_path / "f", env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "f")
+    assert m["metrics"]["feature_projection"] == "linear 32 -> 48"
+    assert m["config"]["feature_weight"] == 1.0
+
+
+def test_self_quantized_merges_exactly_into_a_plain_model(tmp_path, teacher, cache_env):
+    proc = run_cli("distill", "--teacher", teacher, "--strategy", "self-quantized", *FAST, "--out", tmp_path / "q",
+                   env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "q")
+    assert m["merge"]["max_abs_logit_diff"] < 1e-3 and m["merge"]["label_agreement"] == 1.0
+    config = json.loads((tmp_path / "q" / "model" / "config.json").read_text())
+    assert "quantization_config" not in config  # a plain full-precision model: no bitsandbytes, no peft to load it
+    adapter = json.loads((tmp_path / "q" / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["query", "value"]
+    assert m["parameters"] == m["teacher"]["parameters"]
+
+
+def test_transfer_set_cache_hits_and_invalidates(tmp_path, monkeypatch, tiny_bert):
+    import torch
+
+    from edgekit.data.splits import Split
+    from edgekit.distill.transfer import transfer_set
+    from edgekit.models import load_model
+
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    handle = load_model(str(tiny_bert), task="text-classification", label_names=["A", "B"])
+    split = Split("train", ["who wrote hamlet ?", "where is rome ?", "how far is the moon ?"], np.array([0, 1, 0]))
+    first = transfer_set(handle, split)
+    again = transfer_set(handle, split)
+    assert not first.hit and again.hit and again.key == first.key
+    np.testing.assert_array_equal(first.logits, again.logits)
+    relabelled = transfer_set(handle, Split("train", split.items, np.array([1, 1, 0])))
+    assert not relabelled.hit and relabelled.key != first.key
+    with torch.no_grad():
+        handle.module.classifier.weight.add_(0.01)
+    changed = transfer_set(handle, split)
+    assert not changed.hit and changed.key != first.key
+    assert len(list((tmp_path / "transfer").glob("*.npz"))) == 3
+
+
+def test_second_student_reuses_the_cached_transfer_set(tmp_path, teacher, cache_env):
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--epochs", "1", "--out", tmp_path / "a",
+                   env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cache hit" in proc.stderr  # computed by an earlier test's student of the same teacher and data
+    fresh = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--epochs", "1", "--no-cache",
+                    "--out", tmp_path / "b", env=cache_env)
+    assert fresh.returncode == 0 and "computed" in fresh.stderr
+
+
+def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
+    args = ["distill", "--teacher", teacher, "--student-layers", "2", "--epochs", "3", "--batch-size", "16", "--lr", "1e-3",
+            "--set", "distill.checkpoint_every=5"]
+    full = run_cli(*args, "--out", tmp_path / "full", env=cache_env)
+    assert full.returncode == 0, full.stderr[-3000:]
+    env = {**os.environ, **cache_env}
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "cut")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / ".cut.checkpoint" / "1-L2" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists():
+            state_mtime = checkpoint.stat().st_mtime
+            time.sleep(0.5)  # let it train past the checkpoint: that work is lost and must be redone identically
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut").exists() and state_mtime
+    resumed = run_cli(*args, "--out", tmp_path / "cut", "--resume", env=cache_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a, b = meta(tmp_path / "full"), meta(tmp_path / "cut")
+    assert b["resumed_from"] is not None
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+    assert model_sha(tmp_path / "full") == model_sha(tmp_path / "cut")
+    assert not (tmp_path / ".cut.checkpoint").exists()
+
+
+def test_vision_transformer_student_layers(tmp_path, cache_env):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    vit = tmp_path / "vit"
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
+                                        num_attention_heads=2, intermediate_size=64, num_labels=10)).save_pretrained(vit)
+    common = ["--dataset", "digits", "--image-size", "32", "--set", "data.limit=300"]
+    teacher = run_cli("finetune", vit, *common, "--epochs", "2", "--batch-size", "32", "--lr", "1e-3",
+                      "--out", tmp_path / "t", env=cache_env)
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    student = run_cli("distill", "--teacher", tmp_path / "t", "--strategy", "successive", "--student-layers", "2,1",
+                      "--feature-weight", "0.5", "--epochs", "2", "--batch-size", "32", "--lr", "1e-3",
+                      "--out", tmp_path / "s", env=cache_env)
+    assert student.returncode == 0, student.stderr[-3000:]
+    m = meta(tmp_path / "s")
+    assert [r["name"] for r in m["links"]] == ["1-L2", "2-L1"]
+    assert json.loads((tmp_path / "s" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert m["metrics"]["feature_projection"] == "identity (32)"
+
+
+@pytest.fixture(scope="module")
+def seq2seq(tmp_path_factory, minilm_tokenizer_dir):
+    """A tiny T5 with the MiniLM WordPiece vocabulary and a word-reversal task."""
+    import random
+
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("t5")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_decoder_layers=3,
+                      num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(root / "t5")
+    tokenizer.save_pretrained(root / "t5")
+    rng = random.Random(0)
+    words = ["paris", "rome", "tokyo", "moon", "river", "radio", "python", "tower", "music", "apple"]
+    for name, n in (("train.tsv", 200), ("test.tsv", 30)):
+        rows = [rng.sample(words, 3) for _ in range(n)]
+        (root / name).write_text("source\ttarget\n" + "".join(f"{' '.join(r)}\t{' '.join(reversed(r))}\n" for r in rows))
+    return root
+
+
+def test_t5_token_level_kd_with_bleu_and_rouge(tmp_path, seq2seq, cache_env):
+    data = ["--task", "text2text", "--train", seq2seq / "train.tsv", "--test", seq2seq / "test.tsv",
+            "--text-column", "source", "--label-column", "target"]
+    teacher = run_cli("finetune", seq2seq / "t5", *data, "--epochs", "2", "--batch-size", "16", "--lr", "3e-3",
+                      "--out", tmp_path / "t", env=cache_env)
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    t = meta(tmp_path / "t")["metrics"]
+    assert {"bleu", "rouge_l", "exact_match"} <= set(t) and t["examples"] == 30
+    assert [h["train_loss"] for h in meta(tmp_path / "t")["history"]][-1] < meta(tmp_path / "t")["history"][0]["train_loss"]
+    student = run_cli("distill", "--teacher", tmp_path / "t", "--student-layers", "1", "--baseline", "--epochs", "1",
+                      "--batch-size", "16", "--lr", "3e-3", "--out", tmp_path / "s", env=cache_env)
+    assert student.returncode == 0, student.stderr[-3000:]
+    m = meta(tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "model" / "config.json").read_text())
+    assert config["num_layers"] == 1 and config["num_decoder_layers"] == 1
+    assert "kd_gain_bleu" in m["metrics"] and "bleu" in m["baseline_metrics"]
+    assert "BLEU" in student.stdout
+
+
+def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    other = tmp_path / "other"
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=500, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0)).save_pretrained(other)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (other / name).write_bytes((seq2seq / "t5" / name).read_bytes())
+    proc = run_cli("distill", "--teacher", seq2seq / "t5", "--student", other, "--task", "text2text",
+                   "--train", seq2seq / "train.tsv", "--text-column", "source", "--label-column", "target",
+                   "--epochs", "1", "--out", tmp_path / "s")
+    assert_user_error(proc, "tokenizers differ")
+    assert not (tmp_path / "s").exists()
+
+
+def test_rouge_l_and_bleu_on_known_cases():
+    from edgekit.distill.seq2seq import generation_metrics, rouge_l
+
+    assert rouge_l("the cat sat", "the cat sat") == 1.0
+    # LCS("a b c d", "a c d e") = 3: precision 3/4, recall 3/4
+    assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+    assert rouge_l("x y", "a b") == 0.0
+    perfect = generation_metrics(["the quick brown fox jumps"], ["the quick brown fox jumps"])
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["exact_match"] == 1.0
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--strategy", "fastest", "--student-layers", "1"], ["distill.strategy", "fastest", "successive"]),
+    (["--strategy", "multi-teacher", "--student-layers", "1"], ["two or more teachers"]),
+    (["--strategy", "successive"], ["--student-layers"]),
+    (["--strategy", "successive", "--student-layers", "1,3"], ["fewer layers"]),
+    (["--student-layers", "9"], ["teacher has 4 layers"]),
+    (["--strategy", "self-quantized", "--set", "distill.lora.target_modules=[nope]"], ["nope", "not found"]),
+    (["--student-layers", "1", "--teacher-weights", "0.5,0.5"], ["multi-teacher"]),
+])
+def test_bad_distill_settings(tmp_path, teacher, args, needles):
+    proc = run_cli("distill", "--teacher", teacher, *args, "--epochs", "1", "--out", tmp_path / "s")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "s").exists()
+
+
+def test_teacher_weights_must_match_the_teachers(tmp_path, teacher):
+    proc = run_cli("distill", "--teacher", teacher, "--teacher", teacher, "--strategy", "multi-teacher",
+                   "--teacher-weights", "1,2,3", "--student-layers", "1", "--out", tmp_path / "s")
+    assert_user_error(proc, "3 values for 2 teachers")
+
+
+def test_teacher_trained_on_other_labels(tmp_path, teacher):
+    other = write_questions(tmp_path / "two.tsv", 60, 3, labels=("HUM", "LOC"))
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--train", other, "--epochs", "1",
+                   "--out", tmp_path / "s")
+    assert_user_error(proc, "labels")
+
+
+def test_student_layers_need_a_transformer_teacher(tmp_path):
+    proc = run_cli("distill", "--teacher", "resnet18", "--student-layers", "1", "--dataset", "digits", "--epochs", "1",
+                   "--out", tmp_path / "s")
+    assert_user_error(proc, "transformer teacher")
+
+
+def test_resume_without_a_checkpoint(tmp_path, teacher):
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--resume", "--out", tmp_path / "s")
+    assert_user_error(proc, "nothing to resume")
