@@ -8,7 +8,9 @@ straightforward KD (each with its labels-only baseline of the same budget), succ
 (6 -> 4 -> 3 -> 1) and multi-teacher KD (the teacher and the 4-layer link, learned weights).
 Prints accuracies on test.tsv, parameters, and the seconds per epoch of KD with the cached
 transfer set against a plain labels-only epoch of the same student (target <= 1.15x).
-Every step is a real `edgekit` command; its stage folders stay under --out.
+Every step is a real `edgekit` command; its stage folders stay under --out, and a second run keeps
+the ones already there (delete a folder to measure it again). Run it on an otherwise idle machine:
+the epoch-time ratio compares epochs taken at different moments of the run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ def edgekit(*args) -> None:
     if proc.returncode != 0:
         sys.exit(f"edgekit {args[0]} failed:\n{proc.stderr[-3000:]}")
     print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+def done(folder: Path) -> bool:
+    """Stages already measured are kept: delete a folder (or the whole --out) to measure it again."""
+    if (folder / "meta.json").is_file():
+        print(f"kept {folder} (delete it to re-run)", file=sys.stderr)
+        return True
+    return False
 
 
 def meta(folder: Path) -> dict:
@@ -60,17 +70,20 @@ def main() -> None:
     start = time.perf_counter()
 
     teacher = out / "teacher"
-    if not (teacher / "meta.json").is_file():
+    if not done(teacher):
         edgekit("finetune", minilm, *data, "--epochs", args.teacher_epochs, "--batch-size", args.batch_size,
                 "--out", teacher, "--force")
     for k in (3, 1):
-        edgekit("distill", "--teacher", teacher, "--student-layers", k, "--baseline", *common, "--out", out / f"kd-L{k}")
-    edgekit("distill", "--teacher", teacher, "--strategy", "successive", "--student-layers", "4,3,1", *common,
-            "--out", out / "successive")
+        if not done(out / f"kd-L{k}"):
+            edgekit("distill", "--teacher", teacher, "--student-layers", k, "--baseline", *common, "--out", out / f"kd-L{k}")
+    if not done(out / "successive"):
+        edgekit("distill", "--teacher", teacher, "--strategy", "successive", "--student-layers", "4,3,1", *common,
+                "--out", out / "successive")
     link4 = out / "successive" / "links" / "1-L4"
     for k in (3, 1):
-        edgekit("distill", "--teacher", teacher, "--teacher", link4, "--strategy", "multi-teacher",
-                "--teacher-weights", "learned", "--student-layers", k, *common, "--out", out / f"multi-L{k}")
+        if not done(out / f"multi-L{k}"):
+            edgekit("distill", "--teacher", teacher, "--teacher", link4, "--strategy", "multi-teacher",
+                    "--teacher-weights", "learned", "--student-layers", k, *common, "--out", out / f"multi-L{k}")
 
     t = meta(teacher)
     succ = {row["name"]: row for row in meta(out / "successive")["links"]}

@@ -210,6 +210,21 @@ def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
     assert model_sha(tmp_path / "full") == model_sha(tmp_path / "cut")
     assert not (tmp_path / ".cut.checkpoint").exists()
 
+    # Ctrl-C: the step in flight finishes, a checkpoint is written, exit code 130 and one clear line
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "int")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / ".int.checkpoint" / "1-L2" / "checkpoint.pt"
+    while proc.poll() is None and not checkpoint.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "--resume" in stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "int").exists() and checkpoint.exists()
+    again = run_cli(*args, "--out", tmp_path / "int", "--resume", env=cache_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert model_sha(tmp_path / "full") == model_sha(tmp_path / "int")
+
 
 def test_vision_transformer_student_layers(tmp_path, cache_env):
     import torch

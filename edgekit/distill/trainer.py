@@ -122,7 +122,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     """This process's batches of ``epoch``: a permutation of range(n) drawn from (seed, epoch), so
     any epoch's order can be rebuilt after a restart."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=generator).tolist()[rank::world]
+    order = torch.randperm(n, generator=generator).tolist()
+    if world > 1:  # every process takes the same number of steps (DDP all-reduces each one)
+        order = order[: len(order) - len(order) % world] if len(order) >= world else order
+        order = order[rank::world]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
