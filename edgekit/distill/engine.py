@@ -168,7 +168,10 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                 metrics["kd_gain_bleu"] = metrics["bleu"] - baseline_metrics["bleu"]
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
+        last_link = links[-1]
         extra.update({
+            "student_model": (str(last_link["model"]) if "model" in last_link
+                              else f"{student.arch}-{_link_name(len(links), last_link, None).split('-', 1)[1]}"),
             "history": result.history, "resumed_from": result.resumed_from, "links": link_rows,
             "teachers": [{"source": str(t), "arch": h.arch, "parameters": h.parameter_count(),
                           **headline(m)} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],

@@ -39,7 +39,7 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
         accuracy = metas["eval"]["metrics"]["accuracy"] if "eval" in metas else None
         benches = [m for name, m in metas.items() if name.startswith("bench-")]
         quant = (export.get("quantization") or {}).get("mode")
-        base = {"run": run, "stage": "export", "model": f"{student['config']['model'] if student else 'model'}.onnx",
+        base = {"run": run, "stage": "export", "model": f"{model_name(student) if student else 'model'}.onnx",
                 "runtime": f"onnxruntime {'int8 ' + quant if quant else 'fp32'}", "accuracy": accuracy,
                 "parameters": export["parameters"], "size_mb": export["model_bytes"] / MB}
         for bench in benches or [None]:
@@ -55,9 +55,16 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def model_name(meta: dict) -> str:
+    """What a stage's model is called in tables: its model spec, or for distilled students the
+    student's description (e.g. ``bert-L3`` for a derived student)."""
+    name = meta["config"].get("model") or meta.get("student_model") or meta["config"].get("strategy", "model")
+    return Path(str(name)).name if Path(str(name)).exists() else str(name)
+
+
 def _torch_row(run: str, stage: str, meta: dict[str, Any]) -> dict[str, Any]:
     lat = meta["metrics"].get("latency_ms") or {}
-    return {"run": run, "stage": stage, "model": meta["config"]["model"], "runtime": "pytorch fp32",
+    return {"run": run, "stage": stage, "model": model_name(meta), "runtime": "pytorch fp32",
             "accuracy": meta["metrics"].get("accuracy"), "parameters": meta["parameters"],
             "size_mb": _model_bytes(meta) / MB, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
             "peak_rss_mb": None, "device": "cpu (in process)" if lat else None}
