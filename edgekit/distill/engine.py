@@ -59,6 +59,7 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
             resume: bool = False, stage_fingerprint=None, load_data=None) -> dict:
     from edgekit.distill.trainer import Checkpointing, copy_handle, evaluate, train
     from edgekit.models import load_model
+    from edgekit.stages import model_metrics
 
     cfg = recipe.distill
     teachers = [teachers] if isinstance(teachers, str) else list(teachers)
@@ -113,12 +114,13 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
         for h in teacher_handles:
             h.module.cpu()
         link_rows: list[dict[str, Any]] = []
-        student = result = objective = None
+        previous_score = score(teacher_metrics[0])  # the score of the current link's teacher
+        student = result = objective = metrics = None
         baseline_metrics = None
         extra: dict[str, Any] = {}
         for index, link in enumerate(links, start=1):
             last = index == len(links)
-            name = _link_name(index, link, teacher)
+            name = _link_name(index, link)
             link_ckpt = ckpt_root / name
             done = link_ckpt / "stage"
             if not last and resume and is_stage(done):
@@ -126,7 +128,8 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
 
                 log(f"distill: link {index}/{len(links)} ({name}) finished before; reusing {done}")
                 student = load_saved(done, label_names=data.label_names)
-                link_rows.append(read_meta(done)["metrics"] | {"name": name})
+                link_rows.append(read_meta(done)["link_row"])
+                previous_score = score(link_rows[-1])
                 teacher = student
                 continue
             student = _build_student(link, teacher, recipe, kwargs)
@@ -140,27 +143,29 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                                                     resume=resume), deterministic=cfg.deterministic)
             if cfg.strategy == "self-quantized":
                 student, extra["merge"] = _merge_quantized(student, teacher, data, folder)
-            metrics = _metrics(student, data)
+            metrics = model_metrics(student, data)
             metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
-                           teacher_score=_score_of(teacher, data) if index > 1 else score(teacher_metrics[0]),
-                           **result.objective)
+                           teacher_score=previous_score, **result.objective)
             link_rows.append({"name": name, "parameters": student.parameter_count(), **headline(metrics),
-                              "teacher_score": metrics["teacher_score"], "train_seconds": result.seconds,
+                              "teacher_score": previous_score, "train_seconds": result.seconds,
                               **result.objective})
+            previous_score = score(metrics)
             if not last:
-                _save_link(done, student, recipe, config, metrics, result, print_, index)
+                _save_link(done, student, recipe, config, metrics, result, print_, index, link_rows[-1])
             if initial is not None:
                 log(f"distill: baseline — the same {_describe(initial)} on labels only, {cfg.train.epochs} epochs")
                 base = train(initial, data, cfg.train, seed=recipe.seed, desc=f"baseline {name}",
                              checkpoint=Checkpointing(ckpt_root / "baseline", tag=f"{print_}:baseline",
                                                       every_steps=cfg.checkpoint_every, resume=resume),
                              deterministic=cfg.deterministic)
-                baseline_metrics = _metrics(initial, data)
+                baseline_metrics = model_metrics(initial, data)
                 baseline_metrics.update(best_epoch=base.best_epoch, train_seconds=base.seconds, history=base.history)
             teacher = student
         for row in link_rows[:-1]:  # the successive chain's earlier links, each a stage folder
             shutil.copytree(ckpt_root / row["name"] / "stage", folder / "links" / row["name"])
-        metrics = _metrics_final(student, data, result, teacher_handles, teacher_metrics, link_rows)
+        # the last link's metrics, against the original teacher
+        metrics.update(teacher_score=score(teacher_metrics[0]),
+                       compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count())
         if baseline_metrics is not None:
             if "accuracy" in metrics:
                 metrics["kd_gain_points"] = 100 * (metrics["accuracy"] - baseline_metrics["accuracy"])
@@ -168,10 +173,9 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                 metrics["kd_gain_bleu"] = metrics["bleu"] - baseline_metrics["bleu"]
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        last_link = links[-1]
         extra.update({
-            "student_model": (str(last_link["model"]) if "model" in last_link
-                              else f"{student.arch}-{_link_name(len(links), last_link, None).split('-', 1)[1]}"),
+            "student_model": (str(links[-1]["model"]) if "model" in links[-1]
+                              else f"{student.arch}-{link_rows[-1]['name'].split('-', 1)[1]}"),
             "history": result.history, "resumed_from": result.resumed_from, "links": link_rows,
             "teachers": [{"source": str(t), "arch": h.arch, "parameters": h.parameter_count(),
                           **headline(m)} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],
@@ -192,7 +196,7 @@ def _is_torchvision(name: str) -> bool:
     return is_torchvision_name(name)
 
 
-def _link_name(index: int, link: dict, teacher) -> str:
+def _link_name(index: int, link: dict) -> str:
     if "layers" in link:
         return f"{index}-L{link['layers']}"
     if link.get("self_quantized"):
@@ -216,10 +220,9 @@ def _build_student(link: dict, teacher, recipe, kwargs):
 
         return derive_student(teacher, link["layers"])
     if link.get("self_quantized"):
-        from edgekit.distill.quantized import LoraSettings, nf4_lora_student
+        from edgekit.distill.quantized import nf4_lora_student
 
-        lora = recipe.distill.lora
-        return nf4_lora_student(teacher, LoraSettings(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+        return nf4_lora_student(teacher, recipe.distill.lora)
     return load_model(link["model"], pretrained=recipe.student.pretrained, **kwargs)
 
 
@@ -261,12 +264,6 @@ def _objective(cfg, teachers, student, data):
     return LogitKD(sets[0].logits, cfg.temperature, cfg.alpha, **features)
 
 
-def _metrics(handle, data) -> dict[str, Any]:
-    from edgekit.stages import model_metrics
-
-    return model_metrics(handle, data)
-
-
 def score(metrics: dict) -> float:
     """The headline number: accuracy, or BLEU for text2text."""
     return metrics["accuracy"] if "accuracy" in metrics else metrics["bleu"]
@@ -283,23 +280,14 @@ def _score_of(handle, data) -> float:
     return score(evaluate(handle, data.eval_split))
 
 
-def _metrics_final(student, data, result, teacher_handles, teacher_metrics, link_rows) -> dict[str, Any]:
-    metrics = _metrics(student, data)
-    metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
-                   teacher_score=score(teacher_metrics[0]),
-                   compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count(),
-                   **result.objective)
-    return metrics
-
-
-def _save_link(done: Path, student, recipe, config, metrics, result, print_, index) -> None:
+def _save_link(done: Path, student, recipe, config, metrics, result, print_, index, row) -> None:
     done.parent.mkdir(parents=True, exist_ok=True)
     with stage_folder(done, force=True) as folder:
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         write_meta(folder, stage="distill-link", config={**config, "link": index}, metrics=metrics,
                    parameters=student.parameter_count(), fingerprint_value=f"{print_}:{index}",
-                   extra={"history": result.history})
+                   extra={"history": result.history, "link_row": row})
 
 
 def _merge_quantized(student, teacher, data, folder: Path):

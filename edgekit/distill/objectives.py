@@ -62,12 +62,15 @@ class LogitKD(Objective):
             return {"feature_projection": f"linear {self.projection.in_features} -> {self.projection.out_features}"}
         return {"feature_projection": f"identity ({self.feature_table.shape[1]})"}
 
+    def feature_loss(self, features: torch.Tensor | None, indices: torch.Tensor) -> torch.Tensor | float:
+        if self.feature_weight == 0 or features is None:
+            return 0.0
+        target = self.feature_table[indices.to(self.feature_table.device)].to(features.device)
+        return self.feature_weight * F.mse_loss(self.projection(features.float()), target)
+
     def loss(self, logits, features, indices, labels):
         loss = kd_loss(logits, self.teacher(indices).to(logits.device), labels, self.temperature, self.alpha)
-        if self.feature_weight > 0 and features is not None:
-            target = self.feature_table[indices.to(self.feature_table.device)].to(features.device)
-            loss = loss + self.feature_weight * F.mse_loss(self.projection(features.float()), target)
-        return loss
+        return loss + self.feature_loss(features, indices)
 
 
 class MultiTeacherKD(LogitKD):
@@ -100,10 +103,7 @@ class MultiTeacherKD(LogitKD):
         loss = kd_loss(logits, ensemble.detach(), labels, self.temperature, self.alpha)
         if self.learn:
             loss = loss + F.cross_entropy(ensemble, labels)
-        if self.feature_weight > 0 and features is not None:
-            target = self.feature_table[indices.to(self.feature_table.device)].to(features.device)
-            loss = loss + self.feature_weight * F.mse_loss(self.projection(features.float()), target)
-        return loss
+        return loss + self.feature_loss(features, indices)
 
     def report(self) -> dict[str, Any]:
         return {**super().report(), "teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],

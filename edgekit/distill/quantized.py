@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,14 +19,6 @@ import torch
 from edgekit.errors import EdgekitError
 
 _TARGET_CANDIDATES = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("q_lin", "v_lin"))
-
-
-@dataclass
-class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
 
 
 def head_name(module: torch.nn.Module) -> str:
@@ -56,9 +47,10 @@ def check_targets(module: torch.nn.Module, targets: list[str]) -> None:
                            f"its linear layers are named: {', '.join(linear[:20])}")
 
 
-def nf4_lora_student(teacher, lora: LoraSettings):
+def nf4_lora_student(teacher, lora):
     """A copy of ``teacher`` (an HF ModelHandle) with its linear layers in NF4 and LoRA adapters on
-    ``lora.target_modules`` (default: query/value); only adapters and head train."""
+    ``lora.target_modules`` (default: query/value); only adapters and head train. ``lora`` is the
+    recipe's :class:`edgekit.recipe.LoraConfig`."""
     if teacher.family != "hf":
         raise EdgekitError(f"self-quantized distillation needs a Hugging Face model (BERT-like, ViT); {teacher.arch} is "
                            "a torchvision model")

@@ -32,18 +32,14 @@ def cache_root() -> Path:
 
 def weights_digest(module) -> str:
     """sha256 of every tensor of the state dict (name, dtype, shape and bytes)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch_uint8()).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
 
 
 def split_digest(split: Split) -> str:
