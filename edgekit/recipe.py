@@ -150,6 +150,44 @@ class LoraConfig:
 
 
 @dataclass
+class LoraStageConfig(LoraConfig):
+    """``edgekit finetune --lora`` / ``--qlora``: adapters (and the head) train, then merge into a
+    plain model. ``qlora`` stores the base in 4-bit NF4 (double quantization) first.
+    ``target_modules: null`` picks query/value for transformers, every non-grouped conv and
+    non-head linear layer for CNNs. ``train.lr: null`` is 5e-4 (a LoRA default that holds across
+    tasks; full fine-tunes use 5e-5)."""
+
+    enabled: bool = False
+    qlora: bool = False
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
+
+
+PRUNE_METHODS = ("l1-unstructured", "heads", "ffn", "channels")
+
+
+@dataclass
+class PruneConfig:
+    """``method``: l1-unstructured (zero the smallest weights of every Linear/Conv; dense shapes
+    stay), heads (remove attention heads), ffn (remove feed-forward neurons), channels (remove
+    conv channels). ``amount``: the fraction removed in each layer. ``recover_epochs`` > 0 trains
+    afterwards: ``recover: distill`` learns from the unpruned model's logits, ``finetune`` from labels."""
+
+    method: str | None = None
+    amount: float = 0.3
+    recover_epochs: int = 0
+    recover: str = "distill"
+    calib_samples: int = 256
+
+    def validate(self, path: str) -> None:
+        if self.method is not None:
+            _check_choice(f"{path}.method", self.method, PRUNE_METHODS)
+        _check_range(f"{path}.amount", self.amount, 0, 1, low_open=True, high_open=True)
+        _check_range(f"{path}.recover_epochs", self.recover_epochs, 0, 10_000)
+        _check_choice(f"{path}.recover", self.recover, ("distill", "finetune"))
+        _check_range(f"{path}.calib_samples", self.calib_samples, 1, 100_000)
+
+
+@dataclass
 class DistillConfig:
     """Hinton KD: loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T).
 
@@ -226,6 +264,8 @@ class Recipe:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoraStageConfig = field(default_factory=LoraStageConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -234,7 +274,7 @@ class Recipe:
             raise RecipeError("recipe field name: must be a non-empty name without '/'")
         if self.task is not None:
             _check_choice("task", self.task, TASKS)
-        for section in ("data", "teacher", "student", "distill", "export", "bench"):
+        for section in ("data", "teacher", "student", "distill", "lora", "prune", "export", "bench"):
             _validate_tree(getattr(self, section), section)
 
     def to_dict(self) -> dict[str, Any]:

@@ -67,19 +67,25 @@ def _write_model_stage(folder: Path, stage: str, handle, recipe: Recipe, config:
 
 def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False,
              resume: bool = False) -> dict:
-    """Train the recipe's teacher on the task (full fine-tune) and save it as a stage."""
+    """Train the recipe's teacher model on the task and save it as a stage: a full fine-tune, or
+    with ``recipe.lora.enabled``/``qlora`` LoRA adapters (over an NF4 base for QLoRA) merged back
+    into a plain model (see :mod:`edgekit.compress.lora`)."""
     import shutil
 
     from edgekit.distill.engine import checkpoint_folder
-    from edgekit.distill.trainer import Checkpointing, train
+    from edgekit.distill.trainer import Checkpointing, evaluate, train
     from edgekit.models import load_model
 
-    train_cfg = recipe.teacher.train or recipe.distill.train
+    lora = recipe.lora if (recipe.lora.enabled or recipe.lora.qlora) else None
+    train_cfg = lora.train if lora else (recipe.teacher.train or recipe.distill.train)
+    stage = ("qlora" if lora.qlora else "lora") if lora else "finetune"
     config = {"model": recipe.teacher.model, "pretrained": recipe.teacher.pretrained, "train": asdict(train_cfg),
               "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
-    print_ = stage_fingerprint("finetune", config, None)
+    if lora:
+        config["lora"] = {k: v for k, v in asdict(lora).items() if k != "train"}
+    print_ = stage_fingerprint(stage, config, None)
     if reuse and reusable(out, print_):
-        log(f"finetune: reused {out}")
+        log(f"{stage}: reused {out}")
         return read_meta(out)
     data = data or load_data(recipe)
     from edgekit.distill.trainer import seed_everything
@@ -88,17 +94,33 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
     handle = load_model(recipe.teacher.model, task=data.task, label_names=data.label_names,
                         pretrained=recipe.teacher.pretrained, image_size=recipe.data.image_size,
                         max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
+    extra: dict = {}
+    trained = handle
+    if lora:
+        from edgekit.compress.lora import with_lora
+
+        extra["metrics_before"] = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch} before {stage}")
+        trained = with_lora(handle, lora, quantized=lora.qlora)
+        if lora.qlora:  # adapters start at zero: this is the 4-bit base alone, i.e. what NF4 costs
+            extra["metrics_nf4_base"] = evaluate(trained, data.eval_split, desc="evaluate NF4 base")
     with stage_folder(out, force) as folder:
-        log(f"finetune: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters) on {len(data.train)} examples")
+        what = (f", {trained.extra['lora']['trainable_parameters'] / 1e6:.3f} M trainable ({stage} r={lora.r} on "
+                f"{', '.join(trained.extra['lora']['target_modules'][:4])}{', ...' if len(trained.extra['lora']['target_modules']) > 4 else ''})"
+                if lora else "")
+        log(f"{stage}: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what}) on {len(data.train)} examples")
         ckpt = Checkpointing(checkpoint_folder(out), tag=print_, every_steps=recipe.distill.checkpoint_every, resume=resume)
         if not resume:
             shutil.rmtree(ckpt.folder, ignore_errors=True)
-        result = train(handle, data, train_cfg, seed=recipe.seed, desc=f"teacher {handle.arch}", checkpoint=ckpt,
+        result = train(trained, data, train_cfg, seed=recipe.seed, desc=f"{stage} {handle.arch}", checkpoint=ckpt,
                        deterministic=recipe.distill.deterministic)
+        if lora:
+            from edgekit.compress.lora import merge_checked
+
+            handle, extra["merge"] = merge_checked(trained, handle, data, folder)
         metrics = model_metrics(handle, data)
         metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
-        meta = _write_model_stage(folder, "finetune", handle, recipe, config, metrics, None, print_,
-                                  {"history": result.history, "resumed_from": result.resumed_from})
+        meta = _write_model_stage(folder, stage, handle, recipe, config, metrics, None, print_,
+                                  {"history": result.history, "resumed_from": result.resumed_from, **extra})
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta
 

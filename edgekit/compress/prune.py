@@ -1,59 +1,156 @@
-"""Magnitude pruning made permanent (the zeros are written into the weights)."""
+"""``edgekit prune``: magnitude pruning made permanent, or structured pruning that shrinks layers,
+with optional recovery training; one stage folder recording what it cost and bought.
+
+- ``l1-unstructured`` (the seeds' method): the ``amount`` smallest-|w| weights of every Linear and
+  Conv2d are set to zero (torch.nn.utils.prune, made permanent). Shapes stay dense, so the file
+  and its latency do not change unless the runtime exploits sparsity — the stage says so in numbers.
+- ``heads`` / ``ffn`` / ``channels``: see :mod:`edgekit.compress.structured`.
+- ``recover_epochs`` > 0: train afterwards, by distillation from the unpruned model's logits
+  (``recover: distill``, the transfer set is cached like any teacher's) or on labels (``finetune``).
+  For l1-unstructured the mask stays applied during recovery, so the zeros stay zeros.
+"""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgekit.artifacts import RECIPE_FILE, stage_folder, write_meta
+from edgekit.artifacts import RECIPE_FILE, is_stage, stage_folder, write_meta
 from edgekit.errors import EdgekitError
-
-METHODS = ("l1-unstructured",)
+from edgekit.recipe import PRUNE_METHODS
 
 
 def prunable_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(name, m) for name, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
 
 
-def l1_unstructured(module: torch.nn.Module, amount: float) -> dict[str, float]:
-    """Zero the ``amount`` fraction of smallest-magnitude weights in every Linear and Conv2d layer."""
+def l1_unstructured(module: torch.nn.Module, amount: float, permanent: bool = True) -> dict[str, float]:
+    """Zero the ``amount`` fraction of smallest-magnitude weights in every Linear and Conv2d layer.
+    With ``permanent=False`` the mask stays as a reparametrisation (weight = weight_orig * mask),
+    so training keeps the zeros; :func:`make_permanent` ends it."""
     from torch.nn.utils import prune
 
-    sparsity = {}
-    for name, layer in prunable_layers(module):
+    for _, layer in prunable_layers(module):
         prune.l1_unstructured(layer, "weight", amount=amount)
-        prune.remove(layer, "weight")
-        sparsity[name] = float((layer.weight == 0).float().mean())
-    return sparsity
+        if permanent:
+            prune.remove(layer, "weight")
+    return layer_sparsity(module)
 
 
-def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, force: bool = False) -> dict[str, Any]:
+def make_permanent(module: torch.nn.Module) -> None:
+    from torch.nn.utils import prune
+
+    for _, layer in prunable_layers(module):
+        if prune.is_pruned(layer):
+            prune.remove(layer, "weight")
+
+
+def layer_sparsity(module: torch.nn.Module) -> dict[str, float]:
+    return {name: float((m.weight == 0).float().mean()) for name, m in prunable_layers(module)}
+
+
+def count_nonzero(module: torch.nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in module.parameters())
+
+
+def _check(method: str, amount: float) -> None:
+    if method not in PRUNE_METHODS:
+        raise EdgekitError(f"--method {method!r} is not one of {', '.join(PRUNE_METHODS)}")
+    if not 0 < amount < 1:
+        raise EdgekitError(f"--amount {amount} must be between 0 and 1 (exclusive), e.g. 0.3")
+
+
+def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recover_epochs: int = 0,
+                recover: str = "distill", calib_samples: int = 256, recipe=None, force: bool = False,
+                reuse: bool = False, resume: bool = False) -> dict[str, Any]:
     from edgekit import stages
-    from edgekit.distill.trainer import evaluate
+    from edgekit.distill.engine import checkpoint_folder
+    from edgekit.distill.trainer import Checkpointing, evaluate, train
     from edgekit.models.handle import load_saved
     from edgekit.recipe import load_recipe
 
-    if method not in METHODS:
-        raise EdgekitError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    if not 0 < amount < 1:
-        raise EdgekitError(f"--amount {amount} must be between 0 and 1 (exclusive), e.g. 0.3")
-    handle = load_saved(Path(model_dir))
-    recipe = load_recipe(Path(model_dir) / RECIPE_FILE)
+    _check(method, amount)
+    if recover not in ("distill", "finetune"):
+        raise EdgekitError(f"--recover {recover!r} is not one of distill, finetune")
+    if recover_epochs < 0:
+        raise EdgekitError(f"--recover-epochs {recover_epochs} must be 0 or more")
+    model_dir = Path(model_dir)
+    if not is_stage(model_dir) or not (model_dir / RECIPE_FILE).is_file():
+        raise EdgekitError(f"{model_dir} is not an edgekit model stage (finetune, distill, lora or prune output folder); "
+                           "prune needs its model and the data it was trained on")
+    recipe = recipe or load_recipe(model_dir / RECIPE_FILE)
+    config = {"method": method, "amount": amount, "recover_epochs": recover_epochs, "recover": recover,
+              "calib_samples": calib_samples}
+    train_cfg = replace(recipe.distill.train, epochs=max(recover_epochs, 1))
+    if recover_epochs:
+        config["train"] = asdict(train_cfg)
+        if recover == "distill":
+            config["temperature"], config["alpha"] = recipe.distill.temperature, recipe.distill.alpha
+    print_ = stages.stage_fingerprint("prune", config, model_dir)
+    if reuse and stages.reusable(out, print_):
+        stages.log(f"prune: reused {out}")
+        from edgekit.artifacts import read_meta
+
+        return read_meta(out)
+    handle = load_saved(model_dir)
+    if handle.task == "text2text":
+        raise EdgekitError("pruning here is for classifiers (text and images); T5 models are not supported yet")
     data = stages.load_data(recipe)
-    before = evaluate(handle, data.eval_split)["accuracy"]
+    before = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch} before pruning")
+    params_before, nonzero_before = handle.parameter_count(), count_nonzero(handle.module)
+    objective = None
+    if recover_epochs and recover == "distill":  # the unpruned model's logits, before any weight changes
+        from edgekit.distill.objectives import LogitKD
+        from edgekit.distill.transfer import transfer_set
+
+        teacher = transfer_set(handle, data.train, cache=recipe.distill.cache, desc="unpruned model logits")
+        objective = LogitKD(teacher.logits, recipe.distill.temperature, recipe.distill.alpha)
+
     with stage_folder(out, force) as folder:
-        per_layer = l1_unstructured(handle.module, amount)
-        layers = prunable_layers(handle.module)
-        total = sum(m.weight.numel() for _, m in layers)
-        zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-        metrics = evaluate(handle, data.eval_split)
-        metrics.update(accuracy_before=before, sparsity=zeros / total, layer_sparsity=per_layer,
-                       nonzero_parameters=sum(int((p != 0).sum()) for p in handle.module.parameters()))
+        stages.log(f"prune: {method} {amount:.0%} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
+        report: dict[str, Any] = {}
+        if method == "l1-unstructured":
+            l1_unstructured(handle.module, amount, permanent=not recover_epochs)
+        else:
+            from edgekit.compress import structured
+
+            prune = {"heads": structured.prune_heads, "ffn": structured.prune_ffn,
+                     "channels": structured.prune_channels}[method]
+            report = prune(handle, data.train, amount, calib_samples)
+            heads = dict((handle.extra.get("structure") or {}).get("heads", {}))
+            heads.update(report.pop("heads", {}))
+            handle.extra = {**handle.extra, "structure": {"heads": heads,
+                                                          "pruned": [*(handle.extra.get("structure") or {}).get("pruned", []),
+                                                                     {"method": method, "amount": amount}]}}
+        pruned = evaluate(handle, data.eval_split, desc="evaluate pruned model")
+        stages.log(f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
+                   f"{handle.parameter_count() / 1e6:.2f} M parameters, {count_nonzero(handle.module) / 1e6:.2f} M non-zero")
+        history = None
+        if recover_epochs:
+            ckpt = Checkpointing(checkpoint_folder(out), tag=print_, every_steps=recipe.distill.checkpoint_every, resume=resume)
+            if not resume:
+                shutil.rmtree(ckpt.folder, ignore_errors=True)
+            result = train(handle, data, train_cfg, seed=recipe.seed, objective=objective, checkpoint=ckpt,
+                           desc=f"recover ({recover})", deterministic=recipe.distill.deterministic)
+            history = result.history
+            make_permanent(handle.module)
+            shutil.rmtree(ckpt.folder, ignore_errors=True)
+        metrics = stages.model_metrics(handle, data)
+        per_layer = layer_sparsity(handle.module)
+        total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))
+        zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
+        metrics.update(accuracy_before=before["accuracy"], accuracy_pruned=pruned["accuracy"],
+                       macro_f1_before=before["macro_f1"], sparsity=zeros / total, layer_sparsity=per_layer,
+                       nonzero_parameters=count_nonzero(handle.module), **report)
         handle.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        return write_meta(folder, stage="prune", config={"method": method, "amount": amount, "model": handle.arch},
-                          parent=Path(model_dir), metrics=metrics, parameters=handle.parameter_count(),
-                          fingerprint_value=stages.stage_fingerprint("prune", {"method": method, "amount": amount},
-                                                                     Path(model_dir)))
+        return write_meta(folder, stage="prune", config={**config, "model": handle.arch}, parent=model_dir,
+                          metrics=metrics, parameters=handle.parameter_count(), fingerprint_value=print_,
+                          extra={"parameters_before": params_before, "nonzero_parameters_before": nonzero_before,
+                                 "nonzero_parameters": metrics["nonzero_parameters"], "history": history,
+                                 "structure": handle.extra.get("structure")})
+

@@ -142,7 +142,9 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                            checkpoint=Checkpointing(link_ckpt, tag=f"{print_}:{index}", every_steps=cfg.checkpoint_every,
                                                     resume=resume), deterministic=cfg.deterministic)
             if cfg.strategy == "self-quantized":
-                student, extra["merge"] = _merge_quantized(student, teacher, data, folder)
+                from edgekit.compress.lora import merge_checked
+
+                student, extra["merge"] = merge_checked(student, teacher, data, folder)
             metrics = model_metrics(student, data)
             metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
                            teacher_score=previous_score, **result.objective)
@@ -220,9 +222,12 @@ def _build_student(link: dict, teacher, recipe, kwargs):
 
         return derive_student(teacher, link["layers"])
     if link.get("self_quantized"):
-        from edgekit.distill.quantized import nf4_lora_student
+        from edgekit.compress.lora import with_lora
 
-        return nf4_lora_student(teacher, recipe.distill.lora)
+        if teacher.family != "hf":
+            raise EdgekitError(f"self-quantized distillation needs a Hugging Face model (BERT-like, ViT); {teacher.arch} is "
+                               "a torchvision model")
+        return with_lora(teacher, recipe.distill.lora, quantized=True)
     return load_model(link["model"], pretrained=recipe.student.pretrained, **kwargs)
 
 
@@ -288,28 +293,3 @@ def _save_link(done: Path, student, recipe, config, metrics, result, print_, ind
         write_meta(folder, stage="distill-link", config={**config, "link": index}, metrics=metrics,
                    parameters=student.parameter_count(), fingerprint_value=f"{print_}:{index}",
                    extra={"history": result.history, "link_row": row})
-
-
-def _merge_quantized(student, teacher, data, folder: Path):
-    """Fold the NF4 base and LoRA adapters into a plain full-precision model; check it against the
-    4-bit model on the validation split."""
-    import copy
-
-    from edgekit.distill.quantized import merge_nf4_lora, merge_report
-    from edgekit.distill.trainer import predict_logits
-
-    quantized_logits = predict_logits(student, data.val)
-    quantized_metrics = _score_of(student, data)
-    import warnings
-
-    with warnings.catch_warnings():  # peft cannot find a config in the temporary folder the base came from
-        warnings.simplefilter("ignore")
-        student.module.save_pretrained(folder / "adapter")
-    merged = copy.copy(student)
-    merged.module = merge_nf4_lora(student, teacher.module)
-    merged_logits = predict_logits(merged, data.val)
-    report = merge_report(quantized_logits, merged_logits)
-    report["nf4_lora_accuracy"] = quantized_metrics
-    log(f"  merged NF4+LoRA into full precision: max |logit diff| {report['max_abs_logit_diff']:.2e}, "
-        f"label agreement {report['label_agreement']:.2%} on {report['examples']} validation examples")
-    return merged, report

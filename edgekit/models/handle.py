@@ -116,8 +116,11 @@ _TOKEN_TYPE_MODELS = {"bert", "xlnet", "electra", "mobilebert", "funnel", "layou
 
 
 def default_lr(handle: ModelHandle) -> float:
-    """Learning rates that hold across datasets: transformers fine-tune at 5e-5, pretrained CNNs at
-    1e-4, CNNs from scratch at 1e-3 (AdamW)."""
+    """Learning rates that hold across datasets: LoRA/QLoRA adapters at 5e-4 (few parameters, zero-
+    initialised updates), transformers fine-tune at 5e-5, pretrained CNNs at 1e-4, CNNs from scratch
+    at 1e-3 (AdamW)."""
+    if hasattr(handle.module, "peft_config"):
+        return 5e-4
     if handle.family == "hf":
         return 5e-5
     return 1e-4 if handle.pretrained else 1e-3
@@ -186,11 +189,19 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
 
         module = build_torchvision(info["arch"], len(info["label_names"]), pretrained=False)
         try:
-            module.load_state_dict(load_file(str(folder / "model.safetensors")))
+            state = load_file(str(folder / "model.safetensors"))
+            if info.get("structure"):  # structurally pruned: layers are smaller than the architecture's
+                from edgekit.compress.structured import fit_to_state_dict
+
+                fit_to_state_dict(module, state, info["structure"].get("heads"))
+            module.load_state_dict(state)
         except Exception as exc:
             raise EdgekitError(f"cannot load weights from {folder}: {str(exc).splitlines()[0]}") from None
-        return ModelHandle(module, "torchvision", info["arch"], info["task"], info["label_names"], info["preprocessing"],
-                           source=str(stage_dir), pretrained=True)
+        handle = ModelHandle(module, "torchvision", info["arch"], info["task"], info["label_names"], info["preprocessing"],
+                             source=str(stage_dir), pretrained=True)
+        if info.get("structure"):
+            handle.extra["structure"] = info["structure"]
+        return handle
     from edgekit.models.hf import load_hf
 
     handle = load_hf(str(folder), task=info["task"], label_names=info["label_names"],
@@ -198,4 +209,16 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
                      max_length=info["preprocessing"].get("max_length", 128),
                      max_target_length=info["preprocessing"].get("max_target_length", 128))
     handle.source = str(stage_dir)
+    if info.get("structure"):  # structurally pruned: from_pretrained re-initialised the shrunk layers
+        from safetensors.torch import load_file
+
+        from edgekit.compress.structured import fit_to_state_dict
+
+        state = load_file(str(folder / "model.safetensors"))
+        fit_to_state_dict(handle.module, state, info["structure"].get("heads"))
+        try:
+            handle.module.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise EdgekitError(f"cannot load the pruned weights from {folder}: {str(exc).splitlines()[0]}") from None
+        handle.extra["structure"] = info["structure"]
     return handle

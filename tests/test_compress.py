@@ -1,0 +1,206 @@
+"""Compression: LoRA/QLoRA fine-tuning with exact merges (tiny BERT, ResNet-18), l1-unstructured
+sparsity, structured pruning (heads, FFN neurons, conv channels) that shrinks layers, reloads and
+exports smaller, recovery training, and the inputs a user can get wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error, run_cli, save_tiny_bert
+
+pytestmark = pytest.mark.slow
+DIGITS = ["--dataset", "digits", "--image-size", "16", "--set", "data.limit=200"]
+
+
+def meta(folder: Path) -> dict:
+    return json.loads((folder / "meta.json").read_text())
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    return {"EDGEKIT_CACHE_DIR": str(tmp_path_factory.mktemp("edgekit-cache"))}
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory, minilm_tokenizer_dir, question_files, env) -> Path:
+    """A tiny BERT (2 layers, 4 heads of 8) fine-tuned on the question data: a model that knows its task."""
+    base = save_tiny_bert(tmp_path_factory.mktemp("bert"), minilm_tokenizer_dir, hidden=32, layers=2, heads=4)
+    out = tmp_path_factory.mktemp("ft") / "bert"
+    ok(run_cli("finetune", base, "--train", question_files["train"], "--test", question_files["test"], "--epochs", "8",
+               "--batch-size", "16", "--lr", "1e-3", "--out", out, env=env))
+    assert meta(out)["metrics"]["accuracy"] > 0.8
+    return out
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory, env) -> Path:
+    out = tmp_path_factory.mktemp("resnet") / "r18"
+    ok(run_cli("finetune", "resnet18", *DIGITS, "--epochs", "2", "--batch-size", "32", "--out", out, env=env))
+    return out
+
+
+def state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora"])
+def test_bert_adapters_merge_exactly(tmp_path, bert, env, kind):
+    out = tmp_path / kind
+    proc = ok(run_cli("finetune", bert, f"--{kind}", "--epochs", "2", "--lr", "1e-2", "--out", out, env=env))
+    m = meta(out)
+    assert m["stage"] == kind
+    merge = m["merge"]
+    assert merge["max_abs_logit_diff"] < 1e-4 and merge["label_agreement"] == 1.0 and merge["examples"] > 0
+    lora = json.loads((out / "model" / "edgekit_model.json").read_text())["lora"]
+    assert lora["target_modules"] == ["query", "value"]
+    assert lora["trainable_parameters"] < 0.05 * m["parameters"]
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert "accuracy before" in proc.stdout and "merged" in proc.stdout
+    # a plain model: transformers loads it without peft, every weight is a plain tensor
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert not any("lora" in name for name in merged.state_dict())
+    before, after = state(bert), state(out)
+    q = "bert.encoder.layer.0.attention.self.query.weight"
+    k = "bert.encoder.layer.0.attention.self.key.weight"
+    assert (before[q] - after[q]).abs().max() > 1e-4  # the adapter update was merged in
+    if kind == "lora":
+        assert (before[k] - after[k]).abs().max() == 0  # untargeted layers untouched
+    else:  # NF4: untargeted layers are the dequantized 4-bit weights: close, not equal
+        diff = (before[k] - after[k]).abs().max()
+        assert 0 < diff < 0.25 * before[k].abs().max()
+        assert "metrics_nf4_base" in m
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora"])
+def test_cnn_adapters_merge_exactly(tmp_path, resnet, env, kind):
+    out = tmp_path / kind
+    ok(run_cli("finetune", resnet, f"--{kind}", "--epochs", "1", "--batch-size", "32", "--out", out, env=env))
+    m = meta(out)
+    assert m["merge"]["max_abs_logit_diff"] < 1e-3 and m["merge"]["label_agreement"] == 1.0
+    targets = json.loads((out / "model" / "edgekit_model.json").read_text())["lora"]["target_modules"]
+    assert "layer1.0.conv1" in targets and "fc" not in targets
+    assert not any("lora" in key for key in state(out))
+
+
+def test_l1_unstructured_reaches_the_asked_sparsity(tmp_path, bert, env):
+    out = tmp_path / "l1"
+    ok(run_cli("prune", bert, "--method", "l1-unstructured", "--amount", "0.3", "--out", out, env=env))
+    m = meta(out)
+    assert m["metrics"]["sparsity"] == pytest.approx(0.3, abs=0.005)
+    assert all(s == pytest.approx(0.3, abs=0.01) for s in m["metrics"]["layer_sparsity"].values())
+    assert m["parameters"] == m["parameters_before"]  # dense shapes stay
+    assert m["nonzero_parameters"] < m["nonzero_parameters_before"]
+    weights = state(out)["bert.encoder.layer.1.intermediate.dense.weight"]
+    assert float((weights == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
+
+
+def _export_bytes(stage: Path, out: Path, env) -> int:
+    ok(run_cli("export", stage, "--fp32", "--out", out, env=env))
+    return meta(out)["model_bytes"]
+
+
+def test_heads_and_ffn_pruning_shrink_reload_and_export_smaller(tmp_path, bert, env):
+    import torch
+
+    from edgekit.distill.trainer import evaluate
+    from edgekit.models.handle import load_saved
+    from edgekit.recipe import load_recipe
+    from edgekit.stages import load_data
+
+    heads = tmp_path / "heads"
+    ok(run_cli("prune", bert, "--method", "heads", "--amount", "0.5", "--out", heads, env=env))
+    ffn = tmp_path / "ffn"
+    proc = ok(run_cli("prune", heads, "--method", "ffn", "--amount", "0.5", "--recover-epochs", "1", "--out", ffn, env=env))
+    assert "recovered (distill)" in proc.stdout
+    m = meta(ffn)
+    assert m["metrics"]["removed"] == {"ffn_neurons": 64} and m["history"]
+    assert m["parameters"] < meta(heads)["parameters"] < meta(bert)["parameters"]
+    assert meta(heads)["metrics"]["removed"] == {"heads": 4}
+
+    handle = load_saved(ffn)
+    layer = handle.module.bert.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 16 and layer.attention.self.num_attention_heads == 2
+    assert layer.intermediate.dense.out_features == 32 and layer.output.dense.in_features == 32
+    data = load_data(load_recipe(ffn / "recipe.yaml"))
+    assert evaluate(handle, data.eval_split)["accuracy"] == pytest.approx(m["metrics"]["accuracy"])
+    with torch.no_grad():  # runs at other sequence lengths and batch sizes
+        assert handle.logits(handle.example_inputs(batch=3, seq_len=7)).shape == (3, 3)
+
+    full = _export_bytes(bert, tmp_path / "x-full", env)
+    assert _export_bytes(ffn, tmp_path / "x-ffn", env) < _export_bytes(heads, tmp_path / "x-heads", env) < full
+
+
+def test_vit_heads_pruning(tmp_path, env):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    vit = tmp_path / "vit"
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=64, num_labels=10)).save_pretrained(vit)
+    ok(run_cli("finetune", vit, *DIGITS, "--epochs", "1", "--batch-size", "32", "--lr", "1e-3", "--out", tmp_path / "t", env=env))
+    ok(run_cli("prune", tmp_path / "t", "--method", "heads", "--amount", "0.25", "--out", tmp_path / "p", env=env))
+    from edgekit.models.handle import load_saved
+
+    handle = load_saved(tmp_path / "p")
+    counts = [m.num_attention_heads for m in handle.module.modules() if isinstance(m, torch.nn.Module)
+              and isinstance(getattr(m, "num_attention_heads", None), int)]
+    assert counts == [3, 3]
+    assert meta(tmp_path / "p")["metrics"]["kept_per_layer"] == [3, 3]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_conv_channel_pruning(tmp_path, resnet, env, arch):
+    import torch
+
+    from edgekit.models.handle import load_saved
+
+    source = resnet
+    if arch != "resnet18":
+        source = tmp_path / arch
+        ok(run_cli("finetune", arch, *DIGITS, "--epochs", "1", "--batch-size", "32", "--out", source, env=env))
+    out = tmp_path / "p"
+    ok(run_cli("prune", source, "--method", "channels", "--amount", "0.5", "--out", out, env=env))
+    m = meta(out)
+    assert m["parameters"] < 0.75 * m["parameters_before"] and m["metrics"]["removed"]["conv_channels"] > 0
+    handle = load_saved(out)
+    if arch == "resnet18":  # inner block channels halve; block outputs (joined by residual adds) stay
+        block = handle.module.layer1[0]
+        assert block.conv1.out_channels == 32 and block.bn1.num_features == 32 and block.conv2.in_channels == 32
+        assert block.conv2.out_channels == 64
+    else:  # expanded channels through the depthwise conv, and the last conv into the head
+        block = handle.module.features[2].conv
+        assert block[0][0].out_channels == block[1][0].groups == block[2].in_channels == 48
+        assert handle.module.classifier[1].in_features == 640
+    with torch.no_grad():
+        assert handle.logits(handle.example_inputs(batch=2)).shape == (2, 10)
+    assert _export_bytes(out, tmp_path / "x-p", env) < 0.75 * _export_bytes(source, tmp_path / "x-full", env)
+
+
+def test_bad_compress_inputs(tmp_path, bert, resnet, env):
+    cases = [
+        (["prune", bert, "--amount", "1.5"], ["--amount", "between 0 and 1"]),
+        (["prune", bert, "--amount", "0"], ["--amount"]),
+        (["prune", bert, "--method", "random"], ["--method", "l1-unstructured"]),
+        (["prune", resnet, "--method", "heads"], ["heads", "BERT-like"]),
+        (["prune", bert, "--method", "channels"], ["channels"]),
+        (["prune", tmp_path, "--method", "ffn"], ["not an edgekit model stage"]),
+        (["finetune", bert, "--lora", "--lora-targets", "nope"], ["nope", "not found"]),
+        (["finetune", bert, "--lora-r", "4"], ["--lora"]),
+        (["finetune", "mobilenet_v2", *DIGITS, "--lora", "--lora-targets", "features.1.conv.0.0"], ["depthwise"]),
+    ]
+    for args, needles in cases:
+        assert_user_error(run_cli(*args, "--out", tmp_path / "out", env=env), *needles)
+        assert not (tmp_path / "out").exists()
