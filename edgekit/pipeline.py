@@ -1,6 +1,9 @@
 """``edgekit run``: chain the stages of a recipe in one run folder.
 
-    RUN/recipe.yaml  teacher/  student/  export/  eval/  bench-<device>/  report.md report.json *.png
+    RUN/recipe.yaml  teacher/  student/  [lora/]  [pruned/]  export/  eval/  bench-<device>/  report.md report.json *.png
+
+``lora`` runs when ``lora.enabled`` (or ``lora.qlora``) is set, ``pruned`` when ``prune.method`` is;
+each takes the model before it, and the export takes the last.
 
 A stage whose folder already holds the same fingerprint (same config, same parent) is reused,
 so an interrupted run continues where it stopped and an unchanged one finishes at once.
@@ -45,7 +48,22 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
         stages.finetune(recipe, out / "teacher", force=True, data=data, reuse=reuse)
         teacher = str(out / "teacher")
     stages.distill(recipe, teacher, out / "student", force=True, data=data, reuse=reuse)
-    stages.export(str(out / "student"), out / "export", preset_name=recipe.export.preset, int8=recipe.export.int8,
+    model = out / "student"
+    if recipe.lora.enabled or recipe.lora.qlora:
+        import copy
+
+        lora_recipe = copy.deepcopy(recipe)
+        lora_recipe.teacher.model = str(model)
+        stages.finetune(lora_recipe, out / "lora", force=True, data=data, reuse=reuse)
+        model = out / "lora"
+    if recipe.prune.method:
+        from edgekit.compress.prune import prune_stage
+
+        p = recipe.prune
+        prune_stage(model, out / "pruned", method=p.method, amount=p.amount, recover_epochs=p.recover_epochs,
+                    recover=p.recover, calib_samples=p.calib_samples, recipe=recipe, force=True, reuse=reuse)
+        model = out / "pruned"
+    stages.export(str(model), out / "export", preset_name=recipe.export.preset, int8=recipe.export.int8,
                   recipe=recipe, calib_samples=recipe.export.calib_samples, min_agreement=recipe.export.min_agreement,
                   force=True, reuse=reuse)
     eval_config = {"bundle": "export", "split": data.eval_split.name, "data": recipe.to_dict()["data"]}

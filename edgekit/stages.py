@@ -83,7 +83,8 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
               "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
     if lora:
         config["lora"] = {k: v for k, v in asdict(lora).items() if k != "train"}
-    print_ = stage_fingerprint(stage, config, None)
+    parent = Path(recipe.teacher.model) if is_stage(Path(recipe.teacher.model)) else None  # e.g. LoRA on a student
+    print_ = stage_fingerprint(stage, config, parent)
     if reuse and reusable(out, print_):
         log(f"{stage}: reused {out}")
         return read_meta(out)
@@ -119,7 +120,7 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
             handle, extra["merge"] = merge_checked(trained, handle, data, folder)
         metrics = model_metrics(handle, data)
         metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
-        meta = _write_model_stage(folder, stage, handle, recipe, config, metrics, None, print_,
+        meta = _write_model_stage(folder, stage, handle, recipe, config, metrics, parent, print_,
                                   {"history": result.history, "resumed_from": result.resumed_from, **extra})
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta

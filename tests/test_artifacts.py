@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from edgekit.artifacts import check_output, fingerprint, read_meta, sha256_file, stage_folder, write_meta

@@ -1,7 +1,5 @@
 """Errors a user can cause: one line, non-zero exit, no traceback, no half-written output."""
 
-from pathlib import Path
-
 import pytest
 
 from conftest import assert_user_error, run_cli, write_questions

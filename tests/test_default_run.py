@@ -106,3 +106,21 @@ def test_bench_and_eval_run_where_torch_cannot_be_imported(default_run, tmp_path
     ev = run_cli("eval", out / "export", "--dataset", "digits", env=block_torch)
     assert ev.returncode == 0, ev.stderr
     assert "accuracy" in ev.stdout
+
+
+def test_lora_and_pruning_stages_chain_after_the_student(default_run):
+    """Last in this file: it changes the run (the export now comes from the pruned model)."""
+    out, _ = default_run
+    proc = run_cli("run", "--out", out, "--set", "lora.enabled=true", "--set", "lora.train.epochs=1",
+                   "--set", "prune.method=channels", "--set", "prune.amount=0.25", "--set", "bench.runs=20")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finetune: reused" in proc.stderr and "distill: reused" in proc.stderr
+    lora = json.loads((out / "lora" / "meta.json").read_text())
+    pruned = json.loads((out / "pruned" / "meta.json").read_text())
+    assert lora["stage"] == "lora" and lora["parent"]["stage"] == "distill"
+    assert lora["merge"]["label_agreement"] == 1.0
+    assert pruned["parent"]["stage"] == "lora" and pruned["parameters"] < lora["parameters"]
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    assert manifest["parameters"] == pruned["parameters"]
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["teacher", "student", "lora", "pruned", "export"]

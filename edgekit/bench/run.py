@@ -12,7 +12,6 @@ from typing import Any
 
 from edgekit.bench import env
 from edgekit.bench.profiles import check_providers, load_profile
-from edgekit.errors import EdgekitError
 from edgekit.runtime.bundle import read_manifest
 
 SCHEMA_VERSION = 1

@@ -18,6 +18,7 @@ plain full-precision model.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import tempfile
 from typing import Any
 
@@ -171,8 +172,8 @@ def with_lora(handle, lora, *, quantized: bool):
     Only adapters and the head train. ``handle`` itself is left untouched."""
     try:
         import peft
-        if quantized:
-            import bitsandbytes  # noqa: F401
+        if quantized and importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError("No module named 'bitsandbytes'")
     except ImportError as exc:
         raise EdgekitError(f"LoRA needs peft{' and bitsandbytes' if quantized else ''} ({exc}); "
                            "pip install 'edgekit[train]'") from None

@@ -34,6 +34,9 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
                      "p90_ms": None, "peak_rss_mb": None, "device": None})
     if student:
         rows.append(_torch_row(run, "student", student))
+    for name in ("lora", "pruned"):
+        if name in metas:
+            rows.append(_torch_row(run, name, metas[name]))
     if "export" in metas:
         export = metas["export"]
         accuracy = metas["eval"]["metrics"]["accuracy"] if "eval" in metas else None
