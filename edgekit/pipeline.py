@@ -29,6 +29,26 @@ def preflight(recipe: Recipe) -> None:
     for device in recipe.bench.devices:
         check_providers(load_profile(device))
     load_preset(recipe.export.preset, recipe.export.int8)
+    _check_prune_method(recipe)
+
+
+def _check_prune_method(recipe: Recipe) -> None:
+    """heads/ffn need a transformer student, channels a CNN: say so before any training."""
+    method = recipe.prune.method
+    if method not in ("heads", "ffn", "channels") or recipe.student.layers:
+        if method == "channels" and recipe.student.layers:
+            raise EdgekitError("recipe field prune.method: channels prunes CNNs, but student.layers derives a transformer "
+                               "student; use heads, ffn or l1-unstructured")
+        return
+    from edgekit.models.handle import is_torchvision_name
+
+    cnn = bool(recipe.student.model) and is_torchvision_name(recipe.student.model)
+    if method in ("heads", "ffn") and cnn:
+        raise EdgekitError(f"recipe field prune.method: {method} prunes transformers, but the student {recipe.student.model} "
+                           "is a CNN; use channels or l1-unstructured")
+    if method == "channels" and not cnn:
+        raise EdgekitError(f"recipe field prune.method: channels prunes CNNs, but the student {recipe.student.model} is "
+                           "not a torchvision CNN; use heads, ffn or l1-unstructured")
 
 
 def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:

@@ -86,6 +86,18 @@ def test_device_without_provider_fails_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("sets, needles", [
+    (["prune.method=heads"], ["prune.method", "mobilenet_v2 is a CNN"]),
+    (["prune.method=channels", "teacher.model=x/bert", "student.model=null", "student.layers=[2]"], ["channels prunes CNNs"]),
+    (["prune.method=shrink"], ["prune.method", "not one of"]),
+    (["prune.amount=1.2"], ["prune.amount"]),
+])
+def test_bad_prune_recipe_fails_before_training(tmp_path, sets, needles):
+    proc = run_cli("run", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "out")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_model_name(tmp_path):
     proc = run_cli("finetune", "resnet1800", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "out")
     assert_user_error(proc, "unknown model 'resnet1800'")
