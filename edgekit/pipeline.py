@@ -70,11 +70,7 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
     stages.distill(recipe, teacher, out / "student", force=True, data=data, reuse=reuse)
     model = out / "student"
     if recipe.lora.enabled or recipe.lora.qlora:
-        import copy
-
-        lora_recipe = copy.deepcopy(recipe)
-        lora_recipe.teacher.model = str(model)
-        stages.finetune(lora_recipe, out / "lora", force=True, data=data, reuse=reuse)
+        stages.finetune(recipe, out / "lora", force=True, data=data, reuse=reuse, model=str(model), lora=recipe.lora)
         model = out / "lora"
     if recipe.prune.method:
         from edgekit.compress.prune import prune_stage

@@ -66,24 +66,24 @@ def _write_model_stage(folder: Path, stage: str, handle, recipe: Recipe, config:
 
 
 def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False,
-             resume: bool = False) -> dict:
-    """Train the recipe's teacher model on the task and save it as a stage: a full fine-tune, or
-    with ``recipe.lora.enabled``/``qlora`` LoRA adapters (over an NF4 base for QLoRA) merged back
-    into a plain model (see :mod:`edgekit.compress.lora`)."""
+             resume: bool = False, model: str | None = None, lora=None) -> dict:
+    """Train ``model`` (default: the recipe's teacher) on the task and save it as a stage: a full
+    fine-tune, or with ``lora`` (a :class:`edgekit.recipe.LoraStageConfig`) LoRA adapters, over an
+    NF4 base when ``lora.qlora``, merged back into a plain model (see :mod:`edgekit.compress.lora`)."""
     import shutil
 
     from edgekit.distill.engine import checkpoint_folder
     from edgekit.distill.trainer import Checkpointing, evaluate, train
     from edgekit.models import load_model
 
-    lora = recipe.lora if (recipe.lora.enabled or recipe.lora.qlora) else None
+    model = model or recipe.teacher.model
     train_cfg = lora.train if lora else (recipe.teacher.train or recipe.distill.train)
     stage = ("qlora" if lora.qlora else "lora") if lora else "finetune"
-    config = {"model": recipe.teacher.model, "pretrained": recipe.teacher.pretrained, "train": asdict(train_cfg),
+    config = {"model": model, "pretrained": recipe.teacher.pretrained, "train": asdict(train_cfg),
               "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
     if lora:
         config["lora"] = {k: v for k, v in asdict(lora).items() if k != "train"}
-    parent = Path(recipe.teacher.model) if is_stage(Path(recipe.teacher.model)) else None  # e.g. LoRA on a student
+    parent = Path(model) if is_stage(Path(model)) else None  # e.g. LoRA on a student
     print_ = stage_fingerprint(stage, config, parent)
     if reuse and reusable(out, print_):
         log(f"{stage}: reused {out}")
@@ -92,7 +92,7 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
     from edgekit.distill.trainer import seed_everything
 
     seed_everything(recipe.seed)  # the initial weights of a model trained from scratch
-    handle = load_model(recipe.teacher.model, task=data.task, label_names=data.label_names,
+    handle = load_model(model, task=data.task, label_names=data.label_names,
                         pretrained=recipe.teacher.pretrained, image_size=recipe.data.image_size,
                         max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
     extra: dict = {}

@@ -107,7 +107,8 @@ def finetune(
         loaded.teacher.train = loaded.distill.train
     _check_out(out, force, resume)
     write_recipe_file(loaded, write_recipe)
-    meta = stages.finetune(loaded, out, force=force or resume, resume=resume)
+    meta = stages.finetune(loaded, out, force=force or resume, resume=resume,
+                           lora=loaded.lora if (loaded.lora.enabled or loaded.lora.qlora) else None)
     _print_model_summary(meta, out)
     before = meta.get("metrics_before")
     if before and "accuracy" in before:
