@@ -130,7 +130,9 @@ def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
     import psutil
 
     daemon = psutil.Process(sshd["server"].pid)
-    big = make_bundle(tmp_path / "big", hidden=4096)  # ~0.1 ms a run: the 60 s profile really runs long
+    # ~0.05 ms a run at batch 1 would hit the harness's 100,000-run cap in ~5 s on an idle machine, before
+    # the connection is cut; at batch 64 (~3 ms a run) the 60 s profile really runs 60 s
+    big = make_bundle(tmp_path / "big", hidden=4096)
 
     def kill_sessions() -> None:
         deadline = time.time() + 60
@@ -150,7 +152,7 @@ def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
     slow = tmp_path / "slow.yaml"  # a profile whose run lasts 60 s, copied to the host with the bundle
     slow.write_text("name: slow\nwarmup: 1\nruns: 10\nmin_seconds: 60\nmax_seconds: 120\n")
     proc = run_cli("bench", big, "--host", "edgekit-device", "--ssh-config", sshd["known"], "--remote-edgekit",
-                   EDGEKIT, "--device", slow, "--json", out, timeout=300)
+                   EDGEKIT, "--device", slow, "--batch-size", "64", "--json", out, timeout=300)
     killer.join()
     for orphan in psutil.process_iter(["cmdline"]):  # the remote side of a cut connection runs on; stop it
         if any("/tmp/edgekit-bench." in part for part in orphan.info["cmdline"] or []):
