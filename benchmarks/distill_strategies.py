@@ -18,32 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def edgekit(*args) -> None:
-    start = time.perf_counter()
-    print("$ edgekit " + " ".join(map(str, args)), file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        sys.exit(f"edgekit {args[0]} failed:\n{proc.stderr[-3000:]}")
-    print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-
-
-def done(folder: Path) -> bool:
-    """Stages already measured are kept: delete a folder (or the whole --out) to measure it again."""
-    if (folder / "meta.json").is_file():
-        print(f"kept {folder} (delete it to re-run)", file=sys.stderr)
-        return True
-    return False
-
-
-def meta(folder: Path) -> dict:
-    return json.loads((folder / "meta.json").read_text())
+from _steps import done, edgekit, meta  # benchmarks/ is on sys.path when a script runs
 
 
 def epoch_seconds(history: list[dict]) -> float:

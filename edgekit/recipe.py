@@ -161,6 +161,11 @@ class LoraStageConfig(LoraConfig):
     qlora: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
 
+    @property
+    def active(self) -> bool:
+        """A LoRA stage runs: ``enabled``, or ``qlora`` (which implies it)."""
+        return self.enabled or self.qlora
+
 
 PRUNE_METHODS = ("l1-unstructured", "heads", "ffn", "channels")
 

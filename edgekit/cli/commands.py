@@ -108,7 +108,7 @@ def finetune(
     _check_out(out, force, resume)
     write_recipe_file(loaded, write_recipe)
     meta = stages.finetune(loaded, out, force=force or resume, resume=resume,
-                           lora=loaded.lora if (loaded.lora.enabled or loaded.lora.qlora) else None)
+                           lora=loaded.lora if loaded.lora.active else None)
     _print_model_summary(meta, out)
     before = meta.get("metrics_before")
     if before and "accuracy" in before:

@@ -30,7 +30,9 @@ _TARGET_CANDIDATES = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("q_
 
 
 def head_name(module: torch.nn.Module) -> str:
-    for name in ("classifier", "score", "fc", "head"):
+    from edgekit.models.handle import HEAD_ATTRIBUTES
+
+    for name in HEAD_ATTRIBUTES:
         if getattr(module, name, None) is not None:
             return name
     raise EdgekitError(f"cannot find the classification head of {type(module).__name__}")

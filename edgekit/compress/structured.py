@@ -186,7 +186,7 @@ def _input_importance(module, x, mask):
 _PASS_MODULES = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardswish, torch.nn.SiLU, torch.nn.GELU, torch.nn.Identity,
                  torch.nn.Dropout, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.Mish)
 _PASS_FUNCTIONS = {"relu", "relu6", "hardswish", "silu", "gelu", "dropout", "leaky_relu", "elu", "mish", "relu_"}
-_POOL_FUNCTIONS = {"adaptive_avg_pool2d", "flatten", "mean"}
+_POOL_FUNCTIONS = {"adaptive_avg_pool2d", "flatten"}
 
 
 @dataclass
@@ -258,8 +258,6 @@ def _follow(node, modules, chain: Chain) -> Chain | None:
             if name in _POOL_FUNCTIONS:
                 if name == "adaptive_avg_pool2d" and tuple(torch.nn.modules.utils._pair(user.args[1])) != (1, 1):
                     return None
-                if name == "mean":
-                    return None  # dims unknown without shapes; keep it
                 pooled = pooled or name == "adaptive_avg_pool2d"
                 if name == "flatten" and not pooled:
                     return None

@@ -279,12 +279,6 @@ def headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in keys}
 
 
-def _score_of(handle, data) -> float:
-    from edgekit.distill.trainer import evaluate
-
-    return score(evaluate(handle, data.eval_split))
-
-
 def _save_link(done: Path, student, recipe, config, metrics, result, print_, index, row) -> None:
     done.parent.mkdir(parents=True, exist_ok=True)
     with stage_folder(done, force=True) as folder:

@@ -19,6 +19,8 @@ from edgekit.errors import EdgekitError
 
 MODEL_SUBDIR = "model"
 MODEL_INFO = "edgekit_model.json"
+# where classifiers keep their head: HF (classifier, score), torchvision (fc, classifier, heads), timm-like (head)
+HEAD_ATTRIBUTES = ("classifier", "fc", "heads", "head", "score")
 
 
 @dataclass
@@ -58,7 +60,7 @@ class ModelHandle:
         module = self.module
         if hasattr(module, "base_model") and hasattr(module.base_model, "model"):  # peft wrapper
             module = module.base_model.model
-        for name in ("classifier", "fc", "heads", "head", "score"):
+        for name in HEAD_ATTRIBUTES:
             head = getattr(module, name, None)
             if head is None:
                 continue
@@ -183,18 +185,11 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
             "use the same label set"
         )
     if info["family"] == "torchvision":
-        from safetensors.torch import load_file
-
         from edgekit.models.vision import build_torchvision
 
         module = build_torchvision(info["arch"], len(info["label_names"]), pretrained=False)
         try:
-            state = load_file(str(folder / "model.safetensors"))
-            if info.get("structure"):  # structurally pruned: layers are smaller than the architecture's
-                from edgekit.compress.structured import fit_to_state_dict
-
-                fit_to_state_dict(module, state, info["structure"].get("heads"))
-            module.load_state_dict(state)
+            _load_weights(module, folder, info, strict=True)
         except Exception as exc:
             raise EdgekitError(f"cannot load weights from {folder}: {str(exc).splitlines()[0]}") from None
         handle = ModelHandle(module, "torchvision", info["arch"], info["task"], info["label_names"], info["preprocessing"],
@@ -210,15 +205,22 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
                      max_target_length=info["preprocessing"].get("max_target_length", 128))
     handle.source = str(stage_dir)
     if info.get("structure"):  # structurally pruned: from_pretrained re-initialised the shrunk layers
-        from safetensors.torch import load_file
-
-        from edgekit.compress.structured import fit_to_state_dict
-
-        state = load_file(str(folder / "model.safetensors"))
-        fit_to_state_dict(handle.module, state, info["structure"].get("heads"))
         try:
-            handle.module.load_state_dict(state, strict=False)
+            _load_weights(handle.module, folder, info, strict=False)
         except RuntimeError as exc:
             raise EdgekitError(f"cannot load the pruned weights from {folder}: {str(exc).splitlines()[0]}") from None
         handle.extra["structure"] = info["structure"]
     return handle
+
+
+def _load_weights(module: torch.nn.Module, folder: Path, info: dict[str, Any], strict: bool) -> None:
+    """Load ``folder/model.safetensors`` into ``module``, first resizing its layers to the saved
+    shapes when the model was structurally pruned."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    if info.get("structure"):  # layers are smaller than the architecture's
+        from edgekit.compress.structured import fit_to_state_dict
+
+        fit_to_state_dict(module, state, info["structure"].get("heads"))
+    module.load_state_dict(state, strict=strict)
