@@ -28,7 +28,8 @@ def preflight(recipe: Recipe) -> None:
     stages.task_of(recipe)
     for device in recipe.bench.devices:
         check_providers(load_profile(device))
-    load_preset(recipe.export.preset, recipe.export.int8)
+    e = recipe.export
+    load_preset(e.preset, e.format, e.resolved_precision, e.mode)
     _check_prune_method(recipe)
 
 
@@ -79,7 +80,8 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
         prune_stage(model, out / "pruned", method=p.method, amount=p.amount, recover_epochs=p.recover_epochs,
                     recover=p.recover, calib_samples=p.calib_samples, recipe=recipe, force=True, reuse=reuse)
         model = out / "pruned"
-    stages.export(str(model), out / "export", preset_name=recipe.export.preset, int8=recipe.export.int8,
+    stages.export(str(model), out / "export", preset_name=recipe.export.preset, precision=recipe.export.resolved_precision,
+                  fmt=recipe.export.format, mode=recipe.export.mode,
                   recipe=recipe, calib_samples=recipe.export.calib_samples, min_agreement=recipe.export.min_agreement,
                   force=True, reuse=reuse)
     eval_config = {"bundle": "export", "split": data.eval_split.name, "data": recipe.to_dict()["data"]}

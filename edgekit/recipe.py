@@ -20,7 +20,9 @@ from edgekit.errors import EdgekitError
 
 TASKS = ("image-classification", "text-classification", "text2text")
 STRATEGIES = ("straightforward", "successive", "multi-teacher", "self-quantized")
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_PRECISIONS = ("int8", "fp16", "fp32")
+QUANT_MODES = ("auto", "dynamic", "static")
 
 
 class RecipeError(EdgekitError):
@@ -234,14 +236,30 @@ class DistillConfig:
 
 @dataclass
 class ExportConfig:
-    format: str = "onnx"
-    int8: bool = True
+    """format/precision/mode left empty come from the preset (default: ONNX int8, preset cpu-int8).
+    ``int8: false`` is the older spelling of ``precision: fp32``."""
+
+    format: str | None = None
+    precision: str | None = None
+    int8: bool | None = None
+    mode: str | None = None
     preset: str | None = None
     calib_samples: int = 256
     min_agreement: float | None = None
 
+    @property
+    def resolved_precision(self) -> str | None:
+        if self.precision:
+            return self.precision
+        return None if self.int8 is None else ("int8" if self.int8 else "fp32")
+
     def validate(self, path: str) -> None:
-        _check_choice(f"{path}.format", self.format, EXPORT_FORMATS)
+        if self.format is not None:
+            _check_choice(f"{path}.format", self.format, EXPORT_FORMATS)
+        if self.precision is not None:
+            _check_choice(f"{path}.precision", self.precision, EXPORT_PRECISIONS)
+        if self.mode is not None:
+            _check_choice(f"{path}.mode", self.mode, QUANT_MODES)
         _check_range(f"{path}.calib_samples", self.calib_samples, 1, 100_000)
         _check_range(f"{path}.min_agreement", self.min_agreement, 0, 1)
 

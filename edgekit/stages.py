@@ -136,16 +136,16 @@ def distill(recipe: Recipe, teacher, out: Path, force: bool = False, data=None, 
                        stage_fingerprint=stage_fingerprint, load_data=load_data)
 
 
-def export(model_dir: str, out: Path, *, preset_name: str | None, int8: bool, recipe: Recipe | None = None,
-           calib_samples: int | None = None, min_agreement: float | None = None, allow_drop: bool = False,
-           force: bool = False, reuse: bool = False) -> dict:
-    """Export a model stage folder (or a model id) to a parity-checked ONNX bundle."""
+def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str | None = None, fmt: str | None = None,
+           mode: str | None = None, recipe: Recipe | None = None, calib_samples: int | None = None,
+           min_agreement: float | None = None, allow_drop: bool = False, force: bool = False, reuse: bool = False) -> dict:
+    """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle."""
     from edgekit.export.bundle import build_bundle
     from edgekit.export.presets import load_preset
     from edgekit.models import load_model
     from edgekit.models.handle import load_saved
 
-    preset = load_preset(preset_name, int8)
+    preset = load_preset(preset_name, fmt, precision, mode)
     if calib_samples:
         preset["calib_samples"] = calib_samples
     if min_agreement is not None:
@@ -170,7 +170,8 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, int8: bool, re
     if data is not None and data.label_names != handle.label_names:
         raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
     with stage_folder(out, force) as folder:
-        log(f"export: {handle.arch} -> ONNX opset {preset['opset']}" + (" int8" if int8 else " fp32") + f" (preset {preset['name']})")
+        target = f"ONNX opset {preset['opset']}" if preset["format"] == "onnx" else "TorchScript"
+        log(f"export: {handle.arch} -> {target} {preset['precision']} (preset {preset['name']})")
         manifest = build_bundle(handle, folder, preset, calibration=data.train if data else None,
                                 parity_split=data.val if data else None,
                                 source_stage=source if is_stage(source) else None, allow_drop=allow_drop)
@@ -181,7 +182,9 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, int8: bool, re
                           metrics=metrics, parameters=manifest["parameters"], fingerprint_value=print_,
                           extra={"model_bytes": manifest["sizes"]["model_bytes"],
                                  "fp32_model_bytes": manifest["sizes"]["fp32_model_bytes"],
-                                 "quantization": manifest["quantization"]})
+                                 "quantization": manifest["quantization"], "format": manifest["format"],
+                                 "precision": manifest["precision"],
+                                 "graph_optimization": (manifest.get("graph_optimization") or {}).get("kept")})
     return meta
 
 

@@ -102,7 +102,7 @@ def test_parity_failure_leaves_no_bundle_unless_allowed(text_stages, tmp_path):
     assert manifest["parity"]["int8"]["passed"] is False and manifest["preset"] == "strict"
 
 
-def test_corrupt_model_file_is_a_clear_error(text_stages, tmp_path):
+def test_corrupt_model_file_is_a_clear_error(text_stages, tmp_path, question_files):
     import shutil
 
     bundle = tmp_path / "bundle"
@@ -110,7 +110,15 @@ def test_corrupt_model_file_is_a_clear_error(text_stages, tmp_path):
     data = (bundle / "model.onnx").read_bytes()
     (bundle / "model.onnx").write_bytes(data[: len(data) // 3])
     proc = run_cli("bench", bundle, "--runs", "5", "--json", tmp_path / "b.json")
-    assert_user_error(proc, "could not be measured", "onnxruntime cannot load", "corrupt or truncated")
+    assert_user_error(proc, "could not be measured", "does not match the sha256", "truncated")
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["valid"] is False and "error" in result["results"][0]
+    assert_user_error(run_cli("eval", bundle, "--data", question_files["test"]), "does not match the sha256")
+    # without a recorded hash the runtime itself must still refuse the file with one clear line
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sha256"] = None
+    for graph in manifest["graphs"]:
+        graph["sha256"] = None
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("eval", bundle, "--data", question_files["test"]), "onnxruntime cannot load", "corrupt or truncated")
     assert_user_error(run_cli("eval", bundle, "--data", text_stages / "missing.tsv"), "does not exist")

@@ -227,38 +227,57 @@ def prune(
 
 
 def export(
-    model: Annotated[str, typer.Argument(help="A finetune/distill/prune output folder.")],
+    model: Annotated[str, typer.Argument(help="A finetune/distill/lora/prune output folder, or a HF id/path or torchvision name with --recipe.")],
     out: OutOpt,
-    fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    int8: Annotated[bool, typer.Option("--int8/--fp32", help="Quantize to int8 (default) or keep fp32.")] = True,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Export preset (edgekit devices show NAME lists a device's); default cpu-int8.")] = None,
-    calib_samples: Annotated[Optional[int], typer.Option("--calib-samples", help="Examples used to calibrate static int8.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="onnx (onnxruntime, torch-free on the device) or torchscript (needs torch). Default: the preset's, else onnx.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Quantize to int8 (the default without a preset).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="float16 ONNX (GPUs: the t4-fp16 preset).")] = False,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Keep float32.")] = False,
+    static: Annotated[bool, typer.Option("--static", help="Static int8 (QDQ, per-channel) calibrated on task data.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic int8 (weights int8, activations quantized at run time).")] = False,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Export preset in export/ or a .yaml (cpu-int8, avx2-int8, arm64-int8, t4-fp16, torchscript-int8, ...); default from --format and precision.")] = None,
+    calib_samples: Annotated[Optional[int], typer.Option("--calib-samples", help="Training examples used to calibrate static int8.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Least int8-vs-fp32 label agreement to accept, in [0, 1].")] = None,
     allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Keep the bundle even when parity fails (recorded in the manifest).")] = False,
     recipe: RecipeOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Export a model to a parity-checked ONNX bundle (int8 by default)."""
+    """Export a model to a parity-checked ONNX or TorchScript bundle (int8 by default)."""
     from edgekit import stages
     from edgekit.artifacts import check_output
 
-    if fmt != "onnx":
-        raise EdgekitError(f"--format {fmt!r} is not supported yet; use --format onnx")
+    chosen = [name for name, flag in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if flag]
+    if len(chosen) > 1:
+        raise EdgekitError(f"--{' and --'.join(chosen)} contradict each other; give one precision")
+    if static and dynamic:
+        raise EdgekitError("--static and --dynamic contradict each other; give one")
+    if (static or dynamic) and chosen and chosen[0] != "int8":
+        raise EdgekitError(f"--{'static' if static else 'dynamic'} is an int8 mode; drop it or use --int8")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise EdgekitError(f"--min-agreement {min_agreement} is outside [0, 1]")
+    if calib_samples is not None and calib_samples < 1:
+        raise EdgekitError(f"--calib-samples {calib_samples} must be at least 1")
     check_output(out, force)
     loaded = None
     if recipe is not None:
         from edgekit.recipe import load_recipe
 
         loaded = load_recipe(recipe)
-    meta = stages.export(model, out, preset_name=preset, int8=int8, recipe=loaded, calib_samples=calib_samples,
-                         min_agreement=min_agreement, allow_drop=allow_drop, force=force)
+    precision = chosen[0] if chosen else ("int8" if static or dynamic else None)
+    meta = stages.export(model, out, preset_name=preset, precision=precision, fmt=fmt,
+                         mode="static" if static else "dynamic" if dynamic else None, recipe=loaded,
+                         calib_samples=calib_samples, min_agreement=min_agreement, allow_drop=allow_drop, force=force)
     manifest = json.loads((out / "manifest.json").read_text())
     for name, p in manifest["parity"].items():
         print(f"parity {name}: label agreement {p['label_agreement']:.2%}, SNR {p['snr_db']:.1f} dB, "
               f"max |diff| {p['max_abs_diff']:.3g} on {p['examples']} examples: {'passed' if p['passed'] else 'FAILED'}")
-    print(f"model.onnx: {meta['model_bytes'] / 1e6:.2f} MB (fp32 {meta['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}")
+    optimization = manifest.get("graph_optimization") or {}
+    if len(optimization.get("variants", {})) > 1:
+        timings = ", ".join(f"{k} {v['p50_ms']:.3f} ms" for k, v in optimization["variants"].items())
+        print(f"graph: kept {optimization['kept']} ({timings}; p50 at batch 1 on this CPU)")
+    files = ", ".join(g["file"] for g in manifest["graphs"])
+    print(f"{files}: {meta['model_bytes'] / 1e6:.2f} MB {manifest['format']} {manifest['precision']} "
+          f"(fp32 {meta['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}")
 
 
 def evaluate(

@@ -1,11 +1,17 @@
 """The export stage: a model stage folder in, a parity-checked bundle out.
 
-Bundle layout: model.onnx, manifest.json (format, opset, inputs, labels, preprocessing,
-quantization, sizes, sha256, lineage, parity, versions), tokenizer.json for text, meta.json.
+Bundle layout: the model file(s) (model.onnx / model.pt; encoder.* and decoder.* for T5),
+manifest.json (format, precision, opset, graphs with inputs, labels, preprocessing, quantization,
+graph optimization, sizes, sha256, lineage, parity, versions), tokenizer.json for text, meta.json.
+
+Every candidate file is run by the runtime that will ship it, in a child process, on real task
+inputs: fp32 must match PyTorch within a tolerance, int8/fp16 are judged by label agreement and SNR.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import platform
 import shutil
@@ -20,12 +26,15 @@ from edgekit import __version__
 from edgekit.artifacts import read_meta, sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
-from edgekit.export.onnx import export_fp32, quantize
-from edgekit.export.presets import resolve_reduce_range
+from edgekit.export.graphs import Graph, export_onnx, export_torchscript, graphs_for, quiet
+from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
+from edgekit.export.presets import resolve_engine, resolve_reduce_range
 from edgekit.metrics import agreement, snr_db
 from edgekit.models.handle import ModelHandle
-from edgekit.runtime.bundle import MANIFEST, MODEL_FILE, TOKENIZER_FILE, Encoder
+from edgekit.runtime.bundle import MANIFEST, TOKENIZER_FILE, Encoder
 from edgekit.runtime.validate import run_isolated
+
+TIMING_RUNS = 30
 
 
 def lineage(stage_dir: Path | None) -> list[dict[str, Any]]:
@@ -45,7 +54,7 @@ def lineage(stage_dir: Path | None) -> list[dict[str, Any]]:
 
 def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
     preprocessing = dict(handle.preprocessing)
-    if handle.task == "text-classification":
+    if handle.task != "image-classification":
         tokenizer = handle.tokenizer
         with tempfile.TemporaryDirectory() as scratch:
             tokenizer.save_pretrained(scratch)
@@ -55,6 +64,11 @@ def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
             shutil.copy(source, folder / TOKENIZER_FILE)
         preprocessing["pad_id"] = int(tokenizer.pad_token_id or 0)
         preprocessing["pad_token"] = tokenizer.pad_token or "[PAD]"
+    if handle.task == "text2text":
+        config = handle.module.config
+        preprocessing["decoder_start_id"] = int(config.decoder_start_token_id if config.decoder_start_token_id is not None
+                                                else config.pad_token_id)
+        preprocessing["eos_id"] = None if config.eos_token_id is None else int(config.eos_token_id)
     return preprocessing
 
 
@@ -65,22 +79,51 @@ def _batches(encoder: Encoder, split: Split | None, limit: int, batch_size: int 
     return [encoder(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
+def _parity_batches(handle: ModelHandle, graphs: list[Graph], encoder: Encoder, split: Split | None) -> list[dict[str, np.ndarray]]:
+    """Real task inputs (up to 256 examples), or the export's example inputs without data."""
+    batches = _batches(encoder, split, 256 if handle.task != "text2text" else 64)
+    if not batches:
+        return [{n: t.numpy() for n, t in zip(graphs[0].inputs, graphs[0].example)}] if handle.task != "text2text" else [
+            {"input_ids": graphs[0].example[0].numpy(), "attention_mask": graphs[0].example[1].numpy(),
+             "decoder_input_ids": graphs[1].example[0].numpy()}]
+    if handle.task == "text2text":  # teacher forcing on the reference targets
+        targets = list(split.labels[:64])
+        for start, batch in zip(range(0, len(targets), 16), batches):
+            labels = handle.tokenizer(text_target=[str(t) for t in targets[start:start + 16]], padding=True, truncation=True,
+                                      max_length=int(handle.preprocessing.get("max_target_length", 128)),
+                                      return_tensors="pt")["input_ids"]
+            batch["decoder_input_ids"] = handle.module.prepare_decoder_input_ids_from_labels(labels=labels).numpy()
+    return batches
+
+
 @torch.no_grad()
-def _torch_logits(handle: ModelHandle, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+def _torch_logits(handle: ModelHandle, graphs: list[Graph], batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """The source model's outputs through the same wrappers that were exported."""
     handle.module.cpu().eval()
-    return [handle.logits({k: torch.from_numpy(v) for k, v in b.items()}).float().numpy() for b in batches]
+    out = []
+    for b in batches:
+        t = {k: torch.from_numpy(v) for k, v in b.items()}
+        if handle.task == "text2text":
+            hidden = graphs[0].module(t["input_ids"], t["attention_mask"])
+            out.append(graphs[1].module(t["decoder_input_ids"], hidden, t["attention_mask"]).float().numpy())
+        else:
+            out.append(graphs[0].module(*[t[n] for n in graphs[0].inputs]).float().numpy())
+    return out
 
 
-def _check_parity(name: str, reference: list[np.ndarray], exported: list[np.ndarray], int8: bool,
+def _check_parity(name: str, reference: list[np.ndarray], exported: list[np.ndarray], lossy: bool,
                   parity: dict[str, Any]) -> dict[str, Any]:
-    ref, out = np.concatenate(reference), np.concatenate(exported)
+    ref = np.concatenate([r.reshape(-1, r.shape[-1]) for r in reference])
+    out = np.concatenate([e.reshape(-1, e.shape[-1]) for e in exported])
     result = {
-        "model": name, "examples": int(len(ref)),
+        "model": name, "examples": int(sum(len(r) for r in reference)),
         "max_abs_diff": float(np.max(np.abs(ref - out))),
         "label_agreement": agreement(ref, out),
         "snr_db": snr_db(ref, out),
     }
-    if int8:
+    if len(ref) != result["examples"]:
+        result["positions"] = int(len(ref))  # text2text: agreement is per target token
+    if lossy:
         result["thresholds"] = {"min_agreement": parity["min_agreement"], "min_snr_db": parity["min_snr_db"]}
         result["passed"] = result["label_agreement"] >= parity["min_agreement"] and result["snr_db"] >= parity["min_snr_db"]
     else:
@@ -88,6 +131,82 @@ def _check_parity(name: str, reference: list[np.ndarray], exported: list[np.ndar
         result["thresholds"] = {"max_abs_diff": tolerance}
         result["passed"] = result["max_abs_diff"] <= tolerance
     return result
+
+
+def _candidate(scratch: Path, name: str, manifest: dict[str, Any]) -> Path:
+    """A bundle folder in the scratch space the validator can open (manifest without tokenizer)."""
+    folder = scratch / name
+    folder.mkdir()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def _files(folder: Path, manifest: dict[str, Any]) -> list[Path]:
+    return [folder / g["file"] for g in manifest["graphs"]]
+
+
+def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """torch dynamic int8 of every Linear layer, traced to TorchScript."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    engine = resolve_engine(quant["engine"])
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        qconfig = per_channel_dynamic_qconfig if quant["per_channel"] else default_dynamic_qconfig
+        with quiet():
+            module = quantize_dynamic(copy.deepcopy(handle.module).eval(), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+        layers = sum(1 for m in module.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
+        qhandle = dataclasses.replace(handle, module=module)
+        for graph in graphs_for(qhandle):
+            export_torchscript(graph, folder / f"{graph.name}.pt", handle.arch)
+    finally:
+        torch.backends.quantized.engine = previous
+    return {"mode": "dynamic", "engine": engine, "per_channel": bool(quant["per_channel"]), "weight_type": "int8",
+            "activation_type": "dynamic uint8", "quantized_linear_layers": layers,
+            "note": "torch dynamic quantization covers Linear layers; convolutions stay fp32"}
+
+
+def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict[str, Any], manifest: dict[str, Any],
+                calibration: list[dict[str, np.ndarray]]) -> list[tuple[str, Path, dict[str, Any], dict[str, Any]]]:
+    """int8/fp16 candidates: the graph as exported, and (transformers) with onnxruntime's fusions.
+    Returns [(variant, folder, quantization, notes)]."""
+    convolutional = any(is_convolutional(p) for p in _files(fp32_dir, manifest))
+    sources = {"plain": fp32_dir}
+    notes: dict[str, dict[str, Any]] = {"plain": {}}
+    wants_fusion = preset["optimize"] in ("auto", "fused") and handle.task != "text2text" and not convolutional
+    if wants_fusion:
+        fused_dir = _candidate(scratch, "fused-fp32", manifest)
+        stats = [fuse_transformer(src, fused_dir / src.name) for src in _files(fp32_dir, manifest)]
+        if all(s is not None for s in stats):
+            sources["fused"] = fused_dir
+            notes["fused"] = {"fused_ops": {k: v for s in stats for k, v in s.items()}}
+        elif preset["optimize"] == "fused":
+            raise EdgekitError(f"onnxruntime's transformer optimizer found nothing to fuse in {handle.arch}; "
+                               "use a preset with optimize: auto or none")
+        if preset["optimize"] == "fused":
+            sources.pop("plain")
+    candidates = []
+    reduce_range = resolve_reduce_range(preset["quantization"]["reduce_range"])
+    for variant, source in sources.items():
+        folder = _candidate(scratch, f"{variant}-{preset['precision']}", manifest)
+        try:
+            quantization: dict[str, Any] = {}
+            for src in _files(source, manifest):
+                if preset["precision"] == "fp16":
+                    quantization = to_fp16(src, folder / src.name)
+                else:
+                    quantization = quantize(src, folder / src.name, preset["quantization"], reduce_range, calibration)
+        except EdgekitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a fused graph the quantizer cannot read: keep the plain one
+            if variant == "plain" or len(sources) == 1:
+                raise EdgekitError(f"cannot convert {handle.arch} to {preset['precision']}: "
+                                   f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
+            notes["plain"]["fused_failed"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            continue
+        candidates.append((variant, folder, quantization, notes[variant]))
+    return candidates
 
 
 def build_bundle(
@@ -102,57 +221,83 @@ def build_bundle(
 ) -> dict[str, Any]:
     """Export ``handle`` into ``folder`` (which the caller makes atomic) and return the manifest."""
     folder = Path(folder)
-    int8 = bool(preset["int8"])
+    fmt, precision = preset["format"], preset["precision"]
+    fmt_name = {"onnx": "ONNX", "torchscript": "TorchScript"}[fmt]
+    if handle.task == "text2text" and precision == "int8" and preset["quantization"]["mode"] == "static":
+        raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
+    graphs = graphs_for(handle)
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    manifest: dict[str, Any] = {
+        "schema_version": 2, "format": fmt, "precision": precision, "preset": preset["name"],
+        "opset": int(preset["opset"]) if fmt == "onnx" else None,
+        "task": handle.task, "arch": handle.arch, "label_names": handle.label_names, "preprocessing": preprocessing,
+        "graphs": [g.describe(g.name + suffix) for g in graphs],
+    }
+    manifest["inputs"], manifest["outputs"] = manifest["graphs"][0]["inputs"], manifest["graphs"][-1]["outputs"]
+    manifest["model_file"] = manifest["graphs"][0]["file"]
+    encoder = Encoder(folder, manifest)
+    batches = _parity_batches(handle, graphs, encoder, parity_split)
+    reference = _torch_logits(handle, graphs, batches)
+    timing_batch = [{k: v[:1] for k, v in batches[0].items()}]
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as scratch:
         scratch = Path(scratch)
-        fp32_path = scratch / "model.fp32.onnx"
-        inputs = export_fp32(handle, fp32_path, int(preset["opset"]))
-        manifest: dict[str, Any] = {
-            "schema_version": 1, "format": "onnx", "opset": int(preset["opset"]), "preset": preset["name"],
-            "task": handle.task, "arch": handle.arch, "label_names": handle.label_names,
-            "preprocessing": preprocessing, "inputs": inputs,
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(handle.label_names)]}],
-        }
-        encoder = Encoder(folder, manifest)
-        parity_batches = _batches(encoder, parity_split, 256)
-        if not parity_batches:
-            parity_batches = [{k: v.numpy() for k, v in handle.example_inputs(batch=4).items()}]
-        reference = _torch_logits(handle, parity_batches)
-        parity = {"fp32": _check_parity("fp32", reference, run_isolated(fp32_path, parity_batches, scratch), False,
-                                        preset["parity"])}
+        fp32_dir = _candidate(scratch, "fp32", manifest)
+        exporters = {}
+        for graph in graphs:
+            if fmt == "onnx":
+                exporters[graph.name] = export_onnx(graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch)
+            else:
+                export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
+                exporters[graph.name] = "torch.jit.trace+freeze"
+        parity = {"fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset["parity"])}
         if not parity["fp32"]["passed"] and not allow_drop:
             raise EdgekitError(
-                f"fp32 ONNX differs from the PyTorch model by {parity['fp32']['max_abs_diff']:.3g} "
+                f"fp32 {fmt_name} differs from the PyTorch model by {parity['fp32']['max_abs_diff']:.3g} "
                 f"(allowed {parity['fp32']['thresholds']['max_abs_diff']:.3g}); no bundle written (--allow-drop keeps it)"
             )
-        quantization = None
-        final = fp32_path
-        if int8:
-            int8_path = scratch / "model.int8.onnx"
-            reduce_range = resolve_reduce_range(preset["quantization"]["reduce_range"])
-            calib = _batches(encoder, calibration, int(preset.get("calib_samples", 256)))
-            quantization = quantize(fp32_path, int8_path, preset["quantization"], reduce_range, calib)
-            parity["int8"] = _check_parity("int8", reference, run_isolated(int8_path, parity_batches, scratch), True,
-                                           preset["parity"])
-            if not parity["int8"]["passed"] and not allow_drop:
-                p = parity["int8"]
+        quantization, optimization, final = None, {"variants": {}, "kept": "plain"}, fp32_dir
+        if precision != "fp32":
+            if fmt == "torchscript":
+                ts_dir = _candidate(scratch, "int8", manifest)
+                candidates = [("plain", ts_dir, _torch_int8(handle, preset["quantization"], ts_dir), {})]
+            else:
+                calib = _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if handle.task != "text2text" else []
+                candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
+            for variant, candidate, _, notes in candidates:
+                entry = dict(notes)
+                if len(candidates) > 1:  # measured on this CPU, batch 1, by the shipping runtime
+                    entry["p50_ms"] = run_isolated(candidate, timing_batch, scratch, time_runs=TIMING_RUNS)[1]
+                optimization["variants"][variant] = entry
+            best = min(candidates, key=lambda c: optimization["variants"][c[0]].get("p50_ms", 0.0))
+            optimization["kept"], final, quantization = best[0], best[1], best[2]
+            if len(candidates) > 1:
+                optimization["measured"] = f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU"
+            parity[precision] = _check_parity(precision, reference, run_isolated(final, batches, scratch), True,
+                                              preset["parity"])
+            if not parity[precision]["passed"] and not allow_drop:
+                p = parity[precision]
                 raise EdgekitError(
-                    f"int8 ONNX fails parity: label agreement {p['label_agreement']:.1%} "
+                    f"{precision} {fmt_name} fails parity: label agreement {p['label_agreement']:.1%} "
                     f"(needs {p['thresholds']['min_agreement']:.0%}), SNR {p['snr_db']:.1f} dB "
                     f"(needs {p['thresholds']['min_snr_db']} dB); no bundle written "
                     "(try another --preset, --fp32, or --allow-drop to keep it)"
                 )
-            final = int8_path
-        shutil.copy(final, folder / MODEL_FILE)
-        fp32_bytes = fp32_path.stat().st_size
+        for path in _files(final, manifest):
+            shutil.copy(path, folder / path.name)
+        fp32_bytes = sum(p.stat().st_size for p in _files(fp32_dir, manifest))
+    for graph in manifest["graphs"]:
+        graph["sha256"] = sha256_file(folder / graph["file"])
+        graph["exporter"] = exporters[graph["name"]]
     import onnxruntime
 
     manifest.update({
         "quantization": quantization,
+        "graph_optimization": optimization if fmt == "onnx" else None,
         "parameters": handle.parameter_count(),
-        "sizes": {"model_bytes": (folder / MODEL_FILE).stat().st_size, "fp32_model_bytes": fp32_bytes},
-        "sha256": sha256_file(folder / MODEL_FILE),
+        "sizes": {"model_bytes": sum((folder / g["file"]).stat().st_size for g in manifest["graphs"]),
+                  "fp32_model_bytes": fp32_bytes},
+        "sha256": manifest["graphs"][0]["sha256"] if len(graphs) == 1 else None,
         "parity": parity,
         "lineage": lineage(source_stage),
         "versions": {"edgekit": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,

@@ -1,94 +1,16 @@
-"""Torch model -> fp32 ONNX -> int8 ONNX (onnxruntime quantization)."""
+"""fp32 ONNX file -> int8 (onnxruntime quantization), fp16, or a graph with onnxruntime's transformer fusions."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import torch
 
 from edgekit.errors import EdgekitError
-from edgekit.models.handle import ModelHandle
-
-
-class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order, one output: what an ONNX graph wants."""
-
-    def __init__(self, handle: ModelHandle):
-        super().__init__()
-        self.handle = handle
-        self.module = handle.module
-        self.names = handle.input_names
-
-    def forward(self, *args):
-        return self.handle.logits(dict(zip(self.names, args)))
-
-
-def export_fp32(handle: ModelHandle, path: Path, opset: int = 18) -> list[dict[str, Any]]:
-    """Export with dynamic batch (and sequence) axes. Returns the input spec for the manifest."""
-    handle.module.cpu().eval()
-    example = handle.example_inputs(batch=2, seq_len=16)
-    names = handle.input_names
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    if handle.task == "image-classification":
-        shapes = ({0: batch},)
-    else:
-        seq = torch.export.Dim("sequence", min=2, max=int(handle.preprocessing["max_length"]))
-        shapes = tuple({0: batch, 1: seq} for _ in names)
-    quiet = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _LogitsOnly(handle), tuple(example[n] for n in names), str(path),
-                input_names=names, output_names=["logits"], dynamic_shapes=(shapes,),  # forward(*args)
-                opset_version=opset, dynamo=True, external_data=False, verbose=False,
-            )
-    except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(
-            f"cannot export {handle.arch} to ONNX opset {opset}: {message[:300]}; "
-            "try another --opset or report the operator"
-        ) from None
-    _drop_value_info(path)
-    return describe_inputs(handle)
-
-
-def _drop_value_info(path: Path) -> None:
-    """The torch.export-based exporter can leave intermediate shapes recorded at the example's sizes,
-    which later contradict shape inference (seen on BERT: 'differ in dimension 0: (32) vs (2)').
-    Intermediate shapes are re-inferred by every consumer, so they are dropped."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
-
-
-def describe_inputs(handle: ModelHandle) -> list[dict[str, Any]]:
-    if handle.task == "image-classification":
-        size = handle.preprocessing["image_size"]
-        return [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, size, size]}]
-    return [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in handle.input_names]
-
-
-@contextlib.contextmanager
-def _quiet_loggers():
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")] + [logging.getLogger()]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+from edgekit.export.graphs import quiet
 
 
 def is_convolutional(path: Path) -> bool:
@@ -144,6 +66,7 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
     quantization (weights int8, activations quantized at run time) for transformer graphs, where
     static quantization of LayerNorm/Softmax activations destroys accuracy (seen on ViT: 75% label
     agreement, SNR 1.6 dB)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     mode = quant["mode"]
@@ -153,8 +76,7 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
     try:
         # onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx and uuid-named .data
         # files into the working directory when it fails: keep them in the scratch folder.
-        with warnings.catch_warnings(), _quiet_loggers(), _working_directory(out.parent):
-            warnings.simplefilter("ignore")
+        with quiet(), _working_directory(out.parent):
             _prepare(fp32, prepared)
             if mode == "static":
                 if not calibration:
@@ -171,6 +93,7 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
                 quantize_dynamic(
                     str(prepared), str(out), per_channel=bool(quant["per_channel"]), reduce_range=reduce_range,
                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Attention", "Gather"],
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops lack shape inference
                 )
     finally:
         prepared.unlink(missing_ok=True)
@@ -178,3 +101,32 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
             "weight_type": "int8", "activation_type": "uint8",
             "calibrate_method": quant.get("calibrate_method") if mode == "static" else None,
             "calibration_batches": len(calibration or []) if mode == "static" else 0}
+
+
+def to_fp16(fp32: Path, out: Path) -> dict[str, Any]:
+    """Weights and activations in float16, inputs and outputs kept float32 (what a T4 runs fastest)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with quiet():
+        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+    return {"mode": "fp16", "keep_io_types": True}
+
+
+def fuse_transformer(fp32: Path, out: Path) -> dict[str, int] | None:
+    """onnxruntime's transformer fusions (attention, SkipLayerNorm, BiasGelu, ...). Returns the fused
+    operator counts, or None when nothing fused or the optimizer cannot read the graph."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        with quiet():
+            model = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+            fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+            if not any(k not in ("LayerNormalization",) for k in fused):
+                return None
+            onnx.save(model.model, str(out))
+    except Exception:  # noqa: BLE001 - an unfusable graph is not an error, it stays as exported
+        return None
+    return fused

@@ -10,20 +10,61 @@ from edgekit.errors import EdgekitError
 from edgekit.resources import load_named_yaml
 
 QUANT_MODES = ("auto", "dynamic", "static")
+FORMATS = ("onnx", "torchscript")
+PRECISIONS = ("int8", "fp16", "fp32")
+OPTIMIZE = ("auto", "fused", "none")
+ENGINES = ("auto", "x86", "fbgemm", "qnnpack")
+DEFAULT_PRESETS = {("onnx", "int8"): "cpu-int8", ("onnx", "fp32"): "onnx-fp32", ("onnx", "fp16"): "t4-fp16",
+                   ("torchscript", "int8"): "torchscript-int8", ("torchscript", "fp32"): "torchscript-fp32"}
 
 
-def load_preset(name: str | None, int8: bool) -> dict[str, Any]:
-    preset = load_named_yaml("export", name or ("cpu-int8" if int8 else "onnx-fp32"), "export preset")
+def load_preset(name: str | None, fmt: str | None = None, precision: str | None = None,
+                mode: str | None = None) -> dict[str, Any]:
+    """A preset by name (or the default for ``fmt`` and ``precision``); explicit ``precision`` and
+    quantization ``mode`` override the preset's."""
+    if fmt is not None and fmt not in FORMATS:
+        raise EdgekitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise EdgekitError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if name is None:
+        name = DEFAULT_PRESETS.get((fmt or "onnx", precision or "int8"))
+        if name is None:
+            raise EdgekitError(f"{fmt} export has no {precision} mode (TorchScript on CPU: --int8 or --fp32); "
+                               "for fp16 use --format onnx --fp16")
+    preset = load_named_yaml("export", name, "export preset")
+    legacy_int8 = preset.pop("int8", None)
+    preset.setdefault("precision", "fp32" if legacy_int8 is False else "int8")
     preset.setdefault("opset", 18)
     preset.setdefault("format", "onnx")
-    preset["int8"] = bool(int8)
+    where = f"export preset {preset['name']}"
+    if preset["format"] not in FORMATS:
+        raise EdgekitError(f"{where}: format {preset['format']!r} is not one of {', '.join(FORMATS)}")
+    if fmt is not None and preset["format"] != fmt:
+        raise EdgekitError(f"{where} writes {preset['format']}, not {fmt}; use --preset "
+                           f"{DEFAULT_PRESETS.get((fmt, precision or 'int8'), 'torchscript-int8')} or drop --format")
+    if precision is not None:
+        preset["precision"] = precision
+    if preset["precision"] not in PRECISIONS:
+        raise EdgekitError(f"{where}: precision {preset['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    if preset["format"] == "torchscript" and preset["precision"] == "fp16":
+        raise EdgekitError("TorchScript export has no fp16 mode (CPUs run it slower than fp32); "
+                           "for a GPU use --format onnx --fp16 (preset t4-fp16)")
     quant = preset.setdefault("quantization", {})
     quant.setdefault("mode", "auto")
+    if mode is not None:
+        quant["mode"] = mode
     quant.setdefault("per_channel", True)
     quant.setdefault("reduce_range", "auto")
     quant.setdefault("calibrate_method", "minmax")
-    if quant["mode"] not in QUANT_MODES:
-        raise EdgekitError(f"export preset {preset['name']}: quantization.mode {quant['mode']!r} is not one of {', '.join(QUANT_MODES)}")
+    quant.setdefault("engine", "auto")
+    preset.setdefault("optimize", "auto")
+    for key, value, allowed in (("quantization.mode", quant["mode"], QUANT_MODES),
+                                ("quantization.engine", quant["engine"], ENGINES),
+                                ("optimize", preset["optimize"], OPTIMIZE)):
+        if value not in allowed:
+            raise EdgekitError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
+    if preset["format"] == "torchscript" and preset["precision"] == "int8" and quant["mode"] == "static":
+        raise EdgekitError("TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static")
     parity = preset.setdefault("parity", {})
     parity.setdefault("fp32_atol", 1e-3)
     parity.setdefault("fp32_rtol", 1e-3)
@@ -48,3 +89,14 @@ def resolve_reduce_range(setting: Any) -> bool:
     if setting == "auto":
         return not cpu_has_vnni()
     return bool(setting)
+
+
+def resolve_engine(setting: str) -> str:
+    """torch's quantized engine: qnnpack on ARM, x86 (fbgemm + onednn) on x86."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if platform.machine().lower() in ("aarch64", "arm64", "armv7l"):
+        return "qnnpack"
+    return "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"

@@ -42,8 +42,12 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
         accuracy = metas["eval"]["metrics"]["accuracy"] if "eval" in metas else None
         benches = [m for name, m in metas.items() if name.startswith("bench-")]
         quant = (export.get("quantization") or {}).get("mode")
-        base = {"run": run, "stage": "export", "model": f"{model_name(student) if student else 'model'}.onnx",
-                "runtime": f"onnxruntime {'int8 ' + quant if quant else 'fp32'}", "accuracy": accuracy,
+        fmt = export.get("format", "onnx")
+        precision = export.get("precision") or ("int8" if quant else "fp32")
+        runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
+        suffix = ".onnx" if fmt == "onnx" else ".pt"
+        base = {"run": run, "stage": "export", "model": f"{model_name(student) if student else 'model'}{suffix}",
+                "runtime": f"{runtime} {precision}" + (f" {quant}" if precision == "int8" and quant else ""), "accuracy": accuracy,
                 "parameters": export["parameters"], "size_mb": export["model_bytes"] / MB}
         for bench in benches or [None]:
             lat = (bench or {}).get("metrics", {}).get("latency_ms") or {}

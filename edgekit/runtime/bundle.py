@@ -1,4 +1,8 @@
-"""An exported bundle: model.onnx, manifest.json (inputs, labels, preprocessing) and tokenizer.json."""
+"""An exported bundle: the model file(s), manifest.json (inputs, labels, preprocessing) and tokenizer.json.
+
+Formats: ``onnx`` (onnxruntime; torch-free, what runs on the device) and ``torchscript`` (needs torch).
+Classifiers have one graph, ``model``; encoder-decoders (T5) have ``encoder`` and ``decoder``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from edgekit.errors import EdgekitError
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+FORMATS = ("onnx", "torchscript")
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -25,6 +30,18 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EdgekitError(f"{folder} is not an exported bundle (no {MANIFEST}); run 'edgekit export' first")
     return read_json(path, "export the bundle again")
+
+
+def graphs_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model files of a bundle: [{name, file, inputs, outputs}] (older manifests: one model.onnx)."""
+    if manifest.get("graphs"):
+        return manifest["graphs"]
+    return [{"name": "model", "file": manifest.get("model_file", MODEL_FILE), "inputs": manifest["inputs"],
+             "outputs": manifest.get("outputs", [{"name": "logits"}])}]
+
+
+def model_bytes(folder: Path, manifest: dict[str, Any]) -> int:
+    return sum((Path(folder) / g["file"]).stat().st_size for g in graphs_of(manifest))
 
 
 def session_options(threads: int = 0, graph_optimization: str = "all"):
@@ -61,6 +78,73 @@ def open_session(model_path: Path, providers: Sequence[str] | None = None, threa
         raise EdgekitError(f"onnxruntime cannot load {model_path}: {first[:300]}; the file may be corrupt or truncated, export it again") from None
 
 
+class TorchScriptSession:
+    """A TorchScript file behind onnxruntime's ``run(outputs, feeds)`` interface (needs torch)."""
+
+    def __init__(self, path: Path, input_names: list[str], threads: int = 0, engine: str | None = None):
+        try:
+            import torch
+        except ImportError:
+            raise EdgekitError("this bundle is TorchScript and needs torch: pip install torch "
+                               "(or export with --format onnx for a torch-free device)") from None
+        import warnings
+
+        path = Path(path)
+        if not path.is_file():
+            raise EdgekitError(f"model file {path} is missing; export the bundle again")
+        if engine:
+            if engine not in torch.backends.quantized.supported_engines:
+                raise EdgekitError(f"this torch has no {engine!r} quantized engine (it has "
+                                   f"{', '.join(torch.backends.quantized.supported_engines)}); export for this CPU's engine")
+            torch.backends.quantized.engine = engine
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.input_names = list(input_names)
+        self._torch = torch
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgekitError(f"torch cannot load {path}: {first[:300]}; the file may be corrupt or truncated, export it again") from None
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names])
+        return [out.float().numpy()]
+
+    def get_providers(self) -> list[str]:
+        return [f"TorchScript-CPU ({self._torch.backends.quantized.engine})"]
+
+
+def open_graph(folder: Path, manifest: dict[str, Any], graph: dict[str, Any], providers: Sequence[str] | None = None,
+               threads: int = 0, graph_optimization: str = "all"):
+    fmt = manifest.get("format", "onnx")
+    if fmt == "torchscript":
+        engine = (manifest.get("quantization") or {}).get("engine")
+        return TorchScriptSession(Path(folder) / graph["file"], [i["name"] for i in graph["inputs"]], threads, engine)
+    if fmt != "onnx":
+        raise EdgekitError(f"bundle format {fmt!r} is not one of {', '.join(FORMATS)}; export it again")
+    return open_session(Path(folder) / graph["file"], providers, threads, graph_optimization)
+
+
+def check_integrity(folder: Path, manifest: dict[str, Any]) -> None:
+    """Model files must be the ones the export wrote (catches truncated copies before a runtime does)."""
+    from edgekit.artifacts import sha256_file
+
+    expected = manifest.get("sha256")
+    for graph in graphs_of(manifest):
+        path = Path(folder) / graph["file"]
+        if not path.is_file():
+            raise EdgekitError(f"model file {path} is missing; export the bundle again")
+        want = graph.get("sha256") or (expected if isinstance(expected, str) else None)
+        if want and sha256_file(path) != want:
+            raise EdgekitError(f"{path} does not match the sha256 in its manifest (corrupt, truncated or replaced); "
+                               "export the bundle again or copy it whole")
+
+
 class Encoder:
     """Raw examples (texts or images) to model inputs, with the same preprocessing as training."""
 
@@ -68,7 +152,9 @@ class Encoder:
         self.folder = Path(folder)
         self.task = manifest["task"]
         self.preprocessing: dict[str, Any] = manifest["preprocessing"]
-        self.input_names = [i["name"] for i in manifest["inputs"]]
+        self.input_names = [i["name"] for i in graphs_of(manifest)[0]["inputs"]]
+        if self.task == "text2text":
+            self.input_names = ["input_ids", "attention_mask"]
         self._tokenizer = None
 
     @property
@@ -102,19 +188,33 @@ class Encoder:
 
 
 class Bundle:
-    """Load a bundle and turn raw examples into logits."""
+    """Load a bundle and turn raw examples into logits (classifiers) or generated text (text2text)."""
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, threads: int = 0,
-                 graph_optimization: str = "all", model_file: str = MODEL_FILE):
+                 graph_optimization: str = "all", verify: bool = True):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.task = self.manifest["task"]
+        self.format = self.manifest.get("format", "onnx")
         self.label_names: list[str] = self.manifest["label_names"]
         self.encode = Encoder(self.folder, self.manifest)
-        self.session = open_session(self.folder / model_file, providers, threads, graph_optimization)
+        if verify:
+            check_integrity(self.folder, self.manifest)
+        self.sessions = {g["name"]: open_graph(self.folder, self.manifest, g, providers, threads, graph_optimization)
+                         for g in graphs_of(self.manifest)}
+        self.session = next(iter(self.sessions.values()))
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], inputs)[0]
+        """Logits: of the classifier, or (text2text) of the decoder for given ``decoder_input_ids``."""
+        if self.task != "text2text":
+            return self.session.run(["logits"], inputs)[0]
+        hidden = self.sessions["encoder"].run(["hidden"], {"input_ids": inputs["input_ids"],
+                                                          "attention_mask": inputs["attention_mask"]})[0]
+        return self.decode_step(inputs["decoder_input_ids"], hidden, inputs["attention_mask"])
+
+    def decode_step(self, decoder_ids: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.sessions["decoder"].run(["logits"], {"decoder_input_ids": decoder_ids, "hidden": hidden,
+                                                         "attention_mask": mask})[0]
 
     def predict(self, items: Sequence[Any], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         import sys
@@ -126,3 +226,31 @@ class Bundle:
         for start in tqdm(starts, desc="evaluate", leave=False, disable=not progress, file=sys.stderr):
             outputs.append(self.run(self.encode(items[start:start + batch_size])))
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.label_names)), np.float32)
+
+    def generate(self, items: Sequence[str], batch_size: int = 16, max_new_tokens: int | None = None,
+                 progress: bool = False) -> list[str]:
+        """Greedy decoding with the exported encoder and decoder (no KV cache: each step re-runs the decoder)."""
+        import sys
+
+        from tqdm.auto import tqdm
+
+        p = self.manifest["preprocessing"]
+        start_id, eos = int(p["decoder_start_id"]), p.get("eos_id")
+        limit = int(max_new_tokens or p.get("max_target_length", 128))
+        texts: list[str] = []
+        for start in tqdm(range(0, len(items), batch_size), desc="generate", leave=False, disable=not progress,
+                          file=sys.stderr):
+            feeds = self.encode(items[start:start + batch_size])
+            hidden = self.sessions["encoder"].run(["hidden"], feeds)[0]
+            ids = np.full((len(hidden), 1), start_id, dtype=np.int64)
+            done = np.zeros(len(hidden), dtype=bool)
+            for _ in range(limit):
+                step = self.decode_step(ids, hidden, feeds["attention_mask"])[:, -1].argmax(-1)
+                step = np.where(done, int(p.get("pad_id", 0)), step)
+                ids = np.concatenate([ids, step[:, None]], axis=1)
+                done |= step == eos if eos is not None else False
+                if done.all():
+                    break
+            texts += [self.encode.tokenizer.decode([int(t) for t in row[1:]], skip_special_tokens=True).strip()
+                      for row in ids]
+        return texts

@@ -1,8 +1,9 @@
-"""Run an ONNX model on saved inputs in a child process, so a runtime crash becomes a message.
+"""Run a bundle on saved inputs in a child process, so a runtime crash becomes a message.
 
-    python -m edgekit.runtime.validate MODEL.onnx INPUTS.npz OUTPUTS.npz
+    python -m edgekit.runtime.validate BUNDLE_DIR INPUTS.npz OUTPUTS.npz [TIMED_RUNS]
 
-INPUTS.npz holds arrays named ``<batch>__<input name>``; OUTPUTS.npz gets ``<batch>`` logits.
+INPUTS.npz holds arrays named ``<batch>__<input name>``; OUTPUTS.npz gets ``<batch>`` logits, and
+with TIMED_RUNS the median milliseconds of that many runs of the first batch (``p50_ms``).
 """
 
 from __future__ import annotations
@@ -17,32 +18,46 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 
-def _main(model: str, inputs: str, outputs: str) -> int:
-    from edgekit.runtime.bundle import open_session
+def _main(folder: str, inputs: str, outputs: str, timed_runs: str = "0") -> int:
+    from edgekit.runtime.bundle import Bundle
 
-    session = open_session(Path(model))
+    bundle = Bundle(Path(folder), verify=False)
     batches: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     with np.load(inputs) as data:
         for key in data.files:
             batch, name = key.split("__", 1)
             batches[batch][name] = data[key]
-    results = {batch: session.run(["logits"], feeds)[0] for batch, feeds in batches.items()}
+    results = {batch: bundle.run(feeds) for batch, feeds in batches.items()}
+    if int(timed_runs):
+        import time
+
+        first = next(iter(batches.values()))
+        for _ in range(3):
+            bundle.run(first)
+        times = []
+        for _ in range(int(timed_runs)):
+            start = time.perf_counter()
+            bundle.run(first)
+            times.append((time.perf_counter() - start) * 1e3)
+        results["p50_ms"] = np.asarray(float(np.median(times)))
     np.savez(outputs, **results)
     return 0
 
 
-def run_isolated(model: Path, batches: list[dict[str, np.ndarray]], workdir: Path) -> list[np.ndarray]:
-    """Logits of ``model`` for each batch, computed by onnxruntime in a child process."""
+def run_isolated(folder: Path, batches: list[dict[str, np.ndarray]], workdir: Path, time_runs: int = 0):
+    """Logits of the bundle in ``folder`` for each batch, computed in a child process; with
+    ``time_runs``, the pair (logits, median ms of that many runs of the first batch)."""
     inputs, outputs = Path(workdir) / "parity_inputs.npz", Path(workdir) / "parity_outputs.npz"
     np.savez(inputs, **{f"{i}__{name}": array for i, batch in enumerate(batches) for name, array in batch.items()})
-    proc = subprocess.run([sys.executable, "-m", "edgekit.runtime.validate", str(model), str(inputs), str(outputs)],
+    proc = subprocess.run([sys.executable, "-m", "edgekit.runtime.validate", str(folder), str(inputs), str(outputs), str(time_runs)],
                           capture_output=True, text=True)
     try:
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            raise EdgekitError(f"onnxruntime failed on {Path(model).name} (exit code {proc.returncode}): {tail[:300]}")
+            raise EdgekitError(f"the exported model failed to run in {Path(folder).name} (exit code {proc.returncode}): {tail[:300]}")
         with np.load(outputs) as data:
-            return [data[str(i)] for i in range(len(batches))]
+            logits = [data[str(i)] for i in range(len(batches))]
+            return (logits, float(data["p50_ms"])) if time_runs else logits
     finally:
         inputs.unlink(missing_ok=True)
         outputs.unlink(missing_ok=True)
@@ -50,7 +65,7 @@ def run_isolated(model: Path, batches: list[dict[str, np.ndarray]], workdir: Pat
 
 if __name__ == "__main__":
     try:
-        sys.exit(_main(*sys.argv[1:4]))
+        sys.exit(_main(*sys.argv[1:5]))
     except EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

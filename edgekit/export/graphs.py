@@ -1,0 +1,191 @@
+"""What gets exported: one graph for a classifier, an encoder and a decoder for T5-style models.
+
+Each graph is a module with positional inputs and one output, plus the names and dynamic axes of
+its inputs, so the ONNX and TorchScript exporters treat classifiers and encoder-decoders alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgekit.errors import EdgekitError
+from edgekit.models.handle import ModelHandle
+
+
+@dataclass
+class Graph:
+    name: str
+    module: torch.nn.Module
+    inputs: list[str]
+    output: str
+    example: tuple[torch.Tensor, ...]
+    axes: list[dict[int, str]]  # per input: axis -> dimension name
+    dtypes: list[str]
+
+    def describe(self, file: str) -> dict[str, Any]:
+        shapes = [[axes.get(i, int(t.shape[i])) for i in range(t.dim())] for t, axes in zip(self.example, self.axes)]
+        return {"name": self.name, "file": file,
+                "inputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in zip(self.inputs, self.dtypes, shapes)],
+                "outputs": [{"name": self.output, "dtype": "float32"}]}
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in a fixed order, one output: what an ONNX graph wants."""
+
+    def __init__(self, handle: ModelHandle):
+        super().__init__()
+        self.handle = handle
+        self.module = handle.module
+        self.names = handle.input_names
+
+    def forward(self, *args):
+        return self.handle.logits(dict(zip(self.names, args)))
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class _Decoder(torch.nn.Module):
+    """Decoder logits for every position of ``decoder_input_ids`` given the encoder's states (no cache)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, decoder_input_ids, hidden, attention_mask):
+        return self.model(encoder_outputs=(hidden,), attention_mask=attention_mask,
+                          decoder_input_ids=decoder_input_ids, use_cache=False).logits
+
+
+def graphs_for(handle: ModelHandle) -> list[Graph]:
+    handle.module.cpu().eval()
+    if handle.task == "image-classification":
+        example = handle.example_inputs(batch=2)
+        return [Graph("model", _LogitsOnly(handle), ["pixel_values"], "logits", (example["pixel_values"],),
+                      [{0: "batch"}], ["float32"])]
+    if handle.task != "text2text":
+        example = handle.example_inputs(batch=2, seq_len=16)
+        example["attention_mask"][1, 12:] = 0  # a padded row, so no all-ones shortcut is baked into a trace
+        names = handle.input_names
+        return [Graph("model", _LogitsOnly(handle), names, "logits", tuple(example[n] for n in names),
+                      [{0: "batch", 1: "sequence"} for _ in names], ["int64"] * len(names))]
+    model = handle.module
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        model.config._attn_implementation = "eager"  # same math; traces without the SDPA mask shortcuts
+    example = handle.example_inputs(batch=2, seq_len=12)
+    ids, mask = example["input_ids"], example["attention_mask"]
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        hidden = _Encoder(model)(ids, mask)
+    decoder_ids = torch.randint(5, int(model.config.vocab_size), (2, 5))
+    return [
+        Graph("encoder", _Encoder(model), ["input_ids", "attention_mask"], "hidden", (ids, mask),
+              [{0: "batch", 1: "source"}] * 2, ["int64", "int64"]),
+        Graph("decoder", _Decoder(model), ["decoder_input_ids", "hidden", "attention_mask"], "logits",
+              (decoder_ids, hidden, mask), [{0: "batch", 1: "target"}, {0: "batch", 1: "source"}, {0: "batch", 1: "source"}],
+              ["int64", "float32", "int64"]),
+    ]
+
+
+@contextlib.contextmanager
+def quiet():
+    """The exporters print pages of progress and warnings; a failure is reported by edgekit instead."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")] + [logging.getLogger()]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+_OP = re.compile(r"(?:target=torch\.ops\.|OpOverload\(op=')(aten[.:]+\w+)")
+
+
+def unsupported_operator(exc: BaseException) -> str | None:
+    """The aten operator an exporter could not convert, read from its error (or None)."""
+    text = str(exc)
+    cause = exc.__cause__
+    while cause is not None:
+        text += "\n" + str(cause)
+        cause = cause.__cause__
+    match = _OP.search(text)
+    return match.group(1).replace("::", ".") if match else None
+
+
+def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
+    """Export one graph with dynamic axes; the torch.export-based exporter first, TorchScript-based second.
+    Returns the exporter used."""
+    dims: dict[str, Any] = {}
+    for axes in graph.axes:
+        for name in axes.values():
+            if name not in dims:
+                low = 1 if name in ("batch", "target") else 2
+                dims[name] = torch.export.Dim(name, min=low, max=4096)
+    shapes = tuple({i: dims[n] for i, n in axes.items()} for axes in graph.axes)
+    first_error: BaseException | None = None
+    for dynamo in (True, False):
+        try:
+            with quiet():
+                if dynamo:
+                    torch.onnx.export(graph.module, graph.example, str(path), input_names=graph.inputs,
+                                      output_names=[graph.output], dynamic_shapes=shapes if len(shapes) > 1 else (shapes[0],),
+                                      opset_version=opset, dynamo=True, external_data=False, verbose=False)
+                else:
+                    torch.onnx.export(graph.module, graph.example, str(path), input_names=graph.inputs,
+                                      output_names=[graph.output], opset_version=min(opset, 18), dynamo=False,
+                                      dynamic_axes={n: a for n, a in zip(graph.inputs, graph.axes)})
+            _drop_value_info(path)
+            return "torch.export" if dynamo else "torchscript-trace"
+        except Exception as exc:  # noqa: BLE001 - exporter errors have many types; reported below
+            first_error = first_error or exc
+            op = unsupported_operator(exc)
+            if op is not None:
+                raise EdgekitError(
+                    f"cannot export {arch} to ONNX opset {opset}: operator {op} has no ONNX conversion; replace it in "
+                    "the model (or export with --format torchscript), or try a newer torch/onnxscript") from None
+    message = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
+    raise EdgekitError(f"cannot export {arch} ({graph.name}) to ONNX opset {opset}: {message[:300]}; "
+                       "try --format torchscript or another --preset opset") from None
+
+
+def _drop_value_info(path: Path) -> None:
+    """The torch.export-based exporter can leave intermediate shapes recorded at the example's sizes,
+    which later contradict shape inference (seen on BERT: 'differ in dimension 0: (32) vs (2)').
+    Intermediate shapes are re-inferred by every consumer, so they are dropped."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+
+
+def export_torchscript(graph: Graph, path: Path, arch: str) -> None:
+    """Trace one graph, freeze it (weights become constants) and save it."""
+    try:
+        with quiet(), torch.no_grad():
+            traced = torch.jit.trace(graph.module.eval(), graph.example, check_trace=False, strict=False)
+            torch.jit.save(torch.jit.freeze(traced), str(path))
+    except Exception as exc:  # noqa: BLE001
+        op = unsupported_operator(exc)
+        message = f"operator {op} cannot be traced" if op else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise EdgekitError(f"cannot export {arch} ({graph.name}) to TorchScript: {message}; try --format onnx") from None
