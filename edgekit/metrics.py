@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str]) -> dict[str, Any]:
     """Accuracy and macro F1 as fractions in [0, 1], per-class precision/recall/F1 and the confusion
@@ -36,16 +38,58 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
     }
 
 
+SNR_IDENTICAL_DB = 300.0
+
+
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of rows whose arg-max label is the same."""
     return float((np.asarray(a).argmax(-1) == np.asarray(b).argmax(-1)).mean())
 
 
 def snr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-noise ratio of ``approx`` against ``reference`` in decibels."""
+    """Signal-to-noise ratio of ``approx`` against ``reference`` in decibels (capped at 300 dB, which
+    means identical, so that JSON stays finite)."""
     reference = np.asarray(reference, dtype=np.float64)
     noise = np.sum((reference - np.asarray(approx, dtype=np.float64)) ** 2)
     signal = np.sum(reference**2)
     if noise == 0:
-        return float("inf")
-    return float(10 * np.log10(max(signal, 1e-30) / noise))
+        return SNR_IDENTICAL_DB
+    return float(min(10 * np.log10(max(signal, 1e-30) / noise), SNR_IDENTICAL_DB))
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    if not a or not b:
+        return 0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 of lower-cased whitespace tokens (Lin, 2004, with beta = 1)."""
+    p, r = prediction.lower().split(), reference.lower().split()
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, Any]:
+    """Corpus BLEU (sacrebleu, 0-100), mean ROUGE-L F1 (0-1), exact match (0-1)."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise EdgekitError("BLEU needs sacrebleu: pip install sacrebleu") from None
+
+    bleu = sacrebleu.corpus_bleu(predictions, [references]).score if predictions else 0.0
+    return {
+        "bleu": float(bleu),
+        "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predictions, references)])) if predictions else 0.0,
+        "exact_match": float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)])) if predictions else 0.0,
+        "examples": len(predictions),
+    }

@@ -195,8 +195,16 @@ def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: boo
     from edgekit.runtime import Bundle
 
     bundle = Bundle(bundle_dir, threads=threads)
-    logits = bundle.predict(split.items, progress=True)
-    metrics = classification_metrics(split.labels, logits.argmax(-1), bundle.label_names)
+    if bundle.task == "text2text":
+        from edgekit.metrics import generation_metrics
+
+        predictions = bundle.generate(list(split.items), progress=True)
+        metrics = generation_metrics(predictions, [str(t) for t in split.labels])
+        metrics["samples"] = [{"source": s, "prediction": p, "reference": str(r)}
+                              for s, p, r in list(zip(split.items, predictions, split.labels))[:5]]
+    else:
+        logits = bundle.predict(split.items, progress=True)
+        metrics = classification_metrics(split.labels, logits.argmax(-1), bundle.label_names)
     metrics["split"] = split.name
     if out is not None:
         with stage_folder(out, force) as folder:

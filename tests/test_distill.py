@@ -318,7 +318,7 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
 
 
 def test_rouge_l_and_bleu_on_known_cases():
-    from edgekit.distill.seq2seq import generation_metrics, rouge_l
+    from edgekit.metrics import generation_metrics, rouge_l
 
     assert rouge_l("the cat sat", "the cat sat") == 1.0
     # LCS("a b c d", "a c d e") = 3: precision 3/4, recall 3/4

@@ -440,6 +440,12 @@ def _print_model_summary(meta: dict, out: Path) -> None:
 
 
 def _print_metrics(metrics: dict) -> None:
+    if "bleu" in metrics:
+        print(f"BLEU {metrics['bleu']:.2f} (0-100), ROUGE-L F1 {metrics['rouge_l']:.3f}, exact match "
+              f"{metrics['exact_match']:.2%} on {metrics['examples']} examples")
+        for sample in metrics.get("samples", [])[:3]:
+            print(f"  {sample['source']!r} -> {sample['prediction']!r} (reference {sample['reference']!r})")
+        return
     print(f"accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.3f} on {metrics['examples']} examples")
     width = max(len(n) for n in metrics["per_class"])
     print(f"{'label'.ljust(width)}  precision  recall   f1      support")

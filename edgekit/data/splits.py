@@ -162,7 +162,13 @@ def _from_files(cfg, task: str, seed: int) -> TaskData:
 
 def load_eval_split(cfg, task: str, label_names: list[str], split: str = "test", seed: int = 0) -> Split:
     """One split for evaluating an already trained model whose labels are fixed."""
-    if cfg.test or cfg.train or cfg.val:
+    if task == "text2text":
+        path = cfg.test or cfg.val or cfg.train
+        if not path:
+            raise EdgekitError("text2text data comes from files: give --data FILE (columns: source text and target text)")
+        items, targets = read_table(path, cfg.text_column, cfg.label_column)
+        result = Split(split, items, np.asarray(targets, dtype=object))
+    elif cfg.test or cfg.train or cfg.val:
         path = cfg.test or cfg.val or cfg.train
         items, names = _read(path, cfg, task)
         result = Split(split, items, encode_labels(names, label_names, str(path)))

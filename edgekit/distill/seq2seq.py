@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from edgekit.distill.objectives import Objective
 from edgekit.errors import EdgekitError
+from edgekit.metrics import generation_metrics
 
 TASK = "text2text"
 IGNORE = -100
@@ -102,41 +102,6 @@ def generate(handle, split, batch_size: int = 32, max_new_tokens: int | None = N
         for i, text in zip(indices.tolist(), handle.tokenizer.batch_decode(ids, skip_special_tokens=True)):
             outputs[i] = text.strip()
     return outputs
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, start=1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 of lower-cased whitespace tokens (Lin, 2004, with beta = 1)."""
-    p, r = prediction.lower().split(), reference.lower().split()
-    lcs = _lcs(p, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, Any]:
-    """Corpus BLEU (sacrebleu, 0-100), mean ROUGE-L F1 (0-1), exact match (0-1)."""
-    import sacrebleu
-
-    bleu = sacrebleu.corpus_bleu(predictions, [references]).score if predictions else 0.0
-    return {
-        "bleu": float(bleu),
-        "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predictions, references)])) if predictions else 0.0,
-        "exact_match": float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)])) if predictions else 0.0,
-        "examples": len(predictions),
-    }
 
 
 def evaluate_seq2seq(handle, split, batch_size: int = 32, desc: str | None = None) -> dict[str, Any]:

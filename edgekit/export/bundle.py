@@ -146,8 +146,9 @@ def _files(folder: Path, manifest: dict[str, Any]) -> list[Path]:
 
 
 def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """torch dynamic int8 of every Linear layer, traced to TorchScript."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+    """torch dynamic int8 of every Linear layer and weight-only 8-bit embeddings, traced to TorchScript."""
+    from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
+                                       per_channel_dynamic_qconfig, quantize_dynamic)
 
     engine = resolve_engine(quant["engine"])
     previous = torch.backends.quantized.engine
@@ -155,16 +156,18 @@ def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dic
     try:
         qconfig = per_channel_dynamic_qconfig if quant["per_channel"] else default_dynamic_qconfig
         with quiet():
-            module = quantize_dynamic(copy.deepcopy(handle.module).eval(), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-        layers = sum(1 for m in module.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
+            module = quantize_dynamic(copy.deepcopy(handle.module).eval(), {
+                torch.nn.Linear: qconfig, torch.nn.Embedding: float_qparams_weight_only_qconfig}, dtype=torch.qint8)
+        quantized = [type(m).__name__ for m in module.modules() if "quantized" in type(m).__module__]
         qhandle = dataclasses.replace(handle, module=module)
         for graph in graphs_for(qhandle):
             export_torchscript(graph, folder / f"{graph.name}.pt", handle.arch)
     finally:
         torch.backends.quantized.engine = previous
     return {"mode": "dynamic", "engine": engine, "per_channel": bool(quant["per_channel"]), "weight_type": "int8",
-            "activation_type": "dynamic uint8", "quantized_linear_layers": layers,
-            "note": "torch dynamic quantization covers Linear layers; convolutions stay fp32"}
+            "activation_type": "dynamic uint8", "quantized_linear_layers": quantized.count("Linear"),
+            "quantized_embeddings": quantized.count("Embedding"),
+            "note": "torch dynamic quantization covers Linear layers and embeddings; convolutions stay fp32"}
 
 
 def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict[str, Any], manifest: dict[str, Any],
@@ -246,7 +249,8 @@ def build_bundle(
         exporters = {}
         for graph in graphs:
             if fmt == "onnx":
-                exporters[graph.name] = export_onnx(graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch)
+                exporters[graph.name] = export_onnx(graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch,
+                                                     dynamo_first=graph.name != "decoder")
             else:
                 export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
                 exporters[graph.name] = "torch.jit.trace+freeze"

@@ -118,7 +118,8 @@ def quiet():
             lg.setLevel(level)
 
 
-_OP = re.compile(r"(?:target=torch\.ops\.|OpOverload\(op=')(aten[.:]+\w+)")
+_OP = re.compile(r"No ONNX function found for <OpOverload\(op='(aten[.:]+\w+)'|"
+                 r"(?:Exporting the operator|Unsupported: ONNX export of operator) '?(aten::\w+)")
 
 
 def unsupported_operator(exc: BaseException) -> str | None:
@@ -129,12 +130,13 @@ def unsupported_operator(exc: BaseException) -> str | None:
         text += "\n" + str(cause)
         cause = cause.__cause__
     match = _OP.search(text)
-    return match.group(1).replace("::", ".") if match else None
+    return (match.group(1) or match.group(2)).replace("::", ".") if match else None
 
 
-def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
-    """Export one graph with dynamic axes; the torch.export-based exporter first, TorchScript-based second.
-    Returns the exporter used."""
+def export_onnx(graph: Graph, path: Path, opset: int, arch: str, dynamo_first: bool = True) -> str:
+    """Export one graph with dynamic axes; the torch.export-based exporter first, the TorchScript-based
+    one second (first for the T5 decoder, whose attention reshapes torch.export's decompositions reject in this
+    torch). Returns the exporter used."""
     dims: dict[str, Any] = {}
     for axes in graph.axes:
         for name in axes.values():
@@ -143,7 +145,7 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
                 dims[name] = torch.export.Dim(name, min=low, max=4096)
     shapes = tuple({i: dims[n] for i, n in axes.items()} for axes in graph.axes)
     first_error: BaseException | None = None
-    for dynamo in (True, False):
+    for dynamo in ((True, False) if dynamo_first else (False, True)):
         try:
             with quiet():
                 if dynamo:
