@@ -12,7 +12,7 @@ from typing import Any
 
 from edgekit.bench import env
 from edgekit.bench.profiles import check_providers, load_profile
-from edgekit.runtime.bundle import read_manifest
+from edgekit.runtime.bundle import graphs_of, read_manifest
 
 SCHEMA_VERSION = 1
 MB = 1e6
@@ -68,10 +68,11 @@ def _bench_one(bundle: Path, profile: dict, providers: list[str], items, runs, b
         result.update(raw)
         result["valid"] = not raw["invalid_reasons"]
         result["size_mb"] = raw["size_bytes"] / MB
-        result["compressed_size_mb"] = _compressed_bytes(bundle / "model.onnx") / MB
+        result["compressed_size_mb"] = sum(_compressed_bytes(bundle / g["file"]) for g in graphs_of(manifest)) / MB
         result["peak_rss_mb"] = raw["peak_rss_bytes"] / MB
         result["model_memory_mb"] = raw["model_memory_bytes"] / MB
     result["quantization"] = (manifest.get("quantization") or {}).get("mode", "none")
+    result["format"], result["precision"] = manifest.get("format", "onnx"), manifest.get("precision")
     result["parameters"] = manifest.get("parameters")
     result["environment"] = {**before, "temperatures_after_c": after["temperatures_c"],
                              "throttling_after": after["throttling"]}

@@ -52,7 +52,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     from edgekit.artifacts import sha256_file
     from edgekit.bench.harness import time_loop
     from edgekit.runtime import Bundle
-    from edgekit.runtime.bundle import MODEL_FILE
+    from edgekit.runtime.bundle import graphs_of, model_bytes
 
     profile = config["profile"]
     folder = Path(config["bundle"])
@@ -61,6 +61,11 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     bundle = Bundle(folder, providers=config["providers"], threads=profile["threads"],
                     graph_optimization=profile["graph_optimization"])
     load_ms = (time.perf_counter() - t0) * 1e3
+    if bundle.task == "text2text":
+        from edgekit.errors import EdgekitError
+
+        raise EdgekitError("bench measures classifiers; encoder-decoder (text2text) bundles are not benched yet, "
+                           "use 'edgekit eval' for their BLEU/ROUGE-L")
     rss_loaded = current_rss_bytes()
     items = config.get("items")
     batch_sizes = config.get("batch_sizes") or profile["batch_sizes"]
@@ -87,11 +92,11 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
                                   "p50_ms": stats["p50"], "runs": stats["runs"]}
         if latency is None:
             latency = {**stats, "batch_size": batch}
-    model_path = folder / MODEL_FILE
+    files = [folder / g["file"] for g in graphs_of(bundle.manifest)]
     return {
         "bundle": str(folder),
-        "model_sha256": sha256_file(model_path),
-        "size_bytes": model_path.stat().st_size,
+        "model_sha256": sha256_file(files[0]) if len(files) == 1 else {p.name: sha256_file(p) for p in files},
+        "size_bytes": model_bytes(folder, bundle.manifest),
         "load_ms": load_ms,
         "first_inference_ms": latency["first_inference_ms"],
         "latency_ms": {k: latency[k] for k in ("p50", "p90", "p99", "mean", "std", "min", "max")},

@@ -1,0 +1,264 @@
+"""Export of every model family (tiny BERT, tiny ViT, tiny T5, ResNet-18, MobileNetV2) to every format and
+precision, each file checked against its source by the runtime that ships it; and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
+
+pytestmark = pytest.mark.slow
+
+IMAGE_RECIPE = "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\nstudent: {model: x}\n"
+
+
+def _stage(folder, handle, recipe: str):
+    """A model stage folder as finetune would write it (weights, meta.json, the recipe with the data)."""
+    from edgekit.artifacts import write_meta
+
+    handle.save(folder)
+    write_meta(folder, stage="finetune", config={"model": handle.arch}, metrics={}, parameters=handle.parameter_count())
+    (folder / "recipe.yaml").write_text(recipe)
+    return folder
+
+
+def _settle_batchnorm(module):
+    """Random-init CNNs give ~1e-10 logits (BatchNorm running stats of 0/1 over untrained convs): a few
+    training-mode passes give BatchNorm real statistics, as any trained network has."""
+    import torch
+
+    module.train()
+    with torch.no_grad():
+        for _ in range(8):
+            module(torch.randn(16, 3, 32, 32))
+    module.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, minilm_tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration, ViTConfig, ViTForImageClassification
+
+    from edgekit.models import load_model
+
+    root = tmp_path_factory.mktemp("export_models")
+    stages = {}
+    digits = [str(i) for i in range(10)]
+
+    write_questions(root / "train.tsv", 200, 1)
+    write_questions(root / "test.tsv", 60, 2)
+    save_tiny_bert(root / "bert-src", minilm_tokenizer_dir, hidden=32, layers=2)
+    bert = load_model(str(root / "bert-src"), task="text-classification", label_names=["HUM", "LOC", "NUM"])
+    stages["bert"] = _stage(root / "bert", bert, f"task: text-classification\ndata: {{train: {root}/train.tsv, "
+                            f"test: {root}/test.tsv}}\nteacher: {{model: x}}\nstudent: {{model: x}}\n")
+
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64)).save_pretrained(root / "vit-src")
+    vit = load_model(str(root / "vit-src"), task="image-classification", label_names=digits, image_size=32)
+    stages["vit"] = _stage(root / "vit", vit, IMAGE_RECIPE)
+
+    for name in ("resnet18", "mobilenet_v2"):
+        torch.manual_seed(0)
+        cnn = load_model(name, task="image-classification", label_names=digits, image_size=32)
+        _settle_batchnorm(cnn.module)
+        stages[name] = _stage(root / name, cnn, IMAGE_RECIPE)
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(root / "t5-src")
+    tokenizer.save_pretrained(root / "t5-src")
+    rng = random.Random(0)
+    words = ["paris", "rome", "tokyo", "moon", "river", "radio"]
+    for name, n in (("pairs-train.tsv", 80), ("pairs-test.tsv", 12)):
+        rows = [rng.sample(words, 3) for _ in range(n)]
+        (root / name).write_text("source\ttarget\n" + "".join(f"{' '.join(r)}\t{' '.join(reversed(r))}\n" for r in rows))
+    t5 = load_model(str(root / "t5-src"), task="text2text", label_names=[], max_length=32, max_target_length=8)
+    stages["t5"] = _stage(root / "t5", t5, f"task: text2text\ndata: {{train: {root}/pairs-train.tsv, test: {root}/"
+                          "pairs-test.tsv, text_column: source, label_column: target, max_length: 32, max_target_length: 8}\n"
+                          "teacher: {model: x}\nstudent: {model: x}\n")
+    stages["root"] = root
+    return stages
+
+
+# (model, format, precision, int8 mode) -> must the lossy parity pass? Untrained models are used, so
+# near-tied logits make label agreement a weak test; the transformer static QDQ and T5 int8 rows are
+# checked for running and measuring, not for passing (static QDQ on transformers is a known collapse;
+# static CNN int8 is held to parity on a trained MobileNetV2 in test_default_run).
+CASES = [
+    ("bert", "onnx", "int8", "dynamic", True), ("bert", "onnx", "int8", "static", True), ("bert", "onnx", "fp16", None, True),
+    ("bert", "torchscript", "int8", None, True), ("bert", "torchscript", "fp32", None, True),
+    ("vit", "onnx", "int8", None, True), ("vit", "onnx", "int8", "static", None), ("vit", "onnx", "fp16", None, True),
+    ("vit", "torchscript", "int8", None, True), ("vit", "torchscript", "fp32", None, True),
+    ("t5", "onnx", "fp32", None, True), ("t5", "onnx", "int8", None, None), ("t5", "onnx", "fp16", None, True),
+    ("t5", "torchscript", "int8", None, None), ("t5", "torchscript", "fp32", None, True),
+    ("resnet18", "onnx", "int8", None, None), ("resnet18", "onnx", "int8", "dynamic", True),
+    ("resnet18", "onnx", "fp16", None, True), ("resnet18", "torchscript", "int8", None, True),
+    ("resnet18", "torchscript", "fp32", None, True),
+    ("mobilenet_v2", "onnx", "int8", None, None), ("mobilenet_v2", "onnx", "int8", "dynamic", True),
+    ("mobilenet_v2", "onnx", "fp16", None, True), ("mobilenet_v2", "torchscript", "int8", None, True),
+    ("mobilenet_v2", "torchscript", "fp32", None, True),
+]
+
+
+@pytest.mark.parametrize("model,fmt,precision,mode,must_pass", CASES,
+                         ids=[f"{m}-{f}-{p}" + (f"-{q}" if q else "") for m, f, p, q, _ in CASES])
+def test_every_model_format_and_precision(models, tmp_path, model, fmt, precision, mode, must_pass):
+    from edgekit import stages
+    from edgekit.artifacts import sha256_file
+    from edgekit.runtime import Bundle
+
+    out = tmp_path / "bundle"
+    stages.export(str(models[model]), out, preset_name=None, precision=precision, fmt=fmt, mode=mode, allow_drop=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == fmt and manifest["precision"] == precision
+    names = [g["name"] for g in manifest["graphs"]]
+    assert names == (["encoder", "decoder"] if model == "t5" else ["model"])
+    for graph in manifest["graphs"]:
+        assert sha256_file(out / graph["file"]) == graph["sha256"]
+        assert graph["file"].endswith(".onnx" if fmt == "onnx" else ".pt")
+    assert manifest["parity"]["fp32"]["passed"], manifest["parity"]["fp32"]
+    if precision != "fp32":
+        lossy = manifest["parity"][precision]
+        assert lossy["examples"] > 0 and lossy["label_agreement"] > 0.5 and np.isfinite(lossy["snr_db"])
+        if must_pass:
+            assert lossy["passed"], lossy
+        assert manifest["sizes"]["model_bytes"] < manifest["sizes"]["fp32_model_bytes"]
+    if precision == "int8":
+        expected_mode = mode or ("static" if model in ("resnet18", "mobilenet_v2") and fmt == "onnx" else "dynamic")
+        assert manifest["quantization"]["mode"] == expected_mode
+        if fmt == "torchscript":
+            assert manifest["quantization"]["engine"] in ("x86", "fbgemm", "qnnpack")
+            assert manifest["quantization"]["quantized_linear_layers"] >= 1
+    assert manifest["lineage"][0]["stage"] == "finetune"
+    # the exported file runs through the public runtime on raw examples
+    bundle = Bundle(out)
+    if model == "t5":
+        texts = bundle.generate(["paris rome moon", "radio river"], max_new_tokens=4)
+        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    elif model == "bert":
+        assert bundle.predict(["who wrote hamlet ?", "where is rome ?"]).shape == (2, 3)
+    else:
+        image = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+        assert bundle.predict([image, image]).shape == (2, 10)
+
+
+def test_exported_t5_generates_what_pytorch_generates(models, tmp_path):
+    """Greedy decoding with the exported encoder/decoder reproduces transformers' generate() token for token."""
+    import torch
+
+    from edgekit import stages
+    from edgekit.models.handle import load_saved
+    from edgekit.runtime import Bundle
+
+    stages.export(str(models["t5"]), tmp_path / "b", preset_name=None, precision="fp32", fmt="onnx")
+    handle = load_saved(models["t5"])
+    sources = ["paris rome moon", "radio river tokyo", "moon"]
+    enc = handle.tokenizer(sources, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ids = handle.module.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=6, num_beams=1, do_sample=False)
+    expected = [t.strip() for t in handle.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert Bundle(tmp_path / "b").generate(sources, max_new_tokens=6) == expected
+
+
+def test_t5_bundle_eval_scores_bleu(models, tmp_path):
+    from edgekit import stages
+
+    stages.export(str(models["t5"]), tmp_path / "b", preset_name=None, precision="fp32", fmt="onnx")
+    proc = run_cli("eval", tmp_path / "b", "--data", models["root"] / "pairs-test.tsv", "--text-column", "source",
+                   "--label-column", "target", "--json", tmp_path / "m.json")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["examples"] == 12 and 0 <= metrics["bleu"] <= 100 and "BLEU" in proc.stdout
+
+
+def test_torchscript_cli_export_eval_and_bench(models, tmp_path, block_torch):
+    out = tmp_path / "ts"
+    proc = run_cli("export", models["bert"], "--format", "torchscript", "--int8", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.pt" in proc.stdout and "torchscript int8" in proc.stdout and "MB" in proc.stdout
+    ev = run_cli("eval", out, "--data", models["root"] / "test.tsv", "--json", tmp_path / "m.json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["examples"] == 60
+    bench = run_cli("bench", out, "--runs", "20", "--json", tmp_path / "b.json")
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert result["providers"][0].startswith("TorchScript-CPU") and result["size_bytes"] > 0
+    # a TorchScript bundle cannot run without torch: one clear line, not an ImportError
+    assert_user_error(run_cli("eval", out, "--data", models["root"] / "test.tsv", env=block_torch),
+                      "needs torch", "--format onnx")
+
+
+def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, tmp_path):
+    out = tmp_path / "s"
+    proc = run_cli("export", models["resnet18"], "--static", "--calib-samples", "32", "--allow-drop", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["mode"] == "static" and q["per_channel"] is True and q["calibration_batches"] == 2  # 32 examples / 16
+    out2 = tmp_path / "d"
+    assert run_cli("export", models["bert"], "--int8", "--out", out2).returncode == 0
+    optimization = json.loads((out2 / "manifest.json").read_text())["graph_optimization"]
+    # both graphs measured on this CPU, the faster kept
+    assert set(optimization["variants"]) == {"plain", "fused"} and optimization["kept"] in ("plain", "fused")
+    times = {k: v["p50_ms"] for k, v in optimization["variants"].items()}
+    assert times[optimization["kept"]] == min(times.values())
+
+
+def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):
+    preset = tmp_path / "strict.yaml"
+    preset.write_text("name: strict\nformat: torchscript\nprecision: int8\nparity: {min_agreement: 1.0, min_snr_db: 200}\n")
+    proc = run_cli("export", models["bert"], "--preset", preset, "--out", tmp_path / "b")
+    assert_user_error(proc, "int8 TorchScript fails parity", "no bundle written")
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.tmp-*"))
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--preset", "no-such-preset"], ["no-such-preset"]),
+    (["--format", "onnx", "--preset", "torchscript-int8"], ["writes torchscript", "--preset"]),
+    (["--format", "torchscript", "--fp16"], ["no fp16", "--format onnx --fp16"]),
+    (["--format", "torchscript", "--static"], ["dynamic", "--format onnx --static"]),
+    (["--int8", "--fp16"], ["contradict"]),
+    (["--format", "tflite"], ["tflite", "onnx, torchscript"]),
+    (["--fp16", "--static"], ["int8 mode"]),
+    (["--calib-samples", "0"], ["at least 1"]),
+])
+def test_bad_export_options_fail_before_exporting(models, tmp_path, args, needles):
+    proc = run_cli("export", models["bert"], *args, "--out", tmp_path / "b")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_output_needs_force(models, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_user_error(run_cli("export", models["bert"], "--fp32", "--out", out), "exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+    proc = run_cli("export", models["bert"], "--fp32", "--out", out, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
+
+
+def test_unsupported_operator_is_named_with_opset_and_hint(tmp_path):
+    import torch
+
+    from edgekit.errors import EdgekitError
+    from edgekit.export.graphs import Graph, export_onnx
+
+    class Median(torch.nn.Module):
+        def forward(self, x):
+            return x - torch.kthvalue(x, 2, dim=1)[0][:, None]
+
+    graph = Graph("model", Median(), ["pixel_values"], "logits", (torch.randn(2, 4),), [{0: "batch"}], ["float32"])
+    with pytest.raises(EdgekitError) as info:
+        export_onnx(graph, tmp_path / "m.onnx", 18, "median-net")
+    message = str(info.value)
+    assert "aten.kthvalue" in message and "opset 18" in message and "--format torchscript" in message
+    assert not (tmp_path / "m.onnx").exists()
