@@ -38,8 +38,11 @@ def test_shipped_profiles_and_presets_load():
     for name in list_profiles():
         assert load_profile(name)["providers"]
     for name in list_named("export"):
-        preset = load_preset(name, int8=True)
-        assert preset["quantization"]["mode"] in ("auto", "dynamic", "static")
+        preset = load_preset(name)
+        assert preset["format"] in ("onnx", "torchscript")
+        assert preset["precision"] in ("int8", "fp16", "fp32")
+        if preset["precision"] == "int8":
+            assert preset["quantization"]["mode"] in ("auto", "dynamic", "static")
 
 
 def test_unknown_profile_setting_is_rejected(tmp_path):

@@ -10,7 +10,7 @@ def test_embedded_default_is_valid():
     assert recipe.teacher.model == "resnet18"
     assert recipe.student.model == "mobilenet_v2"
     assert recipe.distill.temperature == 4.0 and recipe.distill.alpha == 0.3
-    assert recipe.export.int8 and recipe.bench.devices == ["cpu"]
+    assert recipe.export.resolved_precision == "int8" and recipe.bench.devices == ["cpu"]
 
 
 def test_round_trip_through_yaml(tmp_path):
