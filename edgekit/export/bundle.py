@@ -180,7 +180,9 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
     wants_fusion = preset["optimize"] in ("auto", "fused") and handle.task != "text2text" and not convolutional
     if wants_fusion:
         fused_dir = _candidate(scratch, "fused-fp32", manifest)
-        stats = [fuse_transformer(src, fused_dir / src.name) for src in _files(fp32_dir, manifest)]
+        config = getattr(handle.module, "config", None)
+        heads, hidden = (int(getattr(config, k, 0) or 0) for k in ("num_attention_heads", "hidden_size"))
+        stats = [fuse_transformer(src, fused_dir / src.name, heads, hidden) for src in _files(fp32_dir, manifest)]
         if all(s is not None for s in stats):
             sources["fused"] = fused_dir
             notes["fused"] = {"fused_ops": {k: v for s in stats for k, v in s.items()}}
@@ -249,8 +251,7 @@ def build_bundle(
         exporters = {}
         for graph in graphs:
             if fmt == "onnx":
-                exporters[graph.name] = export_onnx(graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch,
-                                                     dynamo_first=graph.name != "decoder")
+                exporters[graph.name] = export_onnx(graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch)
             else:
                 export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
                 exporters[graph.name] = "torch.jit.trace+freeze"

@@ -114,15 +114,16 @@ def to_fp16(fp32: Path, out: Path) -> dict[str, Any]:
     return {"mode": "fp16", "keep_io_types": True}
 
 
-def fuse_transformer(fp32: Path, out: Path) -> dict[str, int] | None:
+def fuse_transformer(fp32: Path, out: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int] | None:
     """onnxruntime's transformer fusions (attention, SkipLayerNorm, BiasGelu, ...). Returns the fused
-    operator counts, or None when nothing fused or the optimizer cannot read the graph."""
+    operator counts, or None when nothing fused or the optimizer cannot read the graph. The attention
+    fusion needs the head count and width (0: guessed from the graph, which fails on many exports)."""
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
         with quiet():
-            model = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+            model = optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
             fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
             if not any(k not in ("LayerNormalization",) for k in fused):
                 return None
