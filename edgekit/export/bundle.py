@@ -214,6 +214,22 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
     return candidates
 
 
+FUSED_MARGIN = 0.95  # a fused graph is kept only when it is at least 5% faster than the plain one
+
+
+def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> tuple:
+    """The plain graph unless a fused one is clearly faster (>= 5%, beyond timing noise) and no larger."""
+    plain = next((c for c in candidates if c[0] == "plain"), None)
+    fused = next((c for c in candidates if c[0] == "fused"), None)
+    if plain is None or fused is None:
+        return candidates[0]
+    size = {c[0]: sum(p.stat().st_size for p in _files(c[1], manifest)) for c in (plain, fused)}
+    for name in size:
+        variants[name]["model_bytes"] = size[name]
+    faster = variants["fused"]["p50_ms"] <= FUSED_MARGIN * variants["plain"]["p50_ms"]
+    return fused if faster and size["fused"] <= 1.05 * size["plain"] else plain
+
+
 def build_bundle(
     handle: ModelHandle,
     folder: Path,
@@ -274,10 +290,11 @@ def build_bundle(
                 if len(candidates) > 1:  # measured on this CPU, batch 1, by the shipping runtime
                     entry["p50_ms"] = run_isolated(candidate, timing_batch, scratch, time_runs=TIMING_RUNS)[1]
                 optimization["variants"][variant] = entry
-            best = min(candidates, key=lambda c: optimization["variants"][c[0]].get("p50_ms", 0.0))
+            best = _keep(candidates, optimization["variants"], manifest)
             optimization["kept"], final, quantization = best[0], best[1], best[2]
             if len(candidates) > 1:
-                optimization["measured"] = f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU"
+                optimization["measured"] = (f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU; fused kept only when "
+                                            f">= {1 - FUSED_MARGIN:.0%} faster and no larger")
             parity[precision] = _check_parity(precision, reference, run_isolated(final, batches, scratch), True,
                                               preset["parity"])
             if not parity[precision]["passed"] and not allow_drop:
