@@ -2,6 +2,9 @@
 
     RUN/recipe.yaml  teacher/  student/  [lora/]  [pruned/]  export/  eval/  bench-<device>/  report.md report.json *.png
 
+With a ``sweep:`` section ``student/`` is replaced by ``sweep/<strategy>-<student>/`` cells (see
+:mod:`edgekit.sweep`), each exported and measured; the best (or named) cell goes on through lora/prune/export.
+
 ``lora`` runs when ``lora.enabled`` (or ``lora.qlora``) is set, ``pruned`` when ``prune.method`` is;
 each takes the model before it, and the export takes the last.
 
@@ -20,8 +23,9 @@ from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe
 
 
-def preflight(recipe: Recipe) -> None:
-    """Everything that can be checked before training: task, devices, providers, preset."""
+def preflight(recipe: Recipe) -> int | None:
+    """Everything that can be checked before training: task, devices, providers, preset, prune method,
+    sweep. Returns the teacher's layer count when its config says it (None for CNNs or when unknown)."""
     from edgekit.bench.profiles import check_providers, load_profile
     from edgekit.export.presets import load_preset
 
@@ -31,29 +35,44 @@ def preflight(recipe: Recipe) -> None:
     e = recipe.export
     load_preset(e.preset, e.format, e.resolved_precision, e.mode)
     _check_prune_method(recipe)
+    if not recipe.sweep.active:
+        return None
+    from edgekit import sweep
+    from edgekit.models.handle import is_torchvision_name
+
+    n_teacher = sweep.teacher_layers(recipe.teacher.model)
+    sweep.check(recipe, n_teacher, cnn_teacher=is_torchvision_name(recipe.teacher.model))
+    return n_teacher
 
 
 def _check_prune_method(recipe: Recipe) -> None:
     """heads/ffn need a transformer student, channels a CNN: say so before any training."""
     method = recipe.prune.method
-    if method not in ("heads", "ffn", "channels") or recipe.student.layers:
-        if method == "channels" and recipe.student.layers:
-            raise EdgekitError("recipe field prune.method: channels prunes CNNs, but student.layers derives a transformer "
-                               "student; use heads, ffn or l1-unstructured")
+    if method not in ("heads", "ffn", "channels"):
         return
     from edgekit.models.handle import is_torchvision_name
 
-    cnn = bool(recipe.student.model) and is_torchvision_name(recipe.student.model)
-    if method in ("heads", "ffn") and cnn:
-        raise EdgekitError(f"recipe field prune.method: {method} prunes transformers, but the student {recipe.student.model} "
-                           "is a CNN; use channels or l1-unstructured")
-    if method == "channels" and not cnn:
-        raise EdgekitError(f"recipe field prune.method: channels prunes CNNs, but the student {recipe.student.model} is "
-                           "not a torchvision CNN; use heads, ffn or l1-unstructured")
+    if recipe.sweep.active:  # None: derived from the teacher by keeping layers (a transformer)
+        students = [None if s.isdigit() else s for s in recipe.sweep.students]
+    else:
+        students = [None if recipe.student.layers else recipe.student.model]
+    for student in students:
+        if student is None:
+            if method == "channels":
+                raise EdgekitError("recipe field prune.method: channels prunes CNNs, but the students are derived "
+                                   "transformers (layer counts); use heads, ffn or l1-unstructured")
+            continue
+        cnn = is_torchvision_name(student)
+        if method in ("heads", "ffn") and cnn:
+            raise EdgekitError(f"recipe field prune.method: {method} prunes transformers, but the student {student} "
+                               "is a CNN; use channels or l1-unstructured")
+        if method == "channels" and not cnn:
+            raise EdgekitError(f"recipe field prune.method: channels prunes CNNs, but the student {student} is "
+                               "not a torchvision CNN; use heads, ffn or l1-unstructured")
 
 
 def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
-    preflight(recipe)
+    n_teacher = preflight(recipe)
     data = stages.load_data(recipe)  # a missing or empty dataset fails here, before any folder is made
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -68,8 +87,11 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
     if recipe.teacher.train is not None:
         stages.finetune(recipe, out / "teacher", force=True, data=data, reuse=reuse)
         teacher = str(out / "teacher")
-    stages.distill(recipe, teacher, out / "student", force=True, data=data, reuse=reuse)
-    model = out / "student"
+    if recipe.sweep.active:
+        model = run_sweep(recipe, teacher, out, data, reuse, n_teacher)
+    else:
+        stages.distill(recipe, teacher, out / "student", force=True, data=data, reuse=reuse)
+        model = out / "student"
     if recipe.lora.active:
         stages.finetune(recipe, out / "lora", force=True, data=data, reuse=reuse, model=str(model), lora=recipe.lora)
         model = out / "lora"
@@ -80,6 +102,14 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
         prune_stage(model, out / "pruned", method=p.method, amount=p.amount, recover_epochs=p.recover_epochs,
                     recover=p.recover, calib_samples=p.calib_samples, recipe=recipe, force=True, reuse=reuse)
         model = out / "pruned"
+    ship(model, out, recipe, data, reuse)
+    from edgekit.report import write_report
+
+    return write_report([out], out)
+
+
+def ship(model: Path, out: Path, recipe: Recipe, data, reuse: bool) -> None:
+    """export/ -> eval/ (the exported file on its runtime) -> bench-<device>/ for every device, in ``out``."""
     stages.export(str(model), out / "export", preset_name=recipe.export.preset, precision=recipe.export.resolved_precision,
                   fmt=recipe.export.format, mode=recipe.export.mode,
                   recipe=recipe, calib_samples=recipe.export.calib_samples, min_agreement=recipe.export.min_agreement,
@@ -88,11 +118,39 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
     eval_print = stages.stage_fingerprint("eval", eval_config, out / "export")
     if not (reuse and stages.reusable(out / "eval", eval_print)):
         stages.evaluate_bundle(out / "export", data.eval_split, out / "eval", force=True, config=eval_config)
+    if data.task == "text2text":
+        stages.log("bench: skipped for an encoder-decoder bundle (the latency of generate() depends on the output "
+                   "length; the eval stage has BLEU/ROUGE-L of the exported file)")
+        return
     for device in recipe.bench.devices:
         bench_stage(out / "export", out / f"bench-{Path(device).stem}", device, recipe, reuse)
-    from edgekit.report import write_report
 
-    return write_report([out], out)
+
+def run_sweep(recipe: Recipe, teacher: str, out: Path, data, reuse: bool, n_teacher: int | None) -> Path:
+    """Train every cell of the sweep, export and measure each, write sweep.json; the shipped student."""
+    from edgekit import sweep
+
+    if n_teacher is None and any(s.isdigit() for s in recipe.sweep.students):
+        from edgekit.distill.derive import layer_count
+        from edgekit.models import load_model
+
+        n_teacher = layer_count(load_model(teacher, task=data.task, label_names=data.label_names))
+        sweep.check(recipe, n_teacher, cnn_teacher=False)
+    cells = sweep.plan(recipe, out, n_teacher)
+    by_name = {c.name: c for c in cells}
+    for i, cell in enumerate(cells, start=1):
+        teachers = [sweep.resolve_teacher(t, by_name, teacher) for t in cell.teachers]
+        stages.log(f"sweep {i}/{len(cells)}: {cell.name} ({cell.strategy}, taught by {', '.join(cell.teachers)})")
+        stages.distill(sweep.cell_recipe(recipe, cell), teachers if len(teachers) > 1 else teachers[0], cell.stage,
+                       force=True, data=data, reuse=reuse)
+    metas = {c.name: read_meta(c.stage) for c in cells}
+    for cell in cells:
+        if cell.in_table:
+            ship(cell.stage, cell.folder, sweep.cell_recipe(recipe, cell), data, reuse)
+    shipped, reason = sweep.choose(recipe.sweep, cells, metas)
+    stages.log(f"sweep: shipping {shipped.name}: {reason}")
+    write_json_atomic(out / "sweep.json", sweep.describe(cells, shipped, reason, teacher))
+    return shipped.stage
 
 
 def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: bool) -> dict[str, Any]:

@@ -129,9 +129,7 @@ class StudentConfig:
     pretrained: bool = False
     layers: list[int] | None = None
 
-    def validate(self, path: str) -> None:
-        if not self.model and not self.layers:
-            raise RecipeError(f"recipe field {path}.model: name a student model, or set {path}.layers")
+    def validate(self, path: str) -> None:  # a student is needed unless self-quantized or a sweep: Recipe.validate
         for i, k in enumerate(self.layers or []):
             _check_range(f"{path}.layers[{i}]", k, 1, 1000)
 
@@ -278,6 +276,63 @@ class BenchConfig:
             _check_range(f"{path}.runs", self.runs, 1, 1_000_000)
 
 
+SWEEP_STRATEGIES = ("labels-only", "straightforward", "successive", "multi-teacher")
+
+
+@dataclass
+class SweepConfig:
+    """Strategies x student sizes in one run: the seeds' Table II (rows: student sizes, columns:
+    strategies). ``students``: a number keeps that many of the teacher's layers (transformers), a
+    name is a model (e.g. mobilenet_v2). Every cell is distilled, exported, evaluated and benched
+    (``sweep/<strategy>-<student>/``); the ``ship`` cell (``best``: highest validation score, the
+    smaller on a tie; or a cell name such as ``successive-L3``) goes on through lora, prune, export.
+
+    ``labels-only`` trains the same initial student on labels alone (alpha 0); ``successive`` chains
+    ``successive_via`` (default for layer counts: one link halfway between the teacher and the largest
+    student) and then the students from largest to smallest, each taught by the link before;
+    ``multi-teacher`` learns from the teacher and ``distill.teachers`` (default: the first link of the
+    successive chain), with ``distill.teacher_weights`` or learned weights. ``distill.strategy``,
+    ``student.model`` and ``student.layers`` are not used in a sweep."""
+
+    strategies: list[str] = field(default_factory=list)
+    students: list[str] = field(default_factory=list)
+    successive_via: list[str] | None = None
+    ship: str = "best"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.strategies)
+
+    def validate(self, path: str) -> None:
+        for i, s in enumerate(self.strategies):
+            _check_choice(f"{path}.strategies[{i}]", s, SWEEP_STRATEGIES)
+        for name, values in (("strategies", self.strategies), ("students", self.students)):
+            if len(set(values)) != len(values):
+                raise RecipeError(f"recipe field {path}.{name}: {values} lists an entry twice")
+        if self.strategies and not self.students:
+            raise RecipeError(f"recipe field {path}.students: list the student sizes to sweep, e.g. [3, 1] (layers) "
+                              "or [mobilenet_v2]")
+        if self.students and not self.strategies:
+            raise RecipeError(f"recipe field {path}.strategies: list the strategies to sweep, e.g. "
+                              f"[{', '.join(SWEEP_STRATEGIES)}]")
+        for i, s in enumerate([*self.students, *(self.successive_via or [])]):
+            if s.isdigit() and int(s) < 1:
+                raise RecipeError(f"recipe field {path}.students[{i}]: a student keeps at least 1 layer")
+        if self.ship != "best" and self.strategies:
+            cells = [sweep_cell(s, k) for s in self.strategies for k in self.students]
+            if self.ship not in cells:
+                raise RecipeError(f"recipe field {path}.ship: {self.ship!r} is not 'best' or one of {', '.join(cells)}")
+
+
+def student_label(student: str) -> str:
+    """``3`` -> ``L3`` (layers kept), a model name -> its last path part."""
+    return f"L{student}" if student.isdigit() else Path(student).name
+
+
+def sweep_cell(strategy: str, student: str) -> str:
+    return f"{strategy}-{student_label(student)}"
+
+
 @dataclass
 class Recipe:
     name: str = "edgekit"
@@ -291,14 +346,21 @@ class Recipe:
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def validate(self, path: str = "") -> None:
         if not self.name or "/" in self.name:
             raise RecipeError("recipe field name: must be a non-empty name without '/'")
         if self.task is not None:
             _check_choice("task", self.task, TASKS)
-        for section in ("data", "teacher", "student", "distill", "lora", "prune", "export", "bench"):
-            _validate_tree(getattr(self, section), section)
+        needs_student = not self.sweep.active and self.distill.strategy != "self-quantized"
+        if needs_student and not self.student.model and not self.student.layers:
+            raise RecipeError("recipe field student.model: name a student model, or set student.layers")
+        for section in ("data", "teacher", "student", "distill", "lora", "prune", "export", "bench", "sweep"):
+            value = getattr(self, section)
+            if section == "distill" and self.sweep.active:  # the sweep sets the strategy of each cell
+                value = dataclasses.replace(value, strategy="multi-teacher")
+            _validate_tree(value, section)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

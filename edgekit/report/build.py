@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekit.artifacts import read_meta, write_json_atomic, write_text_atomic
+from edgekit.artifacts import is_stage, read_json, read_meta, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 
 MB = 1e6
@@ -17,43 +17,48 @@ def _model_bytes(meta: dict[str, Any]) -> int:
 
 
 def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per model the run produced: teacher, student, exported bundle (per bench device)."""
+    """One row per model the run produced: teacher, student (or every sweep cell's student and its
+    exported bundle), lora, pruned, and the shipped bundle (one row per bench device)."""
     from edgekit.pipeline import find_stages
 
+    run_dir = Path(run_dir)
     found = find_stages(run_dir)
     metas = {name: read_meta(path) for name, path in found.items()}
+    run = run_dir.name
+    sweep = read_sweep(run_dir)
     rows: list[dict[str, Any]] = []
-    run = Path(run_dir).name
-    student = metas.get("student")
+    cell_metas: dict[str, dict] = {}
+    if sweep:
+        for cell in sweep["cells"]:
+            student_dir = run_dir / "sweep" / cell["folder"] / "student"
+            if cell["in_table"] and is_stage(student_dir):
+                cell_metas[cell["name"]] = read_meta(student_dir)
+    student = metas.get("student") or (cell_metas.get(sweep["shipped"]) if sweep else None)
     if "teacher" in metas:
         rows.append(_torch_row(run, "teacher", metas["teacher"]))
-    elif student and student.get("teacher"):
-        t = student["teacher"]
-        rows.append({"run": run, "stage": "teacher", "model": t["arch"], "runtime": "pytorch fp32",
-                     "accuracy": t["accuracy"], "parameters": t["parameters"], "size_mb": None, "p50_ms": None,
-                     "p90_ms": None, "peak_rss_mb": None, "device": None})
-    if student:
-        rows.append(_torch_row(run, "student", student))
+    else:
+        t = next((m["teacher"] for m in [student, *cell_metas.values()] if m and m.get("teacher")), None)
+        if t:
+            rows.append({"run": run, "stage": "teacher", "model": t["arch"], "runtime": "pytorch fp32",
+                         "accuracy": t["accuracy"], "parameters": t["parameters"], "size_mb": None, "p50_ms": None,
+                         "p90_ms": None, "peak_rss_mb": None, "device": None})
+    if sweep:
+        for cell in sweep["cells"]:
+            if cell["name"] not in cell_metas:
+                continue
+            folder = run_dir / "sweep" / cell["folder"]
+            tags = {"cell": cell["name"], "strategy": cell["strategy"], "student": cell["label"],
+                    "shipped": cell["name"] == sweep["shipped"]}
+            meta = cell_metas[cell["name"]]
+            rows.append({**_torch_row(run, cell["name"], meta), **tags})
+            rows += [{**row, **tags} for row in _export_rows(run, cell["name"], folder, meta)]
+    elif student:
+        rows.append({**_torch_row(run, "student", student), "strategy": student["config"].get("strategy")})
     for name in ("lora", "pruned"):
         if name in metas:
             rows.append(_torch_row(run, name, metas[name]))
     if "export" in metas:
-        export = metas["export"]
-        accuracy = metas["eval"]["metrics"]["accuracy"] if "eval" in metas else None
-        benches = [m for name, m in metas.items() if name.startswith("bench-")]
-        quant = (export.get("quantization") or {}).get("mode")
-        fmt = export.get("format", "onnx")
-        precision = export.get("precision") or ("int8" if quant else "fp32")
-        runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
-        suffix = ".onnx" if fmt == "onnx" else ".pt"
-        base = {"run": run, "stage": "export", "model": f"{model_name(student) if student else 'model'}{suffix}",
-                "runtime": f"{runtime} {precision}" + (f" {quant}" if precision == "int8" and quant else ""), "accuracy": accuracy,
-                "parameters": export["parameters"], "size_mb": export["model_bytes"] / MB}
-        for bench in benches or [None]:
-            lat = (bench or {}).get("metrics", {}).get("latency_ms") or {}
-            rows.append({**base, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
-                         "peak_rss_mb": (bench or {}).get("metrics", {}).get("peak_rss_mb"),
-                         "device": bench["config"]["device"] if bench else None})
+        rows += _export_rows(run, "export", run_dir, student)
     teacher_acc = rows[0]["accuracy"] if rows and rows[0]["stage"] == "teacher" else None
     teacher_params = rows[0]["parameters"] if rows and rows[0]["stage"] == "teacher" else None
     for row in rows:
@@ -62,11 +67,43 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_sweep(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "sweep.json"
+    return read_json(path, "re-run 'edgekit run' on this folder") if path.is_file() else None
+
+
+def _export_rows(run: str, stage: str, folder: Path, student: dict | None) -> list[dict[str, Any]]:
+    """The bundle in ``folder/export``, one row per ``folder/bench-*`` device (or one unmeasured row)."""
+    if not is_stage(folder / "export"):
+        return []
+    export = read_meta(folder / "export")
+    accuracy = read_meta(folder / "eval")["metrics"].get("accuracy") if is_stage(folder / "eval") else None
+    benches = [read_meta(p) for p in sorted(folder.glob("bench-*")) if is_stage(p)]
+    quant = (export.get("quantization") or {}).get("mode")
+    fmt = export.get("format", "onnx")
+    precision = export.get("precision") or ("int8" if quant else "fp32")
+    runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    base = {"run": run, "stage": stage, "model": f"{model_name(student) if student else 'model'}{suffix}",
+            "runtime": f"{runtime} {precision}" + (f" {quant}" if precision == "int8" and quant else ""),
+            "accuracy": accuracy, "parameters": export["parameters"], "size_mb": export["model_bytes"] / MB}
+    rows = []
+    for bench in benches or [None]:
+        metrics = (bench or {}).get("metrics", {})
+        lat = metrics.get("latency_ms") or {}
+        rows.append({**base, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "peak_rss_mb": metrics.get("peak_rss_mb"),
+                     "device": bench["config"]["device"] if bench else None})
+    return rows
+
+
 def model_name(meta: dict) -> str:
     """What a stage's model is called in tables: its model spec, or for distilled students the
     student's description (e.g. ``bert-L3`` for a derived student)."""
     name = meta["config"].get("model") or meta.get("student_model") or meta["config"].get("strategy", "model")
-    return Path(str(name)).name if Path(str(name)).exists() else str(name)
+    path = Path(str(name))
+    if is_stage(path):
+        return model_name(read_meta(path))  # a stage folder (e.g. LoRA of a sweep cell): what that stage holds
+    return path.name if path.exists() else str(name)
 
 
 def _torch_row(run: str, stage: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -104,10 +141,11 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     return cells
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    header = "| " + " | ".join(title for _, title, _, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+def markdown(rows: list[dict[str, Any]], with_run: bool = False) -> str:
+    titles = (["run"] if with_run else []) + [title for _, title, _, _ in COLUMNS]
+    header = "| " + " | ".join(titles) + " |"
+    rule = "|" + ("---|" if with_run else "") + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(([r["run"]] if with_run else []) + table_cells(r)) + " |" for r in rows]
     return "\n".join([header, rule, *body])
 
 
@@ -122,7 +160,7 @@ def text_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+def _pyplot():
     try:
         import matplotlib
 
@@ -130,6 +168,26 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise EdgekitError("plots need matplotlib: pip install 'edgekit[report]'") from None
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['stage']}\n{row['runtime']}"
+
+
+def write_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against size on disk and against p50 latency, every row that has them."""
+    plt = _pyplot()
     usable = [r for r in rows if r["accuracy"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "size_mb", "size on disk (MB)"), (axes[1], "p50_ms", "p50 latency, batch 1 (ms)")):
@@ -137,19 +195,143 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
             if row.get(key) is None:
                 continue
             ax.scatter(row[key], row["accuracy"] * 100, s=60)
-            ax.annotate(f"{row['stage']}\n{row['runtime']}", (row[key], row["accuracy"] * 100), fontsize=8,
-                        textcoords="offset points", xytext=(6, 4))
+            ax.annotate(_label(row), (row[key], row["accuracy"] * 100), fontsize=7, textcoords="offset points",
+                        xytext=(6, 4))
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].set_title("accuracy vs size")
     axes[1].set_title("accuracy vs latency")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
+
+
+def write_params_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Parameters against accuracy, one line per distillation strategy (PyTorch students), the teacher as a star."""
+    students = [r for r in rows if r.get("strategy") and r["runtime"].startswith("pytorch") and r["accuracy"] is not None]
+    if not students:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in dict.fromkeys(r["strategy"] for r in students):
+        points = sorted((r["parameters"] / 1e6, r["accuracy"] * 100, r.get("student") or r["model"])
+                        for r in students if r["strategy"] == strategy)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=strategy)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    teacher = next((r for r in rows if r["stage"] == "teacher" and r["accuracy"] is not None), None)
+    if teacher:
+        ax.scatter([teacher["parameters"] / 1e6], [teacher["accuracy"] * 100], marker="*", s=180, color="black",
+                   label=f"teacher ({teacher['model']})", zorder=3)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("parameters vs accuracy per strategy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and accuracy (higher),
+    by increasing latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def write_pareto_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Accuracy against p50 latency of the exported bundles, one plot per bench device, the Pareto front drawn."""
+    plt = _pyplot()
+    paths = []
+    devices = dict.fromkeys(r["device"] for r in rows if r.get("device") and r["stage"] != "teacher"
+                            and not r["runtime"].startswith("pytorch"))
+    for device in devices:
+        measured = [r for r in rows if r.get("device") == device and r["p50_ms"] is not None and r["accuracy"] is not None]
+        if not measured:
+            continue
+        points = [(r["p50_ms"], r["accuracy"] * 100) for r in measured]
+        front = pareto(points)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=40, color="tab:gray", label="bundle")
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], marker="o", color="tab:red",
+                drawstyle="steps-post", label="Pareto front")
+        for row, (x, y) in zip(measured, points):
+            ax.annotate(row["stage"], (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
+        ax.set_xlabel(f"p50 latency on {device}, batch 1 (ms)")
+        ax.set_ylabel("accuracy of the exported file (%)")
+        ax.set_title(f"accuracy vs latency on {device}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out / f"pareto_{_slug(device)}.png"))
+    return paths
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def write_confusion_plot(labels: list[str], matrix: list[list[int]], path: Path) -> Path:
+    plt = _pyplot()
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    peak = max((max(row) for row in matrix), default=0)
+    if len(labels) <= 30:
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > peak / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix of the shipped model")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The seeds' Table II: rows student sizes (with parameters), columns strategies; PyTorch accuracy
+    of each student, and the accuracy of its exported file."""
+    cells = [r for r in rows if r.get("cell")]
+    if not cells:
+        return None
+    strategies = list(dict.fromkeys(r["strategy"] for r in cells))
+    students = list(dict.fromkeys(r["student"] for r in cells))
+    table = []
+    for student in students:
+        entry: dict[str, Any] = {"student": student, "parameters": None, "accuracy": {}, "exported_accuracy": {}}
+        for r in cells:
+            if r["student"] != student:
+                continue
+            if r["runtime"].startswith("pytorch"):
+                entry["parameters"] = r["parameters"]
+                entry["accuracy"][r["strategy"]] = r["accuracy"]
+            else:
+                entry["exported_accuracy"][r["strategy"]] = r["accuracy"]
+        table.append(entry)
+    return {"strategies": strategies, "rows": table}
+
+
+def sweep_markdown(table: dict[str, Any], shipped: str | None) -> list[str]:
+    head = "| student | params (M) | " + " | ".join(f"{s} (%)" for s in table["strategies"]) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(table["strategies"])]
+    for entry in table["rows"]:
+        cells = []
+        for s in table["strategies"]:
+            acc, exp = entry["accuracy"].get(s), entry["exported_accuracy"].get(s)
+            text = _fmt(acc * 100 if acc is not None else None, ".2f")
+            if exp is not None:
+                text += f" (exported {exp * 100:.2f})"
+            if shipped == f"{s}-{entry['student']}":
+                text = f"**{text}** shipped"
+            cells.append(text)
+        lines.append(f"| {entry['student']} | {_fmt(entry['parameters'] / 1e6 if entry['parameters'] else None, '.3f')} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
@@ -158,35 +340,67 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     if not rows:
         raise EdgekitError("no stages with metrics found; run 'edgekit run' first")
     out.mkdir(parents=True, exist_ok=True)
-    plot = write_plot(rows, out / "accuracy_size_latency.png")
-    confusion = _confusion_section(run_dirs)
-    text = "\n".join([
-        "# edgekit report", "",
-        f"Runs: {', '.join(str(Path(r)) for r in run_dirs)}", "",
-        "Accuracy is measured on the evaluation split (test when present); the exported row's accuracy is that of "
-        "the exported file on onnxruntime. Latency is batch 1, steady state after warm-up.", "",
-        markdown(rows), "",
-        f"![accuracy vs size and latency]({plot.name})", "",
-        *confusion,
-    ])
-    write_text_atomic(out / "report.md", text + "\n")
-    document = {"schema_version": 1, "runs": [str(r) for r in run_dirs], "rows": rows, "plots": [plot.name]}
+    plots = {"accuracy vs size and latency": write_plot(rows, out / "accuracy_size_latency.png")}
+    params_plot = write_params_plot(rows, out / "params_accuracy.png")
+    if params_plot:
+        plots["parameters vs accuracy per strategy"] = params_plot
+    for path in write_pareto_plots(rows, out):
+        plots[f"accuracy vs latency on {path.stem.removeprefix('pareto_')} (Pareto front)"] = path
+    confusions = _confusions(run_dirs)
+    for i, c in enumerate(confusions):
+        name = "confusion_matrix.png" if len(confusions) == 1 else f"confusion_matrix_{_slug(c['run'])}.png"
+        c["plot"] = write_confusion_plot(c["labels"], c["matrix"], out / name).name
+        plots[f"confusion matrix ({c['run']})"] = out / c["plot"]
+    sweeps = [(Path(r).name, read_sweep(r)) for r in run_dirs]
+    table = sweep_table(rows)
+    shipped = next((s["shipped"] for _, s in sweeps if s), None)
+    multi = len(run_dirs) > 1
+    sections = {
+        "runs": [str(Path(r)) for r in run_dirs],
+        "note": ("Accuracy is measured on the evaluation split (test when present); an exported row's accuracy is that "
+                 "of the exported file on its runtime. Latency is batch 1, steady state after warm-up; retention is "
+                 "accuracy / the teacher's, compression the teacher's parameters / the row's."),
+    }
+    text = ["# edgekit report", "", f"Runs: {', '.join(sections['runs'])}", "", sections["note"], "",
+            "## Stages", "", markdown(rows, with_run=multi), ""]
+    if table:
+        text += ["## Strategies × student sizes", ""]
+        for run, s in sweeps:
+            if s:
+                text += [f"{run}: shipped **{s['shipped']}**, {s['reason']}.", ""]
+        text += [*sweep_markdown(table, shipped), ""]
+    text += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()] + [""]
+    for c in confusions:
+        text += _confusion_markdown(c)
+    write_text_atomic(out / "report.md", "\n".join(text) + "\n")
+    from edgekit.report.html import render
+
+    write_text_atomic(out / "report.html", render(rows, table, sweeps, plots, confusions, sections, multi))
+    document = {"schema_version": 2, "runs": sections["runs"], "rows": rows,
+                "plots": [p.name for p in plots.values()], "sweep": table,
+                "shipped": [{"run": run, "cell": s["shipped"], "reason": s["reason"]} for run, s in sweeps if s],
+                "confusion_matrices": [{k: c[k] for k in ("run", "labels", "matrix", "plot")} for c in confusions],
+                "html": "report.html"}
     write_json_atomic(out / "report.json", document)
     return document
 
 
-def _confusion_section(run_dirs: list[Path]) -> list[str]:
-    lines = []
+def _confusions(run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The confusion matrix of each run's shipped bundle (its eval stage)."""
+    found = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "eval"
-        if not (path / "meta.json").is_file():
+        if not is_stage(path):
             continue
         metrics = read_meta(path)["metrics"]
         labels, matrix = metrics.get("labels"), metrics.get("confusion_matrix")
-        if not labels or not matrix:
-            continue
-        lines += [f"## Confusion matrix of the shipped model ({Path(run_dir).name}, rows: true, columns: predicted)", "",
-                  "| true \\ predicted | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-        lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, matrix)]
-        lines.append("")
-    return lines
+        if labels and matrix:
+            found.append({"run": Path(run_dir).name, "labels": list(labels), "matrix": matrix})
+    return found
+
+
+def _confusion_markdown(c: dict[str, Any]) -> list[str]:
+    lines = [f"## Confusion matrix of the shipped model ({c['run']}, rows: true, columns: predicted)", "",
+             "| true \\ predicted | " + " | ".join(c["labels"]) + " |", "|---|" + "---:|" * len(c["labels"])]
+    lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(c["labels"], c["matrix"])]
+    return lines + ["", f"![confusion matrix]({c['plot']})", ""]
