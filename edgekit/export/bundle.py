@@ -218,7 +218,8 @@ FUSED_MARGIN = 0.95  # a fused graph is kept only when it is at least 5% faster 
 
 
 def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> tuple:
-    """The plain graph unless a fused one is clearly faster (>= 5%, beyond timing noise) and no larger."""
+    """The plain graph unless a fused one is clearly faster (>= 5%, beyond timing noise) and no larger,
+    or as fast (within 5%) and smaller."""
     plain = next((c for c in candidates if c[0] == "plain"), None)
     fused = next((c for c in candidates if c[0] == "fused"), None)
     if plain is None or fused is None:
@@ -226,8 +227,10 @@ def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[
     size = {c[0]: sum(p.stat().st_size for p in _files(c[1], manifest)) for c in (plain, fused)}
     for name in size:
         variants[name]["model_bytes"] = size[name]
-    faster = variants["fused"]["p50_ms"] <= FUSED_MARGIN * variants["plain"]["p50_ms"]
-    return fused if faster and size["fused"] <= 1.05 * size["plain"] else plain
+    ratio = variants["fused"]["p50_ms"] / variants["plain"]["p50_ms"]
+    faster = ratio <= FUSED_MARGIN and size["fused"] <= 1.05 * size["plain"]
+    smaller = ratio <= 1 / FUSED_MARGIN and size["fused"] < size["plain"]  # as fast within noise, smaller file
+    return fused if faster or smaller else plain
 
 
 def build_bundle(
@@ -293,8 +296,8 @@ def build_bundle(
             best = _keep(candidates, optimization["variants"], manifest)
             optimization["kept"], final, quantization = best[0], best[1], best[2]
             if len(candidates) > 1:
-                optimization["measured"] = (f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU; fused kept only when "
-                                            f">= {1 - FUSED_MARGIN:.0%} faster and no larger")
+                optimization["measured"] = (f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU; fused kept when >= "
+                                            f"{1 - FUSED_MARGIN:.0%} faster and no larger, or as fast and smaller")
             parity[precision] = _check_parity(precision, reference, run_isolated(final, batches, scratch), True,
                                               preset["parity"])
             if not parity[precision]["passed"] and not allow_drop:
