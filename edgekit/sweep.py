@@ -19,9 +19,6 @@ from typing import Any
 from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe, SweepConfig, student_label, sweep_cell
 
-LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
-
-
 @dataclass
 class Cell:
     name: str
@@ -39,6 +36,8 @@ class Cell:
 def teacher_layers(model: str) -> int | None:
     """How many layers the teacher has, from its config alone (no weights); None when it cannot be
     read without a download that fails, or for CNNs."""
+    from edgekit.distill.derive import LAYER_COUNT_KEYS as LAYER_KEYS
+
     folder = Path(model)
     for candidate in (folder / "config.json", folder / "model" / "config.json"):
         if candidate.is_file():

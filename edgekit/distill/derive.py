@@ -15,7 +15,7 @@ import torch
 from edgekit.errors import EdgekitError
 
 # config attribute holding the layer count -> where the layers are, by model family
-_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
 
 
 def kept_layers(n: int, k: int) -> list[int]:
@@ -41,7 +41,7 @@ def layer_count(handle) -> int:
         raise EdgekitError(f"--student-layers needs a transformer teacher (BERT-like, ViT, T5); {handle.arch} is a "
                            "torchvision CNN: give a student model with --student instead")
     config = handle.module.config
-    for key in _LAYER_COUNT_KEYS:
+    for key in LAYER_COUNT_KEYS:
         if isinstance(getattr(config, key, None), int):
             return int(getattr(config, key))
     raise EdgekitError(f"cannot tell how many layers {handle.arch} has; give a student model with --student instead")
@@ -64,7 +64,7 @@ def derive_student(handle, k: int):
         parent_name, _, attr = name.rpartition(".")
         parent = student.module.get_submodule(parent_name) if parent_name else student.module
         setattr(parent, attr, kept)
-    for key in _LAYER_COUNT_KEYS + ("num_decoder_layers",):
+    for key in LAYER_COUNT_KEYS + ("num_decoder_layers",):
         if isinstance(getattr(config, key, None), int) and getattr(config, key) == n:
             setattr(config, key, len(keep))
     if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) == n:

@@ -316,16 +316,20 @@ def sweep_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"strategies": strategies, "rows": table}
 
 
+def sweep_cell_text(entry: dict[str, Any], strategy: str) -> str:
+    """One cell of the strategy table: the student's accuracy (%) and its exported file's."""
+    acc, exp = entry["accuracy"].get(strategy), entry["exported_accuracy"].get(strategy)
+    text = _fmt(acc * 100 if acc is not None else None, ".2f")
+    return text + (f" (exported {exp * 100:.2f})" if exp is not None else "")
+
+
 def sweep_markdown(table: dict[str, Any], shipped: str | None) -> list[str]:
     head = "| student | params (M) | " + " | ".join(f"{s} (%)" for s in table["strategies"]) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(table["strategies"])]
     for entry in table["rows"]:
         cells = []
         for s in table["strategies"]:
-            acc, exp = entry["accuracy"].get(s), entry["exported_accuracy"].get(s)
-            text = _fmt(acc * 100 if acc is not None else None, ".2f")
-            if exp is not None:
-                text += f" (exported {exp * 100:.2f})"
+            text = sweep_cell_text(entry, s)
             if shipped == f"{s}-{entry['student']}":
                 text = f"**{text}** shipped"
             cells.append(text)

@@ -42,7 +42,7 @@ def _image(path: Path, title: str) -> str:
 
 def render(rows: list[dict[str, Any]], table: dict[str, Any] | None, sweeps: list[tuple[str, dict | None]],
            plots: dict[str, Path], confusions: list[dict[str, Any]], sections: dict[str, Any], multi: bool) -> str:
-    from edgekit.report.build import COLUMNS, table_cells
+    from edgekit.report.build import COLUMNS, sweep_cell_text, table_cells
 
     header = (["run"] if multi else []) + [title for _, title, _, _ in COLUMNS]
     numeric = ([False] if multi else []) + [spec != "s" for _, _, spec, _ in COLUMNS]
@@ -65,10 +65,7 @@ def render(rows: list[dict[str, Any]], table: dict[str, Any] | None, sweeps: lis
         for entry in table["rows"]:
             line = [entry["student"], f"{entry['parameters'] / 1e6:.3f}" if entry["parameters"] else "n/a"]
             for s in table["strategies"]:
-                acc, exp = entry["accuracy"].get(s), entry["exported_accuracy"].get(s)
-                text = f"{acc * 100:.2f}" if acc is not None else "n/a"
-                if exp is not None:
-                    text += f" (exported {exp * 100:.2f})"
+                text = sweep_cell_text(entry, s)
                 if f"{s}-{entry['student']}" in shipped:
                     text += " shipped"
                 line.append(text)
