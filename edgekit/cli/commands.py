@@ -47,7 +47,7 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Re-run every stage, even unchanged ones.")] = False,
     write_recipe: WriteRecipeOpt = None,
 ) -> None:
-    """Run a whole recipe: teacher -> distill -> int8 export -> eval -> bench -> report."""
+    """Run a whole recipe: teacher -> distill (or a sweep of strategies x student sizes) -> lora/prune -> int8 export -> eval -> bench -> report."""
     from edgekit.pipeline import run as run_pipeline
     from edgekit.recipe import load_recipe
     from edgekit.report.build import text_table
@@ -58,7 +58,7 @@ def run(
     print(f"edgekit run: {loaded.name} -> {out}", file=sys.stderr)
     document = run_pipeline(loaded, out, fresh=fresh)
     print(text_table(document["rows"]))
-    print(f"\nreport: {out / 'report.md'}, {out / 'report.json'}, {out / document['plots'][0]}")
+    print(f"\nreport: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.json'}, {len(document['plots'])} plots")
 
 
 def finetune(
@@ -364,16 +364,16 @@ def bench(
 
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run folders written by 'edgekit run'.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write report.md/.json and plots (default: the first run folder).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write report.md/.html/.json and plots (default: the first run folder).")] = None,
 ) -> None:
-    """Write report.md, report.json and plots for one or more runs."""
+    """Write report.md, a self-contained report.html, report.json and plots for one or more runs."""
     from edgekit.report import write_report
     from edgekit.report.build import text_table
 
     target = out or runs[0]
     document = write_report(list(runs), target)
     print(text_table(document["rows"]))
-    print(f"\nreport: {target / 'report.md'}, {target / 'report.json'}, {target / document['plots'][0]}")
+    print(f"\nreport: {target / 'report.md'}, {target / 'report.html'}, {target / 'report.json'}, {len(document['plots'])} plots")
 
 
 def devices_list() -> None:
