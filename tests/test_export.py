@@ -205,10 +205,36 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     out2 = tmp_path / "d"
     assert run_cli("export", models["bert"], "--int8", "--out", out2).returncode == 0
     optimization = json.loads((out2 / "manifest.json").read_text())["graph_optimization"]
-    # both graphs measured on this CPU, the faster kept
-    assert set(optimization["variants"]) == {"plain", "fused"} and optimization["kept"] in ("plain", "fused")
-    times = {k: v["p50_ms"] for k, v in optimization["variants"].items()}
-    assert times[optimization["kept"]] == min(times.values())
+    # both graphs measured on this CPU on a task example and on it padded to max_length; the rule applied
+    variants = optimization["variants"]
+    assert set(variants) == {"plain", "fused"} and optimization["kept"] in ("plain", "fused")
+    assert all(v["p50_ms"] > 0 and v["p50_ms_max_length"] > 0 and v["model_bytes"] > 0 for v in variants.values())
+    ratio = max(variants["fused"][k] / variants["plain"][k] for k in ("p50_ms", "p50_ms_max_length"))
+    smaller = variants["fused"]["model_bytes"] < variants["plain"]["model_bytes"]
+    expect = (ratio <= 0.95 and variants["fused"]["model_bytes"] <= 1.05 * variants["plain"]["model_bytes"]) or (
+        ratio <= 1 / 0.95 and smaller)
+    assert optimization["kept"] == ("fused" if expect else "plain")
+
+
+@pytest.mark.parametrize("plain,fused,plain_mb,fused_mb,kept", [
+    ((10.0, 20.0), (9.0, 18.0), 23, 23, "fused"),    # >= 5% faster on both inputs, same size
+    ((10.0, 20.0), (8.0, 23.0), 23, 23, "plain"),    # faster on the short input, slower at max_length
+    ((10.0, 20.0), (9.0, 18.0), 23, 59, "plain"),    # faster but much larger (fp32 embeddings)
+    ((10.0, 20.0), (10.2, 20.3), 23, 20, "fused"),   # as fast within 5% and smaller
+    ((10.0, 20.0), (10.0, 22.0), 23, 20, "plain"),   # smaller but 10% slower at max_length
+])
+def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain, fused, plain_mb, fused_mb, kept):
+    from edgekit.export.bundle import _keep
+
+    manifest = {"graphs": [{"file": "model.onnx"}]}
+    candidates, variants = [], {}
+    for name, times, mb in (("plain", plain, plain_mb), ("fused", fused, fused_mb)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"\0" * mb * 1000)
+        candidates.append((name, tmp_path / name, {}, {}))
+        variants[name] = {"p50_ms": times[0], "p50_ms_max_length": times[1]}
+    assert _keep(candidates, variants, manifest)[0] == kept
+    assert variants["fused"]["model_bytes"] == fused_mb * 1000
 
 
 def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):

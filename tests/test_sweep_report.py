@@ -127,6 +127,12 @@ def test_report_has_the_stage_table_strategy_table_and_plots(sweep_run):
     assert "## Strategies × student sizes" in text and "| student | params (M) | labels-only (%)" in text
     assert "shipped" in text and "Confusion matrix of the shipped model" in text and "pareto_cpu.png" in text
     assert "sweep: shipping" in proc.stderr and "report:" in proc.stdout
+    assert text.count("](confusion_matrix.png)") == 1
+    by_stage = {r["stage"]: r for r in reversed(report["rows"])}  # a stage's first row: its PyTorch model
+    shipped = report["shipped"][0]["cell"]
+    # lora, pruned and export rows name the shipped cell's student (pruning records only the architecture)
+    assert by_stage["lora"]["model"] == by_stage["pruned"]["model"] == by_stage[shipped]["model"] == "bert-L" + shipped[-1]
+    assert by_stage["export"]["model"] == by_stage[shipped]["model"] + ".onnx"
 
 
 def test_pareto_front():

@@ -103,6 +103,9 @@ def model_name(meta: dict) -> str:
     path = Path(str(name))
     if is_stage(path):
         return model_name(read_meta(path))  # a stage folder (e.g. LoRA of a sweep cell): what that stage holds
+    parent = Path(str((meta.get("parent") or {}).get("path", "")))
+    if meta.get("stage") == "prune" and not path.exists() and is_stage(parent):
+        return model_name(read_meta(parent))  # pruning records the architecture only: name what it pruned
     return path.name if path.exists() else str(name)
 
 
@@ -373,7 +376,8 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
             if s:
                 text += [f"{run}: shipped **{s['shipped']}**, {s['reason']}.", ""]
         text += [*sweep_markdown(table, shipped), ""]
-    text += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()] + [""]
+    text += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()
+                                 if not title.startswith("confusion matrix")] + [""]  # that one: in its own section
     for c in confusions:
         text += _confusion_markdown(c)
     write_text_atomic(out / "report.md", "\n".join(text) + "\n")
