@@ -134,6 +134,15 @@ def test_every_model_format_and_precision(models, tmp_path, model, fmt, precisio
     if precision == "int8":
         expected_mode = mode or ("static" if model in ("resnet18", "mobilenet_v2") and fmt == "onnx" else "dynamic")
         assert manifest["quantization"]["mode"] == expected_mode
+        if expected_mode == "static":  # the convolution reading the image stays fp32, the rest is int8
+            import onnx
+
+            graph = onnx.load(str(out / "model.onnx")).graph
+            kept = manifest["quantization"]["fp32_nodes"]
+            assert len(kept) == 1 and kept[0].endswith("Conv")
+            first = next(n for n in graph.node if n.op_type == "Conv")
+            assert first.name == kept[0] and first.input[0] == "pixel_values"  # not fed by a DequantizeLinear
+            assert sum(n.op_type == "Conv" for n in graph.node) > 1 and any(n.op_type == "QuantizeLinear" for n in graph.node)
         if fmt == "torchscript":
             assert manifest["quantization"]["engine"] in ("x86", "fbgemm", "qnnpack")
             assert manifest["quantization"]["quantized_linear_layers"] >= 1
@@ -202,6 +211,13 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     assert proc.returncode == 0, proc.stderr
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     assert q["mode"] == "static" and q["per_channel"] is True and q["calibration_batches"] == 2  # 32 examples / 16
+    assert len(q["fp32_nodes"]) == 1
+    preset = tmp_path / "all-int8.yaml"  # first_conv_fp32: false quantizes every convolution
+    preset.write_text("name: all-int8\nprecision: int8\nquantization: {mode: static, first_conv_fp32: false}\n")
+    proc = run_cli("export", models["resnet18"], "--preset", preset, "--calib-samples", "32", "--allow-drop",
+                   "--out", tmp_path / "s2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s2" / "manifest.json").read_text())["quantization"]["fp32_nodes"] == []
     out2 = tmp_path / "d"
     assert run_cli("export", models["bert"], "--int8", "--out", out2).returncode == 0
     optimization = json.loads((out2 / "manifest.json").read_text())["graph_optimization"]
