@@ -110,13 +110,18 @@ CASES = [
 
 @pytest.mark.parametrize("model,fmt,precision,mode,must_pass", CASES,
                          ids=[f"{m}-{f}-{p}" + (f"-{q}" if q else "") for m, f, p, q, _ in CASES])
-def test_every_model_format_and_precision(models, tmp_path, model, fmt, precision, mode, must_pass):
+def test_every_model_format_and_precision(models, tmp_path, monkeypatch, model, fmt, precision, mode, must_pass):
     from edgekit import stages
     from edgekit.artifacts import sha256_file
     from edgekit.runtime import Bundle
 
     out = tmp_path / "bundle"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     stages.export(str(models[model]), out, preset_name=None, precision=precision, fmt=fmt, mode=mode, allow_drop=True)
+    # onnxruntime's shape inference drops sym_shape_infer_temp.onnx and .data files into the working
+    # directory when it fails: nothing may land there
+    assert list((tmp_path / "cwd").iterdir()) == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == fmt and manifest["precision"] == precision
     names = [g["name"] for g in manifest["graphs"]]
@@ -130,11 +135,15 @@ def test_every_model_format_and_precision(models, tmp_path, model, fmt, precisio
         assert lossy["examples"] > 0 and lossy["label_agreement"] > 0.5 and np.isfinite(lossy["snr_db"])
         if must_pass:
             assert lossy["passed"], lossy
-        assert manifest["sizes"]["model_bytes"] < manifest["sizes"]["fp32_model_bytes"]
+        if (model, mode) != ("vit", "static"):  # hidden size 32 under QDQ: the scale and zero point of
+            # ~60 quantized activations (a fusion-free graph has more) can outweigh the 4x smaller weights
+            assert manifest["sizes"]["model_bytes"] < manifest["sizes"]["fp32_model_bytes"]
     if precision == "int8":
         expected_mode = mode or ("static" if model in ("resnet18", "mobilenet_v2") and fmt == "onnx" else "dynamic")
         assert manifest["quantization"]["mode"] == expected_mode
-        if expected_mode == "static":  # the convolution reading the image stays fp32, the rest is int8
+        if expected_mode == "static" and model == "bert":  # no convolution: every MatMul is int8
+            assert manifest["quantization"]["fp32_nodes"] == []
+        elif expected_mode == "static":  # the convolution reading the image (ViT's patch embedding too) stays fp32
             import onnx
 
             graph = onnx.load(str(out / "model.onnx")).graph
@@ -142,7 +151,11 @@ def test_every_model_format_and_precision(models, tmp_path, model, fmt, precisio
             assert len(kept) == 1 and kept[0].endswith("Conv")
             first = next(n for n in graph.node if n.op_type == "Conv")
             assert first.name == kept[0] and first.input[0] == "pixel_values"  # not fed by a DequantizeLinear
-            assert sum(n.op_type == "Conv" for n in graph.node) > 1 and any(n.op_type == "QuantizeLinear" for n in graph.node)
+            assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+            int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+            assert len(int8_weights) >= (4 if model == "vit" else 2)  # the other weight matrices/kernels are int8
+            if model != "vit":
+                assert sum(n.op_type == "Conv" for n in graph.node) > 1
         if fmt == "torchscript":
             assert manifest["quantization"]["engine"] in ("x86", "fbgemm", "qnnpack")
             assert manifest["quantization"]["quantized_linear_layers"] >= 1

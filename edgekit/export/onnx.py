@@ -36,13 +36,19 @@ class _Calibration:
 
 
 @contextlib.contextmanager
-def _working_directory(folder: Path):
+def _scratch_directory():
+    """Run in an empty temporary working directory, removed afterwards: onnxruntime's symbolic shape
+    inference (used by quantization pre-processing and the transformer optimizer) writes
+    sym_shape_infer_temp.onnx and uuid-named .data files into the working directory when it fails."""
+    import tempfile
+
     previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as folder:
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def _prepare(fp32: Path, prepared: Path) -> None:
@@ -87,14 +93,13 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+    fp32, out = Path(fp32).resolve(), Path(out).resolve()  # the work runs in a scratch directory
     mode, kept_fp32 = quant["mode"], []
     if mode == "auto":
         mode = "static" if is_convolutional(fp32) and calibration else "dynamic"
     prepared = out.with_name(out.stem + ".pre.onnx")
     try:
-        # onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx and uuid-named .data
-        # files into the working directory when it fails: keep them in the scratch folder.
-        with quiet(), _working_directory(out.parent):
+        with quiet(), _scratch_directory():
             _prepare(fp32, prepared)
             if mode == "static":
                 if not calibration:
@@ -142,13 +147,14 @@ def fuse_transformer(fp32: Path, out: Path, num_heads: int = 0, hidden_size: int
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    fp32, out = Path(fp32).resolve(), Path(out).resolve()  # the work runs in a scratch directory
     options = FusionOptions("bert")
     # EmbedLayerNormalization would hide the word embeddings from int8 quantization (they stay fp32:
     # MiniLM's int8 file grew from 23 MB to 59 MB)
     options.enable_embed_layer_norm = False
 
     try:
-        with quiet():
+        with quiet(), _scratch_directory():
             model = optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
                                    optimization_options=options)
             fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
