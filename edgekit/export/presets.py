@@ -57,6 +57,7 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
     quant.setdefault("reduce_range", "auto")
     quant.setdefault("calibrate_method", "minmax")
     quant.setdefault("first_conv_fp32", True)  # static int8: the convolution reading the image stays fp32
+    quant.setdefault("bias_correction", True)  # static int8: the logits' mean int8 shift on calibration data removed
     quant.setdefault("engine", "auto")
     preset.setdefault("optimize", "auto")
     for key, value, allowed in (("quantization.mode", quant["mode"], QUANT_MODES),
