@@ -54,7 +54,7 @@ def plain_baseline(fp32_bundle: Path, folder: Path) -> Path:
     return folder
 
 
-ROUNDS = 4  # bench rounds per input set, each with runs / ROUNDS timed runs per bundle
+ROUNDS = 10  # bench rounds per input set, each with runs / ROUNDS timed runs per bundle
 
 
 def torch_eager(stage: Path, feeds: list[dict[str, np.ndarray]], runs: int) -> tuple[dict, list[np.ndarray]]:
