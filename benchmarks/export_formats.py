@@ -57,6 +57,14 @@ def plain_baseline(fp32_bundle: Path, folder: Path) -> Path:
 ROUNDS = 10  # bench rounds per input set, each with runs / ROUNDS timed runs per bundle
 
 
+def median_of_rounds(results: list[dict]) -> dict:
+    """One bundle's bench records over the rounds: the first with p50/p90 replaced by the median over
+    rounds, or the first as it is when a round has no latency (the bundle did not run)."""
+    if not all("latency_ms" in r for r in results):
+        return results[0]
+    return {**results[0], "latency_ms": {q: float(np.median([r["latency_ms"][q] for r in results])) for q in ("p50", "p90")}}
+
+
 def torch_eager(stage: Path, feeds: list[dict[str, np.ndarray]], runs: int) -> tuple[dict, list[np.ndarray]]:
     """p50/p90 of the PyTorch model on the same feeds, and its logits for every feed."""
     import torch
@@ -101,9 +109,7 @@ def measure(name: str, stage: Path, bundles: dict[str, Path], feeds_sets: dict[s
                                      runs=max(runs // ROUNDS, 20))
             for v, result in zip(order, document["results"]):
                 rounds[v].append(result)
-        results = {v: {**rs[0], "latency_ms": {q: float(np.median([x["latency_ms"][q] for x in rs if "latency_ms" in x]))
-                                               for q in ("p50", "p90")}} if all("latency_ms" in x for x in rs) else rs[0]
-                   for v, rs in rounds.items()}
+        results = {v: median_of_rounds(rs) for v, rs in rounds.items()}
         rows.append({"model": name, "inputs": inputs, "variant": "pytorch-fp32-eager", "p50_ms": eager["p50"],
                      "p90_ms": eager["p90"], "size_mb": size_pt / MB, "agreement": 1.0,
                      "accuracy": float((ref_labels == labels).mean())})

@@ -142,15 +142,18 @@ def correct_output_bias(fp32: Path, quantized: Path, calibration: list[dict[str,
     label agreement 98.89% -> 99.44%, SNR 18.0 -> 19.8 dB). Returns the shift, or None when the graph
     does not end in one (batch, classes) output."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
+    from edgekit.runtime.bundle import open_session
+
+    if not calibration:
+        return None
     model = onnx.load(str(quantized))
     graph = model.graph
-    if len(graph.output) != 1 or not calibration:
+    if len(graph.output) != 1:
         return None
     name = graph.output[0].name
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, quantized)]
+    sessions = [open_session(p) for p in (fp32, quantized)]
     diffs = []
     for feed in calibration:
         reference, rounded = (s.run([name], feed)[0] for s in sessions)
