@@ -326,6 +326,16 @@ def test_bad_export_options_fail_before_exporting(models, tmp_path, args, needle
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("line", ["bias_correction: maybe", "first_conv_fp32: 1", "per_channel: auto"])
+def test_preset_switch_that_is_not_true_or_false_fails_before_exporting(models, tmp_path, line):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(f"name: bad\nprecision: int8\nquantization: {{{line}}}\n")
+    key = line.split(":")[0]
+    assert_user_error(run_cli("export", models["resnet18"], "--preset", preset, "--out", tmp_path / "b"),
+                      f"quantization.{key}", "true or false")
+    assert not (tmp_path / "b").exists()
+
+
 def test_existing_output_needs_force(models, tmp_path):
     out = tmp_path / "b"
     out.mkdir()

@@ -65,6 +65,9 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
                                 ("optimize", preset["optimize"], OPTIMIZE)):
         if value not in allowed:
             raise EdgekitError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
+    for key in ("per_channel", "first_conv_fp32", "bias_correction"):
+        if not isinstance(quant[key], bool):
+            raise EdgekitError(f"{where}: quantization.{key} is {quant[key]!r}; write true or false")
     if preset["format"] == "torchscript" and preset["precision"] == "int8" and quant["mode"] == "static":
         raise EdgekitError("TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static")
     parity = preset.setdefault("parity", {})
