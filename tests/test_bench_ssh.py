@@ -134,15 +134,26 @@ def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
     # the connection is cut; at batch 64 (~3 ms a run) the 60 s profile really runs 60 s
     big = make_bundle(tmp_path / "big", hidden=4096)
 
+    def worker_started(sessions: list) -> bool:
+        for session in sessions:
+            try:
+                if any("edgekit.bench.worker" in " ".join(p.cmdline()) for p in session.children(recursive=True)):
+                    return True
+            except psutil.Error:  # a process of the session ended (or is a zombie) while being looked at
+                continue
+        return False
+
     def kill_sessions() -> None:
         deadline = time.time() + 60
         while time.time() < deadline:  # wait for the remote benchmark process, then cut its connection
             sessions = daemon.children(recursive=False)
-            if any("edgekit.bench.worker" in " ".join(p.cmdline()) for s in sessions
-                   for p in s.children(recursive=True) if p.is_running()):
+            if worker_started(sessions):
                 time.sleep(1)
                 for session in sessions:
-                    session.kill()
+                    try:
+                        session.kill()
+                    except psutil.NoSuchProcess:
+                        pass
                 return
             time.sleep(0.2)
 
@@ -156,7 +167,10 @@ def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
     killer.join()
     for orphan in psutil.process_iter(["cmdline"]):  # the remote side of a cut connection runs on; stop it
         if any("/tmp/edgekit-bench." in part for part in orphan.info["cmdline"] or []):
-            orphan.kill()
+            try:
+                orphan.kill()
+            except psutil.NoSuchProcess:
+                pass
     assert_user_error(proc, "incomplete result", "connection to edgekit-device lost")
     document = json.loads(out.read_text())
     assert document["valid"] is False and document["incomplete"] is True
