@@ -12,6 +12,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# pytest-xdist runs test files side by side (pyproject's addopts): each worker, and every edgekit process
+# it starts, gets its share of the cores. Left at torch's default (all cores each), the workers' OpenMP
+# threads contend and the suite ran no faster than one worker; with a share each, about 1.9x faster.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _share)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory) -> None:
+    """Teacher-logit caches go to a folder of this test session, never to the user's ~/.cache/edgekit."""
+    os.environ.setdefault("EDGEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("edgekit-cache")))
+
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the installed ``edgekit`` entry point in a fresh process."""
