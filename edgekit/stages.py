@@ -138,8 +138,12 @@ def distill(recipe: Recipe, teacher, out: Path, force: bool = False, data=None, 
 
 def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str | None = None, fmt: str | None = None,
            mode: str | None = None, recipe: Recipe | None = None, calib_samples: int | None = None,
-           min_agreement: float | None = None, allow_drop: bool = False, force: bool = False, reuse: bool = False) -> dict:
-    """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle."""
+           min_agreement: float | None = None, allow_drop: bool = False, force: bool = False, reuse: bool = False,
+           devices: list[str] | None = None, ssh=None) -> dict:
+    """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle.
+
+    A lossy bundle's parity is judged on ``devices`` (emulated) or over ``ssh`` on the device, and for a
+    preset that targets another machine type on its emulated devices when they are built."""
     from edgekit.export.bundle import build_bundle
     from edgekit.export.presets import load_preset
     from edgekit.models import load_model
@@ -150,6 +154,11 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
         preset["calib_samples"] = calib_samples
     if min_agreement is not None:
         preset["parity"]["min_agreement"] = min_agreement
+    from edgekit.targets import parity_targets
+
+    targets, warning = parity_targets(preset, devices or [], ssh) if preset["precision"] != "fp32" else ([], None)
+    if warning:
+        log(warning)
     source = Path(model_dir)
     if recipe is None and is_stage(source) and (source / RECIPE_FILE).is_file():
         from edgekit.recipe import load_recipe
@@ -174,7 +183,8 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
         log(f"export: {handle.arch} -> {target} {preset['precision']} (preset {preset['name']})")
         manifest = build_bundle(handle, folder, preset, calibration=data.train if data else None,
                                 parity_split=data.val if data else None,
-                                source_stage=source if is_stage(source) else None, allow_drop=allow_drop)
+                                source_stage=source if is_stage(source) else None, allow_drop=allow_drop,
+                                targets=targets)
         if recipe is not None:
             (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         metrics = {"parity_" + k: v["label_agreement"] for k, v in manifest["parity"].items()}
@@ -189,13 +199,18 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
 
 
 def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: bool = False,
-                    threads: int = 0, config: dict | None = None) -> dict:
-    """Accuracy, F1 and confusion matrix of the exported file itself, on onnxruntime (torch-free)."""
+                    threads: int = 0, config: dict | None = None, metrics: dict | None = None) -> dict:
+    """Accuracy, F1 and confusion matrix of the exported file itself, on onnxruntime (torch-free).
+    ``metrics`` measured elsewhere (on a device, or emulated) are recorded instead of computed here."""
     from edgekit.metrics import classification_metrics
     from edgekit.runtime import Bundle
 
-    bundle = Bundle(bundle_dir, threads=threads)
-    if bundle.task == "text2text":
+    from edgekit.runtime.bundle import read_manifest
+
+    bundle = Bundle(bundle_dir, threads=threads) if metrics is None else None
+    if bundle is None:
+        pass
+    elif bundle.task == "text2text":
         from edgekit.metrics import generation_metrics
 
         predictions = bundle.generate(list(split.items), progress=True)
@@ -210,6 +225,6 @@ def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: boo
         with stage_folder(out, force) as folder:
             write_json_atomic(folder / "metrics.json", metrics)
             write_meta(folder, stage="eval", config=config or {"bundle": str(bundle_dir)}, parent=Path(bundle_dir),
-                       metrics=metrics, parameters=bundle.manifest.get("parameters"),
+                       metrics=metrics, parameters=read_manifest(bundle_dir).get("parameters"),
                        fingerprint_value=stage_fingerprint("eval", config or {}, Path(bundle_dir)))
     return metrics

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The cache the user had before this session gave the tests a private one: the emulated target's root
+# filesystem (minutes to build) is kept there between runs, as a user's would be.
+USER_CACHE_DIR = os.environ.get("EDGEKIT_CACHE_DIR") or str(Path.home() / ".cache" / "edgekit")
 
 # pytest-xdist runs test files side by side (pyproject's addopts): each worker, and every edgekit process
 # it starts, gets its share of the cores. Left at torch's default (all cores each), the workers' OpenMP
@@ -75,6 +78,28 @@ def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int, 
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_stage(folder, handle, recipe: str):
+    """A model stage folder as finetune would write it (weights, meta.json, the recipe with the data)."""
+    from edgekit.artifacts import write_meta
+
+    handle.save(folder)
+    write_meta(folder, stage="finetune", config={"model": handle.arch}, metrics={}, parameters=handle.parameter_count())
+    (folder / "recipe.yaml").write_text(recipe)
+    return folder
+
+
+def settle_batchnorm(module):
+    """Random-init CNNs give ~1e-10 logits (BatchNorm running stats of 0/1 over untrained convs): a few
+    training-mode passes give BatchNorm real statistics, as any trained network has."""
+    import torch
+
+    module.train()
+    with torch.no_grad():
+        for _ in range(8):
+            module(torch.randn(16, 3, 32, 32))
+    module.eval()
 
 
 @pytest.fixture(scope="session")

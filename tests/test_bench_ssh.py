@@ -180,3 +180,57 @@ def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
 def test_missing_identity_file(odd_bundle, tmp_path):
     proc = run_cli("bench", odd_bundle, "--host", "somewhere", "--identity", tmp_path / "nokey")
     assert_user_error(proc, "--identity", "does not exist")
+
+
+def _image_folder(root: Path, per_class: int = 4) -> Path:
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for label in ("a", "b", "c"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+def test_remote_eval_scores_the_bundle_on_the_device(sshd, odd_bundle, tmp_path):
+    data = _image_folder(tmp_path / "images; $(touch pwned)")
+    local, remote = tmp_path / "local.json", tmp_path / "remote.json"
+    assert run_cli("eval", odd_bundle, "--data", data, "--json", local).returncode == 0
+    proc = run_cli("eval", odd_bundle, "--data", data, "--host", "edgekit-device", "--ssh-config", sshd["known"],
+                   "--remote-edgekit", EDGEKIT, "--json", remote, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    here, there = json.loads(local.read_text()), json.loads(remote.read_text())
+    assert there["examples"] == here["examples"] == 12 and there["accuracy"] == here["accuracy"]
+    assert there["confusion_matrix"] == here["confusion_matrix"]
+    where = there["measured_on"]
+    assert where["where"] == "device" and where["emulated"] is False and where["host"] == "edgekit-device"
+    assert where["machine"] and where["onnxruntime"]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_remote_eval_with_an_unknown_host_key_is_refused(sshd, odd_bundle, tmp_path):
+    data = _image_folder(tmp_path / "images")
+    proc = run_cli("eval", odd_bundle, "--data", data, "--host", "edgekit-device", "--ssh-config", sshd["unknown"],
+                   "--remote-edgekit", EDGEKIT)
+    assert_user_error(proc, "host key")
+
+
+def test_export_parity_over_ssh_is_measured_on_the_device(sshd, tmp_path, tiny_bert):
+    from conftest import write_questions, write_stage
+    from edgekit.models import load_model
+
+    write_questions(tmp_path / "train.tsv", 120, 1)
+    bert = load_model(str(tiny_bert), task="text-classification", label_names=["HUM", "LOC", "NUM"])
+    stage = write_stage(tmp_path / "stage", bert, f"task: text-classification\ndata: {{train: {tmp_path}/train.tsv}}\n"
+                                                  "teacher: {model: x}\nstudent: {model: x}\n")
+    out = tmp_path / "bundle"
+    proc = run_cli("export", stage, "--int8", "--host", "edgekit-device", "--device", "rpi4", "--ssh-config",
+                   sshd["known"], "--remote-edgekit", EDGEKIT, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = json.loads((out / "manifest.json").read_text())["parity"]
+    where = parity["int8"]["measured_on"]
+    assert where["where"] == "device" and where["host"] == "edgekit-device" and where["device"] == "rpi4"
+    assert parity["int8@host"]["measured_on"]["where"] == "host"
+    assert "parity int8 (on rpi4" in proc.stdout

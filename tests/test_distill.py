@@ -365,3 +365,40 @@ def test_student_layers_need_a_transformer_teacher(tmp_path):
 def test_resume_without_a_checkpoint(tmp_path, teacher):
     proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--resume", "--out", tmp_path / "s")
     assert_user_error(proc, "nothing to resume")
+
+
+def _awkward_texts(path: Path, n: int, seed: int) -> Path:
+    """JSONL of questions made long (> 255 bytes), multi-line, or shaped like file paths, as real corpora have."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i, line in enumerate(write_questions(path.with_suffix(".tsv"), n, seed).read_text().splitlines()[1:]):
+        label, text = line.split("\t", 1)
+        kind = i % 4
+        if kind == 0:
+            text = (text + " and then, thinking about it for a long while, ") * 8 + "?"  # ~400+ bytes
+        elif kind == 1:
+            text = text.replace(" ", "\n", 2) + "\n\nsecond paragraph"
+        elif kind == 2:
+            text = rng.choice(["/etc/passwd", "../../etc/hosts", "C:\\temp\\x.png", "./" + text.replace(" ", "/")])
+        rows.append(json.dumps({"text": text, "label": label}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_long_multiline_and_path_like_texts_go_through_every_command(tmp_path, teacher, cache_env):
+    train, test = _awkward_texts(tmp_path / "train.jsonl", 120, 5), _awkward_texts(tmp_path / "test.jsonl", 40, 6)
+    assert max(len(json.loads(r)["text"].encode()) for r in train.read_text().splitlines()) > 255
+    student = tmp_path / "s"
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--epochs", "1", "--train", train,
+                   "--test", test, "--out", student, env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = tmp_path / "b"
+    proc = run_cli("export", student, "--fp32", "--out", bundle, env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("eval", bundle, "--data", test, "--json", tmp_path / "m.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "m.json").read_text())["examples"] == 40
+    proc = run_cli("bench", bundle, "--data", test, "--runs", "5")
+    assert proc.returncode == 0, proc.stderr[-3000:]

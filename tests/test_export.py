@@ -10,32 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
+from conftest import settle_batchnorm as _settle_batchnorm
+from conftest import write_stage as _stage
 
 pytestmark = pytest.mark.slow
 
 IMAGE_RECIPE = "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\nstudent: {model: x}\n"
-
-
-def _stage(folder, handle, recipe: str):
-    """A model stage folder as finetune would write it (weights, meta.json, the recipe with the data)."""
-    from edgekit.artifacts import write_meta
-
-    handle.save(folder)
-    write_meta(folder, stage="finetune", config={"model": handle.arch}, metrics={}, parameters=handle.parameter_count())
-    (folder / "recipe.yaml").write_text(recipe)
-    return folder
-
-
-def _settle_batchnorm(module):
-    """Random-init CNNs give ~1e-10 logits (BatchNorm running stats of 0/1 over untrained convs): a few
-    training-mode passes give BatchNorm real statistics, as any trained network has."""
-    import torch
-
-    module.train()
-    with torch.no_grad():
-        for _ in range(8):
-            module(torch.randn(16, 3, 32, 32))
-    module.eval()
 
 
 @pytest.fixture(scope="module")

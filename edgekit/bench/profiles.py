@@ -11,6 +11,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": 0, "providers": ["CPUExecutionProvider"], "optional_providers": [], "graph_optimization": "all",
     "export_preset": "cpu-int8", "warmup": 10, "runs": 100, "min_seconds": 2.0, "max_seconds": 60.0,
     "batch_sizes": [1], "sequence_length": 128, "cooldown_seconds": 0, "thermal_sensors": [],
+    "emulate": None,  # {cpu: cortex-a72}: the QEMU CPU model of the emulated target (edgekit devices emulate)
 }
 
 

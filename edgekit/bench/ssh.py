@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,3 +141,58 @@ def incomplete(bundles: list[Path], device: str, host: str, reason: str) -> dict
         "results": [{"bundle": str(b), "name": Path(b).name, "device": device, "valid": False, "error": reason,
                      "invalid_reasons": [reason]} for b in bundles],
     }
+
+
+class SshSession:
+    """A work folder on an SSH host for :mod:`edgekit.targets` (made by :func:`ssh_session`)."""
+
+    def __init__(self, target: SshTarget, workdir: str):
+        self.target, self.workdir = target, workdir
+        self.where = target.host
+
+    def inside(self, name: str) -> str:
+        return f"{self.workdir}/{name}"
+
+    def upload(self, local: Path, name: str) -> str:
+        destination = self.inside(name)
+        copy = subprocess.run(self.target.base("scp") + ["-q", "-r", "--", str(local), f"{self.target.host}:{destination}"],
+                              capture_output=True, text=True, timeout=self.target.connect_timeout + 600,
+                              stdin=subprocess.DEVNULL)
+        if copy.returncode != 0:
+            raise _explain(copy, f"copying {local}", self.target.host)
+        return destination
+
+    def run(self, words, timeout: float) -> subprocess.CompletedProcess:
+        words = list(words)
+        if words and words[0] == "edgekit":
+            words[0] = self.target.remote_edgekit
+        proc = _ssh(self.target, words, timeout)
+        if proc.returncode == SSH_LOST:
+            raise _explain(proc, f"running {words[1] if len(words) > 1 else words[0]}", self.target.host)
+        return proc
+
+    def read(self, name: str) -> bytes | None:
+        remote = " ".join(shlex.quote(w) for w in ["cat", "--", self.inside(name)])
+        proc = subprocess.run(self.target.base("ssh") + ["--", self.target.host, remote], capture_output=True,
+                              timeout=self.target.connect_timeout + 600, stdin=subprocess.DEVNULL)
+        return proc.stdout if proc.returncode == 0 else None
+
+
+@contextmanager
+def ssh_session(target: SshTarget):
+    """A temporary work folder on the host, removed afterwards whatever happens."""
+    setup_timeout = target.connect_timeout + 60
+    try:
+        made = _ssh(target, ["mktemp", "-d", "/tmp/edgekit-target.XXXXXX"], setup_timeout)
+    except subprocess.TimeoutExpired:
+        raise RemoteError(f"ssh to {target.host} timed out after {setup_timeout} s", SSH_LOST) from None
+    if made.returncode != 0:
+        raise _explain(made, "creating a work folder", target.host)
+    session = SshSession(target, made.stdout.strip().splitlines()[-1])
+    try:
+        yield session
+    finally:
+        try:
+            _ssh(target, ["rm", "-rf", "--", session.workdir], setup_timeout)
+        except (subprocess.TimeoutExpired, OSError):
+            pass

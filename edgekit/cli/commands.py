@@ -18,6 +18,13 @@ EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Training epo
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: by model family).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint (same command and settings).")]
+PortOpt = Annotated[Optional[int], typer.Option("--port", help="SSH port (default: ssh's).")]
+IdentityOpt = Annotated[Optional[Path], typer.Option("--identity", "-i", help="SSH private key file.")]
+SshConfigOpt = Annotated[Optional[Path], typer.Option("--ssh-config", help="ssh configuration file (ssh -F).")]
+SshOptionOpt = Annotated[Optional[list[str]], typer.Option("--ssh-option", help="Extra ssh -o option, e.g. UserKnownHostsFile=~/k (repeatable).")]
+RemoteEdgekitOpt = Annotated[str, typer.Option("--remote-edgekit", help="The edgekit command on the host.")]
+ConnectTimeoutOpt = Annotated[int, typer.Option("--connect-timeout", help="Seconds to wait for the SSH connection.")]
+EmulateOpt = Annotated[bool, typer.Option("--emulate", help="Run on the emulated device (aarch64 under QEMU, the profile's CPU model; build it with 'edgekit devices emulate DEVICE'). Latency is never valid there; labels and accuracy are exact.")]
 
 
 def root(
@@ -241,6 +248,10 @@ def export(
     allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Keep the bundle even when parity fails (recorded in the manifest).")] = False,
     recipe: RecipeOpt = None,
     force: ForceOpt = False,
+    device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="Judge int8/fp16 parity on this emulated device (repeatable; default for a preset with a target, e.g. arm64-int8: its devices, when built), or with --host the device's profile.")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Judge int8/fp16 parity on this SSH host, on the device's own kernels.")] = None,
+    port: PortOpt = None, identity: IdentityOpt = None, ssh_config: SshConfigOpt = None, ssh_option: SshOptionOpt = None,
+    remote_edgekit: RemoteEdgekitOpt = "edgekit", connect_timeout: ConnectTimeoutOpt = 15,
 ) -> None:
     """Export a model to a parity-checked ONNX or TorchScript bundle (int8 by default)."""
     from edgekit import stages
@@ -258,6 +269,9 @@ def export(
     if calib_samples is not None and calib_samples < 1:
         raise EdgekitError(f"--calib-samples {calib_samples} must be at least 1")
     check_output(out, force)
+    ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout) if host else None
+    if ssh is not None and device and len(device) > 1:
+        raise EdgekitError("--host checks one device; give at most one --device with it")
     loaded = None
     if recipe is not None:
         from edgekit.recipe import load_recipe
@@ -266,10 +280,14 @@ def export(
     precision = chosen[0] if chosen else ("int8" if static or dynamic else None)
     meta = stages.export(model, out, preset_name=preset, precision=precision, fmt=fmt,
                          mode="static" if static else "dynamic" if dynamic else None, recipe=loaded,
-                         calib_samples=calib_samples, min_agreement=min_agreement, allow_drop=allow_drop, force=force)
+                         calib_samples=calib_samples, min_agreement=min_agreement, allow_drop=allow_drop, force=force,
+                         devices=list(device or []), ssh=ssh)
     manifest = json.loads((out / "manifest.json").read_text())
     for name, p in manifest["parity"].items():
-        print(f"parity {name}: label agreement {p['label_agreement']:.2%}, SNR {p['snr_db']:.1f} dB, "
+        where = p.get("measured_on") or {}
+        place = (f"{where.get('device') or where.get('machine', '?')}{' emulated' if where.get('emulated') else ''}, "
+                 f"{where.get('machine', '?')}") if where.get("where") != "host" else f"this host, {where.get('machine', '?')}"
+        print(f"parity {name} (on {place}): label agreement {p['label_agreement']:.2%}, SNR {p['snr_db']:.1f} dB, "
               f"max |diff| {p['max_abs_diff']:.3g} on {p['examples']} examples: {'passed' if p['passed'] else 'FAILED'}")
     optimization = manifest.get("graph_optimization") or {}
     if len(optimization.get("variants", {})) > 1:
@@ -289,8 +307,13 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write an eval stage folder with meta.json.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")] = None,
     force: ForceOpt = False,
+    device: Annotated[str, typer.Option("--device", "-d", help="With --emulate or --host: the device profile (rpi4, rpi5, ...).")] = "rpi4",
+    emulate: EmulateOpt = False,
+    host: Annotated[Optional[str], typer.Option("--host", help="Score the bundle on this SSH host ([user@]host or an ssh config alias): the examples are sent there, the device runs them.")] = None,
+    port: PortOpt = None, identity: IdentityOpt = None, ssh_config: SshConfigOpt = None, ssh_option: SshOptionOpt = None,
+    remote_edgekit: RemoteEdgekitOpt = "edgekit", connect_timeout: ConnectTimeoutOpt = 15,
 ) -> None:
-    """Accuracy, macro F1 and confusion matrix of an exported bundle on its runtime."""
+    """Accuracy, macro F1 and confusion matrix of an exported bundle on its runtime: here, on a device over SSH, or emulated."""
     from edgekit.artifacts import check_output
     from edgekit.data.splits import load_eval_split
     from edgekit.recipe import DataConfig
@@ -306,8 +329,30 @@ def evaluate(
     data_split = load_eval_split(cfg, manifest["task"], manifest["label_names"], split)
     from edgekit.stages import evaluate_bundle
 
-    metrics = evaluate_bundle(target, data_split, out, force=force,
-                              config={"bundle": str(target), "data": test or dataset, "split": split})
+    measured = None
+    if emulate and host:
+        raise EdgekitError("--emulate and --host contradict each other; give one")
+    if emulate:
+        from edgekit.emulate import eval_emulated
+
+        measured = eval_emulated(target, data_split, manifest["task"], manifest["label_names"], device)
+    elif host:
+        from edgekit.bench.ssh import ssh_session
+        from edgekit.targets import eval_on, target_environment
+
+        ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
+        print(f"eval: {target} on {host}", file=sys.stderr)
+        with ssh_session(ssh) as session:
+            measured = eval_on(session, target, data_split, manifest["task"], manifest["label_names"])
+            measured["measured_on"] = {"where": "device", "emulated": False, "device": device, "host": host,
+                                       **target_environment(session)}
+    metrics = evaluate_bundle(target, data_split, out, force=force, metrics=measured,
+                              config={"bundle": str(target), "data": test or dataset, "split": split,
+                                      **({"emulated": device} if emulate else {"host": host} if host else {})})
+    where = metrics.get("measured_on")
+    if where:
+        print(f"measured on {where.get('device')} ({where['machine']}, {where['cpu_model']}"
+              f"{', emulated under QEMU' if where.get('emulated') else ''}; onnxruntime {where['onnxruntime']})")
     _print_metrics(metrics)
     _print_json(json_out, metrics)
 
@@ -322,20 +367,29 @@ def bench(
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
     host: Annotated[Optional[str], typer.Option("--host", help="Bench on this SSH host ([user@]host or an ssh config alias) instead of here.")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="SSH port (default: ssh's).")] = None,
-    identity: Annotated[Optional[Path], typer.Option("--identity", "-i", help="SSH private key file.")] = None,
-    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="ssh configuration file (ssh -F).")] = None,
-    ssh_option: Annotated[Optional[list[str]], typer.Option("--ssh-option", help="Extra ssh -o option, e.g. UserKnownHostsFile=~/k (repeatable).")] = None,
-    remote_edgekit: Annotated[str, typer.Option("--remote-edgekit", help="The edgekit command on the host.")] = "edgekit",
-    connect_timeout: Annotated[int, typer.Option("--connect-timeout", help="Seconds to wait for the SSH connection.")] = 15,
+    port: PortOpt = None, identity: IdentityOpt = None, ssh_config: SshConfigOpt = None, ssh_option: SshOptionOpt = None,
+    remote_edgekit: RemoteEdgekitOpt = "edgekit", connect_timeout: ConnectTimeoutOpt = 15,
     run_timeout: Annotated[float, typer.Option("--run-timeout", help="Seconds the remote benchmark may take.")] = 1800,
+    emulate: EmulateOpt = False,
 ) -> None:
-    """Measure size, latency and memory of bundles on a device profile (torch-free), here or over SSH."""
+    """Measure size, latency and memory of bundles on a device profile (torch-free), here, over SSH or emulated."""
     from edgekit.bench.run import bench_bundles, markdown_table
+    from edgekit.runtime.bundle import read_manifest
 
     if runs is not None and runs < 1:
         raise EdgekitError("--runs must be at least 1")
-    if host:
+    if emulate and host:
+        raise EdgekitError("--emulate and --host contradict each other; give one")
+    if emulate:
+        from edgekit.emulate import bench_emulated
+
+        if data is not None:
+            raise EdgekitError("--data cannot be combined with --emulate yet; bench on synthetic inputs, or eval with --data")
+        for bundle in bundles:
+            read_manifest(bundle)
+        extra = [*(["--runs", str(runs)] if runs else []), *[a for b in (batch_size or []) for a in ("--batch-size", str(b))]]
+        document = bench_emulated(list(bundles), device, extra_args=extra, timeout=run_timeout)
+    elif host:
         document = _bench_over_ssh(bundles, device, host, port, identity, ssh_config, ssh_option, remote_edgekit,
                                    connect_timeout, run_timeout, runs, batch_size, data)
     else:
@@ -455,19 +509,15 @@ def _print_metrics(metrics: dict) -> None:
 
 def _bench_over_ssh(bundles, device, host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout,
                     run_timeout, runs, batch_size, data) -> dict:
-    from edgekit.bench.ssh import SshTarget, bench_remote
+    from edgekit.bench.ssh import bench_remote
     from edgekit.runtime.bundle import read_manifest
 
     if data is not None:
         raise EdgekitError("--data cannot be combined with --host; copy the data file to the device and run 'edgekit bench' there")
     for bundle in bundles:
         read_manifest(bundle)
-    for path, option in ((identity, "--identity"), (ssh_config, "--ssh-config")):
-        if path is not None and not path.is_file():
-            raise EdgekitError(f"{option} {path} does not exist")
     extra = [*(["--runs", str(runs)] if runs else []), *[a for b in (batch_size or []) for a in ("--batch-size", str(b))]]
-    target = SshTarget(host, port=port, identity=identity, config=ssh_config, options=list(ssh_option or []),
-                       connect_timeout=connect_timeout, remote_edgekit=remote_edgekit)
+    target = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
     print(f"bench: {len(bundles)} bundle(s) on {host} ({device})", file=sys.stderr)
     return bench_remote(list(bundles), device, target, extra_args=extra, run_timeout=run_timeout)
 
@@ -480,3 +530,64 @@ def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) 
     task = read_manifest(bundle)["task"]
     items = read_image_folder(data)[0] if task == "image-classification" else read_table(data, text_column, label_column)[0]
     return items[:2000]
+
+
+def _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout):
+    from edgekit.bench.ssh import SshTarget
+
+    for path, option in ((identity, "--identity"), (ssh_config, "--ssh-config")):
+        if path is not None and not path.is_file():
+            raise EdgekitError(f"{option} {path} does not exist")
+    return SshTarget(host, port=port, identity=identity, config=ssh_config, options=list(ssh_option or []),
+                     connect_timeout=connect_timeout, remote_edgekit=remote_edgekit)
+
+
+def devices_emulate(
+    name: Annotated[str, typer.Argument(help="Device profile to emulate: rpi4 (Cortex-A72) or rpi5 (Cortex-A76).")],
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build the root filesystem again even if it is cached.")] = False,
+) -> None:
+    """Build (once, cached) an emulated aarch64 device: Debian arm64 with edgekit's core install, run under QEMU."""
+    from edgekit.bench.profiles import load_profile
+    from edgekit.emulate import emulated_cpu
+    from edgekit.emulate.rootfs import build, install_edgekit
+    from edgekit.emulate.target import EmulatedTarget
+    from edgekit.targets import target_environment
+
+    profile = load_profile(name)
+    cpu = emulated_cpu(profile)
+    folder = build(rebuild=rebuild)
+    install_edgekit(folder)
+    target = EmulatedTarget(profile, folder)
+    with target.session() as session:
+        where = target_environment(session)
+    size = sum(p.stat().st_size for p in (folder / "root").rglob("*") if p.is_file() and not p.is_symlink())
+    print(f"emulated {profile['name']}: {where['machine']}, {cpu} (ISA flags: {', '.join(where['isa_flags']) or 'none'}), "
+          f"onnxruntime {where['onnxruntime']}, edgekit {where['edgekit']}, Python {where['python']}; "
+          f"root {size / 1e6:.0f} MB in {folder}")
+    print(f"use it: edgekit bench BUNDLE --device {profile['name']} --emulate; "
+          f"edgekit eval BUNDLE --data FILE --device {profile['name']} --emulate")
+
+
+def devices_here(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """This machine as benchmarks record it: machine type, CPU model, int8-relevant ISA flags, onnxruntime."""
+    from edgekit.bench.env import here
+
+    info = here()
+    if as_json:
+        print(json.dumps(info))
+        return
+    for key, value in info.items():
+        print(f"{key:12s} {', '.join(value) if isinstance(value, list) else value}")
+
+
+def validate_bundle(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (its manifest and model files).")],
+    inputs: Annotated[Path, typer.Argument(help="INPUTS.npz: arrays named <batch>__<input name>.")],
+    outputs: Annotated[Path, typer.Argument(help="OUTPUTS.npz to write: the logits of each batch.")],
+) -> None:
+    """Run a bundle on saved inputs and save its logits (how an export checks parity on a target)."""
+    from edgekit.runtime.validate import _main
+
+    _main(str(bundle), str(inputs), str(outputs))

@@ -3,7 +3,56 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+
+# What each command needs beyond the core install (a Raspberry Pi has only the core): the extra to
+# install and the modules it brings, checked before the command starts.
+EXTRAS = {"train": ("torch", "torchvision", "transformers", "peft", "accelerate", "datasets", "safetensors", "onnx",
+                    "onnxscript", "sklearn", "sacrebleu"),
+          "report": ("matplotlib",)}
+COMMAND_EXTRAS = {"run": "train", "distill": "train", "finetune": "train", "prune": "train", "export": "train",
+                  "report": "report"}
+MODULE_HINTS = {"sklearn": "scikit-learn (pip install scikit-learn, or pip install 'edgekit[train]')",
+                "matplotlib": "matplotlib (pip install 'edgekit[report]')"}
+
+
+def _command_of(args: list[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "")
+
+
+def missing_extra(args: list[str]) -> str | None:
+    """The one-line error for a command whose extra is not installed (None when it is, or for --help)."""
+    import importlib.util
+
+    command = _command_of(args)
+    extra = COMMAND_EXTRAS.get(command)
+    if extra is None or "--help" in args or "-h" in args:
+        return None
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"edgekit {command} needs the {extra} extra ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+            f"not installed here; this is a core install, as on a device): pip install 'edgekit[{extra}]'")
+
+
+def _missing_module(name: str, args: list[str]) -> str:
+    root = name.split(".")[0]
+    command = _command_of(args) or "this command"
+    if root in MODULE_HINTS:
+        return f"edgekit {command} needs {MODULE_HINTS[root]}"
+    extra = next((e for e, modules in EXTRAS.items() if root in modules), None)
+    if extra:
+        return f"edgekit {command} needs {root}, which the core install lacks: pip install 'edgekit[{extra}]'"
+    return f"edgekit {command} needs the Python package {root!r}, which is not installed: pip install {root}"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that atomic folders and temp files are cleaned up."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.cli.app import build_app
     from edgekit.errors import EdgekitError
 
+    args = argv if argv is not None else sys.argv[1:]
+    problem = missing_extra(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     command = build_app()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgekit", standalone_mode=False)
+        result = command.main(args=args, prog_name="edgekit", standalone_mode=False)
+        if result == 130:  # click turned Ctrl-C outside a command body into a return value
+            raise KeyboardInterrupt
+    except Terminated:
+        print("error: terminated (SIGTERM); finished stages are kept, re-run the command to continue", file=sys.stderr)
+        return 143
+    except typer.Abort:
+        print("error: interrupted; finished stages are kept, re-run the command to continue", file=sys.stderr)
+        return 130
     except click.NoArgsIsHelpError as exc:
         print(exc.ctx.get_help() if exc.ctx else str(exc))
         return 2
@@ -40,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; finished stages are kept, re-run the command to continue", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if os.environ.get("EDGEKIT_DEBUG"):
+            raise
+        print(f"error: {_missing_module(exc.name or str(exc), args)}", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory; lower the batch size (--batch-size) or use a smaller model", file=sys.stderr)
         return 1

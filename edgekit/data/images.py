@@ -64,7 +64,11 @@ def read_image_folder(root: str | Path) -> tuple[list[str], list[str]]:
 
 def digits_images() -> tuple[np.ndarray, list[str]]:
     """scikit-learn's 8x8 handwritten digits as 0..255 grayscale arrays, labels '0'..'9'."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise EdgekitError("the digits dataset comes from scikit-learn, which this install lacks: pip install "
+                           "scikit-learn (or pip install 'edgekit[train]'), or give --data with your own files") from None
 
     digits = load_digits()
     images = digits.images.astype(np.float32) * (255.0 / 16.0)

@@ -42,12 +42,16 @@ def weights_digest(module) -> str:
     return digest.hexdigest()
 
 
-def split_digest(split: Split) -> str:
+def split_digest(split: Split, task: str) -> str:
+    """A hash of the examples. What an example is comes from the task: for images a string is a file
+    path (hashed by path, size and mtime), for text it is the text itself and never touches the disk
+    (a 300-byte sentence is no file name: asking the file system about it raised ENAMETOOLONG)."""
     digest = hashlib.sha256()
+    images = task == "image-classification"
     for item in split.items:
         if isinstance(item, str):
             path = Path(item)
-            if len(item) < 4096 and "\n" not in item and path.is_file():
+            if images and path.is_file():
                 stat = path.stat()
                 digest.update(f"file|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
             else:
@@ -79,7 +83,7 @@ def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = 
     start = time.perf_counter()
     key = hashlib.sha256(json.dumps({
         "format": FORMAT, "weights": weights_digest(handle.module), "arch": handle.arch, "family": handle.family,
-        "preprocessing": handle.preprocessing, "labels": handle.label_names, "data": split_digest(split),
+        "preprocessing": handle.preprocessing, "labels": handle.label_names, "data": split_digest(split, handle.task),
         "features": features,
     }, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_root() / "transfer" / f"{key}.npz" if cache else None

@@ -17,7 +17,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -214,6 +214,46 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
     return candidates
 
 
+def host_description(target_machine: str | None = None) -> dict[str, Any]:
+    from edgekit.bench.env import here
+
+    where = {"where": "host", "emulated": False, **here()}
+    if target_machine and target_machine != where["machine"]:
+        where["note"] = (f"measured on this {where['machine']} host's kernels, not on the {target_machine} target's; "
+                         "build the emulated target (edgekit devices emulate rpi4) or pass --host to check there")
+    return where
+
+
+def _lossy_parity(precision: str, reference: list[np.ndarray], final: Path, batches: list[dict[str, np.ndarray]],
+                  scratch: Path, preset: dict[str, Any], targets: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """The lossy bundle's parity: on this host, and on each target. The gate (``precision``) is the
+    worst target's when there are targets, else the host's."""
+    from edgekit.targets import target_environment, validate_on
+
+    target_machine = (preset.get("target") or {}).get("machine")
+    host = _check_parity(precision, reference, run_isolated(final, batches, scratch), True, preset["parity"])
+    host["measured_on"] = host_description(target_machine)
+    if not targets:
+        return {precision: host}
+    results = {}
+    for target in targets:
+        log(f"export: parity of {precision} on {target.name}")
+        with target.session() as session:
+            outputs = validate_on(session, final, batches)
+            where = {**target.describe(), **target_environment(session)}
+        entry = _check_parity(precision, reference, outputs, True, preset["parity"])
+        entry["measured_on"] = where
+        results[f"{precision}@{where.get('device') or where['machine']}"] = entry
+    worst = min(results.values(), key=lambda e: (e["passed"], e["label_agreement"], e["snr_db"]))
+    return {precision: dict(worst), **(results if len(results) > 1 else {}), f"{precision}@host": host}
+
+
+def log(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
 FUSED_MARGIN = 0.95  # a fused graph is kept only when it is at least 5% faster than the plain one
 TIMED = ("p50_ms", "p50_ms_max_length")  # batch 1: a task example, and (text) the same padded to max_length
 
@@ -259,8 +299,12 @@ def build_bundle(
     parity_split: Split | None,
     source_stage: Path | None,
     allow_drop: bool = False,
+    targets: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Export ``handle`` into ``folder`` (which the caller makes atomic) and return the manifest."""
+    """Export ``handle`` into ``folder`` (which the caller makes atomic) and return the manifest.
+
+    ``targets`` (emulated or SSH, see :mod:`edgekit.targets`) are where a lossy bundle's parity is
+    judged: on the target's own int8 kernels. Without them it is judged on this host, and labelled so."""
     folder = Path(folder)
     fmt, precision = preset["format"], preset["precision"]
     fmt_name = {"onnx": "ONNX", "torchscript": "TorchScript"}[fmt]
@@ -292,6 +336,7 @@ def build_bundle(
                 export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
                 exporters[graph.name] = "torch.jit.trace+freeze"
         parity = {"fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset["parity"])}
+        parity["fp32"]["measured_on"] = host_description()
         if not parity["fp32"]["passed"] and not allow_drop:
             raise EdgekitError(
                 f"fp32 {fmt_name} differs from the PyTorch model by {parity['fp32']['max_abs_diff']:.3g} "
@@ -317,12 +362,13 @@ def build_bundle(
                 optimization["measured"] = (f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
                                             f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
                                             f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller")
-            parity[precision] = _check_parity(precision, reference, run_isolated(final, batches, scratch), True,
-                                              preset["parity"])
+            parity.update(_lossy_parity(precision, reference, final, batches, scratch, preset, targets))
             if not parity[precision]["passed"] and not allow_drop:
                 p = parity[precision]
+                where = p["measured_on"]
                 raise EdgekitError(
-                    f"{precision} {fmt_name} fails parity: label agreement {p['label_agreement']:.1%} "
+                    f"{precision} {fmt_name} fails parity on {where.get('device') or where['machine']}"
+                    f"{' (emulated)' if where.get('emulated') else ''}: label agreement {p['label_agreement']:.1%} "
                     f"(needs {p['thresholds']['min_agreement']:.0%}), SNR {p['snr_db']:.1f} dB "
                     f"(needs {p['thresholds']['min_snr_db']} dB); no bundle written "
                     "(try another --preset, --fp32, or --allow-drop to keep it)"

@@ -70,6 +70,11 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
             raise EdgekitError(f"{where}: quantization.{key} is {quant[key]!r}; write true or false")
     if preset["format"] == "torchscript" and preset["precision"] == "int8" and quant["mode"] == "static":
         raise EdgekitError("TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static")
+    target = preset.get("target")
+    if target is not None:
+        if not isinstance(target, dict) or not isinstance(target.get("machine"), str) or not isinstance(
+                target.get("devices", []), list):
+            raise EdgekitError(f"{where}: target must be a mapping with machine (e.g. aarch64) and a list of devices")
     parity = preset.setdefault("parity", {})
     parity.setdefault("fp32_atol", 1e-3)
     parity.setdefault("fp32_rtol", 1e-3)
