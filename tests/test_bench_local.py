@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +100,19 @@ def test_custom_profile_file(bundles, tmp_path):
 def test_unknown_device_and_missing_provider(bundles):
     assert_user_error(run_cli("bench", bundles[0], "--device", "rpi9"), "unknown device 'rpi9'")
     assert_user_error(run_cli("bench", bundles[0], "--device", "t4"), "CUDAExecutionProvider", "onnxruntime-gpu")
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_during_bench_exits_with_its_code_and_one_line(bundles, tmp_path, signum, code, word):
+    """Ctrl-C (or a SIGTERM from a scheduler) outside any training loop is not success."""
+    out = tmp_path / "never.json"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "bench", str(bundles[1]), "--runs", "1000000",
+                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # the worker is timing by now
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and word in errors[0]
+    assert not out.exists()
