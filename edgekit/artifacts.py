@@ -72,9 +72,15 @@ def write_text_atomic(path: Path, text: str) -> None:
 def read_json(path: Path, fix: str) -> Any:
     """Read a JSON file edgekit wrote; corruption is a user error whose message ends with ``fix``."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise EdgekitError(f"{path} is corrupt ({exc.msg} at line {exc.lineno}); {fix}") from None
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{path} is not UTF-8 JSON (corrupt or not edgekit's); {fix}") from None
+    except IsADirectoryError:
+        raise EdgekitError(f"{path} is a folder, not a JSON file; {fix}") from None
+    except OSError as exc:
+        raise EdgekitError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
 
 
 def _json_default(value: Any) -> Any:
@@ -83,6 +89,54 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+_LOCKS: dict[str, tuple[int, Path]] = {}
+
+
+def lock_output(out: Path) -> None:
+    """One writer per output folder: an advisory lock file beside it (``.NAME.lock``, holding the pid),
+    held until this process ends (the kernel releases it even after kill -9). A second writer gets
+    ``busy: OUT is being written by pid N``."""
+    import fcntl
+
+    out = Path(out).absolute()
+    if str(out) in _LOCKS:
+        return
+    if not out.parent.is_dir():
+        return  # nothing can be writing there yet; the stage creates the parent and locks then
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise EdgekitError(f"cannot write in {out.parent} ({exc.strerror}); choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EdgekitError(f"busy: {out} is being written by pid {owner}; wait for it to finish or choose "
+                               "another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its last owner just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _LOCKS[str(out)] = (fd, path)
+
+
+def release_locks() -> None:
+    for fd, path in _LOCKS.values():
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCKS.clear()
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -100,6 +154,7 @@ def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock_output(out)
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed while writing this stage
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -156,7 +211,17 @@ def read_meta(folder: Path) -> dict[str, Any]:
     path = Path(folder) / META_FILE
     if not path.is_file():
         raise EdgekitError(f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command")
-    return read_json(path, "re-run the stage that wrote it")
+    meta = read_json(path, "re-run the stage that wrote it")
+    wanted = {"stage": str, "config": dict, "metrics": dict}
+    if not isinstance(meta, dict):
+        raise EdgekitError(f"{path} is not a JSON object; re-run the stage that wrote it")
+    for key, kind in wanted.items():
+        if not isinstance(meta.get(key), kind):
+            raise EdgekitError(f"{path}: {key} is {'missing' if key not in meta else type(meta[key]).__name__}, "
+                               f"expected {kind.__name__}; re-run the stage that wrote it")
+    if meta.get("parameters") is not None and (isinstance(meta["parameters"], bool) or not isinstance(meta["parameters"], int)):
+        raise EdgekitError(f"{path}: parameters must be a whole number; re-run the stage that wrote it")
+    return meta
 
 
 def is_stage(folder: Path) -> bool:

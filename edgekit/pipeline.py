@@ -80,6 +80,9 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
     if out.exists() and any(out.iterdir()) and not (out / "recipe.yaml").is_file():
         raise EdgekitError(f"--out {out} exists and is not an edgekit run folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    from edgekit.artifacts import lock_output
+
+    lock_output(out)  # one `edgekit run` per run folder
     write_text_atomic(out / "recipe.yaml", recipe.to_yaml())
     reuse = not fresh
 

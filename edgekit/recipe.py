@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +31,21 @@ class RecipeError(EdgekitError):
     pass
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 40, 40, 4, 4, 2
+SEED_MAX = 2**32 - 1  # numpy and torch seeds
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: short, whatever its size (a YAML alias bomb is huge)."""
+    return _SHORT.repr(value)
+
+
 def _check_range(path: str, value: float | None, low: float, high: float, *, low_open=False, high_open=False) -> None:
     if value is None:
         return
+    if not math.isfinite(value):  # NaN compares false with everything: it would pass every bound below
+        raise RecipeError(f"recipe field {path}: {value} is not a finite number")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
@@ -42,7 +56,7 @@ def _check_range(path: str, value: float | None, low: float, high: float, *, low
 
 def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise RecipeError(f"recipe field {path}: {value!r} is not one of {', '.join(choices)}")
+        raise RecipeError(f"recipe field {path}: {shown(value)} is not one of {', '.join(choices)}")
 
 
 @dataclass
@@ -103,6 +117,7 @@ class TrainConfig:
         _check_range(f"{path}.lr", self.lr, 0, 1, low_open=True)
         _check_range(f"{path}.weight_decay", self.weight_decay, 0, 1)
         _check_range(f"{path}.warmup_fraction", self.warmup_fraction, 0, 0.5)
+        _check_range(f"{path}.seed", self.seed, 0, SEED_MAX)
 
 
 @dataclass
@@ -353,6 +368,7 @@ class Recipe:
             raise RecipeError("recipe field name: must be a non-empty name without '/'")
         if self.task is not None:
             _check_choice("task", self.task, TASKS)
+        _check_range("seed", self.seed, 0, SEED_MAX)
         needs_student = not self.sweep.active and self.distill.strategy != "self-quantized"
         if needs_student and not self.student.model and not self.student.layers:
             raise RecipeError("recipe field student.model: name a student model, or set student.layers")
@@ -394,29 +410,31 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value is None:
             return tp()
         if not isinstance(value, dict):
-            raise RecipeError(f"recipe field {path}: expected a mapping of fields, got {value!r}")
+            raise RecipeError(f"recipe field {path}: expected a mapping of fields, got {shown(value)}")
         return from_dict(tp, value, path)
     if origin is list:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            raise RecipeError(f"recipe field {path}: expected a list, got {value!r}")
+            raise RecipeError(f"recipe field {path}: expected a list, got {shown(value)}")
         return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise RecipeError(f"recipe field {path}: expected true or false, got {value!r}")
+        raise RecipeError(f"recipe field {path}: expected true or false, got {shown(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"recipe field {path}: expected a whole number, got {value!r}")
+            raise RecipeError(f"recipe field {path}: expected a whole number, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"recipe field {path}: expected a number, got {value!r}")
+            raise RecipeError(f"recipe field {path}: expected a number, got {shown(value)}")
+        if not math.isfinite(value):
+            raise RecipeError(f"recipe field {path}: {value} is not a finite number; give a number such as 0.5")
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise RecipeError(f"recipe field {path}: expected text, got {value!r}")
+            raise RecipeError(f"recipe field {path}: expected text, got {shown(value)}")
         return str(value)
     raise RecipeError(f"recipe field {path}: unsupported type {_type_name(tp)}")
 
@@ -428,7 +446,7 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in names:
-            raise RecipeError(f"recipe field {full} is unknown; allowed fields here: {', '.join(names)}")
+            raise RecipeError(f"recipe field {shown(full) if len(str(full)) > 60 else full} is unknown; allowed fields here: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
@@ -471,10 +489,18 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
         path = recipes_dir() / "default.yaml"
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder; give a recipe .yaml file (a run folder's is {path}/recipe.yaml)")
+    if path.exists() and not path.is_file():
+        raise RecipeError(f"recipe {path} is not a regular file (a pipe or device?); give a recipe .yaml file")
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}  # a UTF-8 BOM is dropped
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise RecipeError(f"recipe file {path} cannot be read ({exc.strerror}); check its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

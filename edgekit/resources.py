@@ -40,7 +40,11 @@ def load_named_yaml(kind: str, name_or_path: str, what: str) -> dict:
         if not path.is_file():
             raise EdgekitError(f"unknown {what} {name_or_path!r}; choose one of {', '.join(list_named(kind))} or give a .yaml file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"{what} file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise EdgekitError(f"{what} file {path} cannot be read ({exc.strerror})") from None
     except yaml.YAMLError:
         raise EdgekitError(f"{what} file {path} is not valid YAML; fix its syntax") from None
     if not isinstance(data, dict):

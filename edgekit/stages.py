@@ -228,3 +228,25 @@ def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: boo
                        metrics=metrics, parameters=read_manifest(bundle_dir).get("parameters"),
                        fingerprint_value=stage_fingerprint("eval", config or {}, Path(bundle_dir)))
     return metrics
+
+
+def evaluate_stage(stage_dir: Path, *, test: str | None, dataset: str | None, split: str = "test",
+                   text_column: str | None = None, label_column: str | None = None) -> dict:
+    """Accuracy, F1 and confusion matrix of a model stage folder's PyTorch model (needs the train extra)."""
+    from edgekit.data.splits import load_eval_split
+    from edgekit.distill.trainer import predict_logits
+    from edgekit.metrics import classification_metrics
+    from edgekit.models.handle import load_saved
+    from edgekit.recipe import DataConfig
+
+    handle = load_saved(Path(stage_dir))
+    if handle.task == "text2text":
+        raise EdgekitError(f"{stage_dir} is an encoder-decoder; export it (edgekit export) and evaluate the bundle, "
+                           "which generates and scores BLEU/ROUGE-L")
+    cfg = DataConfig(dataset=dataset, train=None, test=test, text_column=text_column or "text",
+                     label_column=label_column or "label", image_size=handle.preprocessing.get("image_size"))
+    data_split = load_eval_split(cfg, handle.task, handle.label_names, split)
+    logits = predict_logits(handle, data_split, desc="evaluate")
+    metrics = classification_metrics(data_split.labels, logits.argmax(-1), handle.label_names)
+    metrics["split"], metrics["runtime"] = data_split.name, "pytorch"
+    return metrics

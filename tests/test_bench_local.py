@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -35,7 +36,8 @@ def make_bundle(folder: Path, hidden: int = 64, classes: int = 3) -> Path:
     manifest = {"schema_version": 1, "format": "onnx", "task": "image-classification", "label_names": ["a", "b", "c"],
                 "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3},
                 "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 8, 8]}],
-                "parameters": int(3 * 64 * hidden + hidden * classes), "quantization": None}
+                "parameters": int(3 * 64 * hidden + hidden * classes), "quantization": None,
+                "sha256": hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

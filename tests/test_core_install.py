@@ -58,7 +58,8 @@ def test_digits_without_scikit_learn_says_how_to_get_it(core, tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").write_text(json.dumps({"task": "image-classification", "label_names": [str(i) for i in range(10)],
-                                                      "preprocessing": {"image_size": 8}}))
+                                                      "preprocessing": {"image_size": 8},
+                                                      "inputs": [{"name": "pixel_values"}]}))
     proc = _run(core, "eval", bundle, "--dataset", "digits")
     assert_user_error(proc, "scikit-learn", "pip install scikit-learn")
 

@@ -218,7 +218,9 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     q2 = json.loads((tmp_path / "s2" / "manifest.json").read_text())["quantization"]
     assert q2["fp32_nodes"] == [] and q2["output_bias_correction"] is None
     out2 = tmp_path / "d"
-    assert run_cli("export", models["bert"], "--int8", "--out", out2).returncode == 0
+    timed = tmp_path / "timed.yaml"  # optimize: timed decides by timing on this CPU (opt-in: not reproducible)
+    timed.write_text("name: timed\nprecision: int8\noptimize: timed\n")
+    assert run_cli("export", models["bert"], "--preset", timed, "--out", out2).returncode == 0
     optimization = json.loads((out2 / "manifest.json").read_text())["graph_optimization"]
     # both graphs measured on this CPU on a task example and on it padded to max_length; the rule applied
     variants = optimization["variants"]
@@ -229,6 +231,25 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     expect = (ratio <= 0.95 and variants["fused"]["model_bytes"] <= 1.05 * variants["plain"]["model_bytes"]) or (
         ratio <= 1 / 0.95 and smaller)
     assert optimization["kept"] == ("fused" if expect else "plain")
+
+
+@pytest.mark.parametrize("model, flags", [("bert", ["--int8"]), ("mobilenet_v2", ["--int8"]), ("bert", ["--fp32"])])
+def test_the_same_export_gives_the_same_files(models, tmp_path, model, flags):
+    """Same model, same settings, same edgekit: byte-identical model files (the fused-or-plain choice is a
+    rule on the files, not a timing that noise can flip), and the choice recorded."""
+    import hashlib
+
+    digests = []
+    for name in ("a", "b"):
+        proc = run_cli("export", models[model], *flags, "--allow-drop", "--out", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        digests.append([hashlib.sha256((tmp_path / name / g["file"]).read_bytes()).hexdigest() for g in manifest["graphs"]])
+        assert [g["sha256"] for g in manifest["graphs"]] == digests[-1]
+        optimization = manifest["graph_optimization"] or {}
+        if len(optimization.get("variants", {})) > 1:
+            assert optimization["decided_by"].startswith("rule") and optimization["kept"] == "fused"
+    assert digests[0] == digests[1]
 
 
 def test_output_bias_correction_removes_the_mean_int8_shift(models, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -114,7 +115,7 @@ def finetune(
         loaded.teacher.train = loaded.distill.train
     _check_out(out, force, resume)
     write_recipe_file(loaded, write_recipe)
-    meta = stages.finetune(loaded, out, force=force or resume, resume=resume,
+    meta = stages.finetune(loaded, out, force=force, resume=resume,
                            lora=loaded.lora if loaded.lora.active else None)
     _print_model_summary(meta, out)
     before = meta.get("metrics_before")
@@ -188,18 +189,24 @@ def distill(
     loaded = build_recipe(base, overrides, sets)
     _check_out(out, force, resume)
     write_recipe_file(loaded, write_recipe)
-    meta = stages.distill(loaded, teacher[0], out, force=force or resume, resume=resume)
+    meta = stages.distill(loaded, teacher[0], out, force=force, resume=resume)
     _print_model_summary(meta, out)
 
 
 def _check_out(out: Path, force: bool, resume: bool) -> None:
-    from edgekit.artifacts import check_output
+    """Before any work: the output is free (or --force), a --resume has its checkpoint and never
+    replaces a folder it did not create, and no other edgekit is writing the same output."""
+    from edgekit.artifacts import check_output, lock_output
     from edgekit.distill.engine import checkpoint_folder
 
     if resume and not checkpoint_folder(out).exists():
         raise EdgekitError(f"nothing to resume for {out}: no checkpoint ({checkpoint_folder(out)}); run without --resume")
+    if resume and out.exists() and not force:
+        raise EdgekitError(f"output folder {out} already exists and --resume does not replace it (a resumed run "
+                           "writes it at the end); pass --force to replace it, or choose another --out")
     if not resume:
         check_output(out, force)
+    lock_output(out)
 
 
 def prune(
@@ -217,7 +224,7 @@ def prune(
 
     _check_out(out, force, resume)
     meta = prune_stage(model, out, method=method, amount=amount, recover_epochs=recover_epochs, recover=recover,
-                       calib_samples=calib_samples, force=force or resume, resume=resume)
+                       calib_samples=calib_samples, force=force, resume=resume)
     m = meta["metrics"]
     print(f"{'':<22} {'parameters (M)':>14} {'non-zero (M)':>12} {'accuracy (%)':>12}")
     print(f"{'before':<22} {meta['parameters_before'] / 1e6:14.3f} {meta['nonzero_parameters_before'] / 1e6:12.3f} "
@@ -269,6 +276,9 @@ def export(
     if calib_samples is not None and calib_samples < 1:
         raise EdgekitError(f"--calib-samples {calib_samples} must be at least 1")
     check_output(out, force)
+    from edgekit.artifacts import lock_output
+
+    lock_output(out)
     ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout) if host else None
     if ssh is not None and device and len(device) > 1:
         raise EdgekitError("--host checks one device; give at most one --device with it")
@@ -290,9 +300,13 @@ def export(
         print(f"parity {name} (on {place}): label agreement {p['label_agreement']:.2%}, SNR {p['snr_db']:.1f} dB, "
               f"max |diff| {p['max_abs_diff']:.3g} on {p['examples']} examples: {'passed' if p['passed'] else 'FAILED'}")
     optimization = manifest.get("graph_optimization") or {}
-    if len(optimization.get("variants", {})) > 1:
-        timings = ", ".join(f"{k} {v['p50_ms']:.3f} ms" for k, v in optimization["variants"].items())
+    variants = optimization.get("variants", {})
+    if len(variants) > 1 and all("p50_ms" in v for v in variants.values()):
+        timings = ", ".join(f"{k} {v['p50_ms']:.3f} ms" for k, v in variants.items())
         print(f"graph: kept {optimization['kept']} ({timings}; p50 at batch 1 on this CPU)")
+    elif len(variants) > 1:
+        sizes = ", ".join(f"{k} {v['model_bytes'] / 1e6:.2f} MB" for k, v in variants.items())
+        print(f"graph: kept {optimization['kept']} ({sizes}; by rule, not timing: the same export gives the same file)")
     files = ", ".join(g["file"] for g in manifest["graphs"])
     print(f"{files}: {meta['model_bytes'] / 1e6:.2f} MB {manifest['format']} {manifest['precision']} "
           f"(fp32 {meta['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}")
@@ -317,13 +331,29 @@ def evaluate(
     from edgekit.artifacts import check_output
     from edgekit.data.splits import load_eval_split
     from edgekit.recipe import DataConfig
-    from edgekit.runtime.bundle import read_manifest
+    from edgekit.artifacts import is_stage
+    from edgekit.runtime.bundle import MANIFEST, read_manifest
 
+    if is_stage(target) and not (Path(target) / MANIFEST).is_file():  # a model stage: its PyTorch model
+        if emulate or host:
+            raise EdgekitError(f"{target} is a model stage (PyTorch); export it first to run it on a device")
+        if not (test or dataset):
+            raise EdgekitError("give the evaluation data: --data FILE_OR_FOLDER or --dataset NAME (e.g. --dataset digits)")
+        from edgekit.stages import evaluate_stage
+
+        metrics = evaluate_stage(target, test=test, dataset=dataset, split=split, text_column=text_column,
+                                 label_column=label_column)
+        _print_metrics(metrics)
+        _print_json(json_out, metrics)
+        return
     manifest = read_manifest(target)
     if not (test or dataset):
         raise EdgekitError("give the evaluation data: --data FILE_OR_FOLDER or --dataset NAME (e.g. --dataset digits)")
     if out is not None:
+        from edgekit.artifacts import lock_output
+
         check_output(out, force)
+        lock_output(out)
     cfg = DataConfig(dataset=dataset, train=None, test=test, text_column=text_column or "text",
                      label_column=label_column or "label", image_size=manifest["preprocessing"].get("image_size"))
     data_split = load_eval_split(cfg, manifest["task"], manifest["label_names"], split)
@@ -378,6 +408,10 @@ def bench(
 
     if runs is not None and runs < 1:
         raise EdgekitError("--runs must be at least 1")
+    if batch_size and any(b < 1 or b > 4096 for b in batch_size):
+        raise EdgekitError(f"--batch-size {min(batch_size) if min(batch_size) < 1 else max(batch_size)} must be from 1 to 4096")
+    if not (math.isfinite(run_timeout) and run_timeout > 0) or connect_timeout < 1:
+        raise EdgekitError("--run-timeout and --connect-timeout must be positive numbers of seconds")
     if emulate and host:
         raise EdgekitError("--emulate and --host contradict each other; give one")
     if emulate:

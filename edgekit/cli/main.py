@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -13,6 +14,12 @@ EXTRAS = {"train": ("torch", "torchvision", "transformers", "peft", "accelerate"
           "report": ("matplotlib",)}
 COMMAND_EXTRAS = {"run": "train", "distill": "train", "finetune": "train", "prune": "train", "export": "train",
                   "report": "report"}
+USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EISDIR: "a folder is in the way",
+               errno.ENAMETOOLONG: "a file name is too long", errno.EDQUOT: "disk quota exceeded"}
+ERRNO_FIX = {errno.ENOSPC: "free some space or write elsewhere (--out)", errno.EROFS: "write elsewhere (--out)",
+             errno.EACCES: "choose a folder you can write (--out, --json)", errno.EISDIR: "give a file path, not a folder",
+             errno.ENAMETOOLONG: "use a shorter path", errno.EDQUOT: "free some space or write elsewhere (--out)"}
 MODULE_HINTS = {"sklearn": "scikit-learn (pip install scikit-learn, or pip install 'edgekit[train]')",
                 "matplotlib": "matplotlib (pip install 'edgekit[report]')"}
 
@@ -58,15 +65,7 @@ def _terminated(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     # Hugging Face's own bars (weight loading, shard writing) would interleave with edgekit's
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:  # recent Typer vendors its own copy of click
-        from typer._click import exceptions as click
-    except ImportError:  # pragma: no cover - older Typer uses click itself
-        from click import exceptions as click
-
-    import typer
-
     from edgekit.cli.app import build_app
-    from edgekit.errors import EdgekitError
 
     args = argv if argv is not None else sys.argv[1:]
     problem = missing_extra(args)
@@ -75,6 +74,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = build_app()
     signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(command, args)
+    finally:
+        from edgekit.artifacts import release_locks
+
+        release_locks()
+
+
+def _run(command, args: list[str]) -> int:
+    try:
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover - older Typer uses click itself
+        from click import exceptions as click
+
+    import typer
+
+    from edgekit.errors import EdgekitError
+
     try:
         result = command.main(args=args, prog_name="edgekit", standalone_mode=False)
         if result == 130:  # click turned Ctrl-C outside a command body into a return value
@@ -111,13 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; lower the batch size (--batch-size) or use a smaller model", file=sys.stderr)
         return 1
+    except OSError as exc:  # the disk, not edgekit: full, read-only, a folder where a file goes
+        if os.environ.get("EDGEKIT_DEBUG") or exc.errno not in USER_ERRNOS:
+            if os.environ.get("EDGEKIT_DEBUG"):
+                raise
+            return _internal(exc)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: {USER_ERRNOS[exc.errno]}{where}; {ERRNO_FIX[exc.errno]}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if os.environ.get("EDGEKIT_DEBUG"):
             raise
-        print(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-              "re-run with EDGEKIT_DEBUG=1 for the traceback and report it", file=sys.stderr)
-        return 1
+        return _internal(exc)
     return 0
+
+
+def _internal(exc: BaseException) -> int:
+    print(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+          "re-run with EDGEKIT_DEBUG=1 for the traceback and report it", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

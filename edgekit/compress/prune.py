@@ -78,6 +78,8 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
         raise EdgekitError(f"--recover {recover!r} is not one of distill, finetune")
     if recover_epochs < 0:
         raise EdgekitError(f"--recover-epochs {recover_epochs} must be 0 or more")
+    if not 1 <= calib_samples <= 100_000:
+        raise EdgekitError(f"--calib-samples {calib_samples} must be from 1 to 100000")
     model_dir = Path(model_dir)
     if not is_stage(model_dir) or not (model_dir / RECIPE_FILE).is_file():
         raise EdgekitError(f"{model_dir} is not an edgekit model stage (finetune, distill, lora or prune output folder); "

@@ -22,8 +22,11 @@ def to_pil(source: Any):
         try:
             with Image.open(source) as image:
                 return image.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise EdgekitError(f"cannot read image {source}: {exc}") from None
+        except Image.DecompressionBombError:
+            raise EdgekitError(f"image {source} is too large to decode safely (over "
+                               f"{2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels); resize it first") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise EdgekitError(f"cannot read image {source}: {str(exc)[:200]}") from None
     if isinstance(source, np.ndarray):
         array = np.clip(source, 0, 255).astype(np.uint8)
         return Image.fromarray(array).convert("RGB")

@@ -194,8 +194,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _save_checkpoint(ckpt: Checkpointing, state: dict[str, Any]) -> None:
     ckpt.folder.mkdir(parents=True, exist_ok=True)
     tmp = ckpt.path.with_name(CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt.path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt.path)
+    except BaseException:  # a full disk or an interrupt: no half-written checkpoint.pt.tmp stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(ckpt: Checkpointing) -> dict[str, Any] | None:
@@ -317,6 +321,12 @@ def train(
                     if hasattr(objective, "inputs"):  # objectives that run a teacher on the batch
                         objective.inputs = inputs
                     loss = objective.loss(logits.float(), features, indices, labels)
+                    if not torch.isfinite(loss.detach()).item():  # stop before a NaN reaches the weights
+                        kept = (f"; the last good checkpoint is kept in {checkpoint.path}"
+                                if checkpoint is not None and checkpoint.path.is_file() else "")
+                        raise EdgekitError(f"{desc}: the training loss became {loss.item()} at epoch {epoch}, step "
+                                           f"{step_in_epoch} (step {global_step + 1} overall){kept}; lower the learning "
+                                           "rate (--lr) or check the data and settings for NaN/inf")
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(loss)
                     acc.clip_grad_norm_(params, 1.0)

@@ -64,6 +64,31 @@ def split_digest(split: Split, task: str) -> str:
     return digest.hexdigest()
 
 
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_entry(path: Path, key: str, examples: int, features: bool):
+    """(logits, features) of a cache entry whose metadata and content checksum match, else None: a
+    file of the right shape but other content (garbage, another teacher's) is never used."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
+            arrays = {name: stored[name] for name in stored.files if name != "meta"}
+    except Exception:  # noqa: BLE001 - unreadable, truncated, not an npz: recomputed and replaced
+        return None
+    if (meta.get("key") != key or meta.get("examples") != examples or meta.get("sha256") != _arrays_digest(arrays)
+            or "logits" not in arrays or len(arrays["logits"]) != examples or (features and "features" not in arrays)):
+        return None
+    if not np.isfinite(arrays["logits"]).all():
+        return None
+    return arrays["logits"], arrays.get("features") if features else None
+
+
 @dataclass
 class TransferSet:
     logits: np.ndarray
@@ -88,15 +113,12 @@ def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = 
     }, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_root() / "transfer" / f"{key}.npz" if cache else None
     if path is not None and path.is_file():
-        try:
-            with np.load(path) as stored:
-                logits = stored["logits"]
-                feats = stored["features"] if features else None
-            if logits.shape[0] == len(split):
-                print(f"  {desc}: {len(split)} examples from cache {path}", file=sys.stderr)
-                return TransferSet(logits, feats, key, path, True, time.perf_counter() - start)
-        except Exception:  # a damaged file is recomputed and replaced
-            pass
+        cached = _read_entry(path, key, len(split), features)
+        if cached is not None:
+            print(f"  {desc}: {len(split)} examples from cache {path}", file=sys.stderr)
+            return TransferSet(cached[0], cached[1], key, path, True, time.perf_counter() - start)
+        print(f"warning: cache entry {path} is damaged or not edgekit's (checksum or shape mismatch); "
+              "recomputing it", file=sys.stderr)
     if features:
         logits, feats = predict_logits(handle, split, batch_size, desc=desc, features=True)
     else:
@@ -107,6 +129,7 @@ def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = 
         fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npz", dir=path.parent)
         os.close(fd)
         arrays = {"logits": logits, **({"features": feats} if feats is not None else {})}
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays, meta=np.asarray(json.dumps({"key": key, "examples": len(split),
+                                                             "sha256": _arrays_digest(arrays)})))
         os.replace(tmp, path)
     return TransferSet(logits, feats, key, path, False, time.perf_counter() - start)

@@ -177,7 +177,7 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
     convolutional = any(is_convolutional(p) for p in _files(fp32_dir, manifest))
     sources = {"plain": fp32_dir}
     notes: dict[str, dict[str, Any]] = {"plain": {}}
-    wants_fusion = preset["optimize"] in ("auto", "fused") and handle.task != "text2text" and not convolutional
+    wants_fusion = preset["optimize"] in ("auto", "fused", "timed") and handle.task != "text2text" and not convolutional
     if wants_fusion:
         fused_dir = _candidate(scratch, "fused-fp32", manifest)
         config = getattr(handle.module, "config", None)
@@ -272,9 +272,12 @@ def _timing_inputs(batch: dict[str, np.ndarray], preprocessing: dict[str, Any]) 
     return inputs
 
 
-def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> tuple:
-    """The plain graph unless a fused one is clearly faster (>= 5%, beyond timing noise) and no larger,
-    or as fast (within 5%) and smaller."""
+def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False) -> tuple:
+    """Which graph ships. By default (``optimize: auto``) a rule on what the files are, so the same
+    model and settings always give the same bundle: the fused graph when onnxruntime's fusions applied
+    and it is no more than 5% larger. ``optimize: timed`` decides by timing on this CPU instead: fused
+    only when clearly faster (>= 5%) and no larger, or as fast (within 5%) and smaller; timings move
+    from run to run, so two timed exports of one model can differ."""
     plain = next((c for c in candidates if c[0] == "plain"), None)
     fused = next((c for c in candidates if c[0] == "fused"), None)
     if plain is None or fused is None:
@@ -282,6 +285,8 @@ def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[
     size = {c[0]: sum(p.stat().st_size for p in _files(c[1], manifest)) for c in (plain, fused)}
     for name in size:
         variants[name]["model_bytes"] = size[name]
+    if not timed:
+        return fused if size["fused"] <= 1.05 * size["plain"] else plain
     # the slower of the timed inputs decides: a fused graph faster on short inputs but slower at
     # max_length (MiniLM int8 at 128 tokens) is not kept
     ratio = max(variants["fused"][key] / variants["plain"][key] for key in TIMED if key in variants["plain"])
@@ -350,18 +355,22 @@ def build_bundle(
             else:
                 calib = _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if handle.task != "text2text" else []
                 candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
+            timed = preset["optimize"] == "timed"
             for variant, candidate, _, notes in candidates:
                 entry = dict(notes)
-                if len(candidates) > 1:  # measured on this CPU, batch 1, by the shipping runtime
+                if len(candidates) > 1 and timed:  # measured on this CPU, batch 1, by the shipping runtime
                     for key, feed in timing.items():
                         entry[key] = run_isolated(candidate, feed, scratch, time_runs=TIMING_RUNS)[1]
                 optimization["variants"][variant] = entry
-            best = _keep(candidates, optimization["variants"], manifest)
+            best = _keep(candidates, optimization["variants"], manifest, timed)
             optimization["kept"], final, quantization = best[0], best[1], best[2]
             if len(candidates) > 1:
-                optimization["measured"] = (f"p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
-                                            f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
-                                            f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller")
+                optimization["decided_by"] = (
+                    (f"timing (optimize: timed): p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
+                     f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
+                     f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller") if timed else
+                    "rule (optimize: auto): the fused graph when onnxruntime's fusions applied and it is at most 5% "
+                    "larger; the same model and settings always give the same bundle (optimize: none or timed to change it)")
             parity.update(_lossy_parity(precision, reference, final, batches, scratch, preset, targets))
             if not parity[precision]["passed"] and not allow_drop:
                 p = parity[precision]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.recipe import shown
 from edgekit.resources import load_named_yaml
 
 QUANT_MODES = ("auto", "dynamic", "static")
 FORMATS = ("onnx", "torchscript")
 PRECISIONS = ("int8", "fp16", "fp32")
-OPTIMIZE = ("auto", "fused", "none")
+OPTIMIZE = ("auto", "fused", "none", "timed")
 ENGINES = ("auto", "x86", "fbgemm", "qnnpack")
 DEFAULT_PRESETS = {("onnx", "int8"): "cpu-int8", ("onnx", "fp32"): "onnx-fp32", ("onnx", "fp16"): "t4-fp16",
                    ("torchscript", "int8"): "torchscript-int8", ("torchscript", "fp32"): "torchscript-fp32"}
@@ -80,6 +82,16 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
     parity.setdefault("fp32_rtol", 1e-3)
     parity.setdefault("min_agreement", 0.97)
     parity.setdefault("min_snr_db", 10.0)
+    for key, low, high in (("fp32_atol", 0, 1e6), ("fp32_rtol", 0, 1e6), ("min_agreement", 0, 1), ("min_snr_db", -1e3, 1e3)):
+        value = parity[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+            raise EdgekitError(f"{where}: parity.{key} must be a finite number in [{low:g}, {high:g}], not {shown(value)}")
+    opset = preset["opset"]
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 23:
+        raise EdgekitError(f"{where}: opset must be a whole number from 13 to 23, not {shown(opset)}")
+    calib = preset.get("calib_samples", 256)
+    if isinstance(calib, bool) or not isinstance(calib, int) or not 1 <= calib <= 100_000:
+        raise EdgekitError(f"{where}: calib_samples must be a whole number from 1 to 100000, not {shown(calib)}")
     return preset
 
 

@@ -178,7 +178,10 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
     info_path = folder / MODEL_INFO
     if not info_path.is_file():
         raise EdgekitError(f"{stage_dir} holds no model ({MODEL_SUBDIR}/{MODEL_INFO} missing); pass a distill/finetune output folder")
-    info = json.loads(info_path.read_text())
+    from edgekit.artifacts import read_json
+
+    info = read_json(info_path, "save the model again (re-run the stage that wrote it)")
+    _check_info(info, info_path)
     if label_names is not None and list(label_names) != list(info["label_names"]):
         raise EdgekitError(
             f"model in {stage_dir} was trained on labels {info['label_names']}, but the data has {list(label_names)}; "
@@ -191,7 +194,9 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
         try:
             _load_weights(module, folder, info, strict=True)
         except Exception as exc:
-            raise EdgekitError(f"cannot load weights from {folder}: {str(exc).splitlines()[0]}") from None
+            from edgekit.models.hf import _weights_error
+
+            raise _weights_error(str(folder), exc) from None
         handle = ModelHandle(module, "torchvision", info["arch"], info["task"], info["label_names"], info["preprocessing"],
                              source=str(stage_dir), pretrained=True)
         if info.get("structure"):
@@ -207,10 +212,25 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
     if info.get("structure"):  # structurally pruned: from_pretrained re-initialised the shrunk layers
         try:
             _load_weights(handle.module, folder, info, strict=False)
-        except RuntimeError as exc:
-            raise EdgekitError(f"cannot load the pruned weights from {folder}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign weights
+            from edgekit.models.hf import _weights_error
+
+            raise _weights_error(str(folder), exc) from None
         handle.extra["structure"] = info["structure"]
     return handle
+
+
+def _check_info(info, path: Path) -> None:
+    """The model description a stage wrote: the right keys with the right types, else one clear line."""
+    wanted = {"family": str, "arch": str, "task": str, "label_names": list, "preprocessing": dict}
+    if not isinstance(info, dict):
+        raise EdgekitError(f"{path} is not a JSON object; re-run the stage that wrote it")
+    for key, kind in wanted.items():
+        if not isinstance(info.get(key), kind):
+            raise EdgekitError(f"{path}: {key} is {'missing' if key not in info else type(info[key]).__name__}, "
+                               f"expected {kind.__name__}; re-run the stage that wrote it")
+    if not all(isinstance(n, str) for n in info["label_names"]):
+        raise EdgekitError(f"{path}: label_names must be a list of names; re-run the stage that wrote it")
 
 
 def _load_weights(module: torch.nn.Module, folder: Path, info: dict[str, Any], strict: bool) -> None:

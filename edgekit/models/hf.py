@@ -8,6 +8,37 @@ from edgekit.data.images import IMAGENET_MEAN, IMAGENET_STD
 from edgekit.errors import EdgekitError
 
 
+def _weights_error(spec: str, exc: BaseException) -> EdgekitError:
+    """A model folder whose weights cannot be loaded: what is wrong with it, never "turn safety off"."""
+    import pickle
+
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return EdgekitError(f"model {spec!r} has pickle weights (.bin) that are not plain tensors; edgekit refuses to "
+                            "unpickle them (that can run code): convert them to model.safetensors in an environment "
+                            "you trust, then load that folder")
+    if type(exc).__name__ == "SafetensorError" or "safetensors" in str(exc).lower() or "deserializ" in str(exc).lower():
+        return EdgekitError(f"model {spec!r}: its safetensors file is corrupt or truncated ({text}); copy or save it again")
+    return EdgekitError(f"cannot load model {spec!r}: {text}")
+
+
+def _from_pretrained(loader, spec: str, task: str, **kwargs):
+    try:
+        return loader.from_pretrained(spec, **kwargs)
+    except OSError as exc:
+        if Path(spec).exists():
+            raise _weights_error(spec, exc) from None
+        raise EdgekitError(f"cannot load model {spec!r} as a Hugging Face id (needs network): "
+                           f"{str(exc).splitlines()[0][:200]}") from None
+    except ValueError as exc:
+        if "weights_only" in str(exc):
+            raise _weights_error(spec, exc) from None
+        kind = "is not an encoder-decoder (text2text needs e.g. T5)" if task == "text2text" else f"cannot do {task}"
+        raise EdgekitError(f"model {spec!r} {kind}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors, pickle and config errors of a user's folder
+        raise _weights_error(spec, exc) from None
+
+
 def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | None, max_length: int,
             max_target_length: int = 128):
     import transformers
@@ -25,13 +56,7 @@ def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | N
                   trust_remote_code=False, ignore_mismatched_sizes=True)
     auto = (transformers.AutoModelForImageClassification if task == "image-classification"
             else transformers.AutoModelForSequenceClassification)
-    try:
-        model = auto.from_pretrained(spec, **common)
-    except OSError as exc:
-        where = "folder" if Path(spec).exists() else "Hugging Face id (needs network)"
-        raise EdgekitError(f"cannot load model {spec!r} as a {where}: {str(exc).splitlines()[0]}") from None
-    except ValueError as exc:
-        raise EdgekitError(f"model {spec!r} cannot do {task}: {str(exc).splitlines()[0]}") from None
+    model = _from_pretrained(auto, spec, task, **common)
     tokenizer = None
     if task == "text-classification":
         try:
@@ -68,14 +93,7 @@ def _load_seq2seq(spec: str, max_length: int, max_target_length: int):
 
     from edgekit.models.handle import ModelHandle
 
-    try:
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(spec, trust_remote_code=False)
-    except OSError as exc:
-        where = "folder" if Path(spec).exists() else "Hugging Face id (needs network)"
-        raise EdgekitError(f"cannot load model {spec!r} as a {where}: {str(exc).splitlines()[0]}") from None
-    except ValueError as exc:
-        raise EdgekitError(f"model {spec!r} is not an encoder-decoder (text2text needs e.g. T5): "
-                           f"{str(exc).splitlines()[0]}") from None
+    model = _from_pretrained(transformers.AutoModelForSeq2SeqLM, spec, "text2text", trust_remote_code=False)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
     except (OSError, ValueError) as exc:

@@ -22,14 +22,61 @@ FORMATS = ("onnx", "torchscript")
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 
+MANIFEST_VERSIONS = (1, 2)
+TASKS = ("image-classification", "text-classification", "text2text")
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
+    """The bundle's manifest, checked against its schema: one line of refusal when it does not pass."""
     folder = Path(folder)
     if not folder.exists():
         raise EdgekitError(f"bundle {folder} does not exist; check the path")
     path = folder / MANIFEST
     if not path.is_file():
         raise EdgekitError(f"{folder} is not an exported bundle (no {MANIFEST}); run 'edgekit export' first")
-    return read_json(path, "export the bundle again")
+    manifest = read_json(path, "export the bundle again")
+    check_manifest(folder, manifest)
+    return manifest
+
+
+def _bad(folder: Path, what: str) -> EdgekitError:
+    return EdgekitError(f"bundle {folder}: {MANIFEST} {what}; export the bundle again")
+
+
+def check_manifest(folder: Path, manifest: Any) -> None:
+    """Schema (versioned) and confinement: every file the manifest names is a plain relative name
+    that resolves inside the bundle folder (no ../, no absolute path, no link out of it)."""
+    if not isinstance(manifest, dict):
+        raise _bad(folder, "is not a JSON object")
+    version = manifest.get("schema_version", 1)
+    if version not in MANIFEST_VERSIONS:
+        raise _bad(folder, f"has schema_version {str(version)[:20]!r}, which this edgekit does not read "
+                           f"(it reads {', '.join(map(str, MANIFEST_VERSIONS))}); update edgekit or export again")
+    if manifest.get("task") not in TASKS:
+        raise _bad(folder, f"has task {str(manifest.get('task'))[:40]!r}, not one of {', '.join(TASKS)}")
+    names = manifest.get("label_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _bad(folder, "has no list of label_names")
+    if not isinstance(manifest.get("preprocessing"), dict):
+        raise _bad(folder, "has no preprocessing section")
+    if manifest.get("format", "onnx") not in FORMATS:
+        raise _bad(folder, f"has format {str(manifest.get('format'))[:40]!r}, not one of {', '.join(FORMATS)}")
+    graphs = manifest.get("graphs")
+    if graphs is not None and (not isinstance(graphs, list) or not graphs or not all(isinstance(g, dict) for g in graphs)):
+        raise _bad(folder, "has a graphs entry that is not a list of graphs")
+    if graphs is None and not isinstance(manifest.get("inputs"), list):
+        raise _bad(folder, "lists neither graphs nor inputs")
+    root = folder.resolve()
+    for graph in graphs_of(manifest):
+        name = graph.get("file")
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise _bad(folder, "names a model file that is not a file name")
+        target = (folder / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or not target.is_relative_to(root) or target == root:
+            raise _bad(folder, f"names {name[:80]!r}, which is outside the bundle; a bundle only reads its own files")
+        if not isinstance(graph.get("inputs"), list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                                                 for i in graph["inputs"]):
+            raise _bad(folder, f"has no inputs for {name[:80]!r}")
 
 
 def graphs_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -70,8 +117,9 @@ def open_session(model_path: Path, providers: Sequence[str] | None = None, threa
     model_path = Path(model_path)
     if not model_path.is_file():
         raise EdgekitError(f"model file {model_path} is missing; export the bundle again")
+    options = session_options(threads, graph_optimization)  # a bad setting is named as such, not as a corrupt file
     try:
-        return ort.InferenceSession(str(model_path), sess_options=session_options(threads, graph_optimization),
+        return ort.InferenceSession(str(model_path), sess_options=options,
                                     providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported models
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -140,7 +188,10 @@ def check_integrity(folder: Path, manifest: dict[str, Any]) -> None:
         if not path.is_file():
             raise EdgekitError(f"model file {path} is missing; export the bundle again")
         want = graph.get("sha256") or (expected if isinstance(expected, str) else None)
-        if want and sha256_file(path) != want:
+        if not isinstance(want, str) or len(want) != 64:
+            raise EdgekitError(f"bundle {folder}: {MANIFEST} has no sha256 for {graph['file']}, so the file cannot be "
+                               "checked; a bundle is loaded only when every model file has a checksum: export it again")
+        if sha256_file(path) != want:
             raise EdgekitError(f"{path} does not match the sha256 in its manifest (corrupt, truncated or replaced); "
                                "export the bundle again or copy it whole")
 
