@@ -94,7 +94,7 @@ def _json_default(value: Any) -> Any:
 _LOCKS: dict[str, tuple[int, Path]] = {}
 
 
-def lock_output(out: Path) -> None:
+def lock_output(out: Path) -> bool:
     """One writer per output folder: an advisory lock file beside it (``.NAME.lock``, holding the pid),
     held until this process ends (the kernel releases it even after kill -9). A second writer gets
     ``busy: OUT is being written by pid N``."""
@@ -102,9 +102,9 @@ def lock_output(out: Path) -> None:
 
     out = Path(out).absolute()
     if str(out) in _LOCKS:
-        return
+        return False
     if not out.parent.is_dir():
-        return  # nothing can be writing there yet; the stage creates the parent and locks then
+        return False  # nothing can be writing there yet; the stage creates the parent and locks then
     path = out.parent / f".{out.name}.lock"
     while True:
         try:
@@ -128,15 +128,21 @@ def lock_output(out: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _LOCKS[str(out)] = (fd, path)
+    return True
+
+
+def release_lock(out: Path) -> None:
+    entry = _LOCKS.pop(str(Path(out).absolute()), None)
+    if entry is not None:
+        with contextlib.suppress(OSError):
+            entry[1].unlink()
+        with contextlib.suppress(OSError):
+            os.close(entry[0])
 
 
 def release_locks() -> None:
-    for fd, path in _LOCKS.values():
-        with contextlib.suppress(OSError):
-            path.unlink()
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _LOCKS.clear()
+    for out in list(_LOCKS):
+        release_lock(Path(out))
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -154,10 +160,15 @@ def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_output(out)
+    locked_here = lock_output(out)
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed while writing this stage
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except BaseException:
+        if locked_here:
+            release_lock(out)
+        raise
     try:
         yield tmp
         if out.exists():
@@ -170,6 +181,9 @@ def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if locked_here:  # a lock the command took up front stays until the command ends
+            release_lock(out)
 
 
 def write_meta(
@@ -212,16 +226,20 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EdgekitError(f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command")
     meta = read_json(path, "re-run the stage that wrote it")
-    wanted = {"stage": str, "config": dict, "metrics": dict}
-    if not isinstance(meta, dict):
-        raise EdgekitError(f"{path} is not a JSON object; re-run the stage that wrote it")
-    for key, kind in wanted.items():
-        if not isinstance(meta.get(key), kind):
-            raise EdgekitError(f"{path}: {key} is {'missing' if key not in meta else type(meta[key]).__name__}, "
-                               f"expected {kind.__name__}; re-run the stage that wrote it")
+    check_fields(meta, {"stage": str, "config": dict, "metrics": dict}, path)
     if meta.get("parameters") is not None and (isinstance(meta["parameters"], bool) or not isinstance(meta["parameters"], int)):
         raise EdgekitError(f"{path}: parameters must be a whole number; re-run the stage that wrote it")
     return meta
+
+
+def check_fields(data: Any, wanted: dict[str, type], path: Path) -> None:
+    """A JSON object edgekit wrote has these keys with these types, else one line naming the key."""
+    if not isinstance(data, dict):
+        raise EdgekitError(f"{path} is not a JSON object; re-run the stage that wrote it")
+    for key, kind in wanted.items():
+        if not isinstance(data.get(key), kind):
+            raise EdgekitError(f"{path}: {key} is {'missing' if key not in data else type(data[key]).__name__}, "
+                               f"expected {kind.__name__}; re-run the stage that wrote it")
 
 
 def is_stage(folder: Path) -> bool:

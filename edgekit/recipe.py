@@ -88,6 +88,7 @@ class DataConfig:
         _check_range(f"{path}.val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         _check_range(f"{path}.test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
         _check_range(f"{path}.max_length", self.max_length, 8, 8192)
+        _check_range(f"{path}.max_target_length", self.max_target_length, 1, 8192)
         if self.image_size is not None:
             _check_range(f"{path}.image_size", self.image_size, 8, 2048)
         if self.limit is not None:

@@ -248,7 +248,8 @@ def test_the_same_export_gives_the_same_files(models, tmp_path, model, flags):
         assert [g["sha256"] for g in manifest["graphs"]] == digests[-1]
         optimization = manifest["graph_optimization"] or {}
         if len(optimization.get("variants", {})) > 1:
-            assert optimization["decided_by"].startswith("rule") and optimization["kept"] == "fused"
+            assert optimization["decided_by"].startswith("rule") and optimization["kept"] in ("fused", "plain")
+            assert all("label_agreement" in v and "snr_db" in v for v in optimization["variants"].values())
     assert digests[0] == digests[1]
 
 
@@ -298,9 +299,15 @@ def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain,
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.onnx").write_bytes(b"\0" * mb * 1000)
         candidates.append((name, tmp_path / name, {}, {}))
-        variants[name] = {"p50_ms": times[0], "p50_ms_max_length": times[1]}
-    assert _keep(candidates, variants, manifest)[0] == kept
+        variants[name] = {"p50_ms": times[0], "p50_ms_max_length": times[1], "label_agreement": 1.0, "snr_db": 30.0}
+    assert _keep(candidates, variants, manifest, timed=True)[0] == kept  # optimize: timed
     assert variants["fused"]["model_bytes"] == fused_mb * 1000
+    # the default rule ignores timings: fused unless more than 5% larger or less accurate than plain
+    assert _keep(candidates, variants, manifest)[0] == ("fused" if fused_mb <= 1.05 * plain_mb else "plain")
+    variants["fused"]["label_agreement"] = 0.99
+    assert _keep(candidates, variants, manifest)[0] == "plain"
+    variants["fused"].update(label_agreement=1.0, snr_db=28.5)
+    assert _keep(candidates, variants, manifest)[0] == "plain"
 
 
 def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):

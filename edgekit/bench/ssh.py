@@ -76,29 +76,12 @@ def bench_remote(bundles: list[Path], device: str, target: SshTarget, *, extra_a
                  run_timeout: float = 1800) -> dict[str, Any]:
     """Copy ``bundles`` to ``target``, bench them there on ``device``, return the remote JSON document."""
     setup_timeout = target.connect_timeout + 60
-    try:
-        made = _ssh(target, ["mktemp", "-d", "/tmp/edgekit-bench.XXXXXX"], setup_timeout)
-    except subprocess.TimeoutExpired:
-        raise RemoteError(f"ssh to {target.host} timed out after {setup_timeout} s", SSH_LOST) from None
-    if made.returncode != 0:
-        raise _explain(made, "creating a work folder", target.host)
-    workdir = made.stdout.strip().splitlines()[-1]
-    try:
-        remote_bundles = []
-        for index, bundle in enumerate(bundles):
-            destination = f"{workdir}/bundle{index}"
-            copy = subprocess.run(target.base("scp") + ["-q", "-r", "--", str(bundle), f"{target.host}:{destination}"],
-                                  capture_output=True, text=True, timeout=run_timeout, stdin=subprocess.DEVNULL)
-            if copy.returncode != 0:
-                raise _explain(copy, f"copying {bundle}", target.host)
-            remote_bundles.append(destination)
+    with ssh_session(target, prefix="edgekit-bench") as session:
+        workdir = session.workdir
+        remote_bundles = [session.upload(bundle, f"bundle{index}") for index, bundle in enumerate(bundles)]
         device_arg = device
         if Path(device).suffix in (".yaml", ".yml") and Path(device).is_file():
-            device_arg = f"{workdir}/profile.yaml"
-            copy = subprocess.run(target.base("scp") + ["-q", "--", str(device), f"{target.host}:{device_arg}"],
-                                  capture_output=True, text=True, timeout=setup_timeout, stdin=subprocess.DEVNULL)
-            if copy.returncode != 0:
-                raise _explain(copy, "copying the device profile", target.host)
+            device_arg = session.upload(Path(device), "profile.yaml")
         result_path = f"{workdir}/result.json"
         command = [target.remote_edgekit, "bench", *remote_bundles, "--device", device_arg, "--json", result_path,
                    *extra_args]
@@ -124,11 +107,6 @@ def bench_remote(bundles: list[Path], device: str, target: SshTarget, *, extra_a
         if run.returncode != 0:
             document["remote"]["error"] = (run.stderr.strip().splitlines() or [""])[-1]
         return document
-    finally:
-        try:
-            _ssh(target, ["rm", "-rf", "--", workdir], setup_timeout)
-        except (subprocess.TimeoutExpired, OSError):
-            pass
 
 
 def incomplete(bundles: list[Path], device: str, host: str, reason: str) -> dict[str, Any]:
@@ -179,11 +157,11 @@ class SshSession:
 
 
 @contextmanager
-def ssh_session(target: SshTarget):
+def ssh_session(target: SshTarget, prefix: str = "edgekit-target"):
     """A temporary work folder on the host, removed afterwards whatever happens."""
     setup_timeout = target.connect_timeout + 60
     try:
-        made = _ssh(target, ["mktemp", "-d", "/tmp/edgekit-target.XXXXXX"], setup_timeout)
+        made = _ssh(target, ["mktemp", "-d", f"/tmp/{prefix}.XXXXXX"], setup_timeout)
     except subprocess.TimeoutExpired:
         raise RemoteError(f"ssh to {target.host} timed out after {setup_timeout} s", SSH_LOST) from None
     if made.returncode != 0:

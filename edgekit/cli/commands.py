@@ -306,7 +306,8 @@ def export(
         print(f"graph: kept {optimization['kept']} ({timings}; p50 at batch 1 on this CPU)")
     elif len(variants) > 1:
         sizes = ", ".join(f"{k} {v['model_bytes'] / 1e6:.2f} MB" for k, v in variants.items())
-        print(f"graph: kept {optimization['kept']} ({sizes}; by rule, not timing: the same export gives the same file)")
+        close = ", ".join(f"{k} {v['label_agreement']:.2%}/{v['snr_db']:.1f} dB" for k, v in variants.items())
+        print(f"graph: kept {optimization['kept']} ({sizes}; agreement/SNR {close}; by rule, not timing: the same export gives the same file)")
     files = ", ".join(g["file"] for g in manifest["graphs"])
     print(f"{files}: {meta['model_bytes'] / 1e6:.2f} MB {manifest['format']} {manifest['precision']} "
           f"(fp32 {meta['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}")

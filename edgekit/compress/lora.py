@@ -165,7 +165,19 @@ def _quantize_hf(handle, head: str) -> torch.nn.Module:
     device_map = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     with tempfile.TemporaryDirectory(prefix="edgekit-nf4-") as tmp:
         handle.module.save_pretrained(tmp, safe_serialization=True)
-        return type(handle.module).from_pretrained(tmp, quantization_config=quant, device_map=device_map)
+        module = type(handle.module).from_pretrained(tmp, quantization_config=quant, device_map=device_map)
+    return keep_plain_nf4_layout(module)
+
+
+def keep_plain_nf4_layout(module: torch.nn.Module) -> torch.nn.Module:
+    """bitsandbytes (0.49+) on CPUs with AVX512-BF16 repacks a Linear4bit's NF4 weight into a blocked
+    layout on its first inference pass, which asserts on widths its block does not divide ("N must be
+    divisible by block_n") and changes the codes edgekit dequantizes to merge the adapters. edgekit
+    keeps the plain NF4 layout (the reference CPU kernels, the same numbers on every CPU)."""
+    for layer in module.modules():
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            layer.support_avx512bf16_for_cpu = False
+    return module
 
 
 def with_lora(handle, lora, *, quantized: bool):
@@ -186,6 +198,9 @@ def with_lora(handle, lora, *, quantized: bool):
     targets = list(lora.target_modules or auto_targets(handle))
     check_targets(handle.module, targets)
     if quantized:
+        from edgekit.compress.nf4_cpu import fix_bitsandbytes_cpu_dequantize
+
+        fix_bitsandbytes_cpu_dequantize()
         base = _quantize_hf(handle, head) if handle.family == "hf" else _quantize_cnn(copy.deepcopy(handle.module), head)
         if handle.family == "hf":
             import warnings

@@ -144,28 +144,33 @@ class _HeadInput:
 
 
 class _StopFlag:
-    """SIGINT sets a flag; the loop checkpoints after the current step and stops cleanly."""
+    """SIGINT or SIGTERM sets a flag; the loop checkpoints after the current step and stops cleanly
+    (exit 130 for SIGINT, 143 for SIGTERM)."""
 
     def __init__(self):
         self.set = False
-        self.previous = None
+        self.signum = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self.previous = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum, frame):
-        if self.set:  # second Ctrl-C: stop at once
+        if self.set:  # a second signal: stop at once
             raise KeyboardInterrupt
-        self.set = True
-        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+        self.set, self.signum = True, signum
+        name = "interrupt" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -197,7 +202,14 @@ def _save_checkpoint(ckpt: Checkpointing, state: dict[str, Any]) -> None:
     try:
         torch.save(state, tmp)
         os.replace(tmp, ckpt.path)
-    except BaseException:  # a full disk or an interrupt: no half-written checkpoint.pt.tmp stays behind
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError of its writer
+        tmp.unlink(missing_ok=True)
+        import shutil
+
+        free = shutil.disk_usage(ckpt.folder).free
+        raise EdgekitError(f"cannot write the checkpoint {ckpt.path} ({free / 1e6:.0f} MB free there: "
+                           f"{(str(exc).splitlines() or [type(exc).__name__])[0][:80]}); free some space or use another --out") from None
+    except BaseException:  # an interrupt: no half-written checkpoint.pt.tmp stays behind
         tmp.unlink(missing_ok=True)
         raise
 
@@ -344,8 +356,11 @@ def train(
                         result.history.pop()
                     if stopping:
                         where = f" in {checkpoint.path}" if checkpoint is not None else ""
-                        raise Interrupted(f"interrupted at epoch {epoch}, step {step_in_epoch}; checkpoint saved{where}; "
-                                          "rerun the same command with --resume to continue")
+                        interrupted = Interrupted(f"{'interrupted' if stop.signum != signal.SIGTERM else 'terminated (SIGTERM)'} "
+                                                  f"at epoch {epoch}, step {step_in_epoch}; checkpoint saved{where}; "
+                                                  "rerun the same command with --resume to continue")
+                        interrupted.exit_code = 143 if stop.signum == signal.SIGTERM else 130
+                        raise interrupted
                 bar.close()
                 epoch_seconds += time.perf_counter() - epoch_start
                 metric, val_acc = validation_score(handle, val_dataset, data.val, cfg.batch_size, device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -214,6 +215,20 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
     return candidates
 
 
+def _remove_dead_scratch() -> None:
+    """Scratch folders of exports that were killed (kill -9 skips their clean-up): named by pid, removed
+    by the next export once that process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob("edgekit-export-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except PermissionError:
+                pass  # another user's live process
+
+
 def host_description(target_machine: str | None = None) -> dict[str, Any]:
     from edgekit.bench.env import here
 
@@ -254,6 +269,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+FUSED_SNR_SLACK_DB = 1.0  # the fused graph may be this much noisier (dB) than the plain one, never less accurate
 FUSED_MARGIN = 0.95  # a fused graph is kept only when it is at least 5% faster than the plain one
 TIMED = ("p50_ms", "p50_ms_max_length")  # batch 1: a task example, and (text) the same padded to max_length
 
@@ -273,9 +289,10 @@ def _timing_inputs(batch: dict[str, np.ndarray], preprocessing: dict[str, Any]) 
 
 
 def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False) -> tuple:
-    """Which graph ships. By default (``optimize: auto``) a rule on what the files are, so the same
-    model and settings always give the same bundle: the fused graph when onnxruntime's fusions applied
-    and it is no more than 5% larger. ``optimize: timed`` decides by timing on this CPU instead: fused
+    """Which graph ships. By default (``optimize: auto``) a rule on deterministic measurements, so the
+    same model and settings always give the same bundle: the fused graph when onnxruntime's fusions
+    applied, it agrees with PyTorch on at least as many parity labels as the plain graph, its SNR is
+    at most 1 dB lower, and it is no more than 5% larger. ``optimize: timed`` decides by timing on this CPU instead: fused
     only when clearly faster (>= 5%) and no larger, or as fast (within 5%) and smaller; timings move
     from run to run, so two timed exports of one model can differ."""
     plain = next((c for c in candidates if c[0] == "plain"), None)
@@ -286,7 +303,9 @@ def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[
     for name in size:
         variants[name]["model_bytes"] = size[name]
     if not timed:
-        return fused if size["fused"] <= 1.05 * size["plain"] else plain
+        f, p = variants["fused"], variants["plain"]
+        close = f["label_agreement"] >= p["label_agreement"] and f["snr_db"] >= p["snr_db"] - FUSED_SNR_SLACK_DB
+        return fused if close and size["fused"] <= 1.05 * size["plain"] else plain
     # the slower of the timed inputs decides: a fused graph faster on short inputs but slower at
     # max_length (MiniLM int8 at 128 tokens) is not kept
     ratio = max(variants["fused"][key] / variants["plain"][key] for key in TIMED if key in variants["plain"])
@@ -330,7 +349,8 @@ def build_bundle(
     batches = _parity_batches(handle, graphs, encoder, parity_split)
     reference = _torch_logits(handle, graphs, batches)
     timing = _timing_inputs(batches[0], manifest["preprocessing"]) if handle.task != "text2text" else {}
-    with tempfile.TemporaryDirectory(prefix="edgekit-export-") as scratch:
+    _remove_dead_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"edgekit-export-{os.getpid()}-") as scratch:
         scratch = Path(scratch)
         fp32_dir = _candidate(scratch, "fp32", manifest)
         exporters = {}
@@ -361,6 +381,10 @@ def build_bundle(
                 if len(candidates) > 1 and timed:  # measured on this CPU, batch 1, by the shipping runtime
                     for key, feed in timing.items():
                         entry[key] = run_isolated(candidate, feed, scratch, time_runs=TIMING_RUNS)[1]
+                elif len(candidates) > 1:  # deterministic: how close each graph's outputs are to PyTorch's
+                    check = _check_parity(variant, reference, run_isolated(candidate, batches, scratch), True,
+                                          preset["parity"])
+                    entry["label_agreement"], entry["snr_db"] = check["label_agreement"], check["snr_db"]
                 optimization["variants"][variant] = entry
             best = _keep(candidates, optimization["variants"], manifest, timed)
             optimization["kept"], final, quantization = best[0], best[1], best[2]
@@ -369,8 +393,10 @@ def build_bundle(
                     (f"timing (optimize: timed): p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
                      f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
                      f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller") if timed else
-                    "rule (optimize: auto): the fused graph when onnxruntime's fusions applied and it is at most 5% "
-                    "larger; the same model and settings always give the same bundle (optimize: none or timed to change it)")
+                    "rule (optimize: auto): the fused graph when onnxruntime's fusions applied, it agrees with PyTorch "
+                    "on at least as many parity labels as the plain one, its SNR is at most 1 dB lower and it is at "
+                    "most 5% larger; the same model and settings always give the same bundle (optimize: none or timed "
+                    "to change it)")
             parity.update(_lossy_parity(precision, reference, final, batches, scratch, preset, targets))
             if not parity[precision]["passed"] and not allow_drop:
                 p = parity[precision]

@@ -222,13 +222,9 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
 
 def _check_info(info, path: Path) -> None:
     """The model description a stage wrote: the right keys with the right types, else one clear line."""
-    wanted = {"family": str, "arch": str, "task": str, "label_names": list, "preprocessing": dict}
-    if not isinstance(info, dict):
-        raise EdgekitError(f"{path} is not a JSON object; re-run the stage that wrote it")
-    for key, kind in wanted.items():
-        if not isinstance(info.get(key), kind):
-            raise EdgekitError(f"{path}: {key} is {'missing' if key not in info else type(info[key]).__name__}, "
-                               f"expected {kind.__name__}; re-run the stage that wrote it")
+    from edgekit.artifacts import check_fields
+
+    check_fields(info, {"family": str, "arch": str, "task": str, "label_names": list, "preprocessing": dict}, path)
     if not all(isinstance(n, str) for n in info["label_names"]):
         raise EdgekitError(f"{path}: label_names must be a list of names; re-run the stage that wrote it")
 

@@ -55,7 +55,8 @@ def check_manifest(folder: Path, manifest: Any) -> None:
     if manifest.get("task") not in TASKS:
         raise _bad(folder, f"has task {str(manifest.get('task'))[:40]!r}, not one of {', '.join(TASKS)}")
     names = manifest.get("label_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (
+            not names and manifest.get("task") != "text2text"):
         raise _bad(folder, "has no list of label_names")
     if not isinstance(manifest.get("preprocessing"), dict):
         raise _bad(folder, "has no preprocessing section")
@@ -189,8 +190,8 @@ def check_integrity(folder: Path, manifest: dict[str, Any]) -> None:
             raise EdgekitError(f"model file {path} is missing; export the bundle again")
         want = graph.get("sha256") or (expected if isinstance(expected, str) else None)
         if not isinstance(want, str) or len(want) != 64:
-            raise EdgekitError(f"bundle {folder}: {MANIFEST} has no sha256 for {graph['file']}, so the file cannot be "
-                               "checked; a bundle is loaded only when every model file has a checksum: export it again")
+            raise EdgekitError(f"bundle {folder}: {MANIFEST} has no sha256 for {graph['file']}; a bundle loads only "
+                               "when every model file has one: export it again")
         if sha256_file(path) != want:
             raise EdgekitError(f"{path} does not match the sha256 in its manifest (corrupt, truncated or replaced); "
                                "export the bundle again or copy it whole")
