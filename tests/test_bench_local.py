@@ -108,8 +108,10 @@ def test_unknown_device_and_missing_provider(bundles):
 def test_a_signal_during_bench_exits_with_its_code_and_one_line(bundles, tmp_path, signum, code, word):
     """Ctrl-C (or a SIGTERM from a scheduler) outside any training loop is not success."""
     out = tmp_path / "never.json"
+    # batch 2048 of the large bundle: ~1 GFLOP a run, so the 100,000-run cap is far away when the signal comes
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "bench", str(bundles[1]), "--runs", "1000000",
-                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--batch-size", "2048", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     time.sleep(4)  # the worker is timing by now
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)

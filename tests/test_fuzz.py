@@ -408,3 +408,60 @@ def test_nonsense_flag_values(cli, tmp_path, clean_stage, args, needle):
     args = [a.replace("{b}", str(bundle)).replace("{s}", str(clean_stage)) for a in args]
     before = _temp_dirs()
     _assert_refused(cli(*args), needle, before=before, folder=tmp_path, allowed={"bundle", ".cache-never"})
+
+
+def test_a_bom_is_not_part_of_the_first_column(tmp_path):
+    from edgekit.data.tables import read_table
+
+    path = tmp_path / "bom.tsv"
+    path.write_bytes("\ufefflabel\ttext\nHUM\twho wrote it ?\n".encode("utf-8"))
+    assert read_table(path, "text", "label") == (["who wrote it ?"], ["HUM"])
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufefflabel,text\nLOC,where is it ?\n".encode("utf-8"))
+    assert read_table(path, "text", "label") == (["where is it ?"], ["LOC"])
+
+
+def test_pickle_weights_are_refused_without_advice_to_turn_safety_off(cli, tmp_path, tiny_bert):
+    """A Hugging Face folder whose pytorch_model.bin pickles an object: refused, and never the advice
+    to re-run with weights_only=False."""
+    import pickle
+
+    folder = tmp_path / "evil-bert"
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(tiny_bert, folder)
+    (folder / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"bert.embeddings.word_embeddings.weight": Payload()}))
+    from conftest import write_questions
+
+    write_questions(tmp_path / "q.tsv", 60, 1)
+    line = _assert_refused(cli("finetune", folder, "--train", tmp_path / "q.tsv", "--epochs", "1", "--out", tmp_path / "t"),
+                           "evil-bert")
+    assert "weights_only=False" not in line and not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a read-only tmpfs needs root")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_outputs_on_a_read_only_file_system(cli, tmp_path, read_only_folder):
+    bundle = _bundle(tmp_path)
+    _assert_refused(cli("bench", bundle, "--runs", "3", "--json", read_only_folder / "b.json"), "read-only")
+    _assert_refused(cli("export", "resnet18", "--out", read_only_folder / "b"), str(read_only_folder))
+    _assert_refused(cli("run", "--write-recipe", read_only_folder / "r.yaml", "--out", tmp_path / "run"), "read-only")
+    assert list(read_only_folder.iterdir()) == []
