@@ -48,6 +48,27 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
+def mounted_tmpfs(folder: Path, options: str, why: str):
+    """A tmpfs mounted on ``folder`` with mount ``options`` (a small or read-only disk), unmounted after;
+    the test is skipped, saying ``why``, where it cannot be mounted (needs root)."""
+    import shutil
+    from contextlib import contextmanager
+
+    @contextmanager
+    def mounted():
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip(f"{why} needs root to mount a tmpfs")
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+            pytest.skip(f"{why}: cannot mount a tmpfs here")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+
+    return mounted()
+
+
 @pytest.fixture(scope="session")
 def block_torch(tmp_path_factory) -> dict:
     """Environment in which ``import torch`` (and torchvision, transformers) fails, in every child process."""

@@ -446,17 +446,10 @@ def test_pickle_weights_are_refused_without_advice_to_turn_safety_off(cli, tmp_p
 
 @pytest.fixture()
 def read_only_folder(tmp_path):
-    import shutil
-    import subprocess
+    from conftest import mounted_tmpfs
 
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a read-only tmpfs needs root")
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield folder
-    subprocess.run(["umount", str(folder)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m", "the read-only file system test") as folder:
+        yield folder
 
 
 def test_outputs_on_a_read_only_file_system(cli, tmp_path, read_only_folder):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -136,14 +135,10 @@ def test_resume_never_replaces_a_folder_it_did_not_create(tmp_path):
 
 @pytest.fixture()
 def small_disk(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("the disk-full test mounts a 3 MB tmpfs and needs root")
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield folder
-    subprocess.run(["umount", str(folder)], capture_output=True)
+    from conftest import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "small-disk", "size=3m", "the disk-full test (a 3 MB tmpfs)") as folder:
+        yield folder
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(stage, small_disk, tmp_path):
