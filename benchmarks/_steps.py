@@ -13,8 +13,7 @@ def edgekit(*args) -> None:
     """Run ``edgekit ARGS`` in a fresh process; stop the benchmark with its stderr when it fails."""
     start = time.perf_counter()
     print("$ edgekit " + " ".join(map(str, args)), file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], text=True, capture_output=True)
     if proc.returncode != 0:
         sys.exit(f"edgekit {args[0]} failed:\n{proc.stderr[-3000:]}")
     print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from _steps import done, edgekit  # benchmarks/ is on sys.path when a script runs
 
 TARGETS = [("x86 host", None), ("emulated Cortex-A72 (rpi4)", "rpi4"), ("emulated Cortex-A76 (rpi5)", "rpi5")]
@@ -44,7 +43,7 @@ def reduce_range_preset(folder: Path) -> Path:
 def reference_logits(stage: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
     import torch
 
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
 
     handle = load_saved(stage)
     handle.module.eval()
@@ -58,7 +57,7 @@ def logits_on(bundle: Path, batches: list[dict[str, np.ndarray]], device: str | 
 
     if device is None:
         return np.concatenate(run_isolated(bundle, batches, scratch))
-    from edgekit.emulate import target_for
+    from edgekit.emulate.target import target_for
     from edgekit.targets import validate_on
 
     target = target_for(device)

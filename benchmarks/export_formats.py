@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _steps import done, edgekit  # benchmarks/ is on sys.path when a script runs
 
 MB = 1e6
@@ -70,7 +69,7 @@ def torch_eager(stage: Path, feeds: list[dict[str, np.ndarray]], runs: int) -> t
     import torch
 
     from edgekit.bench.harness import time_loop
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
 
     handle = load_saved(stage)
     handle.module.eval()

@@ -55,7 +55,7 @@ def main() -> None:
                     "--out", folder, "--force")
         stages_.append((method, amount, folder))
     bundles = []
-    for name, amount, folder in stages_:
+    for _name, _amount, folder in stages_:
         bundle = out / f"int8-{folder.name}"
         if not done(bundle):
             edgekit("export", folder, "--int8", "--allow-drop", "--out", bundle, "--force")

@@ -18,13 +18,8 @@ from typing import Any
 
 import yaml
 
+from edgekit import registry
 from edgekit.errors import EdgekitError
-
-TASKS = ("image-classification", "text-classification", "text2text")
-STRATEGIES = ("straightforward", "successive", "multi-teacher", "self-quantized")
-EXPORT_FORMATS = ("onnx", "torchscript")
-EXPORT_PRECISIONS = ("int8", "fp16", "fp32")
-QUANT_MODES = ("auto", "dynamic", "static")
 
 
 class RecipeError(EdgekitError):
@@ -54,7 +49,10 @@ def _check_range(path: str, value: float | None, low: float, high: float, *, low
         raise RecipeError(f"recipe field {path}: {value} is outside {lo}{low}, {high}{hi}")
 
 
-def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
+def _check_choice(path: str, value: Any, choices: tuple[str, ...] | str) -> None:
+    """``choices``: the allowed values, or a registry kind whose names they are."""
+    if isinstance(choices, str):
+        choices = registry.names(choices)
     if value not in choices:
         raise RecipeError(f"recipe field {path}: {shown(value)} is not one of {', '.join(choices)}")
 
@@ -183,9 +181,6 @@ class LoraStageConfig(LoraConfig):
         return self.enabled or self.qlora
 
 
-PRUNE_METHODS = ("l1-unstructured", "heads", "ffn", "channels")
-
-
 @dataclass
 class PruneConfig:
     """``method``: l1-unstructured (zero the smallest weights of every Linear/Conv; dense shapes
@@ -201,7 +196,7 @@ class PruneConfig:
 
     def validate(self, path: str) -> None:
         if self.method is not None:
-            _check_choice(f"{path}.method", self.method, PRUNE_METHODS)
+            _check_choice(f"{path}.method", self.method, "pruner")
         _check_range(f"{path}.amount", self.amount, 0, 1, low_open=True, high_open=True)
         _check_range(f"{path}.recover_epochs", self.recover_epochs, 0, 10_000)
         _check_choice(f"{path}.recover", self.recover, ("distill", "finetune"))
@@ -235,7 +230,7 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, path: str) -> None:
-        _check_choice(f"{path}.strategy", self.strategy, STRATEGIES)
+        _check_choice(f"{path}.strategy", self.strategy, "strategy")
         _check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
         _check_range(f"{path}.alpha", self.alpha, 0, 1)
         _check_range(f"{path}.feature_weight", self.feature_weight, 0, 1000)
@@ -244,8 +239,10 @@ class DistillConfig:
             _check_range(f"{path}.teacher_weights[{i}]", w, 0, 1000)
         if self.teacher_weights is not None and sum(self.teacher_weights) <= 0:
             raise RecipeError(f"recipe field {path}.teacher_weights: the weights must not all be 0")
-        if self.strategy != "multi-teacher" and (self.teachers or self.teacher_weights or self.learn_teacher_weights):
-            raise RecipeError(f"recipe field {path}.teachers/teacher_weights: several teachers need strategy multi-teacher")
+        ensemble = registry.get("strategy", self.strategy).can("teachers") == "many"
+        if not ensemble and (self.teachers or self.teacher_weights or self.learn_teacher_weights):
+            many = ", ".join(registry.names("strategy", teachers="many"))
+            raise RecipeError(f"recipe field {path}.teachers/teacher_weights: several teachers need strategy {many}")
 
 
 @dataclass
@@ -269,11 +266,11 @@ class ExportConfig:
 
     def validate(self, path: str) -> None:
         if self.format is not None:
-            _check_choice(f"{path}.format", self.format, EXPORT_FORMATS)
+            _check_choice(f"{path}.format", self.format, "format")
         if self.precision is not None:
-            _check_choice(f"{path}.precision", self.precision, EXPORT_PRECISIONS)
+            _check_choice(f"{path}.precision", self.precision, "precision")
         if self.mode is not None:
-            _check_choice(f"{path}.mode", self.mode, QUANT_MODES)
+            _check_choice(f"{path}.mode", self.mode, "quant-mode")
         _check_range(f"{path}.calib_samples", self.calib_samples, 1, 100_000)
         _check_range(f"{path}.min_agreement", self.min_agreement, 0, 1)
 
@@ -290,9 +287,6 @@ class BenchConfig:
         _check_range(f"{path}.batch_size", self.batch_size, 1, 4096)
         if self.runs is not None:
             _check_range(f"{path}.runs", self.runs, 1, 1_000_000)
-
-
-SWEEP_STRATEGIES = ("labels-only", "straightforward", "successive", "multi-teacher")
 
 
 @dataclass
@@ -321,7 +315,7 @@ class SweepConfig:
 
     def validate(self, path: str) -> None:
         for i, s in enumerate(self.strategies):
-            _check_choice(f"{path}.strategies[{i}]", s, SWEEP_STRATEGIES)
+            _check_choice(f"{path}.strategies[{i}]", s, "sweep-strategy")
         for name, values in (("strategies", self.strategies), ("students", self.students)):
             if len(set(values)) != len(values):
                 raise RecipeError(f"recipe field {path}.{name}: {values} lists an entry twice")
@@ -330,7 +324,7 @@ class SweepConfig:
                               "or [mobilenet_v2]")
         if self.students and not self.strategies:
             raise RecipeError(f"recipe field {path}.strategies: list the strategies to sweep, e.g. "
-                              f"[{', '.join(SWEEP_STRATEGIES)}]")
+                              f"[{', '.join(registry.names('sweep-strategy'))}]")
         for i, s in enumerate([*self.students, *(self.successive_via or [])]):
             if s.isdigit() and int(s) < 1:
                 raise RecipeError(f"recipe field {path}.students[{i}]: a student keeps at least 1 layer")
@@ -368,15 +362,15 @@ class Recipe:
         if not self.name or "/" in self.name:
             raise RecipeError("recipe field name: must be a non-empty name without '/'")
         if self.task is not None:
-            _check_choice("task", self.task, TASKS)
+            _check_choice("task", self.task, "task")
         _check_range("seed", self.seed, 0, SEED_MAX)
-        needs_student = not self.sweep.active and self.distill.strategy != "self-quantized"
+        needs_student = not self.sweep.active and self.distill.strategy not in registry.names("strategy", student="self")
         if needs_student and not self.student.model and not self.student.layers:
             raise RecipeError("recipe field student.model: name a student model, or set student.layers")
         for section in ("data", "teacher", "student", "distill", "lora", "prune", "export", "bench", "sweep"):
             value = getattr(self, section)
             if section == "distill" and self.sweep.active:  # the sweep sets the strategy of each cell
-                value = dataclasses.replace(value, strategy="multi-teacher")
+                value = dataclasses.replace(value, strategy=registry.names("strategy", teachers="many")[0])
             _validate_tree(value, section)
 
     def to_dict(self) -> dict[str, Any]:
@@ -519,9 +513,10 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
 
 
 def infer_task(data: DataConfig) -> str:
-    """Image or text, from where the data comes from."""
+    """Image or text classification, from where the data comes from (a folder or digits: images)."""
+    image, text = (registry.names("task", modality=m, generates=False)[0] for m in ("image", "text"))
     if data.train:
-        return "image-classification" if Path(data.train).is_dir() else "text-classification"
+        return image if Path(data.train).is_dir() else text
     if data.dataset == "digits":
-        return "image-classification"
-    raise RecipeError("recipe field task: say 'image-classification' or 'text-classification' for a Hugging Face dataset")
+        return image
+    raise RecipeError(f"recipe field task: say '{image}' or '{text}' for a Hugging Face dataset")

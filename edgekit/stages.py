@@ -8,61 +8,27 @@ folder already holds the same fingerprint (same config, same parent).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from edgekit.artifacts import (RECIPE_FILE, fingerprint, is_stage, read_meta, stage_folder, write_json_atomic,
-                               write_meta)
+from edgekit import log as _log
+from edgekit.artifacts import RECIPE_FILE, is_stage, write_json_atomic
 from edgekit.errors import EdgekitError
-from edgekit.recipe import Recipe, infer_task
+from edgekit.recipe import Recipe
+from edgekit.stage_runner import Stage, load_data, task_of
+from edgekit.tasks import task_spec
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    _log.info(message)
 
 
-def task_of(recipe: Recipe) -> str:
-    return recipe.task or infer_task(recipe.data)
-
-
-def load_data(recipe: Recipe):
-    from edgekit.data import load_task_data
-
-    return load_task_data(recipe.data, task_of(recipe), recipe.seed)
-
-
-def stage_fingerprint(stage: str, config: dict[str, Any], parent: Path | None) -> str:
-    parent_print = read_meta(parent).get("fingerprint") if parent is not None and is_stage(parent) else None
-    return fingerprint(stage, config, parent_print)
-
-
-def reusable(out: Path, print_: str) -> bool:
-    return is_stage(out) and read_meta(out).get("fingerprint") == print_
-
-
-def model_metrics(handle, data) -> dict[str, Any]:
-    from edgekit.bench.torch_latency import torch_latency
-    from edgekit.distill.trainer import evaluate
-
-    metrics = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch}")
-    metrics["split"] = data.eval_split.name
-    if handle.task == "text2text":  # generation metrics; batch-1 latency of generate() depends on output length
-        metrics["val_bleu"] = evaluate(handle, data.val)["bleu"]
-        handle.module.cpu()
-        return metrics
-    metrics["val_accuracy"] = evaluate(handle, data.val)["accuracy"]
-    metrics["latency_ms"] = torch_latency(handle)
-    return metrics
-
-
-def _write_model_stage(folder: Path, stage: str, handle, recipe: Recipe, config: dict, metrics: dict,
-                       parent: Path | None, print_: str, extra: dict | None = None) -> dict:
+def save_model_stage(stage: Stage, folder: Path, handle, recipe: Recipe, metrics: dict, extra: dict | None = None,
+                     **fields) -> dict:
+    """A model stage's files: the model (safetensors), the recipe that made it, meta.json."""
     handle.save(folder)
     (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-    return write_meta(folder, stage=stage, config=config, parent=parent, metrics=metrics,
-                      parameters=handle.parameter_count(), fingerprint_value=print_, extra=extra)
+    return stage.finish(metrics=metrics, parameters=handle.parameter_count(), extra=extra, **fields)
 
 
 def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False,
@@ -72,9 +38,9 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
     NF4 base when ``lora.qlora``, merged back into a plain model (see :mod:`edgekit.compress.lora`)."""
     import shutil
 
-    from edgekit.distill.engine import checkpoint_folder
-    from edgekit.distill.trainer import Checkpointing, evaluate, train
+    from edgekit.layout import checkpoint_folder
     from edgekit.models import load_model
+    from edgekit.train.loop import Checkpointing, evaluate, model_metrics, train
 
     model = model or recipe.teacher.model
     train_cfg = lora.train if lora else (recipe.teacher.train or recipe.distill.train)
@@ -83,13 +49,11 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
               "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
     if lora:
         config["lora"] = {k: v for k, v in asdict(lora).items() if k != "train"}
-    parent = Path(model) if is_stage(Path(model)) else None  # e.g. LoRA on a student
-    print_ = stage_fingerprint(stage, config, parent)
-    if reuse and reusable(out, print_):
-        log(f"{stage}: reused {out}")
-        return read_meta(out)
+    run = Stage(stage, out, config, parent=Path(model) if is_stage(Path(model)) else None)  # e.g. LoRA on a student
+    if (meta := run.reused(reuse)) is not None:
+        return meta
     data = data or load_data(recipe)
-    from edgekit.distill.trainer import seed_everything
+    from edgekit.train.loop import seed_everything
 
     seed_everything(recipe.seed)  # the initial weights of a model trained from scratch
     handle = load_model(model, task=data.task, label_names=data.label_names,
@@ -104,12 +68,13 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
         trained = with_lora(handle, lora, quantized=lora.qlora)
         if lora.qlora:  # adapters start at zero: this is the 4-bit base alone, i.e. what NF4 costs
             extra["metrics_nf4_base"] = evaluate(trained, data.eval_split, desc="evaluate NF4 base")
-    with stage_folder(out, force) as folder:
+    with run.folder(force) as folder:
         what = (f", {trained.extra['lora']['trainable_parameters'] / 1e6:.3f} M trainable ({stage} r={lora.r} on "
                 f"{', '.join(trained.extra['lora']['target_modules'][:4])}{', ...' if len(trained.extra['lora']['target_modules']) > 4 else ''})"
                 if lora else "")
         log(f"{stage}: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what}) on {len(data.train)} examples")
-        ckpt = Checkpointing(checkpoint_folder(out), tag=print_, every_steps=recipe.distill.checkpoint_every, resume=resume)
+        ckpt = Checkpointing(checkpoint_folder(out), tag=run.fingerprint, every_steps=recipe.distill.checkpoint_every,
+                             resume=resume)
         if not resume:
             shutil.rmtree(ckpt.folder, ignore_errors=True)
         result = train(trained, data, train_cfg, seed=recipe.seed, desc=f"{stage} {handle.arch}", checkpoint=ckpt,
@@ -120,8 +85,8 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
             handle, extra["merge"] = merge_checked(trained, handle, data, folder)
         metrics = model_metrics(handle, data)
         metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
-        meta = _write_model_stage(folder, stage, handle, recipe, config, metrics, parent, print_,
-                                  {"history": result.history, "resumed_from": result.resumed_from, **extra})
+        meta = save_model_stage(run, folder, handle, recipe, metrics,
+                                {"history": result.history, "resumed_from": result.resumed_from, **extra})
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta
 
@@ -132,8 +97,7 @@ def distill(recipe: Recipe, teacher, out: Path, force: bool = False, data=None, 
     multi-teacher strategy) into the recipe's student(s). See :mod:`edgekit.distill.engine`."""
     from edgekit.distill.engine import distill as run_distill
 
-    return run_distill(recipe, teacher, out, data=data, force=force, reuse=reuse, resume=resume,
-                       stage_fingerprint=stage_fingerprint, load_data=load_data)
+    return run_distill(recipe, teacher, out, data=data, force=force, reuse=reuse, resume=resume)
 
 
 def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str | None = None, fmt: str | None = None,
@@ -147,7 +111,7 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
     from edgekit.export.bundle import build_bundle
     from edgekit.export.presets import load_preset
     from edgekit.models import load_model
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
 
     preset = load_preset(preset_name, fmt, precision, mode)
     if calib_samples:
@@ -165,10 +129,9 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
 
         recipe = load_recipe(source / RECIPE_FILE)
     config = {"source": str(model_dir), "preset": {k: v for k, v in preset.items() if not k.startswith("_")}}
-    print_ = stage_fingerprint("export", config, source if is_stage(source) else None)
-    if reuse and reusable(out, print_):
-        log(f"export: reused {out}")
-        return read_meta(out)
+    run = Stage("export", out, config, parent=source if is_stage(source) else None)
+    if (meta := run.reused(reuse)) is not None:
+        return meta
     data = load_data(recipe) if recipe is not None else None
     if is_stage(source):
         handle = load_saved(source)
@@ -178,7 +141,7 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
         handle = load_model(str(model_dir), task=data.task, label_names=data.label_names)
     if data is not None and data.label_names != handle.label_names:
         raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
-    with stage_folder(out, force) as folder:
+    with run.folder(force) as folder:
         target = f"ONNX opset {preset['opset']}" if preset["format"] == "onnx" else "TorchScript"
         log(f"export: {handle.arch} -> {target} {preset['precision']} (preset {preset['name']})")
         manifest = build_bundle(handle, folder, preset, calibration=data.train if data else None,
@@ -188,8 +151,7 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
         if recipe is not None:
             (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         metrics = {"parity_" + k: v["label_agreement"] for k, v in manifest["parity"].items()}
-        meta = write_meta(folder, stage="export", config=config, parent=source if is_stage(source) else None,
-                          metrics=metrics, parameters=manifest["parameters"], fingerprint_value=print_,
+        meta = run.finish(metrics=metrics, parameters=manifest["parameters"],
                           extra={"model_bytes": manifest["sizes"]["model_bytes"],
                                  "fp32_model_bytes": manifest["sizes"]["fp32_model_bytes"],
                                  "quantization": manifest["quantization"], "format": manifest["format"],
@@ -202,31 +164,19 @@ def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: boo
                     threads: int = 0, config: dict | None = None, metrics: dict | None = None) -> dict:
     """Accuracy, F1 and confusion matrix of the exported file itself, on onnxruntime (torch-free).
     ``metrics`` measured elsewhere (on a device, or emulated) are recorded instead of computed here."""
-    from edgekit.metrics import classification_metrics
     from edgekit.runtime import Bundle
-
     from edgekit.runtime.bundle import read_manifest
 
-    bundle = Bundle(bundle_dir, threads=threads) if metrics is None else None
-    if bundle is None:
-        pass
-    elif bundle.task == "text2text":
-        from edgekit.metrics import generation_metrics
-
-        predictions = bundle.generate(list(split.items), progress=True)
-        metrics = generation_metrics(predictions, [str(t) for t in split.labels])
-        metrics["samples"] = [{"source": s, "prediction": p, "reference": str(r)}
-                              for s, p, r in list(zip(split.items, predictions, split.labels))[:5]]
-    else:
-        logits = bundle.predict(split.items, progress=True)
-        metrics = classification_metrics(split.labels, logits.argmax(-1), bundle.label_names)
+    if metrics is None:
+        bundle = Bundle(bundle_dir, threads=threads)
+        metrics = task_spec(bundle.task).job("bundle_metrics")(bundle, split)
     metrics["split"] = split.name
     if out is not None:
-        with stage_folder(out, force) as folder:
+        run = Stage("eval", out, config or {}, parent=Path(bundle_dir))
+        with run.folder(force) as folder:
             write_json_atomic(folder / "metrics.json", metrics)
-            write_meta(folder, stage="eval", config=config or {"bundle": str(bundle_dir)}, parent=Path(bundle_dir),
-                       metrics=metrics, parameters=read_manifest(bundle_dir).get("parameters"),
-                       fingerprint_value=stage_fingerprint("eval", config or {}, Path(bundle_dir)))
+            run.finish(metrics=metrics, parameters=read_manifest(bundle_dir).get("parameters"),
+                       config=config or {"bundle": str(bundle_dir)})
     return metrics
 
 
@@ -234,13 +184,13 @@ def evaluate_stage(stage_dir: Path, *, test: str | None, dataset: str | None, sp
                    text_column: str | None = None, label_column: str | None = None) -> dict:
     """Accuracy, F1 and confusion matrix of a model stage folder's PyTorch model (needs the train extra)."""
     from edgekit.data.splits import load_eval_split
-    from edgekit.distill.trainer import predict_logits
     from edgekit.metrics import classification_metrics
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
     from edgekit.recipe import DataConfig
+    from edgekit.train.loop import predict_logits
 
     handle = load_saved(Path(stage_dir))
-    if handle.task == "text2text":
+    if task_spec(handle.task).generates:
         raise EdgekitError(f"{stage_dir} is an encoder-decoder; export it (edgekit export) and evaluate the bundle, "
                            "which generates and scores BLEU/ROUGE-L")
     cfg = DataConfig(dataset=dataset, train=None, test=test, text_column=text_column or "text",

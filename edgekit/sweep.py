@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.layout import STUDENT, sweep_root
 from edgekit.recipe import Recipe, SweepConfig, student_label, sweep_cell
+
 
 @dataclass
 class Cell:
@@ -30,7 +32,7 @@ class Cell:
 
     @property
     def stage(self) -> Path:
-        return self.folder / "student"
+        return self.folder / STUDENT
 
 
 def teacher_layers(model: str) -> int | None:
@@ -102,7 +104,7 @@ def check(recipe: Recipe, n_teacher: int | None, cnn_teacher: bool) -> None:
 def plan(recipe: Recipe, out: Path, n_teacher: int | None) -> list[Cell]:
     """The cells in training order: labels-only, straightforward, the successive chain, multi-teacher."""
     sweep = recipe.sweep
-    root = Path(out) / "sweep"
+    root = sweep_root(out)
     via, students = chain(sweep, n_teacher)
     cells: list[Cell] = []
 
@@ -167,21 +169,20 @@ def resolve_teacher(name: str, cells: dict[str, Cell], teacher: str) -> str:
     return name  # distill.teachers: a folder, a torchvision name or a Hugging Face id
 
 
-def score(meta: dict[str, Any]) -> float:
-    metrics = meta["metrics"]
-    return float(metrics.get("val_accuracy", metrics.get("val_bleu", metrics.get("accuracy", 0.0))))
+def choose(sweep: SweepConfig, cells: list[Cell], metas: dict[str, dict], spec) -> tuple[Cell, str]:
+    """The cell to ship and why (``spec``: the task's, whose validation score ranks the cells)."""
+    key = spec.validation_key
 
+    def score(meta: dict[str, Any]) -> float:
+        return float(meta["metrics"].get(key, 0.0))
 
-def choose(sweep: SweepConfig, cells: list[Cell], metas: dict[str, dict]) -> tuple[Cell, str]:
-    """The cell to ship and why."""
     table = [c for c in cells if c.in_table]
     if sweep.ship != "best":
         cell = next(c for c in table if c.name == sweep.ship)
         return cell, f"named by sweep.ship ({cell.name})"
     best = max(table, key=lambda c: (score(metas[c.name]), -metas[c.name]["parameters"]))
-    key = "val_bleu" if "val_bleu" in metas[best.name]["metrics"] else "val_accuracy"
     value = score(metas[best.name])
-    shown = f"{value:.2f}" if key == "val_bleu" else f"{value:.2%}"
+    shown = f"{value:.2%}" if spec.score_key == "accuracy" else f"{value:.2f}"
     return best, f"highest validation score ({key} {shown}; the smaller student on a tie)"
 
 

@@ -11,8 +11,9 @@ import io
 import json
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -77,7 +78,11 @@ def bench_on(session: Session, bundles: Sequence[Path], profile: dict[str, Any],
 def write_portable_split(split, task: str, label_names: list[str], folder: Path) -> Path:
     """The evaluation split as a file the target's core install reads: JSONL for text, an
     ImageFolder of lossless PNGs for images (digits arrays included, so the target needs no scikit-learn)."""
-    if task == "image-classification":
+    from edgekit.tasks import task_spec
+
+    spec = task_spec(task)
+    generates = spec.generates
+    if spec.modality == "image":
         from edgekit.data.images import to_pil
 
         root = folder / "images"
@@ -89,7 +94,7 @@ def write_portable_split(split, task: str, label_names: list[str], folder: Path)
     path = folder / "data.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for item, label in zip(split.items, split.labels):
-            target = str(label) if task == "text2text" else label_names[int(label)]
+            target = str(label) if generates else label_names[int(label)]
             handle.write(json.dumps({"text": str(item), "label": target}, ensure_ascii=False) + "\n")
     return path
 
@@ -180,8 +185,8 @@ def parity_targets(preset: dict[str, Any], devices: Sequence[str] = (), ssh=None
         return [], (f"warning: parity of this {machine or 'target'} {preset['format']} bundle is measured on this "
                     f"{platform.machine()} host only: the emulated target has edgekit's core install (no torch)")
     from edgekit.bench.profiles import load_profile
-    from edgekit.emulate import emulated_cpu
     from edgekit.emulate.rootfs import is_built
+    from edgekit.emulate.target import emulated_cpu
 
     if not devices and not is_built():
         return [], (f"warning: parity of this {machine} bundle is measured on this {platform.machine()} host's kernels, "

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_bench_local import make_bundle
 
 from conftest import assert_user_error, run_cli
-from test_bench_local import make_bundle
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists() or not shutil.which("ssh"),
@@ -183,8 +183,8 @@ def test_missing_identity_file(odd_bundle, tmp_path):
 
 
 def _image_folder(root: Path, per_class: int = 4) -> Path:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(1)
     for label in ("a", "b", "c"):

@@ -114,10 +114,10 @@ def _export_bytes(stage: Path, out: Path, env) -> int:
 def test_heads_and_ffn_pruning_shrink_reload_and_export_smaller(tmp_path, bert, env):
     import torch
 
-    from edgekit.distill.trainer import evaluate
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
     from edgekit.stages import load_data
+    from edgekit.train.loop import evaluate
 
     heads = tmp_path / "heads"
     ok(run_cli("prune", bert, "--method", "heads", "--amount", "0.5", "--out", heads, env=env))
@@ -152,7 +152,7 @@ def test_vit_heads_pruning(tmp_path, env):
                                         num_attention_heads=4, intermediate_size=64, num_labels=10)).save_pretrained(vit)
     ok(run_cli("finetune", vit, *DIGITS, "--epochs", "1", "--batch-size", "32", "--lr", "1e-3", "--out", tmp_path / "t", env=env))
     ok(run_cli("prune", tmp_path / "t", "--method", "heads", "--amount", "0.25", "--out", tmp_path / "p", env=env))
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
 
     handle = load_saved(tmp_path / "p")
     counts = [m.num_attention_heads for m in handle.module.modules() if isinstance(m, torch.nn.Module)
@@ -165,7 +165,7 @@ def test_vit_heads_pruning(tmp_path, env):
 def test_conv_channel_pruning(tmp_path, resnet, env, arch):
     import torch
 
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
 
     source = resnet
     if arch != "resnet18":
@@ -209,8 +209,8 @@ def test_bad_compress_inputs(tmp_path, bert, resnet, env):
 def test_nf4_dequantization_is_right_for_widths_the_block_does_not_divide():
     """bitsandbytes 0.50's AVX-512 CPU kernel mis-blocks 48-wide rows (40% error); edgekit's guard swaps
     in bitsandbytes' own generic kernel where that happens, so NF4 error is NF4's (~9%) at any width."""
-    import torch
     import bitsandbytes.functional as F
+    import torch
 
     from edgekit.compress.nf4_cpu import fix_bitsandbytes_cpu_dequantize
 

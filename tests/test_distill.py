@@ -141,8 +141,8 @@ def test_transfer_set_cache_hits_and_invalidates(tmp_path, monkeypatch, tiny_ber
     import torch
 
     from edgekit.data.splits import Split
-    from edgekit.distill.transfer import transfer_set
     from edgekit.models import load_model
+    from edgekit.train.transfer import transfer_set
 
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
     handle = load_model(str(tiny_bert), task="text-classification", label_names=["A", "B"])

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (REPO, USER_CACHE_DIR, assert_user_error, run_cli, save_tiny_bert, settle_batchnorm,
-                      write_questions, write_stage)
+from conftest import (
+    REPO,
+    USER_CACHE_DIR,
+    assert_user_error,
+    run_cli,
+    save_tiny_bert,
+    settle_batchnorm,
+    write_questions,
+    write_stage,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +167,7 @@ def test_eval_on_the_emulated_device_writes_a_stage(bundles, tmp_path):
 
 
 def _session(monkeypatch):
-    from edgekit.emulate import target_for
+    from edgekit.emulate.target import target_for
 
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", USER_CACHE_DIR)
     return target_for("rpi4")

@@ -161,7 +161,7 @@ def test_exported_t5_generates_what_pytorch_generates(models, tmp_path):
     import torch
 
     from edgekit import stages
-    from edgekit.models.handle import load_saved
+    from edgekit.models.load import load_saved
     from edgekit.runtime import Bundle
 
     stages.export(str(models["t5"]), tmp_path / "b", preset_name=None, precision="fp32", fmt="onnx")

@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 
 import pytest
-
 from test_bench_local import make_bundle
 
 pytestmark = pytest.mark.timeout(120)

@@ -162,8 +162,8 @@ def test_a_poisoned_cache_entry_is_recomputed(tmp_path, monkeypatch, tiny_bert, 
     from conftest import write_questions
     from edgekit.data.splits import Split
     from edgekit.data.tables import read_table
-    from edgekit.distill.transfer import transfer_set
     from edgekit.models import load_model
+    from edgekit.train.transfer import transfer_set
 
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
     texts, names = read_table(write_questions(tmp_path / "q.tsv", 40, 3), "text", "label")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgekit import log
 from edgekit.bench import env
 from edgekit.bench.profiles import check_providers, load_profile
 from edgekit.runtime.bundle import graphs_of, read_manifest
@@ -33,9 +34,9 @@ def bench_bundles(bundles: list[Path], device: str, *, items: list | None = None
     results = []
     for index, bundle in enumerate(bundles):
         if index and profile["cooldown_seconds"]:
-            print(f"bench: cooling down {profile['cooldown_seconds']} s", file=sys.stderr)
+            log.info(f"bench: cooling down {profile['cooldown_seconds']} s")
             time.sleep(profile["cooldown_seconds"])
-        print(f"bench: {bundle} on {profile['name']}", file=sys.stderr, flush=True)
+        log.info(f"bench: {bundle} on {profile['name']}")
         results.append(_bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s))
     document = {"schema_version": SCHEMA_VERSION, "device": profile["name"],
                 "profile": {k: v for k, v in profile.items() if not k.startswith("_")},

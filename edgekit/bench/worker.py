@@ -35,7 +35,7 @@ def current_rss_bytes() -> int:
 
 def synthetic_inputs(bundle, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    if bundle.task == "image-classification":
+    if bundle.encode.spec.modality == "image":
         size = int(bundle.manifest["preprocessing"]["image_size"])
         return {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
     vocab = bundle.encode.tokenizer.get_vocab_size()
@@ -61,10 +61,10 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     bundle = Bundle(folder, providers=config["providers"], threads=profile["threads"],
                     graph_optimization=profile["graph_optimization"])
     load_ms = (time.perf_counter() - t0) * 1e3
-    if bundle.task == "text2text":
+    if bundle.encode.spec.generates:
         from edgekit.errors import EdgekitError
 
-        raise EdgekitError("bench measures classifiers; encoder-decoder (text2text) bundles are not benched yet, "
+        raise EdgekitError("bench measures classifiers; encoder-decoder (seq2seq) bundles are not benched yet, "
                            "use 'edgekit eval' for their BLEU/ROUGE-L")
     rss_loaded = current_rss_bytes()
     items = config.get("items")
@@ -82,7 +82,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         feeds = feeds_for(batch)
         state = {"i": 0}
 
-        def step() -> None:
+        def step(feeds=feeds, state=state) -> None:  # this batch size's inputs, bound now
             bundle.run(feeds[state["i"] % len(feeds)])
             state["i"] += 1
 
@@ -126,9 +126,9 @@ def main(path: str) -> int:
         from edgekit.errors import EdgekitError
 
         message = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
-        print(json.dumps({"error": message}))
+        sys.stdout.write(json.dumps({"error": message}) + "\n")  # the parent reads one JSON line
         return 1
-    print(json.dumps(result))
+    sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
 

@@ -10,9 +10,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgekit.cli.options import (DatasetOpt, ForceOpt, ImageSizeOpt, LabelColOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt,
-                                 TaskOpt, TestOpt, TextColOpt, TrainOpt, ValOpt, WriteRecipeOpt, build_recipe,
-                                 data_overrides, write_recipe_file)
+from edgekit import registry
+from edgekit.cli.options import (
+    DatasetOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    LabelColOpt,
+    OutOpt,
+    RecipeOpt,
+    SeedOpt,
+    SetOpt,
+    TaskOpt,
+    TestOpt,
+    TextColOpt,
+    TrainOpt,
+    ValOpt,
+    WriteRecipeOpt,
+    build_recipe,
+    data_overrides,
+    write_recipe_file,
+)
 from edgekit.errors import EdgekitError
 
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs.")]
@@ -31,8 +48,13 @@ EmulateOpt = Annotated[bool, typer.Option("--emulate", help="Run on the emulated
 def root(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show debug messages too.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors (progress bars stay; results still print).")] = False,
 ) -> None:
     """edgekit: distil, compress, export and benchmark models for edge devices."""
+    from edgekit import log
+
+    log.configure(-1 if quiet else min(verbose, 1))
     if version:
         from edgekit import __version__
 
@@ -58,7 +80,7 @@ def run(
     """Run a whole recipe: teacher -> distill (or a sweep of strategies x student sizes) -> lora/prune -> int8 export -> eval -> bench -> report."""
     from edgekit.pipeline import run as run_pipeline
     from edgekit.recipe import load_recipe
-    from edgekit.report.build import text_table
+    from edgekit.report.tables import text_table
 
     loaded = load_recipe(recipe, list(sets or []))
     write_recipe_file(loaded, write_recipe)
@@ -140,7 +162,7 @@ def distill(
     student: Annotated[Optional[str], typer.Option("--student", help="Student: torchvision name, Hugging Face id or folder (or use --student-layers).")] = None,
     student_layers: Annotated[Optional[str], typer.Option("--student-layers", help="Derive the student from a transformer teacher by keeping K of its layers; for --strategy successive the chain, e.g. 6,3,1.")] = None,
     recipe: RecipeOpt = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="straightforward, successive, multi-teacher or self-quantized.")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help=f"{registry.choices('strategy')}.")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-T", help="Softmax temperature T (default 4).")] = None,
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of the distillation term (default 0.3): (1-alpha)*CE + alpha*T^2*KL.")] = None,
     teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="multi-teacher: one weight per teacher (e.g. 0.7,0.3), or 'learned'.")] = None,
@@ -197,7 +219,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     """Before any work: the output is free (or --force), a --resume has its checkpoint and never
     replaces a folder it did not create, and no other edgekit is writing the same output."""
     from edgekit.artifacts import check_output, lock_output
-    from edgekit.distill.engine import checkpoint_folder
+    from edgekit.layout import checkpoint_folder
 
     if resume and not checkpoint_folder(out).exists():
         raise EdgekitError(f"nothing to resume for {out}: no checkpoint ({checkpoint_folder(out)}); run without --resume")
@@ -212,7 +234,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 def prune(
     model: Annotated[Path, typer.Argument(help="A finetune, distill, lora or prune output folder.")],
     out: OutOpt,
-    method: Annotated[str, typer.Option("--method", help="l1-unstructured (zero the smallest weights; shapes stay), heads (attention heads), ffn (feed-forward neurons) or channels (conv channels).")] = "l1-unstructured",
+    method: Annotated[str, typer.Option("--method", help="; ".join(f"{e.name}: {e.summary}" for e in registry.entries("pruner")) + ".")] = "l1-unstructured",
     amount: Annotated[float, typer.Option("--amount", help="Fraction removed in every layer, in (0, 1): weights, heads, neurons or channels.")] = 0.3,
     recover_epochs: Annotated[int, typer.Option("--recover-epochs", help="Train this many epochs after pruning (0: none).")] = 0,
     recover: Annotated[str, typer.Option("--recover", help="Recovery: distill (from the unpruned model's logits) or finetune (labels only).")] = "distill",
@@ -243,13 +265,13 @@ def prune(
 def export(
     model: Annotated[str, typer.Argument(help="A finetune/distill/lora/prune output folder, or a HF id/path or torchvision name with --recipe.")],
     out: OutOpt,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="onnx (onnxruntime, torch-free on the device) or torchscript (needs torch). Default: the preset's, else onnx.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help=", ".join(f"{e.name} ({e.summary})" for e in registry.entries("format")) + ". Default: the preset's, else onnx.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Quantize to int8 (the default without a preset).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 ONNX (GPUs: the t4-fp16 preset).")] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="Keep float32.")] = False,
     static: Annotated[bool, typer.Option("--static", help="Static int8 (QDQ, per-channel) calibrated on task data.")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic int8 (weights int8, activations quantized at run time).")] = False,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Export preset in export/ or a .yaml (cpu-int8, avx2-int8, arm64-int8, t4-fp16, torchscript-int8, ...); default from --format and precision.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help=f"Export preset in export/ ({registry.choices('preset')}) or a .yaml; default from --format and precision.")] = None,
     calib_samples: Annotated[Optional[int], typer.Option("--calib-samples", help="Training examples used to calibrate static int8.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Least int8-vs-fp32 label agreement to accept, in [0, 1].")] = None,
     allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Keep the bundle even when parity fails (recorded in the manifest).")] = False,
@@ -329,10 +351,9 @@ def evaluate(
     remote_edgekit: RemoteEdgekitOpt = "edgekit", connect_timeout: ConnectTimeoutOpt = 15,
 ) -> None:
     """Accuracy, macro F1 and confusion matrix of an exported bundle on its runtime: here, on a device over SSH, or emulated."""
-    from edgekit.artifacts import check_output
+    from edgekit.artifacts import check_output, is_stage
     from edgekit.data.splits import load_eval_split
     from edgekit.recipe import DataConfig
-    from edgekit.artifacts import is_stage
     from edgekit.runtime.bundle import MANIFEST, read_manifest
 
     if is_stage(target) and not (Path(target) / MANIFEST).is_file():  # a model stage: its PyTorch model
@@ -364,7 +385,7 @@ def evaluate(
     if emulate and host:
         raise EdgekitError("--emulate and --host contradict each other; give one")
     if emulate:
-        from edgekit.emulate import eval_emulated
+        from edgekit.emulate.run import eval_emulated
 
         measured = eval_emulated(target, data_split, manifest["task"], manifest["label_names"], device)
     elif host:
@@ -390,7 +411,7 @@ def evaluate(
 
 def bench(
     bundles: Annotated[list[Path], typer.Argument(help="One or more exported bundles.")],
-    device: Annotated[str, typer.Option("--device", "-d", help="Device profile name (edgekit devices list) or a profile .yaml.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", "-d", help=f"Device profile ({registry.choices('profile')}) or a profile .yaml.")] = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
     runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs (default: the profile's).")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option("--batch-size", help="Batch sizes to measure (repeatable).")] = None,
@@ -416,7 +437,7 @@ def bench(
     if emulate and host:
         raise EdgekitError("--emulate and --host contradict each other; give one")
     if emulate:
-        from edgekit.emulate import bench_emulated
+        from edgekit.emulate.run import bench_emulated
 
         if data is not None:
             raise EdgekitError("--data cannot be combined with --emulate yet; bench on synthetic inputs, or eval with --data")
@@ -457,7 +478,7 @@ def report(
 ) -> None:
     """Write report.md, a self-contained report.html, report.json and plots for one or more runs."""
     from edgekit.report import write_report
-    from edgekit.report.build import text_table
+    from edgekit.report.tables import text_table
 
     target = out or runs[0]
     document = write_report(list(runs), target)
@@ -561,9 +582,10 @@ def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) 
     from edgekit.data.images import read_image_folder
     from edgekit.data.tables import read_table
     from edgekit.runtime.bundle import read_manifest
+    from edgekit.tasks import task_spec
 
-    task = read_manifest(bundle)["task"]
-    items = read_image_folder(data)[0] if task == "image-classification" else read_table(data, text_column, label_column)[0]
+    images = task_spec(read_manifest(bundle)["task"]).modality == "image"
+    items = read_image_folder(data)[0] if images else read_table(data, text_column, label_column)[0]
     return items[:2000]
 
 
@@ -583,9 +605,8 @@ def devices_emulate(
 ) -> None:
     """Build (once, cached) an emulated aarch64 device: Debian arm64 with edgekit's core install, run under QEMU."""
     from edgekit.bench.profiles import load_profile
-    from edgekit.emulate import emulated_cpu
     from edgekit.emulate.rootfs import build, install_edgekit
-    from edgekit.emulate.target import EmulatedTarget
+    from edgekit.emulate.target import EmulatedTarget, emulated_cpu
     from edgekit.targets import target_environment
 
     profile = load_profile(name)

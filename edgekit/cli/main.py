@@ -7,11 +7,10 @@ import os
 import signal
 import sys
 
+from edgekit.registry import EXTRAS, MissingExtra, missing_modules
+
 # What each command needs beyond the core install (a Raspberry Pi has only the core): the extra to
-# install and the modules it brings, checked before the command starts.
-EXTRAS = {"train": ("torch", "torchvision", "transformers", "peft", "accelerate", "datasets", "safetensors", "onnx",
-                    "onnxscript", "sklearn", "sacrebleu"),
-          "report": ("matplotlib",)}
+# install (its modules: edgekit.registry.EXTRAS), checked before the command starts.
 COMMAND_EXTRAS = {"run": "train", "distill": "train", "finetune": "train", "prune": "train", "export": "train",
                   "report": "report"}
 USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EROFS: "the file system is read-only",
@@ -30,17 +29,17 @@ def _command_of(args: list[str]) -> str:
 
 def missing_extra(args: list[str]) -> str | None:
     """The one-line error for a command whose extra is not installed (None when it is, or for --help)."""
-    import importlib.util
-
     command = _command_of(args)
     extra = COMMAND_EXTRAS.get(command)
-    if extra is None or "--help" in args or "-h" in args:
+    if extra is None or "--help" in args or "-h" in args or not missing_modules(extra):
         return None
-    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
-    if not missing:
-        return None
-    return (f"edgekit {command} needs the {extra} extra ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
-            f"not installed here; this is a core install, as on a device): pip install 'edgekit[{extra}]'")
+    try:
+        from edgekit.registry import require_extra
+
+        require_extra(extra, f"edgekit {command}")
+    except MissingExtra as exc:
+        return str(exc)
+    return None
 
 
 def _missing_module(name: str, args: list[str]) -> str:

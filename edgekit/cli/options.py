@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgekit import registry
+
 RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML to start from (flags override it).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: section.field=value (repeatable).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (a stage folder with meta.json).")]
@@ -17,7 +19,7 @@ TestOpt = Annotated[Optional[str], typer.Option("--test", help="Test data (defau
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="'digits' (built in), a Hugging Face dataset NAME[:CONFIG], or a save_to_disk folder.")]
 TextColOpt = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text (default: text).")]
 LabelColOpt = Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label (default: label).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="image-classification, text-classification or text2text (T5-style source -> target; default: inferred from the data).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="; ".join(f"{e.name}: {e.summary}" for e in registry.entries("task")) + " (default: inferred from the data).")]
 ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", help="Image side in pixels (default: the model's, 224 for torchvision).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: 0).")]
 WriteRecipeOpt = Annotated[Optional[Path], typer.Option("--write-recipe", help="Also write the recipe that reproduces this command.")]

@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 
+from edgekit import log
 from edgekit.errors import EdgekitError
+from edgekit.tasks import task_spec
 
 _TARGET_CANDIDATES = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("q_lin", "v_lin"))
 
@@ -191,7 +193,7 @@ def with_lora(handle, lora, *, quantized: bool):
     except ImportError as exc:
         raise EdgekitError(f"LoRA needs peft{' and bitsandbytes' if quantized else ''} ({exc}); "
                            "pip install 'edgekit[train]'") from None
-    if handle.task == "text2text":
+    if task_spec(handle.task).generates:
         raise EdgekitError("LoRA/QLoRA fine-tuning here is for classifiers (text and images); for T5 use "
                            "'edgekit distill' or a full 'edgekit finetune'")
     head = head_name(handle.module)
@@ -210,7 +212,7 @@ def with_lora(handle, lora, *, quantized: bool):
                 base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     else:
         base = copy.deepcopy(handle.module)
-    task_type = "SEQ_CLS" if handle.task == "text-classification" else None
+    task_type = "SEQ_CLS" if handle.spec.modality == "text" else None
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                              modules_to_save=[head], task_type=task_type)
     adapted = copy.copy(handle)
@@ -279,10 +281,9 @@ def merge_checked(adapted, original, data, folder):
     """Save the adapters to ``folder/adapter``, merge them into a plain copy of ``original`` and
     check the merged model's logits against the adapted model's on the validation split. Returns
     (merged handle, report)."""
-    import sys
     import warnings
 
-    from edgekit.distill.trainer import evaluate, predict_logits
+    from edgekit.train.loop import evaluate, predict_logits
 
     adapted_logits = predict_logits(adapted, data.val)
     adapted_metrics = evaluate(adapted, data.eval_split, desc="evaluate adapted model")
@@ -294,7 +295,6 @@ def merge_checked(adapted, original, data, folder):
     report = merge_report(adapted_logits, predict_logits(merged, data.val))
     report["adapted_accuracy"] = adapted_metrics["accuracy"]
     report["against"] = "nf4 base + adapters" if "quantization" in adapted.extra else "base + adapters"
-    print(f"  merged adapters into full precision: max |logit diff| {report['max_abs_logit_diff']:.2e}, label agreement "
-          f"{report['label_agreement']:.2%} on {report['examples']} validation examples (vs the {report['against']} model)",
-          file=sys.stderr, flush=True)
+    log.info(f"  merged adapters into full precision: max |logit diff| {report['max_abs_logit_diff']:.2e}, label agreement "
+          f"{report['label_agreement']:.2%} on {report['examples']} validation examples (vs the {report['against']} model)")
     return merged, report

@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
-from edgekit.artifacts import RECIPE_FILE, is_stage, stage_folder, write_meta
+from edgekit import log, registry
+from edgekit.artifacts import RECIPE_FILE, is_stage
 from edgekit.errors import EdgekitError
-from edgekit.recipe import PRUNE_METHODS
+from edgekit.stage_runner import Stage, load_data
+from edgekit.tasks import task_spec
 
 
 def prunable_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -58,8 +60,7 @@ def count_nonzero(module: torch.nn.Module) -> int:
 
 
 def _check(method: str, amount: float) -> None:
-    if method not in PRUNE_METHODS:
-        raise EdgekitError(f"--method {method!r} is not one of {', '.join(PRUNE_METHODS)}")
+    registry.get("pruner", method, option="--method")
     if not 0 < amount < 1:
         raise EdgekitError(f"--amount {amount} must be between 0 and 1 (exclusive), e.g. 0.3")
 
@@ -67,11 +68,10 @@ def _check(method: str, amount: float) -> None:
 def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recover_epochs: int = 0,
                 recover: str = "distill", calib_samples: int = 256, recipe=None, force: bool = False,
                 reuse: bool = False, resume: bool = False) -> dict[str, Any]:
-    from edgekit import stages
-    from edgekit.distill.engine import checkpoint_folder
-    from edgekit.distill.trainer import Checkpointing, evaluate, train
-    from edgekit.models.handle import load_saved
+    from edgekit.layout import checkpoint_folder
+    from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
+    from edgekit.train.loop import Checkpointing, evaluate, model_metrics, train
 
     _check(method, amount)
     if recover not in ("distill", "finetune"):
@@ -92,48 +92,45 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
         config["train"] = asdict(train_cfg)
         if recover == "distill":
             config["temperature"], config["alpha"] = recipe.distill.temperature, recipe.distill.alpha
-    print_ = stages.stage_fingerprint("prune", config, model_dir)
-    if reuse and stages.reusable(out, print_):
-        stages.log(f"prune: reused {out}")
-        from edgekit.artifacts import read_meta
-
-        return read_meta(out)
+    stage = Stage("prune", out, config, parent=model_dir)
+    if (meta := stage.reused(reuse)) is not None:
+        return meta
     handle = load_saved(model_dir)
-    if handle.task == "text2text":
-        raise EdgekitError("pruning here is for classifiers (text and images); T5 models are not supported yet")
-    data = stages.load_data(recipe)
+    pruner = registry.get("pruner", method)
+    if task_spec(handle.task).generates:
+        raise EdgekitError("pruning here is for classifiers (text and images); encoder-decoders (T5) are not supported yet")
+    if handle.family not in pruner.can("families", ()):
+        fits = ", ".join(registry.names("pruner", families=handle.family))
+        raise EdgekitError(f"--method {method} needs {pruner.can('needs')}; {handle.arch} is not one: use {fits}")
+    data = load_data(recipe)
     before = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch} before pruning")
     params_before, nonzero_before = handle.parameter_count(), count_nonzero(handle.module)
     objective = None
     if recover_epochs and recover == "distill":  # the unpruned model's logits, before any weight changes
-        from edgekit.distill.objectives import LogitKD
-        from edgekit.distill.transfer import transfer_set
+        from edgekit.train.objectives import LogitKD
+        from edgekit.train.transfer import transfer_set
 
         teacher = transfer_set(handle, data.train, cache=recipe.distill.cache, desc="unpruned model logits")
         objective = LogitKD(teacher.logits, recipe.distill.temperature, recipe.distill.alpha)
 
-    with stage_folder(out, force) as folder:
-        stages.log(f"prune: {method} {amount:.0%} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
+    with stage.folder(force) as folder:
+        log.info(f"prune: {method} {amount:.0%} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
         report: dict[str, Any] = {}
-        if method == "l1-unstructured":
-            l1_unstructured(handle.module, amount, permanent=not recover_epochs)
+        if not pruner.can("structured"):  # zeros; during recovery the mask stays, so they stay zeros
+            pruner.load()(handle.module, amount, permanent=not recover_epochs)
         else:
-            from edgekit.compress import structured
-
-            prune = {"heads": structured.prune_heads, "ffn": structured.prune_ffn,
-                     "channels": structured.prune_channels}[method]
-            report = prune(handle, data.train, amount, calib_samples)
+            report = pruner.load()(handle, data.train, amount, calib_samples)
             heads = dict((handle.extra.get("structure") or {}).get("heads", {}))
             heads.update(report.pop("heads", {}))
             handle.extra = {**handle.extra, "structure": {"heads": heads,
                                                           "pruned": [*(handle.extra.get("structure") or {}).get("pruned", []),
                                                                      {"method": method, "amount": amount}]}}
         pruned = evaluate(handle, data.eval_split, desc="evaluate pruned model")
-        stages.log(f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
+        log.info(f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
                    f"{handle.parameter_count() / 1e6:.2f} M parameters, {count_nonzero(handle.module) / 1e6:.2f} M non-zero")
         history = None
         if recover_epochs:
-            ckpt = Checkpointing(checkpoint_folder(out), tag=print_, every_steps=recipe.distill.checkpoint_every, resume=resume)
+            ckpt = Checkpointing(checkpoint_folder(out), tag=stage.fingerprint, every_steps=recipe.distill.checkpoint_every, resume=resume)
             if not resume:
                 shutil.rmtree(ckpt.folder, ignore_errors=True)
             result = train(handle, data, train_cfg, seed=recipe.seed, objective=objective, checkpoint=ckpt,
@@ -141,7 +138,7 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
             history = result.history
             make_permanent(handle.module)
             shutil.rmtree(ckpt.folder, ignore_errors=True)
-        metrics = stages.model_metrics(handle, data)
+        metrics = model_metrics(handle, data)
         per_layer = layer_sparsity(handle.module)
         total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))
         zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
@@ -150,9 +147,8 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
                        nonzero_parameters=count_nonzero(handle.module), **report)
         handle.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        return write_meta(folder, stage="prune", config={**config, "model": handle.arch}, parent=model_dir,
-                          metrics=metrics, parameters=handle.parameter_count(), fingerprint_value=print_,
-                          extra={"parameters_before": params_before, "nonzero_parameters_before": nonzero_before,
+        return stage.finish(config={**config, "model": handle.arch}, metrics=metrics,
+                            parameters=handle.parameter_count(), extra={"parameters_before": params_before, "nonzero_parameters_before": nonzero_before,
                                  "nonzero_parameters": metrics["nonzero_parameters"], "history": history,
                                  "structure": handle.extra.get("structure")})
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekit.data.splits import Split, TaskData, encode_labels, stratified_split
 from edgekit.errors import EdgekitError
+from edgekit.tasks import task_spec
 
 VAL_NAMES = ("validation", "val", "valid", "dev")
 
@@ -38,8 +39,9 @@ def load_hf_dataset(cfg, task: str, seed: int) -> TaskData:
     dd = _load(cfg.dataset)
     if "train" not in dd:
         raise EdgekitError(f"dataset {cfg.dataset!r} has no 'train' split (splits: {', '.join(dd.keys())})")
-    item_column = cfg.image_column if task == "image-classification" else cfg.text_column
-    item_option = "--image-column" if task == "image-classification" else "--text-column"
+    images = task_spec(task).modality == "image"
+    item_column = cfg.image_column if images else cfg.text_column
+    item_option = "--image-column" if images else "--text-column"
     feature = dd["train"].features.get(cfg.label_column)
     names_of = getattr(feature, "names", None)
 

@@ -12,30 +12,29 @@ also trained on labels only for the same budget, so the gain of KD is measured.
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from edgekit import log as _log
+from edgekit import registry
 from edgekit.artifacts import RECIPE_FILE, is_stage, read_meta, stage_folder, write_meta
 from edgekit.errors import EdgekitError
+from edgekit.layout import checkpoint_folder
+from edgekit.stage_runner import Stage, load_data
+from edgekit.tasks import task_spec
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def checkpoint_folder(out: Path) -> Path:
-    """Checkpoints of an unfinished run of ``out`` live beside it, until the stage is written."""
-    out = Path(out)
-    return out.parent / f".{out.name}.checkpoint"
+    _log.info(message)
 
 
 def plan_links(recipe) -> list[dict[str, Any]]:
     """The students to train, in order, or a clear error for settings that do not fit together."""
     cfg, student = recipe.distill, recipe.student
+    strategy = registry.get("strategy", cfg.strategy, option="--strategy")
     layers = list(student.layers or [])
-    if cfg.strategy == "successive":
+    if strategy.can("chain"):
         if not layers:
             raise EdgekitError("the successive strategy needs the chain of student sizes: --student-layers 6,3,1 "
                                "(student.layers in a recipe)")
@@ -46,7 +45,7 @@ def plan_links(recipe) -> list[dict[str, Any]]:
     if len(layers) > 1:
         raise EdgekitError(f"--student-layers {','.join(map(str, layers))}: give one size for the {cfg.strategy} "
                            "strategy (several sizes make a chain: --strategy successive)")
-    if cfg.strategy == "self-quantized":
+    if strategy.can("student") == "self":
         if layers:
             raise EdgekitError("the self-quantized strategy distils a model into a 4-bit copy of itself; drop --student-layers")
         return [{"self_quantized": True}]
@@ -56,18 +55,20 @@ def plan_links(recipe) -> list[dict[str, Any]]:
 
 
 def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = False, reuse: bool = False,
-            resume: bool = False, stage_fingerprint=None, load_data=None) -> dict:
-    from edgekit.distill.trainer import Checkpointing, copy_handle, evaluate, train
+            resume: bool = False) -> dict:
     from edgekit.models import load_model
-    from edgekit.stages import model_metrics
+    from edgekit.train.loop import Checkpointing, copy_handle, evaluate, model_metrics, train
 
     cfg = recipe.distill
+    strategy = registry.get("strategy", cfg.strategy, option="--strategy")
+    ensemble, self_copy = strategy.can("teachers") == "many", strategy.can("student") == "self"
     teachers = [teachers] if isinstance(teachers, str) else list(teachers)
     teachers = teachers + [str(t) for t in cfg.teachers]
-    if cfg.strategy == "multi-teacher" and len(teachers) < 2:
-        raise EdgekitError("the multi-teacher strategy needs two or more teachers: repeat --teacher (distill.teachers)")
-    if cfg.strategy != "multi-teacher" and len(teachers) > 1:
-        raise EdgekitError(f"{len(teachers)} teachers given for the {cfg.strategy} strategy; use --strategy multi-teacher")
+    if ensemble and len(teachers) < 2:
+        raise EdgekitError(f"the {cfg.strategy} strategy needs two or more teachers: repeat --teacher (distill.teachers)")
+    if not ensemble and len(teachers) > 1:
+        many = ", ".join(registry.names("strategy", teachers="many"))
+        raise EdgekitError(f"{len(teachers)} teachers given for the {cfg.strategy} strategy; use --strategy {many}")
     if cfg.teacher_weights is not None and len(cfg.teacher_weights) != len(teachers):
         raise EdgekitError(f"--teacher-weights has {len(cfg.teacher_weights)} values for {len(teachers)} teachers; "
                            "give one weight per teacher")
@@ -80,18 +81,19 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
     config = {"strategy": cfg.strategy, "temperature": cfg.temperature, "alpha": cfg.alpha,
               "teachers": [str(t) for t in teachers], "teacher_weights": cfg.teacher_weights,
               "learn_teacher_weights": cfg.learn_teacher_weights, "feature_weight": cfg.feature_weight,
-              "baseline": cfg.baseline, "lora": asdict(cfg.lora) if cfg.strategy == "self-quantized" else None,
+              "baseline": cfg.baseline, "lora": asdict(cfg.lora) if self_copy else None,
               "train": asdict(cfg.train), "student": asdict(recipe.student), "data": asdict(recipe.data),
               "task": recipe.task, "seed": recipe.seed,
               "teacher_prints": [read_meta(Path(t)).get("fingerprint") for t in teachers if is_stage(Path(t))]}
-    print_ = stage_fingerprint("distill", config, teacher_stage)
-    if reuse and is_stage(out) and read_meta(out).get("fingerprint") == print_:
-        log(f"distill: reused {out}")
-        return read_meta(out)
+    stage = Stage("distill", out, config, parent=teacher_stage)
+    print_ = stage.fingerprint
+    if (meta := stage.reused(reuse)) is not None:
+        return meta
     data = data or load_data(recipe)
+    spec = task_spec(data.task)
     kwargs = dict(task=data.task, label_names=data.label_names, image_size=recipe.data.image_size,
                   max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
-    from edgekit.distill.trainer import seed_everything
+    from edgekit.train.loop import seed_everything
 
     seed_everything(recipe.seed)  # the initial weights of students built from scratch
     teacher_handles = [load_model(t, **kwargs) for t in teachers]
@@ -108,13 +110,13 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
     if not resume and ckpt_root.exists():
         shutil.rmtree(ckpt_root)
 
-    with stage_folder(out, force) as folder:
+    with stage.folder(force) as folder:
         teacher = teacher_handles[0]
         teacher_metrics = [evaluate(h, data.eval_split, desc=f"evaluate teacher {i + 1}") for i, h in enumerate(teacher_handles)]
         for h in teacher_handles:
             h.module.cpu()
         link_rows: list[dict[str, Any]] = []
-        previous_score = score(teacher_metrics[0])  # the score of the current link's teacher
+        previous_score = spec.score(teacher_metrics[0])  # the score of the current link's teacher
         student = result = objective = metrics = None
         baseline_metrics = None
         extra: dict[str, Any] = {}
@@ -124,34 +126,34 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
             link_ckpt = ckpt_root / name
             done = link_ckpt / "stage"
             if not last and resume and is_stage(done):
-                from edgekit.models.handle import load_saved
+                from edgekit.models.load import load_saved
 
                 log(f"distill: link {index}/{len(links)} ({name}) finished before; reusing {done}")
                 student = load_saved(done, label_names=data.label_names)
                 link_rows.append(read_meta(done)["link_row"])
-                previous_score = score(link_rows[-1])
+                previous_score = spec.score(link_rows[-1])
                 teacher = student
                 continue
             student = _build_student(link, teacher, recipe, kwargs)
             _check_compatible(teacher, student)
-            objective = _objective(cfg, teacher_handles if cfg.strategy == "multi-teacher" else [teacher], student, data)
-            initial = copy_handle(student) if cfg.baseline and last and cfg.strategy != "self-quantized" else None
+            objective = spec.job("kd_objective")(cfg, teacher_handles if ensemble else [teacher], student, data)
+            initial = copy_handle(student) if cfg.baseline and last and not self_copy else None
             log(f"distill [{cfg.strategy}] link {index}/{len(links)}: {_describe(teacher)} -> {_describe(student)}, "
                 f"T={cfg.temperature}, alpha={cfg.alpha}")
             result = train(student, data, cfg.train, seed=recipe.seed, objective=objective, desc=f"student {name}",
                            checkpoint=Checkpointing(link_ckpt, tag=f"{print_}:{index}", every_steps=cfg.checkpoint_every,
                                                     resume=resume), deterministic=cfg.deterministic)
-            if cfg.strategy == "self-quantized":
+            if self_copy:
                 from edgekit.compress.lora import merge_checked
 
                 student, extra["merge"] = merge_checked(student, teacher, data, folder)
             metrics = model_metrics(student, data)
             metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
                            teacher_score=previous_score, **result.objective)
-            link_rows.append({"name": name, "parameters": student.parameter_count(), **headline(metrics),
+            link_rows.append({"name": name, "parameters": student.parameter_count(), **spec.headline(metrics),
                               "teacher_score": previous_score, "train_seconds": result.seconds,
                               **result.objective})
-            previous_score = score(metrics)
+            previous_score = spec.score(metrics)
             if not last:
                 _save_link(done, student, recipe, config, metrics, result, print_, index, link_rows[-1])
             if initial is not None:
@@ -166,13 +168,14 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
         for row in link_rows[:-1]:  # the successive chain's earlier links, each a stage folder
             shutil.copytree(ckpt_root / row["name"] / "stage", folder / "links" / row["name"])
         # the last link's metrics, against the original teacher
-        metrics.update(teacher_score=score(teacher_metrics[0]),
+        metrics.update(teacher_score=spec.score(teacher_metrics[0]),
                        compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count())
         if baseline_metrics is not None:
-            if "accuracy" in metrics:
-                metrics["kd_gain_points"] = 100 * (metrics["accuracy"] - baseline_metrics["accuracy"])
+            gain = spec.score(metrics) - spec.score(baseline_metrics)
+            if spec.score_key == "accuracy":
+                metrics["kd_gain_points"] = 100 * gain
             else:
-                metrics["kd_gain_bleu"] = metrics["bleu"] - baseline_metrics["bleu"]
+                metrics[f"kd_gain_{spec.score_key}"] = gain
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         extra.update({
@@ -180,14 +183,13 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                               else f"{student.arch}-{link_rows[-1]['name'].split('-', 1)[1]}"),
             "history": result.history, "resumed_from": result.resumed_from, "links": link_rows,
             "teachers": [{"source": str(t), "arch": h.arch, "parameters": h.parameter_count(),
-                          **headline(m)} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],
+                          **spec.headline(m)} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],
             "teacher": {"source": str(teachers[0]), "arch": teacher_handles[0].arch,
-                        "parameters": teacher_handles[0].parameter_count(), **headline(teacher_metrics[0])},
+                        "parameters": teacher_handles[0].parameter_count(), **spec.headline(teacher_metrics[0])},
         })
         if baseline_metrics is not None:
             extra["baseline_metrics"] = baseline_metrics
-        meta = write_meta(folder, stage="distill", config=config, parent=teacher_stage, metrics=metrics,
-                          parameters=student.parameter_count(), fingerprint_value=print_, extra=extra)
+        meta = stage.finish(metrics=metrics, parameters=student.parameter_count(), extra=extra)
     shutil.rmtree(ckpt_root, ignore_errors=True)
     return meta
 
@@ -239,44 +241,27 @@ def _check_compatible(teacher, student) -> None:
         raise EdgekitError(f"teacher does {teacher.task} but student does {student.task}; use models of one task")
 
 
-def _objective(cfg, teachers, student, data):
-    from edgekit.distill.objectives import LogitKD, MultiTeacherKD
-    from edgekit.distill.transfer import transfer_set
-
-    if data.task == "text2text":
-        from edgekit.distill.seq2seq import Seq2SeqKD, check_vocabularies
-
-        if cfg.strategy not in ("straightforward", "successive") or cfg.feature_weight > 0:
-            raise EdgekitError(f"text2text distillation supports the straightforward and successive strategies without "
-                               f"feature KD; {cfg.strategy}{' with --feature-weight' if cfg.feature_weight else ''} is for classifiers")
-        check_vocabularies(teachers[0], student)
-        return Seq2SeqKD(teachers[0].module, cfg.temperature, cfg.alpha)
+def logit_objective(cfg, teachers, student, data):
+    """Classification KD (the task's ``kd_objective`` job): Hinton KD against the cached transfer set
+    of one teacher, or of a weighted ensemble; feature KD on the head input when asked."""
+    from edgekit.train.objectives import LogitKD, MultiTeacherKD
+    from edgekit.train.transfer import transfer_set
 
     want_features = cfg.feature_weight > 0
     sets = [transfer_set(t, data.train, features=want_features and i == 0, cache=cfg.cache,
                          desc=f"teacher {i + 1} logits" if len(teachers) > 1 else "teacher logits")
             for i, t in enumerate(teachers)]
-    for t, s in zip(teachers, sets):
+    for s in sets:
         log(f"  transfer set: {len(data.train)} examples, {'cache hit' if s.hit else 'computed'} in {s.seconds:.1f} s"
             + (f" ({s.path})" if s.path else ""))
     features = {}
     if want_features:
         width = student.head().in_features
         features = dict(teacher_features=sets[0].features, student_width=width, feature_weight=cfg.feature_weight)
-    if cfg.strategy == "multi-teacher":
+    if registry.get("strategy", cfg.strategy).can("teachers") == "many":
         return MultiTeacherKD([s.logits for s in sets], cfg.teacher_weights, cfg.learn_teacher_weights,
                               cfg.temperature, cfg.alpha, **features)
     return LogitKD(sets[0].logits, cfg.temperature, cfg.alpha, **features)
-
-
-def score(metrics: dict) -> float:
-    """The headline number: accuracy, or BLEU for text2text."""
-    return metrics["accuracy"] if "accuracy" in metrics else metrics["bleu"]
-
-
-def headline(metrics: dict) -> dict:
-    keys = ("accuracy", "macro_f1") if "accuracy" in metrics else ("bleu", "rouge_l")
-    return {k: metrics[k] for k in keys}
 
 
 def _save_link(done: Path, student, recipe, config, metrics, result, print_, index, row) -> None:

@@ -18,12 +18,13 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+from edgekit import log
+from edgekit.emulate.chroot import ROOT_CA, run_in_root, stream
 from edgekit.errors import EdgekitError
 
 SUITE = "bookworm"
@@ -33,7 +34,6 @@ PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 VENV = "/opt/edgekit"
 WHEEL_STAMP = "edgekit-wheel.sha256"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
-ROOT_CA = "/etc/edgekit-host-ca.crt"  # the host's CA bundle, so pip inside trusts what the host trusts
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 APT_HINT = "apt-get install qemu-user-static binfmt-support debootstrap"
 
@@ -116,38 +116,13 @@ def locked(name: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"emulate: waiting for another edgekit building {name}", file=sys.stderr, flush=True)
+            log.info(f"emulate: waiting for another edgekit building {name}")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
-def _stream(command: list[str], log_path: Path, what: str, env: dict | None = None) -> None:
-    """Run a long step, its output to a log, a progress line on stderr; a clear error when it fails."""
-    from tqdm.auto import tqdm
-
-    with open(log_path, "a") as log, tqdm(desc=what, bar_format="{desc} {elapsed}", file=sys.stderr, leave=False) as bar:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=env, start_new_session=True)
-        last = ""
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                if line.strip():
-                    last = line.strip()
-                    bar.set_description_str(f"{what}: {last[:60]}")
-            code = proc.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait()
-            raise
-    if code != 0:
-        raise EdgekitError(f"{what} failed (exit code {code}): {last[:200]}; full log: {log_path}")
-
-
 def build(rebuild: bool = False) -> Path:
     """The cached root folder, built now if missing (or ``rebuild``)."""
-    from edgekit.emulate.target import run_in_root
 
     check_host()
     final = root_folder()
@@ -163,9 +138,9 @@ def build(rebuild: bool = False) -> Path:
         try:
             root = tmp / "root"
             mirror = debian_mirror()
-            print(f"emulate: building a Debian {SUITE} {DEB_ARCH} root in {final} from {mirror} "
-                  "(about 10 minutes on 2 cores; once)", file=sys.stderr, flush=True)
-            _stream(["debootstrap", f"--arch={DEB_ARCH}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+            log.info(f"emulate: building a Debian {SUITE} {DEB_ARCH} root in {final} from {mirror} "
+                     "(about 10 minutes on 2 cores; once)")
+            stream(["debootstrap", f"--arch={DEB_ARCH}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                      SUITE, str(root), mirror], log_path, "debootstrap")
             shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
             if Path(HOST_CA).is_file():
@@ -244,7 +219,6 @@ def edgekit_wheel(folder: Path) -> tuple[Path, str]:
 
 def install_edgekit(folder: Path) -> str:
     """Install this edgekit into the target's venv unless the same files are there already."""
-    from edgekit.emulate.target import run_in_root
 
     root = folder / "root"
     stamp = root / VENV.lstrip("/") / WHEEL_STAMP

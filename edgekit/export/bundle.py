@@ -17,13 +17,15 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from edgekit import __version__
+from edgekit import __version__, registry
+from edgekit import log as _log
 from edgekit.artifacts import read_meta, sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
@@ -55,7 +57,7 @@ def lineage(stage_dir: Path | None) -> list[dict[str, Any]]:
 
 def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
     preprocessing = dict(handle.preprocessing)
-    if handle.task != "image-classification":
+    if handle.spec.modality == "text":
         tokenizer = handle.tokenizer
         with tempfile.TemporaryDirectory() as scratch:
             tokenizer.save_pretrained(scratch)
@@ -65,7 +67,7 @@ def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
             shutil.copy(source, folder / TOKENIZER_FILE)
         preprocessing["pad_id"] = int(tokenizer.pad_token_id or 0)
         preprocessing["pad_token"] = tokenizer.pad_token or "[PAD]"
-    if handle.task == "text2text":
+    if handle.spec.generates:
         config = handle.module.config
         preprocessing["decoder_start_id"] = int(config.decoder_start_token_id if config.decoder_start_token_id is not None
                                                 else config.pad_token_id)
@@ -82,13 +84,14 @@ def _batches(encoder: Encoder, split: Split | None, limit: int, batch_size: int 
 
 def _parity_batches(handle: ModelHandle, graphs: list[Graph], encoder: Encoder, split: Split | None) -> list[dict[str, np.ndarray]]:
     """Real task inputs (up to 256 examples), or the export's example inputs without data."""
-    batches = _batches(encoder, split, 256 if handle.task != "text2text" else 64)
+    generates = handle.spec.generates
+    batches = _batches(encoder, split, handle.spec.parity_examples)
     if not batches:
-        return [{n: t.numpy() for n, t in zip(graphs[0].inputs, graphs[0].example)}] if handle.task != "text2text" else [
+        return [{n: t.numpy() for n, t in zip(graphs[0].inputs, graphs[0].example)}] if not generates else [
             {"input_ids": graphs[0].example[0].numpy(), "attention_mask": graphs[0].example[1].numpy(),
              "decoder_input_ids": graphs[1].example[0].numpy()}]
-    if handle.task == "text2text":  # teacher forcing on the reference targets
-        targets = list(split.labels[:64])
+    if generates:  # teacher forcing on the reference targets
+        targets = list(split.labels[:handle.spec.parity_examples])
         for start, batch in zip(range(0, len(targets), 16), batches):
             labels = handle.tokenizer(text_target=[str(t) for t in targets[start:start + 16]], padding=True, truncation=True,
                                       max_length=int(handle.preprocessing.get("max_target_length", 128)),
@@ -104,7 +107,7 @@ def _torch_logits(handle: ModelHandle, graphs: list[Graph], batches: list[dict[s
     out = []
     for b in batches:
         t = {k: torch.from_numpy(v) for k, v in b.items()}
-        if handle.task == "text2text":
+        if handle.spec.generates:
             hidden = graphs[0].module(t["input_ids"], t["attention_mask"])
             out.append(graphs[1].module(t["decoder_input_ids"], hidden, t["attention_mask"]).float().numpy())
         else:
@@ -123,7 +126,7 @@ def _check_parity(name: str, reference: list[np.ndarray], exported: list[np.ndar
         "snr_db": snr_db(ref, out),
     }
     if len(ref) != result["examples"]:
-        result["positions"] = int(len(ref))  # text2text: agreement is per target token
+        result["positions"] = int(len(ref))  # encoder-decoders: agreement is per target token
     if lossy:
         result["thresholds"] = {"min_agreement": parity["min_agreement"], "min_snr_db": parity["min_snr_db"]}
         result["passed"] = result["label_agreement"] >= parity["min_agreement"] and result["snr_db"] >= parity["min_snr_db"]
@@ -148,8 +151,12 @@ def _files(folder: Path, manifest: dict[str, Any]) -> list[Path]:
 
 def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dict[str, Any]:
     """torch dynamic int8 of every Linear layer and weight-only 8-bit embeddings, traced to TorchScript."""
-    from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
-                                       per_channel_dynamic_qconfig, quantize_dynamic)
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        float_qparams_weight_only_qconfig,
+        per_channel_dynamic_qconfig,
+        quantize_dynamic,
+    )
 
     engine = resolve_engine(quant["engine"])
     previous = torch.backends.quantized.engine
@@ -178,7 +185,8 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
     convolutional = any(is_convolutional(p) for p in _files(fp32_dir, manifest))
     sources = {"plain": fp32_dir}
     notes: dict[str, dict[str, Any]] = {"plain": {}}
-    wants_fusion = preset["optimize"] in ("auto", "fused", "timed") and handle.task != "text2text" and not convolutional
+    wants_fusion = (preset["optimize"] in ("auto", "fused", "timed") and handle.spec.transformer_fusions
+                    and not convolutional)
     if wants_fusion:
         fused_dir = _candidate(scratch, "fused-fp32", manifest)
         config = getattr(handle.module, "config", None)
@@ -264,9 +272,7 @@ def _lossy_parity(precision: str, reference: list[np.ndarray], final: Path, batc
 
 
 def log(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
+    _log.info(message)
 
 
 FUSED_SNR_SLACK_DB = 1.0  # the fused graph may be this much noisier (dB) than the plain one, never less accurate
@@ -331,12 +337,13 @@ def build_bundle(
     judged: on the target's own int8 kernels. Without them it is judged on this host, and labelled so."""
     folder = Path(folder)
     fmt, precision = preset["format"], preset["precision"]
-    fmt_name = {"onnx": "ONNX", "torchscript": "TorchScript"}[fmt]
-    if handle.task == "text2text" and precision == "int8" and preset["quantization"]["mode"] == "static":
+    spec, writer = handle.spec, registry.get("format", fmt, option="--format")
+    fmt_name = writer.can("title")
+    if not spec.static_int8 and precision == "int8" and preset["quantization"]["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
     graphs = graphs_for(handle)
-    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    suffix = writer.can("suffix")
     manifest: dict[str, Any] = {
         "schema_version": 2, "format": fmt, "precision": precision, "preset": preset["name"],
         "opset": int(preset["opset"]) if fmt == "onnx" else None,
@@ -348,7 +355,7 @@ def build_bundle(
     encoder = Encoder(folder, manifest)
     batches = _parity_batches(handle, graphs, encoder, parity_split)
     reference = _torch_logits(handle, graphs, batches)
-    timing = _timing_inputs(batches[0], manifest["preprocessing"]) if handle.task != "text2text" else {}
+    timing = _timing_inputs(batches[0], manifest["preprocessing"]) if not spec.generates else {}
     _remove_dead_scratch()
     with tempfile.TemporaryDirectory(prefix=f"edgekit-export-{os.getpid()}-") as scratch:
         scratch = Path(scratch)
@@ -373,7 +380,7 @@ def build_bundle(
                 ts_dir = _candidate(scratch, "int8", manifest)
                 candidates = [("plain", ts_dir, _torch_int8(handle, preset["quantization"], ts_dir), {})]
             else:
-                calib = _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if handle.task != "text2text" else []
+                calib = _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if spec.static_int8 else []
                 candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
             timed = preset["optimize"] == "timed"
             for variant, candidate, _, notes in candidates:

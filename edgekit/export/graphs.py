@@ -78,19 +78,29 @@ class _Decoder(torch.nn.Module):
 
 
 def graphs_for(handle: ModelHandle) -> list[Graph]:
+    """The graphs an export of ``handle`` writes (the task's ``graphs`` job), traced in eval mode on CPU."""
     handle.module.cpu().eval()
-    if handle.task == "image-classification":
+    config = getattr(handle.module, "config", None)
+    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+        config._attn_implementation = "eager"  # same math; traces without the SDPA mask shortcuts
+    return handle.spec.job("graphs")(handle)
+
+
+def classifier_graphs(handle: ModelHandle) -> list[Graph]:
+    """One graph, ``model``: pixels or token ids in, logits out (batch and sequence dynamic)."""
+    if handle.spec.modality == "image":
         example = handle.example_inputs(batch=2)
         return [Graph("model", _LogitsOnly(handle), ["pixel_values"], "logits", (example["pixel_values"],),
                       [{0: "batch"}], ["float32"])]
-    if getattr(handle.module, "config", None) is not None and getattr(handle.module.config, "_attn_implementation", None) == "sdpa":
-        handle.module.config._attn_implementation = "eager"  # same math; traces without the SDPA mask shortcuts
-    if handle.task != "text2text":
-        example = handle.example_inputs(batch=2, seq_len=16)
-        example["attention_mask"][1, 12:] = 0  # a padded row, so no all-ones shortcut is baked into a trace
-        names = handle.input_names
-        return [Graph("model", _LogitsOnly(handle), names, "logits", tuple(example[n] for n in names),
-                      [{0: "batch", 1: "sequence"} for _ in names], ["int64"] * len(names), legacy_first=True)]
+    example = handle.example_inputs(batch=2, seq_len=16)
+    example["attention_mask"][1, 12:] = 0  # a padded row, so no all-ones shortcut is baked into a trace
+    names = handle.input_names
+    return [Graph("model", _LogitsOnly(handle), names, "logits", tuple(example[n] for n in names),
+                  [{0: "batch", 1: "sequence"} for _ in names], ["int64"] * len(names), legacy_first=True)]
+
+
+def encoder_decoder_graphs(handle: ModelHandle) -> list[Graph]:
+    """Two graphs: ``encoder`` (ids -> hidden states) and ``decoder`` (target ids, hidden -> logits)."""
     model = handle.module
     example = handle.example_inputs(batch=2, seq_len=12)
     ids, mask = example["input_ids"], example["attention_mask"]

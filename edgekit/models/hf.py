@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekit.data.images import IMAGENET_MEAN, IMAGENET_STD
 from edgekit.errors import EdgekitError
+from edgekit.tasks import task_spec
 
 
 def _weights_error(spec: str, exc: BaseException) -> EdgekitError:
@@ -33,7 +34,8 @@ def _from_pretrained(loader, spec: str, task: str, **kwargs):
     except ValueError as exc:
         if "weights_only" in str(exc):
             raise _weights_error(spec, exc) from None
-        kind = "is not an encoder-decoder (text2text needs e.g. T5)" if task == "text2text" else f"cannot do {task}"
+        kind = (f"is not an encoder-decoder ({task} needs e.g. T5)" if task_spec(task).generates
+                else f"cannot do {task}")
         raise EdgekitError(f"model {spec!r} {kind}: {str(exc).splitlines()[0][:200]}") from None
     except Exception as exc:  # noqa: BLE001 - safetensors, pickle and config errors of a user's folder
         raise _weights_error(spec, exc) from None
@@ -48,17 +50,18 @@ def load_hf(spec: str, *, task: str, label_names: list[str], image_size: int | N
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    if task == "text2text":
-        return _load_seq2seq(spec, max_length, max_target_length)
+    kind = task_spec(task)
+    if kind.generates:
+        return _load_seq2seq(spec, task, max_length, max_target_length)
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     common = dict(num_labels=len(label_names), id2label=id2label, label2id=label2id,
                   trust_remote_code=False, ignore_mismatched_sizes=True)
-    auto = (transformers.AutoModelForImageClassification if task == "image-classification"
+    auto = (transformers.AutoModelForImageClassification if kind.modality == "image"
             else transformers.AutoModelForSequenceClassification)
     model = _from_pretrained(auto, spec, task, **common)
     tokenizer = None
-    if task == "text-classification":
+    if kind.modality == "text":
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
         except (OSError, ValueError) as exc:
@@ -87,17 +90,17 @@ def _image_preprocessing(spec: str, model, image_size: int | None) -> dict:
     return {"image_size": int(size), "mean": mean, "std": std}
 
 
-def _load_seq2seq(spec: str, max_length: int, max_target_length: int):
+def _load_seq2seq(spec: str, task: str, max_length: int, max_target_length: int):
     """An encoder-decoder (T5, BART, ...) with its tokenizer."""
     import transformers
 
     from edgekit.models.handle import ModelHandle
 
-    model = _from_pretrained(transformers.AutoModelForSeq2SeqLM, spec, "text2text", trust_remote_code=False)
+    model = _from_pretrained(transformers.AutoModelForSeq2SeqLM, spec, task, trust_remote_code=False)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise EdgekitError(f"model {spec!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
     preprocessing = {"max_length": int(max_length), "max_target_length": int(max_target_length)}
-    return ModelHandle(model, "hf", model.config.model_type, "text2text", [], preprocessing, tokenizer=tokenizer,
+    return ModelHandle(model, "hf", model.config.model_type, task, [], preprocessing, tokenizer=tokenizer,
                        source=spec, pretrained=True)

@@ -7,6 +7,22 @@ from typing import Any
 
 from edgekit.artifacts import is_stage, read_json, read_meta, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
+from edgekit.layout import (
+    EVAL,
+    EXPORT,
+    LORA,
+    PRUNED,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MD,
+    STUDENT,
+    SWEEP_JSON,
+    TEACHER,
+    bench_folders,
+    find_stages,
+    sweep_cell_folder,
+)
+from edgekit.report.tables import _fmt, markdown, sweep_cell_text
 
 MB = 1e6
 
@@ -19,8 +35,6 @@ def _model_bytes(meta: dict[str, Any]) -> int:
 def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per model the run produced: teacher, student (or every sweep cell's student and its
     exported bundle), lora, pruned, and the shipped bundle (one row per bench device)."""
-    from edgekit.pipeline import find_stages
-
     run_dir = Path(run_dir)
     found = find_stages(run_dir)
     metas = {name: read_meta(path) for name, path in found.items()}
@@ -30,12 +44,12 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     cell_metas: dict[str, dict] = {}
     if sweep:
         for cell in sweep["cells"]:
-            student_dir = run_dir / "sweep" / cell["folder"] / "student"
+            student_dir = sweep_cell_folder(run_dir, cell["folder"]) / STUDENT
             if cell["in_table"] and is_stage(student_dir):
                 cell_metas[cell["name"]] = read_meta(student_dir)
-    student = metas.get("student") or (cell_metas.get(sweep["shipped"]) if sweep else None)
-    if "teacher" in metas:
-        rows.append(_torch_row(run, "teacher", metas["teacher"]))
+    student = metas.get(STUDENT) or (cell_metas.get(sweep["shipped"]) if sweep else None)
+    if TEACHER in metas:
+        rows.append(_torch_row(run, TEACHER, metas[TEACHER]))
     else:
         t = next((m["teacher"] for m in [student, *cell_metas.values()] if m and m.get("teacher")), None)
         if t:
@@ -46,7 +60,7 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
         for cell in sweep["cells"]:
             if cell["name"] not in cell_metas:
                 continue
-            folder = run_dir / "sweep" / cell["folder"]
+            folder = sweep_cell_folder(run_dir, cell["folder"])
             tags = {"cell": cell["name"], "strategy": cell["strategy"], "student": cell["label"],
                     "shipped": cell["name"] == sweep["shipped"]}
             meta = cell_metas[cell["name"]]
@@ -54,11 +68,11 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
             rows += [{**row, **tags} for row in _export_rows(run, cell["name"], folder, meta)]
     elif student:
         rows.append({**_torch_row(run, "student", student), "strategy": student["config"].get("strategy")})
-    for name in ("lora", "pruned"):
+    for name in (LORA, PRUNED):
         if name in metas:
             rows.append(_torch_row(run, name, metas[name]))
-    if "export" in metas:
-        rows += _export_rows(run, "export", run_dir, student)
+    if EXPORT in metas:
+        rows += _export_rows(run, EXPORT, run_dir, student)
     teacher_acc = rows[0]["accuracy"] if rows and rows[0]["stage"] == "teacher" else None
     teacher_params = rows[0]["parameters"] if rows and rows[0]["stage"] == "teacher" else None
     for row in rows:
@@ -68,17 +82,17 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_sweep(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "sweep.json"
+    path = Path(run_dir) / SWEEP_JSON
     return read_json(path, "re-run 'edgekit run' on this folder") if path.is_file() else None
 
 
 def _export_rows(run: str, stage: str, folder: Path, student: dict | None) -> list[dict[str, Any]]:
     """The bundle in ``folder/export``, one row per ``folder/bench-*`` device (or one unmeasured row)."""
-    if not is_stage(folder / "export"):
+    if not is_stage(folder / EXPORT):
         return []
-    export = read_meta(folder / "export")
-    accuracy = read_meta(folder / "eval")["metrics"].get("accuracy") if is_stage(folder / "eval") else None
-    benches = [read_meta(p) for p in sorted(folder.glob("bench-*")) if is_stage(p)]
+    export = read_meta(folder / EXPORT)
+    accuracy = read_meta(folder / EVAL)["metrics"].get("accuracy") if is_stage(folder / EVAL) else None
+    benches = [read_meta(p) for p in bench_folders(folder)]
     quant = (export.get("quantization") or {}).get("mode")
     fmt = export.get("format", "onnx")
     precision = export.get("precision") or ("int8" if quant else "fp32")
@@ -115,52 +129,6 @@ def _torch_row(run: str, stage: str, meta: dict[str, Any]) -> dict[str, Any]:
             "accuracy": meta["metrics"].get("accuracy"), "parameters": meta["parameters"],
             "size_mb": _model_bytes(meta) / MB, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
             "peak_rss_mb": None, "device": "cpu (in process)" if lat else None}
-
-
-def _fmt(value: Any, spec: str, suffix: str = "") -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:{spec}}{suffix}"
-
-
-COLUMNS = [
-    ("stage", "stage", "s", ""), ("model", "model", "s", ""), ("runtime", "runtime", "s", ""),
-    ("accuracy", "accuracy (%)", ".2f", ""), ("retention", "vs teacher (%)", ".1f", ""),
-    ("parameters", "params (M)", ".3f", ""), ("compression", "compression (x)", ".1f", ""),
-    ("size_mb", "size (MB)", ".2f", ""), ("p50_ms", "p50 (ms)", ".3f", ""), ("p90_ms", "p90 (ms)", ".3f", ""),
-    ("peak_rss_mb", "peak RSS (MB)", ".1f", ""), ("device", "latency measured on", "s", ""),
-]
-
-
-def table_cells(row: dict[str, Any]) -> list[str]:
-    cells = []
-    for key, _, spec, _ in COLUMNS:
-        value = row.get(key)
-        if key in ("accuracy", "retention") and value is not None:
-            value = value * 100
-        if key == "parameters" and value is not None:
-            value = value / 1e6
-        cells.append(_fmt(value, spec))
-    return cells
-
-
-def markdown(rows: list[dict[str, Any]], with_run: bool = False) -> str:
-    titles = (["run"] if with_run else []) + [title for _, title, _, _ in COLUMNS]
-    header = "| " + " | ".join(titles) + " |"
-    rule = "|" + ("---|" if with_run else "") + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(([r["run"]] if with_run else []) + table_cells(r)) + " |" for r in rows]
-    return "\n".join([header, rule, *body])
-
-
-def text_table(rows: list[dict[str, Any]]) -> str:
-    """Aligned plain-text table for the terminal."""
-    header = [title for _, title, _, _ in COLUMNS]
-    cells = [table_cells(r) for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 def _pyplot():
@@ -319,13 +287,6 @@ def sweep_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"strategies": strategies, "rows": table}
 
 
-def sweep_cell_text(entry: dict[str, Any], strategy: str) -> str:
-    """One cell of the strategy table: the student's accuracy (%) and its exported file's."""
-    acc, exp = entry["accuracy"].get(strategy), entry["exported_accuracy"].get(strategy)
-    text = _fmt(acc * 100 if acc is not None else None, ".2f")
-    return text + (f" (exported {exp * 100:.2f})" if exp is not None else "")
-
-
 def sweep_markdown(table: dict[str, Any], shipped: str | None) -> list[str]:
     head = "| student | params (M) | " + " | ".join(f"{s} (%)" for s in table["strategies"]) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(table["strategies"])]
@@ -354,7 +315,7 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     for path in write_pareto_plots(rows, out):
         plots[f"accuracy vs latency on {path.stem.removeprefix('pareto_')} (Pareto front)"] = path
     confusions = _confusions(run_dirs)
-    for i, c in enumerate(confusions):
+    for c in confusions:
         name = "confusion_matrix.png" if len(confusions) == 1 else f"confusion_matrix_{_slug(c['run'])}.png"
         c["plot"] = write_confusion_plot(c["labels"], c["matrix"], out / name).name
         plots[f"confusion matrix ({c['run']})"] = out / c["plot"]
@@ -380,16 +341,16 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
                                  if not title.startswith("confusion matrix")] + [""]  # that one: in its own section
     for c in confusions:
         text += _confusion_markdown(c)
-    write_text_atomic(out / "report.md", "\n".join(text) + "\n")
+    write_text_atomic(out / REPORT_MD, "\n".join(text) + "\n")
     from edgekit.report.html import render
 
-    write_text_atomic(out / "report.html", render(rows, table, sweeps, plots, confusions, sections, multi))
+    write_text_atomic(out / REPORT_HTML, render(rows, table, sweeps, plots, confusions, sections, multi))
     document = {"schema_version": 2, "runs": sections["runs"], "rows": rows,
                 "plots": [p.name for p in plots.values()], "sweep": table,
                 "shipped": [{"run": run, "cell": s["shipped"], "reason": s["reason"]} for run, s in sweeps if s],
                 "confusion_matrices": [{k: c[k] for k in ("run", "labels", "matrix", "plot")} for c in confusions],
                 "html": "report.html"}
-    write_json_atomic(out / "report.json", document)
+    write_json_atomic(out / REPORT_JSON, document)
     return document
 
 
@@ -397,7 +358,7 @@ def _confusions(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """The confusion matrix of each run's shipped bundle (its eval stage)."""
     found = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "eval"
+        path = Path(run_dir) / EVAL
         if not is_stage(path):
             continue
         metrics = read_meta(path)["metrics"]

@@ -7,6 +7,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from edgekit.report.tables import COLUMNS, sweep_cell_text, table_cells
+
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
        padding: 0 1rem; color: #1b1f24; }
@@ -42,8 +44,6 @@ def _image(path: Path, title: str) -> str:
 
 def render(rows: list[dict[str, Any]], table: dict[str, Any] | None, sweeps: list[tuple[str, dict | None]],
            plots: dict[str, Path], confusions: list[dict[str, Any]], sections: dict[str, Any], multi: bool) -> str:
-    from edgekit.report.build import COLUMNS, sweep_cell_text, table_cells
-
     header = (["run"] if multi else []) + [title for _, title, _, _ in COLUMNS]
     numeric = ([False] if multi else []) + [spec != "s" for _, _, spec, _ in COLUMNS]
     body = [([r["run"]] if multi else []) + table_cells(r) for r in rows]

@@ -6,24 +6,25 @@ Classifiers have one graph, ``model``; encoder-decoders (T5) have ``encoder`` an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from edgekit import registry
 from edgekit.artifacts import read_json
 from edgekit.errors import EdgekitError
+from edgekit.tasks import task_spec
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-FORMATS = ("onnx", "torchscript")
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 
 MANIFEST_VERSIONS = (1, 2)
-TASKS = ("image-classification", "text-classification", "text2text")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -52,16 +53,17 @@ def check_manifest(folder: Path, manifest: Any) -> None:
     if version not in MANIFEST_VERSIONS:
         raise _bad(folder, f"has schema_version {str(version)[:20]!r}, which this edgekit does not read "
                            f"(it reads {', '.join(map(str, MANIFEST_VERSIONS))}); update edgekit or export again")
-    if manifest.get("task") not in TASKS:
-        raise _bad(folder, f"has task {str(manifest.get('task'))[:40]!r}, not one of {', '.join(TASKS)}")
+    tasks = registry.names("task")
+    if manifest.get("task") not in tasks:
+        raise _bad(folder, f"has task {str(manifest.get('task'))[:40]!r}, not one of {', '.join(tasks)}")
     names = manifest.get("label_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (
-            not names and manifest.get("task") != "text2text"):
+            len(names) < task_spec(manifest["task"]).min_labels):
         raise _bad(folder, "has no list of label_names")
     if not isinstance(manifest.get("preprocessing"), dict):
         raise _bad(folder, "has no preprocessing section")
-    if manifest.get("format", "onnx") not in FORMATS:
-        raise _bad(folder, f"has format {str(manifest.get('format'))[:40]!r}, not one of {', '.join(FORMATS)}")
+    if manifest.get("format", "onnx") not in registry.names("format"):
+        raise _bad(folder, f"has format {str(manifest.get('format'))[:40]!r}, not one of {', '.join(registry.names('format'))}")
     graphs = manifest.get("graphs")
     if graphs is not None and (not isinstance(graphs, list) or not graphs or not all(isinstance(g, dict) for g in graphs)):
         raise _bad(folder, "has a graphs entry that is not a list of graphs")
@@ -171,11 +173,10 @@ class TorchScriptSession:
 def open_graph(folder: Path, manifest: dict[str, Any], graph: dict[str, Any], providers: Sequence[str] | None = None,
                threads: int = 0, graph_optimization: str = "all"):
     fmt = manifest.get("format", "onnx")
-    if fmt == "torchscript":
+    runtime = registry.get("format", fmt, option="bundle format").can("runtime")
+    if runtime == "torchscript":
         engine = (manifest.get("quantization") or {}).get("engine")
         return TorchScriptSession(Path(folder) / graph["file"], [i["name"] for i in graph["inputs"]], threads, engine)
-    if fmt != "onnx":
-        raise EdgekitError(f"bundle format {fmt!r} is not one of {', '.join(FORMATS)}; export it again")
     return open_session(Path(folder) / graph["file"], providers, threads, graph_optimization)
 
 
@@ -204,8 +205,9 @@ class Encoder:
         self.folder = Path(folder)
         self.task = manifest["task"]
         self.preprocessing: dict[str, Any] = manifest["preprocessing"]
+        self.spec = task_spec(self.task)
         self.input_names = [i["name"] for i in graphs_of(manifest)[0]["inputs"]]
-        if self.task == "text2text":
+        if self.spec.generates:  # the encoder's inputs; the decoder's come from generation
             self.input_names = ["input_ids", "attention_mask"]
         self._tokenizer = None
 
@@ -225,7 +227,7 @@ class Encoder:
         return self._tokenizer
 
     def __call__(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
-        if self.task == "image-classification":
+        if self.spec.modality == "image":
             from edgekit.data.images import preprocess_image
 
             p = self.preprocessing
@@ -240,7 +242,7 @@ class Encoder:
 
 
 class Bundle:
-    """Load a bundle and turn raw examples into logits (classifiers) or generated text (text2text)."""
+    """Load a bundle and turn raw examples into logits (classifiers) or generated text (encoder-decoders)."""
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, threads: int = 0,
                  graph_optimization: str = "all", verify: bool = True):
@@ -257,8 +259,8 @@ class Bundle:
         self.session = next(iter(self.sessions.values()))
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits: of the classifier, or (text2text) of the decoder for given ``decoder_input_ids``."""
-        if self.task != "text2text":
+        """Logits: of the classifier, or (encoder-decoders) of the decoder for given ``decoder_input_ids``."""
+        if not self.encode.spec.generates:
             return self.session.run(["logits"], inputs)[0]
         hidden = self.sessions["encoder"].run(["hidden"], {"input_ids": inputs["input_ids"],
                                                           "attention_mask": inputs["attention_mask"]})[0]

@@ -67,5 +67,5 @@ if __name__ == "__main__":
     try:
         sys.exit(_main(*sys.argv[1:5]))
     except EdgekitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)

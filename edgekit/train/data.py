@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgekit.data.images import preprocess_image
 from edgekit.data.splits import Split
+from edgekit.tasks import task_spec
 
 _IMAGE_CACHE_LIMIT_BYTES = 2 << 30
 
@@ -24,6 +25,10 @@ class ImageSplitDataset(Dataset):
         self.cache: dict[int, np.ndarray] | None = (
             {} if len(split) * 3 * self.size * self.size * 4 <= _IMAGE_CACHE_LIMIT_BYTES else None
         )
+
+    @classmethod
+    def of(cls, handle, split: Split) -> ImageSplitDataset:
+        return cls(split, handle.preprocessing)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -47,6 +52,10 @@ class TextSplitDataset(Dataset):
         if "token_type_ids" in input_names and "token_type_ids" not in self.features:
             self.features["token_type_ids"] = [[0] * len(ids) for ids in encoded["input_ids"]]
         self.pad_id = tokenizer.pad_token_id or 0
+
+    @classmethod
+    def of(cls, handle, split: Split) -> TextSplitDataset:
+        return cls(split, handle.tokenizer, handle.preprocessing["max_length"], handle.input_names)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -73,14 +82,8 @@ def _image_collate(batch):
 
 
 def make_dataset(handle, split: Split) -> Dataset:
-    if handle.task == "text2text":
-        from edgekit.distill.seq2seq import Seq2SeqSplitDataset
-
-        return Seq2SeqSplitDataset(split, handle.tokenizer, handle.preprocessing["max_length"],
-                                   handle.preprocessing.get("max_target_length", 128))
-    if handle.task == "image-classification":
-        return ImageSplitDataset(split, handle.preprocessing)
-    return TextSplitDataset(split, handle.tokenizer, handle.preprocessing["max_length"], handle.input_names)
+    """The task's dataset of ``split`` for ``handle``'s model (its spec's ``dataset`` job)."""
+    return task_spec(handle.task).job("dataset")(handle, split)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,

@@ -1,5 +1,5 @@
 """The one training loop, on Accelerate. Fine-tuning a teacher, every distillation strategy and the
-labels-only baseline are the same loop with a different :class:`~edgekit.distill.objectives.Objective`.
+labels-only baseline are the same loop with a different :class:`~edgekit.train.objectives.Objective`.
 
 - CUDA when present (bf16 autocast), CPU otherwise; ``accelerate launch`` on several GPUs shards each
   epoch's batches across processes with no code change.
@@ -28,12 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from edgekit import log
 from edgekit.data.splits import Split, TaskData
-from edgekit.data.torch_data import make_dataset, make_loader
-from edgekit.distill.objectives import Objective
 from edgekit.errors import EdgekitError
 from edgekit.metrics import classification_metrics
 from edgekit.models.handle import ModelHandle, default_lr
+from edgekit.tasks import task_spec
+from edgekit.train.data import make_dataset, make_loader
+from edgekit.train.objectives import Objective
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -63,7 +65,7 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class TrainResult:
     best_epoch: int
-    best_val_accuracy: float
+    best_val_score: float
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     lr: float = 0.0
@@ -96,14 +98,31 @@ def predict_logits(handle: ModelHandle, split: Split, batch_size: int = 128, des
 
 
 def evaluate(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None) -> dict[str, Any]:
-    """Classification: accuracy, macro F1, per-class, confusion matrix. text2text: BLEU, ROUGE-L."""
-    if handle.task == "text2text":
-        from edgekit.distill.seq2seq import evaluate_seq2seq
+    """The task's metrics of the PyTorch model on ``split`` (its spec's ``evaluate_model`` job):
+    accuracy, macro F1, per-class and confusion matrix for classifiers; BLEU and ROUGE-L for seq2seq."""
+    return task_spec(handle.task).job("evaluate_model")(handle, split, batch_size, desc)
 
-        handle.module.to(pick_device())
-        return evaluate_seq2seq(handle, split, min(batch_size, 64), desc)
+
+def evaluate_classifier(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None) -> dict[str, Any]:
     logits = predict_logits(handle, split, batch_size, desc)
     return classification_metrics(split.labels, logits.argmax(-1), handle.label_names)
+
+
+def model_metrics(handle: ModelHandle, data: TaskData) -> dict[str, Any]:
+    """What a model stage records: the task's metrics on the evaluation split, its score on the
+    validation split and, where it means something, the PyTorch model's batch-1 latency (a
+    generating model's depends on the output length)."""
+    from edgekit.bench.torch_latency import torch_latency
+
+    spec = task_spec(handle.task)
+    metrics = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch}")
+    metrics["split"] = data.eval_split.name
+    metrics[spec.validation_key] = spec.score(evaluate(handle, data.val))
+    if spec.times_model:
+        metrics["latency_ms"] = torch_latency(handle)
+    else:
+        handle.module.cpu()
+    return metrics
 
 
 def _schedule(optimizer, total_steps: int, warmup_fraction: float):
@@ -165,7 +184,7 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.set, self.signum = True, signum
         name = "interrupt" if signum == signal.SIGINT else "SIGTERM"
-        print(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+        log.warning(f"\n{name}: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
     def __exit__(self, *exc):
         for signum, previous in self.previous.items():
@@ -249,11 +268,7 @@ def train(
     keep the weights of the best validation epoch."""
     seed = cfg.seed if cfg.seed is not None else seed
     seed_everything(seed)
-    if objective is None and handle.task == "text2text":
-        from edgekit.distill.seq2seq import Seq2SeqKD
-
-        objective = Seq2SeqKD(None, 1.0, 0.0)  # token-level cross-entropy
-    objective = objective or Objective()
+    objective = objective or task_spec(handle.task).job("default_objective")()
     acc = accelerator()
     device = acc.device
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -269,13 +284,12 @@ def train(
     raw_module = acc.unwrap_model(module)
     train_dataset = make_dataset(handle, data.train)
     val_dataset = make_dataset(handle, data.val)
-    if handle.task == "text2text":
-        handle.module.to(device)
+    handle.module.to(device)  # prepare() moved the wrapped copy; generation-based validation uses this one
     batches_per_epoch = len(epoch_batches(len(train_dataset), cfg.batch_size, seed, 1, acc.process_index, acc.num_processes))
     scheduler = _schedule(optimizer, cfg.epochs * batches_per_epoch, cfg.warmup_fraction)
     head_input = _HeadInput(handle.head()) if objective.needs_features else None
 
-    result = TrainResult(best_epoch=0, best_val_accuracy=-1.0, lr=lr)
+    result = TrainResult(best_epoch=0, best_val_score=-1.0, lr=lr)
     best_state = None
     start_epoch, start_step, global_step, elapsed = 1, 0, 0, 0.0
     saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.resume else None
@@ -288,11 +302,10 @@ def train(
         start_epoch, start_step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
         elapsed = float(saved["elapsed"])
         result.history = json.loads(saved["history"])
-        result.best_epoch, result.best_val_accuracy = saved["best_epoch"], float(saved["best_val_accuracy"])
+        result.best_epoch, result.best_val_score = saved["best_epoch"], float(saved.get("best_val_score", saved.get("best_val_accuracy", -1.0)))
         best_state = saved.get("best_state") or None
         result.resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
-        print(f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}",
-              file=sys.stderr)
+        log.info(f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}")
 
     def snapshot(epoch: int, step_in_epoch: int) -> None:
         if checkpoint is None or not acc.is_main_process:
@@ -303,7 +316,7 @@ def train(
             "objective": objective.state_dict(), "rng": _rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
             "global_step": global_step, "elapsed": elapsed + (time.perf_counter() - start),
             "history": json.dumps(result.history), "best_epoch": result.best_epoch,
-            "best_val_accuracy": result.best_val_accuracy, "best_state": best_state or {},
+            "best_val_score": result.best_val_score, "best_state": best_state or {},
         })
 
     start = time.perf_counter()
@@ -330,8 +343,7 @@ def train(
                     with acc.autocast():
                         logits = handle_logits(handle, module, inputs)
                     features = head_input.value if head_input is not None else None
-                    if hasattr(objective, "inputs"):  # objectives that run a teacher on the batch
-                        objective.inputs = inputs
+                    objective.see_batch(inputs)  # objectives that run a teacher on the batch keep its inputs
                     loss = objective.loss(logits.float(), features, indices, labels)
                     if not torch.isfinite(loss.detach()).item():  # stop before a NaN reaches the weights
                         kept = (f"; the last good checkpoint is kept in {checkpoint.path}"
@@ -366,11 +378,11 @@ def train(
                 metric, val_acc = validation_score(handle, val_dataset, data.val, cfg.batch_size, device)
                 result.history.append({"epoch": epoch, "train_loss": epoch_loss / max(seen, 1), metric: val_acc,
                                        "epoch_seconds": epoch_seconds})
-                shown = f"val BLEU {val_acc:.2f}" if metric == "val_bleu" else f"val accuracy {val_acc:.2%}"
-                print(f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
-                      f"{shown}, {epoch_seconds:.1f} s", file=sys.stderr)
-                if val_acc > result.best_val_accuracy:
-                    result.best_val_accuracy, result.best_epoch = val_acc, epoch
+                shown = f"val accuracy {val_acc:.2%}" if metric == "val_accuracy" else f"{metric.replace('_', ' ')} {val_acc:.2f}"
+                log.info(f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
+                         f"{shown}, {epoch_seconds:.1f} s")
+                if val_acc > result.best_val_score:
+                    result.best_val_score, result.best_epoch = val_acc, epoch
                     best_state = _trainable_state(raw_module)
                 if checkpoint is not None:
                     snapshot(epoch + 1, 0)
@@ -401,11 +413,10 @@ def handle_logits(handle: ModelHandle, module, inputs):
 
 
 def validation_score(handle: ModelHandle, dataset, split: Split, batch_size: int, device) -> tuple[str, float]:
-    """The metric that picks the best epoch: accuracy, or BLEU for text2text."""
-    if handle.task == "text2text":
-        from edgekit.distill.seq2seq import evaluate_seq2seq
-
-        return "val_bleu", float(evaluate_seq2seq(handle, split, min(batch_size, 64))["bleu"])
+    """The metric that picks the best epoch: the task's score (accuracy; BLEU of generations for seq2seq)."""
+    spec = task_spec(handle.task)
+    if spec.generates:
+        return spec.validation_key, spec.score(spec.job("evaluate_model")(handle, split, batch_size, None))
     logits = _predict_dataset(handle, dataset, batch_size, device)
     return "val_accuracy", float((logits.argmax(-1) == split.labels).mean())
 

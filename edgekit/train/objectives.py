@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekit.distill.losses import kd_loss
+from edgekit.train.losses import kd_loss
 
 
 class Objective(torch.nn.Module):
@@ -25,6 +25,9 @@ class Objective(torch.nn.Module):
     def loss(self, logits: torch.Tensor, features: torch.Tensor | None, indices: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels)
+
+    def see_batch(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Called with each batch's model inputs before :meth:`loss` (a teacher run on the fly needs them)."""
 
     def report(self) -> dict[str, Any]:
         return {}

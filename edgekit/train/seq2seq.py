@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from edgekit.distill.objectives import Objective
 from edgekit.errors import EdgekitError
 from edgekit.metrics import generation_metrics
+from edgekit.train.objectives import Objective
 
-TASK = "text2text"
 IGNORE = -100
 
 
@@ -35,6 +34,11 @@ class Seq2SeqSplitDataset(Dataset):
         self.input_ids, self.attention = sources["input_ids"], sources["attention_mask"]
         self.targets = targets["input_ids"]
         self.pad_id = tokenizer.pad_token_id or 0
+
+    @classmethod
+    def of(cls, handle, split) -> Seq2SeqSplitDataset:
+        return cls(split, handle.tokenizer, handle.preprocessing["max_length"],
+                   handle.preprocessing.get("max_target_length", 128))
 
     def __len__(self) -> int:
         return len(self.split)
@@ -61,6 +65,9 @@ class Seq2SeqKD(Objective):
         self.temperature, self.alpha = temperature, alpha
         self.inputs: dict[str, torch.Tensor] | None = None
 
+    def see_batch(self, inputs):
+        self.inputs = inputs
+
     def loss(self, logits, features, indices, labels):
         mask = labels != IGNORE
         hard = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
@@ -77,6 +84,23 @@ class Seq2SeqKD(Objective):
         return (1 - self.alpha) * hard + self.alpha * soft
 
 
+def token_cross_entropy() -> Seq2SeqKD:
+    """Plain fine-tuning of an encoder-decoder: token-level cross-entropy on the targets."""
+    return Seq2SeqKD(None, 1.0, 0.0)
+
+
+def kd_objective(cfg, teachers, student, data) -> Seq2SeqKD:
+    """Token-level KD from the first teacher, run on each batch (vocabulary-sized logits are not cached)."""
+    from edgekit import registry
+
+    if not registry.get("strategy", cfg.strategy).can("seq2seq") or cfg.feature_weight > 0:
+        allowed = ", ".join(registry.names("strategy", seq2seq=True))
+        raise EdgekitError(f"encoder-decoder distillation supports the {allowed} strategies without feature KD; "
+                           f"{cfg.strategy}{' with --feature-weight' if cfg.feature_weight else ''} is for classifiers")
+    check_vocabularies(teachers[0], student)
+    return Seq2SeqKD(teachers[0].module, cfg.temperature, cfg.alpha)
+
+
 def check_vocabularies(teacher, student) -> None:
     tv = getattr(teacher.module.config, "vocab_size", None)
     sv = getattr(student.module.config, "vocab_size", None)
@@ -88,7 +112,7 @@ def check_vocabularies(teacher, student) -> None:
 
 @torch.no_grad()
 def generate(handle, split, batch_size: int = 32, max_new_tokens: int | None = None, desc: str | None = None) -> list[str]:
-    from edgekit.data.torch_data import make_dataset, make_loader
+    from edgekit.train.data import make_dataset, make_loader
 
     device = next(handle.module.parameters()).device
     handle.module.eval()
@@ -105,7 +129,11 @@ def generate(handle, split, batch_size: int = 32, max_new_tokens: int | None = N
 
 
 def evaluate_seq2seq(handle, split, batch_size: int = 32, desc: str | None = None) -> dict[str, Any]:
-    predictions = generate(handle, split, batch_size, desc=desc)
+    """BLEU and ROUGE-L of greedy generations (at most 64 sources a batch: generate() holds a cache each)."""
+    from edgekit.train.loop import pick_device
+
+    handle.module.to(pick_device())
+    predictions = generate(handle, split, min(batch_size, 64), desc=desc)
     metrics = generation_metrics(predictions, [str(t) for t in split.labels])
     metrics["samples"] = [{"source": s, "prediction": p, "reference": str(r)}
                           for s, p, r in list(zip(split.items, predictions, split.labels))[:5]]

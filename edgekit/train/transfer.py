@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import log
 from edgekit.data.splits import Split
+from edgekit.tasks import task_spec
 
 FORMAT = "edgekit-transfer-1"
 
@@ -47,7 +48,7 @@ def split_digest(split: Split, task: str) -> str:
     path (hashed by path, size and mtime), for text it is the text itself and never touches the disk
     (a 300-byte sentence is no file name: asking the file system about it raised ENAMETOOLONG)."""
     digest = hashlib.sha256()
-    images = task == "image-classification"
+    images = task_spec(task).modality == "image"
     for item in split.items:
         if isinstance(item, str):
             path = Path(item)
@@ -103,7 +104,7 @@ def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = 
                  desc: str = "teacher logits") -> TransferSet:
     """The teacher ``handle``'s logits (and head-input features) on ``split``, from the cache when
     the same teacher already saw the same examples."""
-    from edgekit.distill.trainer import predict_logits
+    from edgekit.train.loop import predict_logits
 
     start = time.perf_counter()
     key = hashlib.sha256(json.dumps({
@@ -115,10 +116,10 @@ def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = 
     if path is not None and path.is_file():
         cached = _read_entry(path, key, len(split), features)
         if cached is not None:
-            print(f"  {desc}: {len(split)} examples from cache {path}", file=sys.stderr)
+            log.info(f"  {desc}: {len(split)} examples from cache {path}")
             return TransferSet(cached[0], cached[1], key, path, True, time.perf_counter() - start)
-        print(f"warning: cache entry {path} is damaged or not edgekit's (checksum or shape mismatch); "
-              "recomputing it", file=sys.stderr)
+        log.warning(f"warning: cache entry {path} is damaged or not edgekit's (checksum or shape mismatch); "
+                    "recomputing it")
     if features:
         logits, feats = predict_logits(handle, split, batch_size, desc=desc, features=True)
     else:

@@ -1,0 +1,220 @@
+"""One lazy registry for everything that plugs into edgekit.
+
+An entry has a kind (``task``, ``strategy``, ``loss``, ``pruner``, ...), a name, and a target: a
+dotted ``module:attribute`` string imported on first use, so listing names never imports torch.
+It also names the optional extra its target needs (a missing extra is one line with the
+``pip install`` to run) and its capabilities, e.g. which model families a pruner handles.
+
+CLI choices, ``--help`` text and recipe validation read :func:`names`; the built-in entries are
+listed once, at the bottom of this module. Device profiles and export presets are the YAML files
+shipped in ``devices/`` and ``export/`` (a file dropped there is an entry).
+
+Adding a plugin: write its file, then one ``register(...)`` line here (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgekit.errors import EdgekitError
+
+# The modules an extra brings (checked with find_spec, nothing imported).
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "torchvision", "transformers", "peft", "accelerate", "datasets", "safetensors", "onnx",
+              "onnxscript", "sklearn", "sacrebleu"),
+    "report": ("matplotlib",),
+}
+# What a kind is called in messages.
+KIND_WORDS = {"task": "task", "strategy": "distillation strategy", "sweep-strategy": "sweep strategy",
+              "loss": "logit loss", "pruner": "pruning method", "quant-mode": "quantization mode",
+              "precision": "precision", "format": "export format", "runner": "bench runner",
+              "profile": "device profile", "preset": "export preset"}
+_FILE_KINDS = {"profile": "devices", "preset": "export"}  # entries that are shipped YAML files
+
+
+class MissingExtra(EdgekitError):
+    """An optional extra is not installed; the message says what to ``pip install``."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    target: str | None = None  # "package.module:attribute", imported by load()
+    extra: str | None = None
+    summary: str = ""
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+
+    def can(self, capability: str, default: Any = None) -> Any:
+        return self.capabilities.get(capability, default)
+
+    def load(self) -> Any:
+        """The target object, importing its module now (the extra checked first)."""
+        if self.target is None:
+            raise EdgekitError(f"{KIND_WORDS.get(self.kind, self.kind)} {self.name!r} has no implementation to load")
+        require_extra(self.extra, f"the {KIND_WORDS.get(self.kind, self.kind)} {self.name!r}")
+        module, _, attribute = self.target.partition(":")
+        value = importlib.import_module(module)
+        for part in filter(None, attribute.split(".")):
+            value = getattr(value, part)
+        return value
+
+
+_ENTRIES: dict[str, dict[str, Entry]] = {}
+
+
+def register(kind: str, name: str, target: str | None = None, *, extra: str | None = None, summary: str = "",
+             **capabilities: Any) -> Entry:
+    """Add (or replace) an entry. ``target`` is ``module:attribute``; nothing is imported here."""
+    if extra is not None and extra not in EXTRAS:
+        raise ValueError(f"unknown extra {extra!r} for {kind} {name!r}")
+    entry = Entry(kind, name, target, extra, summary, dict(capabilities))
+    _ENTRIES.setdefault(kind, {})[name] = entry
+    return entry
+
+
+_SPEC_TARGETS: dict[str, list[str]] = {}  # kinds whose entries are named by the objects they point to
+
+
+def register_specs(kind: str, *targets: str) -> None:
+    """Entries whose name and summary come from the (torch-free) objects at ``targets``: a task's name
+    is written once, in its spec file. They are imported when the kind is first listed."""
+    _SPEC_TARGETS.setdefault(kind, []).extend(targets)
+
+
+def _resolve_specs(kind: str) -> None:
+    for target in _SPEC_TARGETS.pop(kind, []):
+        spec = Entry(kind, target, target).load()
+        caps = {k: getattr(spec, k) for k in ("modality", "generates") if hasattr(spec, k)}
+        register(kind, spec.name, target, summary=getattr(spec, "summary", ""), **caps)
+
+
+def unregister(kind: str, name: str) -> None:
+    _ENTRIES.get(kind, {}).pop(name, None)
+
+
+def entries(kind: str) -> list[Entry]:
+    if kind in _FILE_KINDS:
+        from edgekit.resources import list_named
+
+        return [Entry(kind, n, None, None, f"{_FILE_KINDS[kind]}/{n}.yaml") for n in list_named(_FILE_KINDS[kind])]
+    if kind in _SPEC_TARGETS:
+        _resolve_specs(kind)
+    if kind not in _ENTRIES:
+        raise KeyError(f"no registry kind {kind!r}")
+    return list(_ENTRIES[kind].values())
+
+
+def names(kind: str, **capabilities: Any) -> tuple[str, ...]:
+    """The names of ``kind``, in registration order; keyword filters keep entries whose capability
+    equals the value (or, for a list capability, contains it)."""
+    out = []
+    for e in entries(kind):
+        ok = True
+        for key, want in capabilities.items():
+            have = e.capabilities.get(key)
+            ok = ok and (want in have if isinstance(have, (list, tuple, set, frozenset)) else have == want)
+        if ok:
+            out.append(e.name)
+    return tuple(out)
+
+
+def choices(kind: str, **capabilities: Any) -> str:
+    """``a, b or c``: the names as help text says them."""
+    items = list(names(kind, **capabilities))
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" or {items[-1]}"
+
+
+def get(kind: str, name: str, *, option: str | None = None) -> Entry:
+    """The entry, or one clear line naming the allowed values (``option`` is how the user gave it)."""
+    for e in entries(kind):
+        if e.name == name:
+            return e
+    said = option or KIND_WORDS.get(kind, kind)
+    raise EdgekitError(f"{said} {str(name)[:60]!r} is not one of {', '.join(names(kind))}")
+
+
+def load(kind: str, name: str, *, option: str | None = None) -> Any:
+    return get(kind, name, option=option).load()
+
+
+def missing_modules(extra: str) -> list[str]:
+    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+
+
+def require_extra(extra: str | None, what: str) -> None:
+    """One line naming the extra to install when ``extra``'s modules are not all importable."""
+    if extra is None:
+        return
+    missing = missing_modules(extra)
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise MissingExtra(f"{what} needs the {extra} extra ({shown} not installed here; this is a core install, as "
+                           f"on a device): pip install 'edgekit[{extra}]'")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in entries: the one list of names. Capabilities are read by the code that dispatches on them.
+
+# Tasks: each is a spec object in edgekit/tasks/ (torch-free; its name, facts and jobs live there).
+register_specs("task", "edgekit.tasks.classification:IMAGE", "edgekit.tasks.classification:TEXT",
+               "edgekit.tasks.text2text:SPEC")
+
+# Distillation strategies (edgekit distill --strategy). teachers: how many; chain: student.layers is
+# a chain of links; seq2seq: works for encoder-decoders; student: "model" (one is given) or "self" (a
+# quantized copy of the teacher).
+register("strategy", "straightforward", extra="train", teachers="one", chain=False, seq2seq=True, student="model",
+         summary="one teacher -> student (Hinton KD)")
+register("strategy", "successive", extra="train", teachers="one", chain=True, seq2seq=True, student="model",
+         summary="teacher -> link 1 -> link 2 ..., each link taught by the one before")
+register("strategy", "multi-teacher", extra="train", teachers="many", chain=False, seq2seq=False, student="model",
+         summary="weighted ensemble of teachers (fixed or learned weights) -> student")
+register("strategy", "self-quantized", extra="train", teachers="one", chain=False, seq2seq=False, student="self",
+         summary="a model into a 4-bit NF4 copy of itself with LoRA")
+
+# Sweep columns (the seeds' Table II): labels-only trains the same student with alpha 0.
+register("sweep-strategy", "labels-only", summary="the same student on labels alone")
+register("sweep-strategy", "straightforward", summary="teacher -> student")
+register("sweep-strategy", "successive", summary="teacher -> halfway link -> student")
+register("sweep-strategy", "multi-teacher", summary="teacher and the chain's first link -> student")
+
+# Logit losses: f(student_logits, teacher_logits, labels, temperature, alpha) -> loss.
+register("loss", "hinton", "edgekit.train.losses:kd_loss", extra="train",
+         summary="(1 - alpha) CE(labels) + alpha T^2 KL(teacher_T || student_T)")
+
+# Pruning methods (edgekit prune --method). families: the model families it handles; structured:
+# removes rows/heads/channels (the file shrinks) rather than zeroing weights.
+register("pruner", "l1-unstructured", "edgekit.compress.prune:l1_unstructured", extra="train",
+         families=("hf", "torchvision"), structured=False, prunes="any model", needs="a model",
+         summary="zero the smallest weights of every Linear/Conv (shapes stay)")
+register("pruner", "heads", "edgekit.compress.structured:prune_heads", extra="train", families=("hf",),
+         structured=True, prunes="transformers", needs="a BERT-like or ViT model", summary="remove attention heads")
+register("pruner", "ffn", "edgekit.compress.structured:prune_ffn", extra="train", families=("hf",),
+         structured=True, prunes="transformers", needs="a BERT-like or ViT model", summary="remove feed-forward neurons")
+register("pruner", "channels", "edgekit.compress.structured:prune_channels", extra="train",
+         families=("torchvision",), structured=True, prunes="CNNs", needs="a torchvision CNN (ResNet, MobileNet)", summary="remove conv channels")
+
+# Quantization modes and precisions of an export preset.
+register("quant-mode", "auto", summary="static for CNNs, dynamic for transformers")
+register("quant-mode", "dynamic", summary="int8 weights, activations quantized at run time")
+register("quant-mode", "static", summary="int8 weights and activations, calibrated")
+register("precision", "int8", summary="8-bit integer weights (and activations)")
+register("precision", "fp16", formats=("onnx",), summary="half precision (GPUs)")
+register("precision", "fp32", summary="full precision")
+
+# Export formats: the writer, the runtime that runs the file, the file suffix.
+register("format", "onnx", "edgekit.export.graphs:export_onnx", extra="train", suffix=".onnx", runtime="onnxruntime",
+         title="ONNX", precisions=("int8", "fp16", "fp32"), torch_free=True,
+         summary="ONNX graph run by onnxruntime (torch-free on the device)")
+register("format", "torchscript", "edgekit.export.graphs:export_torchscript", extra="train", suffix=".pt",
+         runtime="torchscript", title="TorchScript", precisions=("int8", "fp32"), torch_free=False,
+         summary="TorchScript module run by torch.jit (needs torch on the device)")
+
+# Where a bench or eval runs.
+register("runner", "local", "edgekit.bench.run:bench_bundles", summary="this machine, a child process per bundle")
+register("runner", "ssh", "edgekit.bench.ssh:bench_remote", summary="a device over SSH (edgekit's core installed there)")
+register("runner", "emulated", "edgekit.emulate.run:bench_emulated", summary="an emulated aarch64 Raspberry Pi (qemu-user)")
