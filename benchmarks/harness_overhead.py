@@ -63,17 +63,26 @@ def main() -> None:
         harness.append(time_loop(step, warmup=1, runs=args.runs, min_seconds=0)["p50"])
     ratios = [h / b for h, b in zip(harness, bare)]
     summary = {
-        "bundle": str(args.bundle), "rounds": args.rounds, "runs_per_round": args.runs,
-        "bare_p50_ms": statistics.median(bare), "harness_p50_ms": statistics.median(harness),
-        "harness_over_bare_p50": statistics.median(ratios), "ratio_per_round": ratios,
-        "worker_peak_rss_mb_reported": reported_rss, "worker_ru_maxrss_mb_kernel": kernel_rss,
+        "bundle": str(args.bundle),
+        "rounds": args.rounds,
+        "runs_per_round": args.runs,
+        "bare_p50_ms": statistics.median(bare),
+        "harness_p50_ms": statistics.median(harness),
+        "harness_over_bare_p50": statistics.median(ratios),
+        "ratio_per_round": ratios,
+        "worker_peak_rss_mb_reported": reported_rss,
+        "worker_ru_maxrss_mb_kernel": kernel_rss,
     }
     summary["within_5_percent"] = abs(summary["harness_over_bare_p50"] - 1) <= 0.05
-    print(f"p50 bare loop {summary['bare_p50_ms']:.4f} ms, harness {summary['harness_p50_ms']:.4f} ms: "
-          f"ratio {summary['harness_over_bare_p50']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in ratios)}); "
-          f"within 5%: {summary['within_5_percent']}")
-    print(f"worker peak RSS: edgekit reports {reported_rss:.1f} MB (VmHWM), kernel ru_maxrss {kernel_rss:.1f} MB "
-          f"(ratio {reported_rss / kernel_rss:.3f})")
+    print(
+        f"p50 bare loop {summary['bare_p50_ms']:.4f} ms, harness {summary['harness_p50_ms']:.4f} ms: "
+        f"ratio {summary['harness_over_bare_p50']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"within 5%: {summary['within_5_percent']}"
+    )
+    print(
+        f"worker peak RSS: edgekit reports {reported_rss:.1f} MB (VmHWM), kernel ru_maxrss {kernel_rss:.1f} MB "
+        f"(ratio {reported_rss / kernel_rss:.3f})"
+    )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

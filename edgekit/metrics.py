@@ -31,7 +31,12 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "examples": int(len(y_true)),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(actual[i]),
+            }
             for i, name in enumerate(label_names)
         },
         "confusion_matrix": confusion.tolist(),
@@ -91,6 +96,8 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
     return {
         "bleu": float(bleu),
         "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predictions, references)])) if predictions else 0.0,
-        "exact_match": float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)])) if predictions else 0.0,
+        "exact_match": float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)]))
+        if predictions
+        else 0.0,
         "examples": len(predictions),
     }

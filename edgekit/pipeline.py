@@ -67,10 +67,14 @@ def _check_prune_method(recipe: Recipe) -> None:
         family = "hf" if student is None or not is_torchvision_name(student) else "torchvision"
         if family in families:
             continue
-        what = ("the students are derived transformers (layer counts)" if student is None
-                else f"the student {student} is {'a CNN' if family == 'torchvision' else 'not a torchvision CNN'}")
-        raise EdgekitError(f"recipe field prune.method: {method} prunes {pruner.can('prunes')}, but {what}; "
-                           f"use {others(family)}")
+        what = (
+            "the students are derived transformers (layer counts)"
+            if student is None
+            else f"the student {student} is {'a CNN' if family == 'torchvision' else 'not a torchvision CNN'}"
+        )
+        raise EdgekitError(
+            f"recipe field prune.method: {method} prunes {pruner.can('prunes')}, but {what}; use {others(family)}"
+        )
 
 
 def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
@@ -98,14 +102,26 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
         stages.distill(recipe, teacher, out / layout.STUDENT, force=True, data=data, reuse=reuse)
         model = out / layout.STUDENT
     if recipe.lora.active:
-        stages.finetune(recipe, out / layout.LORA, force=True, data=data, reuse=reuse, model=str(model), lora=recipe.lora)
+        stages.finetune(
+            recipe, out / layout.LORA, force=True, data=data, reuse=reuse, model=str(model), lora=recipe.lora
+        )
         model = out / layout.LORA
     if recipe.prune.method:
         from edgekit.compress.prune import prune_stage
 
         p = recipe.prune
-        prune_stage(model, out / layout.PRUNED, method=p.method, amount=p.amount, recover_epochs=p.recover_epochs,
-                    recover=p.recover, calib_samples=p.calib_samples, recipe=recipe, force=True, reuse=reuse)
+        prune_stage(
+            model,
+            out / layout.PRUNED,
+            method=p.method,
+            amount=p.amount,
+            recover_epochs=p.recover_epochs,
+            recover=p.recover,
+            calib_samples=p.calib_samples,
+            recipe=recipe,
+            force=True,
+            reuse=reuse,
+        )
         model = out / layout.PRUNED
     ship(model, out, recipe, data, reuse)
     from edgekit.report import write_report
@@ -115,16 +131,27 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
 
 def ship(model: Path, out: Path, recipe: Recipe, data, reuse: bool) -> None:
     """export/ -> eval/ (the exported file on its runtime) -> bench-<device>/ for every device, in ``out``."""
-    stages.export(str(model), out / layout.EXPORT, preset_name=recipe.export.preset, precision=recipe.export.resolved_precision,
-                  fmt=recipe.export.format, mode=recipe.export.mode,
-                  recipe=recipe, calib_samples=recipe.export.calib_samples, min_agreement=recipe.export.min_agreement,
-                  force=True, reuse=reuse)
+    stages.export(
+        str(model),
+        out / layout.EXPORT,
+        preset_name=recipe.export.preset,
+        precision=recipe.export.resolved_precision,
+        fmt=recipe.export.format,
+        mode=recipe.export.mode,
+        recipe=recipe,
+        calib_samples=recipe.export.calib_samples,
+        min_agreement=recipe.export.min_agreement,
+        force=True,
+        reuse=reuse,
+    )
     eval_config = {"bundle": "export", "split": data.eval_split.name, "data": recipe.to_dict()["data"]}
     if Stage("eval", out / layout.EVAL, eval_config, parent=out / layout.EXPORT).reused(reuse) is None:
         stages.evaluate_bundle(out / layout.EXPORT, data.eval_split, out / layout.EVAL, force=True, config=eval_config)
     if task_spec(data.task).generates:
-        log.info("bench: skipped for an encoder-decoder bundle (the latency of generate() depends on the output "
-                   "length; the eval stage has BLEU/ROUGE-L of the exported file)")
+        log.info(
+            "bench: skipped for an encoder-decoder bundle (the latency of generate() depends on the output "
+            "length; the eval stage has BLEU/ROUGE-L of the exported file)"
+        )
         return
     for device in recipe.bench.devices:
         bench_stage(out / layout.EXPORT, layout.bench_folder(out, device), device, recipe, reuse)
@@ -145,8 +172,14 @@ def run_sweep(recipe: Recipe, teacher: str, out: Path, data, reuse: bool, n_teac
     for i, cell in enumerate(cells, start=1):
         teachers = [sweep.resolve_teacher(t, by_name, teacher) for t in cell.teachers]
         log.info(f"sweep {i}/{len(cells)}: {cell.name} ({cell.strategy}, taught by {', '.join(cell.teachers)})")
-        stages.distill(sweep.cell_recipe(recipe, cell), teachers if len(teachers) > 1 else teachers[0], cell.stage,
-                       force=True, data=data, reuse=reuse)
+        stages.distill(
+            sweep.cell_recipe(recipe, cell),
+            teachers if len(teachers) > 1 else teachers[0],
+            cell.stage,
+            force=True,
+            data=data,
+            reuse=reuse,
+        )
     metas = {c.name: read_meta(c.stage) for c in cells}
     for cell in cells:
         if cell.in_table:
@@ -171,5 +204,7 @@ def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: boo
         write_json_atomic(folder / "bench.json", document)
         metrics = {"valid": result["valid"]}
         if "latency_ms" in result:
-            metrics.update(latency_ms=result["latency_ms"], size_mb=result["size_mb"], peak_rss_mb=result["peak_rss_mb"])
+            metrics.update(
+                latency_ms=result["latency_ms"], size_mb=result["size_mb"], peak_rss_mb=result["peak_rss_mb"]
+            )
         return stage.finish(metrics=metrics)

@@ -320,11 +320,14 @@ class SweepConfig:
             if len(set(values)) != len(values):
                 raise RecipeError(f"recipe field {path}.{name}: {values} lists an entry twice")
         if self.strategies and not self.students:
-            raise RecipeError(f"recipe field {path}.students: list the student sizes to sweep, e.g. [3, 1] (layers) "
-                              "or [mobilenet_v2]")
+            raise RecipeError(
+                f"recipe field {path}.students: list the student sizes to sweep, e.g. [3, 1] (layers) or [mobilenet_v2]"
+            )
         if self.students and not self.strategies:
-            raise RecipeError(f"recipe field {path}.strategies: list the strategies to sweep, e.g. "
-                              f"[{', '.join(registry.names('sweep-strategy'))}]")
+            raise RecipeError(
+                f"recipe field {path}.strategies: list the strategies to sweep, e.g. "
+                f"[{', '.join(registry.names('sweep-strategy'))}]"
+            )
         for i, s in enumerate([*self.students, *(self.successive_via or [])]):
             if s.isdigit() and int(s) < 1:
                 raise RecipeError(f"recipe field {path}.students[{i}]: a student keeps at least 1 layer")
@@ -364,7 +367,9 @@ class Recipe:
         if self.task is not None:
             _check_choice("task", self.task, "task")
         _check_range("seed", self.seed, 0, SEED_MAX)
-        needs_student = not self.sweep.active and self.distill.strategy not in registry.names("strategy", student="self")
+        needs_student = not self.sweep.active and self.distill.strategy not in registry.names(
+            "strategy", student="self"
+        )
         if needs_student and not self.student.model and not self.student.layers:
             raise RecipeError("recipe field student.model: name a student model, or set student.layers")
         for section in ("data", "teacher", "student", "distill", "lora", "prune", "export", "bench", "sweep"):
@@ -441,7 +446,9 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in names:
-            raise RecipeError(f"recipe field {shown(full) if len(str(full)) > 60 else full} is unknown; allowed fields here: {', '.join(names)}")
+            raise RecipeError(
+                f"recipe field {shown(full) if len(str(full)) > 60 else full} is unknown; allowed fields here: {', '.join(names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 

@@ -24,15 +24,35 @@ from edgekit.errors import EdgekitError
 
 # The modules an extra brings (checked with find_spec, nothing imported).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "train": ("torch", "torchvision", "transformers", "peft", "accelerate", "datasets", "safetensors", "onnx",
-              "onnxscript", "sklearn", "sacrebleu"),
+    "train": (
+        "torch",
+        "torchvision",
+        "transformers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "onnx",
+        "onnxscript",
+        "sklearn",
+        "sacrebleu",
+    ),
     "report": ("matplotlib",),
 }
 # What a kind is called in messages.
-KIND_WORDS = {"task": "task", "strategy": "distillation strategy", "sweep-strategy": "sweep strategy",
-              "loss": "logit loss", "pruner": "pruning method", "quant-mode": "quantization mode",
-              "precision": "precision", "format": "export format", "runner": "bench runner",
-              "profile": "device profile", "preset": "export preset"}
+KIND_WORDS = {
+    "task": "task",
+    "strategy": "distillation strategy",
+    "sweep-strategy": "sweep strategy",
+    "loss": "logit loss",
+    "pruner": "pruning method",
+    "quant-mode": "quantization mode",
+    "precision": "precision",
+    "format": "export format",
+    "runner": "bench runner",
+    "profile": "device profile",
+    "preset": "export preset",
+}
 _FILE_KINDS = {"profile": "devices", "preset": "export"}  # entries that are shipped YAML files
 
 
@@ -67,8 +87,9 @@ class Entry:
 _ENTRIES: dict[str, dict[str, Entry]] = {}
 
 
-def register(kind: str, name: str, target: str | None = None, *, extra: str | None = None, summary: str = "",
-             **capabilities: Any) -> Entry:
+def register(
+    kind: str, name: str, target: str | None = None, *, extra: str | None = None, summary: str = "", **capabilities: Any
+) -> Entry:
     """Add (or replace) an entry. ``target`` is ``module:attribute``; nothing is imported here."""
     if extra is not None and extra not in EXTRAS:
         raise ValueError(f"unknown extra {extra!r} for {kind} {name!r}")
@@ -153,28 +174,63 @@ def require_extra(extra: str | None, what: str) -> None:
     missing = missing_modules(extra)
     if missing:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise MissingExtra(f"{what} needs the {extra} extra ({shown} not installed here; this is a core install, as "
-                           f"on a device): pip install 'edgekit[{extra}]'")
+        raise MissingExtra(
+            f"{what} needs the {extra} extra ({shown} not installed here; this is a core install, as "
+            f"on a device): pip install 'edgekit[{extra}]'"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Built-in entries: the one list of names. Capabilities are read by the code that dispatches on them.
 
 # Tasks: each is a spec object in edgekit/tasks/ (torch-free; its name, facts and jobs live there).
-register_specs("task", "edgekit.tasks.classification:IMAGE", "edgekit.tasks.classification:TEXT",
-               "edgekit.tasks.text2text:SPEC")
+register_specs(
+    "task", "edgekit.tasks.classification:IMAGE", "edgekit.tasks.classification:TEXT", "edgekit.tasks.text2text:SPEC"
+)
 
 # Distillation strategies (edgekit distill --strategy). teachers: how many; chain: student.layers is
 # a chain of links; seq2seq: works for encoder-decoders; student: "model" (one is given) or "self" (a
 # quantized copy of the teacher).
-register("strategy", "straightforward", extra="train", teachers="one", chain=False, seq2seq=True, student="model",
-         summary="one teacher -> student (Hinton KD)")
-register("strategy", "successive", extra="train", teachers="one", chain=True, seq2seq=True, student="model",
-         summary="teacher -> link 1 -> link 2 ..., each link taught by the one before")
-register("strategy", "multi-teacher", extra="train", teachers="many", chain=False, seq2seq=False, student="model",
-         summary="weighted ensemble of teachers (fixed or learned weights) -> student")
-register("strategy", "self-quantized", extra="train", teachers="one", chain=False, seq2seq=False, student="self",
-         summary="a model into a 4-bit NF4 copy of itself with LoRA")
+register(
+    "strategy",
+    "straightforward",
+    extra="train",
+    teachers="one",
+    chain=False,
+    seq2seq=True,
+    student="model",
+    summary="one teacher -> student (Hinton KD)",
+)
+register(
+    "strategy",
+    "successive",
+    extra="train",
+    teachers="one",
+    chain=True,
+    seq2seq=True,
+    student="model",
+    summary="teacher -> link 1 -> link 2 ..., each link taught by the one before",
+)
+register(
+    "strategy",
+    "multi-teacher",
+    extra="train",
+    teachers="many",
+    chain=False,
+    seq2seq=False,
+    student="model",
+    summary="weighted ensemble of teachers (fixed or learned weights) -> student",
+)
+register(
+    "strategy",
+    "self-quantized",
+    extra="train",
+    teachers="one",
+    chain=False,
+    seq2seq=False,
+    student="self",
+    summary="a model into a 4-bit NF4 copy of itself with LoRA",
+)
 
 # Sweep columns (the seeds' Table II): labels-only trains the same student with alpha 0.
 register("sweep-strategy", "labels-only", summary="the same student on labels alone")
@@ -183,20 +239,60 @@ register("sweep-strategy", "successive", summary="teacher -> halfway link -> stu
 register("sweep-strategy", "multi-teacher", summary="teacher and the chain's first link -> student")
 
 # Logit losses: f(student_logits, teacher_logits, labels, temperature, alpha) -> loss.
-register("loss", "hinton", "edgekit.train.losses:kd_loss", extra="train",
-         summary="(1 - alpha) CE(labels) + alpha T^2 KL(teacher_T || student_T)")
+register(
+    "loss",
+    "hinton",
+    "edgekit.train.losses:kd_loss",
+    extra="train",
+    summary="(1 - alpha) CE(labels) + alpha T^2 KL(teacher_T || student_T)",
+)
 
 # Pruning methods (edgekit prune --method). families: the model families it handles; structured:
 # removes rows/heads/channels (the file shrinks) rather than zeroing weights.
-register("pruner", "l1-unstructured", "edgekit.compress.prune:l1_unstructured", extra="train",
-         families=("hf", "torchvision"), structured=False, prunes="any model", needs="a model",
-         summary="zero the smallest weights of every Linear/Conv (shapes stay)")
-register("pruner", "heads", "edgekit.compress.structured:prune_heads", extra="train", families=("hf",),
-         structured=True, prunes="transformers", needs="a BERT-like or ViT model", summary="remove attention heads")
-register("pruner", "ffn", "edgekit.compress.structured:prune_ffn", extra="train", families=("hf",),
-         structured=True, prunes="transformers", needs="a BERT-like or ViT model", summary="remove feed-forward neurons")
-register("pruner", "channels", "edgekit.compress.structured:prune_channels", extra="train",
-         families=("torchvision",), structured=True, prunes="CNNs", needs="a torchvision CNN (ResNet, MobileNet)", summary="remove conv channels")
+register(
+    "pruner",
+    "l1-unstructured",
+    "edgekit.compress.prune:l1_unstructured",
+    extra="train",
+    families=("hf", "torchvision"),
+    structured=False,
+    prunes="any model",
+    needs="a model",
+    summary="zero the smallest weights of every Linear/Conv (shapes stay)",
+)
+register(
+    "pruner",
+    "heads",
+    "edgekit.compress.structured:prune_heads",
+    extra="train",
+    families=("hf",),
+    structured=True,
+    prunes="transformers",
+    needs="a BERT-like or ViT model",
+    summary="remove attention heads",
+)
+register(
+    "pruner",
+    "ffn",
+    "edgekit.compress.structured:prune_ffn",
+    extra="train",
+    families=("hf",),
+    structured=True,
+    prunes="transformers",
+    needs="a BERT-like or ViT model",
+    summary="remove feed-forward neurons",
+)
+register(
+    "pruner",
+    "channels",
+    "edgekit.compress.structured:prune_channels",
+    extra="train",
+    families=("torchvision",),
+    structured=True,
+    prunes="CNNs",
+    needs="a torchvision CNN (ResNet, MobileNet)",
+    summary="remove conv channels",
+)
 
 # Quantization modes and precisions of an export preset.
 register("quant-mode", "auto", summary="static for CNNs, dynamic for transformers")
@@ -207,14 +303,36 @@ register("precision", "fp16", formats=("onnx",), summary="half precision (GPUs)"
 register("precision", "fp32", summary="full precision")
 
 # Export formats: the writer, the runtime that runs the file, the file suffix.
-register("format", "onnx", "edgekit.export.graphs:export_onnx", extra="train", suffix=".onnx", runtime="onnxruntime",
-         title="ONNX", precisions=("int8", "fp16", "fp32"), torch_free=True,
-         summary="ONNX graph run by onnxruntime (torch-free on the device)")
-register("format", "torchscript", "edgekit.export.graphs:export_torchscript", extra="train", suffix=".pt",
-         runtime="torchscript", title="TorchScript", precisions=("int8", "fp32"), torch_free=False,
-         summary="TorchScript module run by torch.jit (needs torch on the device)")
+register(
+    "format",
+    "onnx",
+    "edgekit.export.graphs:export_onnx",
+    extra="train",
+    suffix=".onnx",
+    runtime="onnxruntime",
+    title="ONNX",
+    precisions=("int8", "fp16", "fp32"),
+    torch_free=True,
+    summary="ONNX graph run by onnxruntime (torch-free on the device)",
+)
+register(
+    "format",
+    "torchscript",
+    "edgekit.export.graphs:export_torchscript",
+    extra="train",
+    suffix=".pt",
+    runtime="torchscript",
+    title="TorchScript",
+    precisions=("int8", "fp32"),
+    torch_free=False,
+    summary="TorchScript module run by torch.jit (needs torch on the device)",
+)
 
 # Where a bench or eval runs.
 register("runner", "local", "edgekit.bench.run:bench_bundles", summary="this machine, a child process per bundle")
-register("runner", "ssh", "edgekit.bench.ssh:bench_remote", summary="a device over SSH (edgekit's core installed there)")
-register("runner", "emulated", "edgekit.emulate.run:bench_emulated", summary="an emulated aarch64 Raspberry Pi (qemu-user)")
+register(
+    "runner", "ssh", "edgekit.bench.ssh:bench_remote", summary="a device over SSH (edgekit's core installed there)"
+)
+register(
+    "runner", "emulated", "edgekit.emulate.run:bench_emulated", summary="an emulated aarch64 Raspberry Pi (qemu-user)"
+)

@@ -38,7 +38,9 @@ def load_named_yaml(kind: str, name_or_path: str, what: str) -> dict:
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         path = data_dir(kind) / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise EdgekitError(f"unknown {what} {name_or_path!r}; choose one of {', '.join(list_named(kind))} or give a .yaml file")
+            raise EdgekitError(
+                f"unknown {what} {name_or_path!r}; choose one of {', '.join(list_named(kind))} or give a .yaml file"
+            )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as exc:

@@ -81,11 +81,25 @@ class Stage:
             finally:
                 self._folder = None
 
-    def finish(self, *, metrics: dict[str, Any], parameters: int | None = None, extra: dict[str, Any] | None = None,
-               stage: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(
+        self,
+        *,
+        metrics: dict[str, Any],
+        parameters: int | None = None,
+        extra: dict[str, Any] | None = None,
+        stage: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Write meta.json (inside :meth:`folder`) and return it."""
         if self._folder is None:
             raise RuntimeError("Stage.finish() is called inside 'with stage.folder(...)'")
-        return write_meta(self._folder, stage=stage or self.name, config=self.config if config is None else config,
-                          parent=self.parent, metrics=metrics, parameters=parameters,
-                          fingerprint_value=self.fingerprint, extra=extra)
+        return write_meta(
+            self._folder,
+            stage=stage or self.name,
+            config=self.config if config is None else config,
+            parent=self.parent,
+            metrics=metrics,
+            parameters=parameters,
+            fingerprint_value=self.fingerprint,
+            extra=extra,
+        )

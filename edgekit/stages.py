@@ -23,16 +23,25 @@ def log(message: str) -> None:
     _log.info(message)
 
 
-def save_model_stage(stage: Stage, folder: Path, handle, recipe: Recipe, metrics: dict, extra: dict | None = None,
-                     **fields) -> dict:
+def save_model_stage(
+    stage: Stage, folder: Path, handle, recipe: Recipe, metrics: dict, extra: dict | None = None, **fields
+) -> dict:
     """A model stage's files: the model (safetensors), the recipe that made it, meta.json."""
     handle.save(folder)
     (folder / RECIPE_FILE).write_text(recipe.to_yaml())
     return stage.finish(metrics=metrics, parameters=handle.parameter_count(), extra=extra, **fields)
 
 
-def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: bool = False,
-             resume: bool = False, model: str | None = None, lora=None) -> dict:
+def finetune(
+    recipe: Recipe,
+    out: Path,
+    force: bool = False,
+    data=None,
+    reuse: bool = False,
+    resume: bool = False,
+    model: str | None = None,
+    lora=None,
+) -> dict:
     """Train ``model`` (default: the recipe's teacher) on the task and save it as a stage: a full
     fine-tune, or with ``lora`` (a :class:`edgekit.recipe.LoraStageConfig`) LoRA adapters, over an
     NF4 base when ``lora.qlora``, merged back into a plain model (see :mod:`edgekit.compress.lora`)."""
@@ -45,8 +54,14 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
     model = model or recipe.teacher.model
     train_cfg = lora.train if lora else (recipe.teacher.train or recipe.distill.train)
     stage = ("qlora" if lora.qlora else "lora") if lora else "finetune"
-    config = {"model": model, "pretrained": recipe.teacher.pretrained, "train": asdict(train_cfg),
-              "data": asdict(recipe.data), "task": task_of(recipe), "seed": recipe.seed}
+    config = {
+        "model": model,
+        "pretrained": recipe.teacher.pretrained,
+        "train": asdict(train_cfg),
+        "data": asdict(recipe.data),
+        "task": task_of(recipe),
+        "seed": recipe.seed,
+    }
     if lora:
         config["lora"] = {k: v for k, v in asdict(lora).items() if k != "train"}
     run = Stage(stage, out, config, parent=Path(model) if is_stage(Path(model)) else None)  # e.g. LoRA on a student
@@ -56,9 +71,15 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
     from edgekit.train.loop import seed_everything
 
     seed_everything(recipe.seed)  # the initial weights of a model trained from scratch
-    handle = load_model(model, task=data.task, label_names=data.label_names,
-                        pretrained=recipe.teacher.pretrained, image_size=recipe.data.image_size,
-                        max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
+    handle = load_model(
+        model,
+        task=data.task,
+        label_names=data.label_names,
+        pretrained=recipe.teacher.pretrained,
+        image_size=recipe.data.image_size,
+        max_length=recipe.data.max_length,
+        max_target_length=recipe.data.max_target_length,
+    )
     extra: dict = {}
     trained = handle
     if lora:
@@ -69,30 +90,50 @@ def finetune(recipe: Recipe, out: Path, force: bool = False, data=None, reuse: b
         if lora.qlora:  # adapters start at zero: this is the 4-bit base alone, i.e. what NF4 costs
             extra["metrics_nf4_base"] = evaluate(trained, data.eval_split, desc="evaluate NF4 base")
     with run.folder(force) as folder:
-        what = (f", {trained.extra['lora']['trainable_parameters'] / 1e6:.3f} M trainable ({stage} r={lora.r} on "
-                f"{', '.join(trained.extra['lora']['target_modules'][:4])}{', ...' if len(trained.extra['lora']['target_modules']) > 4 else ''})"
-                if lora else "")
-        log(f"{stage}: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what}) on {len(data.train)} examples")
-        ckpt = Checkpointing(checkpoint_folder(out), tag=run.fingerprint, every_steps=recipe.distill.checkpoint_every,
-                             resume=resume)
+        what = (
+            f", {trained.extra['lora']['trainable_parameters'] / 1e6:.3f} M trainable ({stage} r={lora.r} on "
+            f"{', '.join(trained.extra['lora']['target_modules'][:4])}{', ...' if len(trained.extra['lora']['target_modules']) > 4 else ''})"
+            if lora
+            else ""
+        )
+        log(
+            f"{stage}: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what}) on {len(data.train)} examples"
+        )
+        ckpt = Checkpointing(
+            checkpoint_folder(out), tag=run.fingerprint, every_steps=recipe.distill.checkpoint_every, resume=resume
+        )
         if not resume:
             shutil.rmtree(ckpt.folder, ignore_errors=True)
-        result = train(trained, data, train_cfg, seed=recipe.seed, desc=f"{stage} {handle.arch}", checkpoint=ckpt,
-                       deterministic=recipe.distill.deterministic)
+        result = train(
+            trained,
+            data,
+            train_cfg,
+            seed=recipe.seed,
+            desc=f"{stage} {handle.arch}",
+            checkpoint=ckpt,
+            deterministic=recipe.distill.deterministic,
+        )
         if lora:
             from edgekit.compress.lora import merge_checked
 
             handle, extra["merge"] = merge_checked(trained, handle, data, folder)
         metrics = model_metrics(handle, data)
         metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
-        meta = save_model_stage(run, folder, handle, recipe, metrics,
-                                {"history": result.history, "resumed_from": result.resumed_from, **extra})
+        meta = save_model_stage(
+            run,
+            folder,
+            handle,
+            recipe,
+            metrics,
+            {"history": result.history, "resumed_from": result.resumed_from, **extra},
+        )
     shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta
 
 
-def distill(recipe: Recipe, teacher, out: Path, force: bool = False, data=None, reuse: bool = False,
-            resume: bool = False) -> dict:
+def distill(
+    recipe: Recipe, teacher, out: Path, force: bool = False, data=None, reuse: bool = False, resume: bool = False
+) -> dict:
     """Distil ``teacher`` (a stage folder or a model that already knows the task; a list for the
     multi-teacher strategy) into the recipe's student(s). See :mod:`edgekit.distill.engine`."""
     from edgekit.distill.engine import distill as run_distill
@@ -100,10 +141,23 @@ def distill(recipe: Recipe, teacher, out: Path, force: bool = False, data=None, 
     return run_distill(recipe, teacher, out, data=data, force=force, reuse=reuse, resume=resume)
 
 
-def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str | None = None, fmt: str | None = None,
-           mode: str | None = None, recipe: Recipe | None = None, calib_samples: int | None = None,
-           min_agreement: float | None = None, allow_drop: bool = False, force: bool = False, reuse: bool = False,
-           devices: list[str] | None = None, ssh=None) -> dict:
+def export(
+    model_dir: str,
+    out: Path,
+    *,
+    preset_name: str | None,
+    precision: str | None = None,
+    fmt: str | None = None,
+    mode: str | None = None,
+    recipe: Recipe | None = None,
+    calib_samples: int | None = None,
+    min_agreement: float | None = None,
+    allow_drop: bool = False,
+    force: bool = False,
+    reuse: bool = False,
+    devices: list[str] | None = None,
+    ssh=None,
+) -> dict:
     """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle.
 
     A lossy bundle's parity is judged on ``devices`` (emulated) or over ``ssh`` on the device, and for a
@@ -137,31 +191,52 @@ def export(model_dir: str, out: Path, *, preset_name: str | None, precision: str
         handle = load_saved(source)
     else:
         if data is None:
-            raise EdgekitError(f"{model_dir} is not an edgekit stage folder; give --train/--dataset so labels and calibration data are known")
+            raise EdgekitError(
+                f"{model_dir} is not an edgekit stage folder; give --train/--dataset so labels and calibration data are known"
+            )
         handle = load_model(str(model_dir), task=data.task, label_names=data.label_names)
     if data is not None and data.label_names != handle.label_names:
         raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
     with run.folder(force) as folder:
         target = f"ONNX opset {preset['opset']}" if preset["format"] == "onnx" else "TorchScript"
         log(f"export: {handle.arch} -> {target} {preset['precision']} (preset {preset['name']})")
-        manifest = build_bundle(handle, folder, preset, calibration=data.train if data else None,
-                                parity_split=data.val if data else None,
-                                source_stage=source if is_stage(source) else None, allow_drop=allow_drop,
-                                targets=targets)
+        manifest = build_bundle(
+            handle,
+            folder,
+            preset,
+            calibration=data.train if data else None,
+            parity_split=data.val if data else None,
+            source_stage=source if is_stage(source) else None,
+            allow_drop=allow_drop,
+            targets=targets,
+        )
         if recipe is not None:
             (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         metrics = {"parity_" + k: v["label_agreement"] for k, v in manifest["parity"].items()}
-        meta = run.finish(metrics=metrics, parameters=manifest["parameters"],
-                          extra={"model_bytes": manifest["sizes"]["model_bytes"],
-                                 "fp32_model_bytes": manifest["sizes"]["fp32_model_bytes"],
-                                 "quantization": manifest["quantization"], "format": manifest["format"],
-                                 "precision": manifest["precision"],
-                                 "graph_optimization": (manifest.get("graph_optimization") or {}).get("kept")})
+        meta = run.finish(
+            metrics=metrics,
+            parameters=manifest["parameters"],
+            extra={
+                "model_bytes": manifest["sizes"]["model_bytes"],
+                "fp32_model_bytes": manifest["sizes"]["fp32_model_bytes"],
+                "quantization": manifest["quantization"],
+                "format": manifest["format"],
+                "precision": manifest["precision"],
+                "graph_optimization": (manifest.get("graph_optimization") or {}).get("kept"),
+            },
+        )
     return meta
 
 
-def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: bool = False,
-                    threads: int = 0, config: dict | None = None, metrics: dict | None = None) -> dict:
+def evaluate_bundle(
+    bundle_dir: Path,
+    split,
+    out: Path | None = None,
+    force: bool = False,
+    threads: int = 0,
+    config: dict | None = None,
+    metrics: dict | None = None,
+) -> dict:
     """Accuracy, F1 and confusion matrix of the exported file itself, on onnxruntime (torch-free).
     ``metrics`` measured elsewhere (on a device, or emulated) are recorded instead of computed here."""
     from edgekit.runtime import Bundle
@@ -175,13 +250,23 @@ def evaluate_bundle(bundle_dir: Path, split, out: Path | None = None, force: boo
         run = Stage("eval", out, config or {}, parent=Path(bundle_dir))
         with run.folder(force) as folder:
             write_json_atomic(folder / "metrics.json", metrics)
-            run.finish(metrics=metrics, parameters=read_manifest(bundle_dir).get("parameters"),
-                       config=config or {"bundle": str(bundle_dir)})
+            run.finish(
+                metrics=metrics,
+                parameters=read_manifest(bundle_dir).get("parameters"),
+                config=config or {"bundle": str(bundle_dir)},
+            )
     return metrics
 
 
-def evaluate_stage(stage_dir: Path, *, test: str | None, dataset: str | None, split: str = "test",
-                   text_column: str | None = None, label_column: str | None = None) -> dict:
+def evaluate_stage(
+    stage_dir: Path,
+    *,
+    test: str | None,
+    dataset: str | None,
+    split: str = "test",
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> dict:
     """Accuracy, F1 and confusion matrix of a model stage folder's PyTorch model (needs the train extra)."""
     from edgekit.data.splits import load_eval_split
     from edgekit.metrics import classification_metrics
@@ -191,10 +276,18 @@ def evaluate_stage(stage_dir: Path, *, test: str | None, dataset: str | None, sp
 
     handle = load_saved(Path(stage_dir))
     if task_spec(handle.task).generates:
-        raise EdgekitError(f"{stage_dir} is an encoder-decoder; export it (edgekit export) and evaluate the bundle, "
-                           "which generates and scores BLEU/ROUGE-L")
-    cfg = DataConfig(dataset=dataset, train=None, test=test, text_column=text_column or "text",
-                     label_column=label_column or "label", image_size=handle.preprocessing.get("image_size"))
+        raise EdgekitError(
+            f"{stage_dir} is an encoder-decoder; export it (edgekit export) and evaluate the bundle, "
+            "which generates and scores BLEU/ROUGE-L"
+        )
+    cfg = DataConfig(
+        dataset=dataset,
+        train=None,
+        test=test,
+        text_column=text_column or "text",
+        label_column=label_column or "label",
+        image_size=handle.preprocessing.get("image_size"),
+    )
     data_split = load_eval_split(cfg, handle.task, handle.label_names, split)
     logits = predict_logits(handle, data_split, desc="evaluate")
     metrics = classification_metrics(data_split.labels, logits.argmax(-1), handle.label_names)

@@ -75,30 +75,42 @@ def check(recipe: Recipe, n_teacher: int | None, cnn_teacher: bool) -> None:
     sweep = recipe.sweep
     derived = [s for s in sweep.students + (sweep.successive_via or []) if s.isdigit()]
     if derived and len(derived) != len(sweep.students) + len(sweep.successive_via or []):
-        raise EdgekitError("recipe field sweep.students: mix of layer counts and model names; a sweep derives all "
-                           "students from the teacher (numbers) or trains named models, not both")
+        raise EdgekitError(
+            "recipe field sweep.students: mix of layer counts and model names; a sweep derives all "
+            "students from the teacher (numbers) or trains named models, not both"
+        )
     if derived and cnn_teacher:
-        raise EdgekitError(f"recipe field sweep.students: layer counts derive students from a transformer teacher, but "
-                           f"{recipe.teacher.model} is a CNN; name student models instead, e.g. [mobilenet_v2]")
+        raise EdgekitError(
+            f"recipe field sweep.students: layer counts derive students from a transformer teacher, but "
+            f"{recipe.teacher.model} is a CNN; name student models instead, e.g. [mobilenet_v2]"
+        )
     if derived and n_teacher:
         too_big = [k for k in derived if int(k) >= n_teacher]
         if too_big:
-            raise EdgekitError(f"recipe field sweep.students: {', '.join(too_big)} layers is not smaller than the "
-                               f"teacher's {n_teacher}; choose 1 to {n_teacher - 1}")
+            raise EdgekitError(
+                f"recipe field sweep.students: {', '.join(too_big)} layers is not smaller than the "
+                f"teacher's {n_teacher}; choose 1 to {n_teacher - 1}"
+            )
     via, students = chain(sweep, n_teacher)
     if via and derived and any(int(v) <= int(students[0]) for v in via):
-        raise EdgekitError("recipe field sweep.successive_via: the links before the students must be larger than "
-                           f"the largest student ({students[0]} layers)")
+        raise EdgekitError(
+            "recipe field sweep.successive_via: the links before the students must be larger than "
+            f"the largest student ({students[0]} layers)"
+        )
     if "multi-teacher" in sweep.strategies:
         extra = recipe.distill.teachers or via
         if not extra and (not derived or n_teacher):
-            raise EdgekitError("recipe field sweep.strategies: multi-teacher needs a second teacher; set "
-                               "distill.teachers, or sweep.successive_via (a link the chain trains first)")
+            raise EdgekitError(
+                "recipe field sweep.strategies: multi-teacher needs a second teacher; set "
+                "distill.teachers, or sweep.successive_via (a link the chain trains first)"
+            )
         n = 1 + (len(recipe.distill.teachers) or 1)
         weights = recipe.distill.teacher_weights
         if weights is not None and len(weights) != n:
-            raise EdgekitError(f"recipe field distill.teacher_weights: {len(weights)} values for the {n} teachers of "
-                               "the multi-teacher cells (the teacher and the second teacher)")
+            raise EdgekitError(
+                f"recipe field distill.teacher_weights: {len(weights)} values for the {n} teachers of "
+                "the multi-teacher cells (the teacher and the second teacher)"
+            )
 
 
 def plan(recipe: Recipe, out: Path, n_teacher: int | None) -> list[Cell]:
@@ -133,8 +145,10 @@ def plan(recipe: Recipe, out: Path, n_teacher: int | None) -> list[Cell]:
         elif via:
             second = [sweep_cell("successive", via[0])]
         else:
-            raise EdgekitError(f"the teacher has {n_teacher} layers: no room for a link between it and the largest "
-                               "student, so multi-teacher has no second teacher; set distill.teachers or sweep.successive_via")
+            raise EdgekitError(
+                f"the teacher has {n_teacher} layers: no room for a link between it and the largest "
+                "student, so multi-teacher has no second teacher; set distill.teachers or sweep.successive_via"
+            )
         for s in students:
             add("multi-teacher", s, ["teacher", *second])
     return cells
@@ -187,7 +201,21 @@ def choose(sweep: SweepConfig, cells: list[Cell], metas: dict[str, dict], spec) 
 
 
 def describe(cells: list[Cell], shipped: Cell, reason: str, teacher: str) -> dict[str, Any]:
-    return {"schema_version": 1, "teacher": teacher,
-            "cells": [{"name": c.name, "strategy": c.strategy, "student": c.student, "label": student_label(c.student),
-                       "folder": str(c.folder.name), "teachers": c.teachers, "in_table": c.in_table} for c in cells],
-            "shipped": shipped.name, "reason": reason}
+    return {
+        "schema_version": 1,
+        "teacher": teacher,
+        "cells": [
+            {
+                "name": c.name,
+                "strategy": c.strategy,
+                "student": c.student,
+                "label": student_label(c.student),
+                "folder": str(c.folder.name),
+                "teachers": c.teachers,
+                "in_table": c.in_table,
+            }
+            for c in cells
+        ],
+        "shipped": shipped.name,
+        "reason": reason,
+    }

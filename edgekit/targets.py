@@ -60,8 +60,15 @@ def _profile_file(profile: dict[str, Any], folder: Path, emulated: bool) -> Path
     return path
 
 
-def bench_on(session: Session, bundles: Sequence[Path], profile: dict[str, Any], *, extra_args: Sequence[str] = (),
-             timeout: float = 1800, emulated: bool = False) -> dict[str, Any]:
+def bench_on(
+    session: Session,
+    bundles: Sequence[Path],
+    profile: dict[str, Any],
+    *,
+    extra_args: Sequence[str] = (),
+    timeout: float = 1800,
+    emulated: bool = False,
+) -> dict[str, Any]:
     """``edgekit bench`` of ``bundles`` on the target, its JSON document back."""
     with tempfile.TemporaryDirectory(prefix="edgekit-target-") as scratch:
         remote = [session.upload(Path(b), f"bundle{i}") for i, b in enumerate(bundles)]
@@ -99,8 +106,9 @@ def write_portable_split(split, task: str, label_names: list[str], folder: Path)
     return path
 
 
-def eval_on(session: Session, bundle: Path, split, task: str, label_names: list[str], *,
-            timeout: float = 3600) -> dict[str, Any]:
+def eval_on(
+    session: Session, bundle: Path, split, task: str, label_names: list[str], *, timeout: float = 3600
+) -> dict[str, Any]:
     """``edgekit eval`` of the bundle on the target, on exactly the examples of ``split``."""
     with tempfile.TemporaryDirectory(prefix="edgekit-target-") as scratch:
         data = write_portable_split(split, task, label_names, Path(scratch))
@@ -113,16 +121,21 @@ def eval_on(session: Session, bundle: Path, split, task: str, label_names: list[
     return metrics
 
 
-def validate_on(session: Session, folder: Path, batches: list[dict[str, np.ndarray]], *,
-                timeout: float = 3600) -> list[np.ndarray]:
+def validate_on(
+    session: Session, folder: Path, batches: list[dict[str, np.ndarray]], *, timeout: float = 3600
+) -> list[np.ndarray]:
     """Logits of the candidate bundle in ``folder`` for each batch, computed on the target."""
     with tempfile.TemporaryDirectory(prefix="edgekit-target-") as scratch:
         inputs = Path(scratch) / "inputs.npz"
         np.savez(inputs, **{f"{i}__{name}": array for i, batch in enumerate(batches) for name, array in batch.items()})
         remote_bundle = session.upload(Path(folder), "candidate")
         remote_inputs = session.upload(inputs, "inputs.npz")
-    _run_checked(session, ["edgekit", "validate-bundle", remote_bundle, remote_inputs, session.inside("outputs.npz")],
-                 timeout, "running the exported model")
+    _run_checked(
+        session,
+        ["edgekit", "validate-bundle", remote_bundle, remote_inputs, session.inside("outputs.npz")],
+        timeout,
+        "running the exported model",
+    )
     raw = session.read("outputs.npz")
     if raw is None:
         raise EdgekitError(f"the target {session.where} wrote no outputs; check its edgekit install")
@@ -182,16 +195,20 @@ def parity_targets(preset: dict[str, Any], devices: Sequence[str] = (), ssh=None
     if not devices and not foreign:
         return [], None
     if preset["format"] != "onnx":
-        return [], (f"warning: parity of this {machine or 'target'} {preset['format']} bundle is measured on this "
-                    f"{platform.machine()} host only: the emulated target has edgekit's core install (no torch)")
+        return [], (
+            f"warning: parity of this {machine or 'target'} {preset['format']} bundle is measured on this "
+            f"{platform.machine()} host only: the emulated target has edgekit's core install (no torch)"
+        )
     from edgekit.bench.profiles import load_profile
     from edgekit.emulate.rootfs import is_built
     from edgekit.emulate.target import emulated_cpu
 
     if not devices and not is_built():
-        return [], (f"warning: parity of this {machine} bundle is measured on this {platform.machine()} host's kernels, "
-                    f"not the target's; build the emulated target once (edgekit devices emulate {wanted[0] if wanted else 'rpi4'}) "
-                    "or pass --host to check on the device")
+        return [], (
+            f"warning: parity of this {machine} bundle is measured on this {platform.machine()} host's kernels, "
+            f"not the target's; build the emulated target once (edgekit devices emulate {wanted[0] if wanted else 'rpi4'}) "
+            "or pass --host to check on the device"
+        )
     from edgekit.emulate.target import EmulatedTarget
 
     for name in wanted:

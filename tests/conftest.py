@@ -30,11 +30,19 @@ def _private_cache(tmp_path_factory) -> None:
     os.environ.setdefault("EDGEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("edgekit-cache")))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """Run the installed ``edgekit`` entry point in a fresh process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -59,7 +67,9 @@ def mounted_tmpfs(folder: Path, options: str, why: str):
         if os.geteuid() != 0 or not shutil.which("mount"):
             pytest.skip(f"{why} needs root to mount a tmpfs")
         folder.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+        ).returncode:
             pytest.skip(f"{why}: cannot mount a tmpfs here")
         try:
             yield folder
@@ -93,8 +103,14 @@ def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int, 
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -134,8 +150,23 @@ QUESTION_TEMPLATES = {
     "LOC": ["where is", "where can i find", "where was", "in which country is", "where does one visit", "where lies"],
     "NUM": ["how many people live in", "how much does", "how old is", "when was", "how far is", "what year did"],
 }
-SUBJECTS = ["paris", "the telephone", "hamlet", "the amazon river", "lincoln", "the moon", "python", "rome",
-            "mount everest", "the eiffel tower", "penicillin", "the beatles", "tokyo", "the nile", "radio"]
+SUBJECTS = [
+    "paris",
+    "the telephone",
+    "hamlet",
+    "the amazon river",
+    "lincoln",
+    "the moon",
+    "python",
+    "rome",
+    "mount everest",
+    "the eiffel tower",
+    "penicillin",
+    "the beatles",
+    "tokyo",
+    "the nile",
+    "radio",
+]
 
 
 def write_questions(path: Path, n: int, seed: int, fmt: str = "tsv", labels=("HUM", "LOC", "NUM")) -> Path:

@@ -19,10 +19,28 @@ from conftest import REPO
 PACKAGE = REPO / "edgekit"
 
 # The torch-free core: what every other layer may import, and which imports nothing else of edgekit.
-CORE = {"edgekit", "edgekit.errors", "edgekit.artifacts", "edgekit.resources", "edgekit.registry", "edgekit.layout",
-        "edgekit.tasks", "edgekit.tasks.base", "edgekit.tasks.classification", "edgekit.tasks.text2text"}
-TRAINING = ("edgekit.train", "edgekit.distill", "edgekit.compress", "edgekit.export", "edgekit.models",
-            "edgekit.stages", "edgekit.pipeline", "edgekit.sweep")
+CORE = {
+    "edgekit",
+    "edgekit.errors",
+    "edgekit.artifacts",
+    "edgekit.resources",
+    "edgekit.registry",
+    "edgekit.layout",
+    "edgekit.tasks",
+    "edgekit.tasks.base",
+    "edgekit.tasks.classification",
+    "edgekit.tasks.text2text",
+}
+TRAINING = (
+    "edgekit.train",
+    "edgekit.distill",
+    "edgekit.compress",
+    "edgekit.export",
+    "edgekit.models",
+    "edgekit.stages",
+    "edgekit.pipeline",
+    "edgekit.sweep",
+)
 # layer prefix -> prefixes it must never import
 FORBIDDEN = {
     "edgekit.runtime": TRAINING + ("edgekit.bench", "edgekit.report", "edgekit.cli"),
@@ -33,19 +51,51 @@ FORBIDDEN = {
     "edgekit.data": TRAINING + ("edgekit.runtime", "edgekit.bench", "edgekit.report", "edgekit.cli"),
     "edgekit.recipe": TRAINING + ("edgekit.runtime", "edgekit.bench", "edgekit.report", "edgekit.cli"),
     "edgekit.metrics": TRAINING + ("edgekit.runtime", "edgekit.bench", "edgekit.report", "edgekit.cli"),
-    "edgekit.models": ("edgekit.train", "edgekit.distill", "edgekit.compress", "edgekit.export", "edgekit.stages",
-                       "edgekit.pipeline", "edgekit.cli"),
-    "edgekit.train": ("edgekit.distill", "edgekit.compress", "edgekit.export", "edgekit.stages", "edgekit.pipeline",
-                      "edgekit.sweep", "edgekit.report", "edgekit.cli"),
+    "edgekit.models": (
+        "edgekit.train",
+        "edgekit.distill",
+        "edgekit.compress",
+        "edgekit.export",
+        "edgekit.stages",
+        "edgekit.pipeline",
+        "edgekit.cli",
+    ),
+    "edgekit.train": (
+        "edgekit.distill",
+        "edgekit.compress",
+        "edgekit.export",
+        "edgekit.stages",
+        "edgekit.pipeline",
+        "edgekit.sweep",
+        "edgekit.report",
+        "edgekit.cli",
+    ),
     "edgekit.compress": ("edgekit.distill", "edgekit.export", "edgekit.stages", "edgekit.pipeline", "edgekit.cli"),
     "edgekit.distill": ("edgekit.export", "edgekit.stages", "edgekit.pipeline", "edgekit.cli"),
-    "edgekit.export": ("edgekit.distill", "edgekit.compress", "edgekit.train", "edgekit.stages", "edgekit.pipeline",
-                       "edgekit.cli"),
+    "edgekit.export": (
+        "edgekit.distill",
+        "edgekit.compress",
+        "edgekit.train",
+        "edgekit.stages",
+        "edgekit.pipeline",
+        "edgekit.cli",
+    ),
 }
 TORCH = {"torch", "torchvision", "transformers", "peft", "bitsandbytes", "accelerate", "onnx", "onnxscript"}
-TORCH_FREE_AT_IMPORT = ("edgekit.runtime", "edgekit.bench", "edgekit.report", "edgekit.emulate", "edgekit.targets",
-                        "edgekit.data", "edgekit.recipe", "edgekit.metrics", "edgekit.cli", "edgekit.stages",
-                        "edgekit.pipeline", "edgekit.sweep")
+TORCH_FREE_AT_IMPORT = (
+    "edgekit.runtime",
+    "edgekit.bench",
+    "edgekit.report",
+    "edgekit.emulate",
+    "edgekit.targets",
+    "edgekit.data",
+    "edgekit.recipe",
+    "edgekit.metrics",
+    "edgekit.cli",
+    "edgekit.stages",
+    "edgekit.pipeline",
+    "edgekit.sweep",
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -76,7 +126,7 @@ def _imports(name: str, path: Path) -> list[tuple[str, int, bool]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             for a in node.names:
                 candidate = f"{base}.{a.name}"
                 out.append((candidate if candidate in MODULES else base, node.lineno, id(node) in top))
@@ -162,28 +212,44 @@ def test_the_core_and_the_device_path_are_torch_free():
             heavy = imported.split(".")[0] in TORCH
             if heavy and name in CORE:
                 bad.append(f"{name}:{line} (core) imports {imported}")
-            elif heavy and top_level and any(_within(name, p) for p in TORCH_FREE_AT_IMPORT) \
-                    and name != "edgekit.bench.torch_latency":
+            elif (
+                heavy
+                and top_level
+                and any(_within(name, p) for p in TORCH_FREE_AT_IMPORT)
+                and name != "edgekit.bench.torch_latency"
+            ):
                 bad.append(f"{name}:{line} imports {imported} at module level")
     assert not bad, "\n".join(bad)
 
 
 def _string_constants(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    return [(n.value, n.lineno) for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    return [
+        (n.value, n.lineno)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 def test_task_names_live_in_their_spec_files_alone():
     from edgekit import registry
 
     tasks = set(registry.names("task"))
-    bad = [f"{path.relative_to(REPO)}:{line} names {value!r}"
-           for name, path in MODULES.items() if not _within(name, "edgekit.tasks")
-           for value, line in _string_constants(path) if value in tasks]
+    bad = [
+        f"{path.relative_to(REPO)}:{line} names {value!r}"
+        for name, path in MODULES.items()
+        if not _within(name, "edgekit.tasks")
+        for value, line in _string_constants(path)
+        if value in tasks
+    ]
     assert not bad, "task names outside edgekit/tasks/ (use task_spec(...) facts or jobs):\n" + "\n".join(bad)
 
 
@@ -193,16 +259,23 @@ def test_no_print_outside_the_cli():
         if _within(name, "edgekit.cli"):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        bad += [f"{path.relative_to(REPO)}:{n.lineno}" for n in ast.walk(tree)
-                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        bad += [
+            f"{path.relative_to(REPO)}:{n.lineno}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+        ]
     assert not bad, "print() outside edgekit/cli (use logging via edgekit.log):\n" + "\n".join(bad)
 
 
 def test_comments_cite_papers_by_title_not_by_missing_files():
     # a comment such as "see 2403.1234.pdf" or "seeds/foo.pdf" points at a file users do not have
     pattern = re.compile(r"\b[\w.-]+\.pdf\b|\bseeds/")
-    bad = [f"{path.relative_to(REPO)}:{i}" for path in MODULES.values()
-           for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    bad = [
+        f"{path.relative_to(REPO)}:{i}"
+        for path in MODULES.values()
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not bad, "\n".join(bad)
 
 

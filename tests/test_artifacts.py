@@ -31,8 +31,14 @@ def test_meta_records_files_with_sha256(tmp_path):
     with stage_folder(tmp_path / "s") as folder:
         (folder / "model").mkdir()
         (folder / "model" / "w.bin").write_bytes(b"abc")
-        write_meta(folder, stage="distill", config={"alpha": 0.3}, metrics={"accuracy": 0.9}, parameters=12,
-                   fingerprint_value=fingerprint("distill", {"alpha": 0.3}))
+        write_meta(
+            folder,
+            stage="distill",
+            config={"alpha": 0.3},
+            metrics={"accuracy": 0.9},
+            parameters=12,
+            fingerprint_value=fingerprint("distill", {"alpha": 0.3}),
+        )
     meta = read_meta(tmp_path / "s")
     assert meta["stage"] == "distill" and meta["metrics"]["accuracy"] == 0.9 and meta["parameters"] == 12
     entry = meta["files"]["model/w.bin"]

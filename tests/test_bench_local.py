@@ -24,20 +24,34 @@ def make_bundle(folder: Path, hidden: int = 64, classes: int = 3) -> Path:
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((3 * 8 * 8, hidden)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Flatten", ["pixel_values"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], [w1, w2])
+    nodes = [
+        helper.make_node("Flatten", ["pixel_values"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [w1, w2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     folder.mkdir(parents=True)
     onnx.save(model, str(folder / "model.onnx"))
-    manifest = {"schema_version": 1, "format": "onnx", "task": "image-classification", "label_names": ["a", "b", "c"],
-                "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3},
-                "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 8, 8]}],
-                "parameters": int(3 * 64 * hidden + hidden * classes), "quantization": None,
-                "sha256": hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()}
+    manifest = {
+        "schema_version": 1,
+        "format": "onnx",
+        "task": "image-classification",
+        "label_names": ["a", "b", "c"],
+        "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 8, 8]}],
+        "parameters": int(3 * 64 * hidden + hidden * classes),
+        "quantization": None,
+        "sha256": hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -88,8 +102,10 @@ def test_custom_profile_file(bundles, tmp_path):
     profile = tmp_path / "tiny.yaml"
     sensor = tmp_path / "temp"
     sensor.write_text("48250\n")  # sysfs format: millidegrees Celsius
-    profile.write_text("name: tiny\nthreads: 1\nwarmup: 2\nruns: 10\nmin_seconds: 0\nbatch_sizes: [1, 4]\n"
-                       f"thermal_sensors: [{sensor}]\n")
+    profile.write_text(
+        "name: tiny\nthreads: 1\nwarmup: 2\nruns: 10\nmin_seconds: 0\nbatch_sizes: [1, 4]\n"
+        f"thermal_sensors: [{sensor}]\n"
+    )
     proc = run_cli("bench", bundles[0], "--device", profile, "--json", tmp_path / "b.json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "b.json").read_text())
@@ -104,14 +120,31 @@ def test_unknown_device_and_missing_provider(bundles):
     assert_user_error(run_cli("bench", bundles[0], "--device", "t4"), "CUDAExecutionProvider", "onnxruntime-gpu")
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    "signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_a_signal_during_bench_exits_with_its_code_and_one_line(bundles, tmp_path, signum, code, word):
     """Ctrl-C (or a SIGTERM from a scheduler) outside any training loop is not success."""
     out = tmp_path / "never.json"
     # batch 2048 of the large bundle: ~1 GFLOP a run, so the 100,000-run cap is far away when the signal comes
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "bench", str(bundles[1]), "--runs", "1000000",
-                             "--batch-size", "2048", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "bench",
+            str(bundles[1]),
+            "--runs",
+            "1000000",
+            "--batch-size",
+            "2048",
+            "--json",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(4)  # the worker is timing by now
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)

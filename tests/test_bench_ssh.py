@@ -18,8 +18,10 @@ from test_bench_local import make_bundle
 from conftest import assert_user_error, run_cli
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(not Path(SSHD).exists() or not shutil.which("ssh"),
-                                reason="needs OpenSSH (Debian: apt-get install openssh-server); .ci/run installs it")
+pytestmark = pytest.mark.skipif(
+    not Path(SSHD).exists() or not shutil.which("ssh"),
+    reason="needs OpenSSH (Debian: apt-get install openssh-server); .ci/run installs it",
+)
 EDGEKIT = str(Path(sys.executable).parent / "edgekit")
 
 
@@ -97,8 +99,21 @@ def odd_bundle(tmp_path):
 
 def test_remote_bench_with_odd_path(sshd, odd_bundle, tmp_path):
     out = tmp_path / "remote.json"
-    proc = run_cli("bench", odd_bundle, "--host", "edgekit-device", "--ssh-config", sshd["known"], "--remote-edgekit",
-                   EDGEKIT, "--runs", "30", "--json", out, cwd=tmp_path)
+    proc = run_cli(
+        "bench",
+        odd_bundle,
+        "--host",
+        "edgekit-device",
+        "--ssh-config",
+        sshd["known"],
+        "--remote-edgekit",
+        EDGEKIT,
+        "--runs",
+        "30",
+        "--json",
+        out,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     document = json.loads(out.read_text())
     assert document["valid"] is True and document["device"] == "cpu"
@@ -107,21 +122,45 @@ def test_remote_bench_with_odd_path(sshd, odd_bundle, tmp_path):
     assert document["remote"]["local_bundles"] == [str(odd_bundle)]
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
     # the remote work folder is removed afterwards
-    assert subprocess.run(["ssh", "-F", str(sshd["known"]), "edgekit-device", "test", "-e",
-                           document["remote"]["workdir"]]).returncode == 1
+    assert (
+        subprocess.run(
+            ["ssh", "-F", str(sshd["known"]), "edgekit-device", "test", "-e", document["remote"]["workdir"]]
+        ).returncode
+        == 1
+    )
 
 
 def test_unknown_host_key_is_refused(sshd, odd_bundle, tmp_path):
-    proc = run_cli("bench", odd_bundle, "--host", "edgekit-device", "--ssh-config", sshd["unknown"],
-                   "--remote-edgekit", EDGEKIT, "--json", tmp_path / "r.json")
+    proc = run_cli(
+        "bench",
+        odd_bundle,
+        "--host",
+        "edgekit-device",
+        "--ssh-config",
+        sshd["unknown"],
+        "--remote-edgekit",
+        EDGEKIT,
+        "--json",
+        tmp_path / "r.json",
+    )
     assert_user_error(proc, "host key is not known", "never skips host-key checks")
     assert proc.returncode == 255
     assert not (tmp_path / "r.json").exists()
 
 
 def test_remote_exit_code_is_passed_through(sshd, odd_bundle):
-    proc = run_cli("bench", odd_bundle, "--host", "edgekit-device", "--ssh-config", sshd["known"],
-                   "--remote-edgekit", EDGEKIT, "--device", "no-such-device")
+    proc = run_cli(
+        "bench",
+        odd_bundle,
+        "--host",
+        "edgekit-device",
+        "--ssh-config",
+        sshd["known"],
+        "--remote-edgekit",
+        EDGEKIT,
+        "--device",
+        "no-such-device",
+    )
     assert_user_error(proc, "exit code 2", "unknown device 'no-such-device'")
     assert proc.returncode == 2
 
@@ -162,8 +201,23 @@ def test_killed_connection_gives_an_incomplete_result(sshd, tmp_path):
     out = tmp_path / "r.json"
     slow = tmp_path / "slow.yaml"  # a profile whose run lasts 60 s, copied to the host with the bundle
     slow.write_text("name: slow\nwarmup: 1\nruns: 10\nmin_seconds: 60\nmax_seconds: 120\n")
-    proc = run_cli("bench", big, "--host", "edgekit-device", "--ssh-config", sshd["known"], "--remote-edgekit",
-                   EDGEKIT, "--device", slow, "--batch-size", "64", "--json", out, timeout=300)
+    proc = run_cli(
+        "bench",
+        big,
+        "--host",
+        "edgekit-device",
+        "--ssh-config",
+        sshd["known"],
+        "--remote-edgekit",
+        EDGEKIT,
+        "--device",
+        slow,
+        "--batch-size",
+        "64",
+        "--json",
+        out,
+        timeout=300,
+    )
     killer.join()
     for orphan in psutil.process_iter(["cmdline"]):  # the remote side of a cut connection runs on; stop it
         if any("/tmp/edgekit-bench." in part for part in orphan.info["cmdline"] or []):
@@ -198,8 +252,21 @@ def test_remote_eval_scores_the_bundle_on_the_device(sshd, odd_bundle, tmp_path)
     data = _image_folder(tmp_path / "images; $(touch pwned)")
     local, remote = tmp_path / "local.json", tmp_path / "remote.json"
     assert run_cli("eval", odd_bundle, "--data", data, "--json", local).returncode == 0
-    proc = run_cli("eval", odd_bundle, "--data", data, "--host", "edgekit-device", "--ssh-config", sshd["known"],
-                   "--remote-edgekit", EDGEKIT, "--json", remote, cwd=tmp_path)
+    proc = run_cli(
+        "eval",
+        odd_bundle,
+        "--data",
+        data,
+        "--host",
+        "edgekit-device",
+        "--ssh-config",
+        sshd["known"],
+        "--remote-edgekit",
+        EDGEKIT,
+        "--json",
+        remote,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     here, there = json.loads(local.read_text()), json.loads(remote.read_text())
     assert there["examples"] == here["examples"] == 12 and there["accuracy"] == here["accuracy"]
@@ -212,8 +279,18 @@ def test_remote_eval_scores_the_bundle_on_the_device(sshd, odd_bundle, tmp_path)
 
 def test_remote_eval_with_an_unknown_host_key_is_refused(sshd, odd_bundle, tmp_path):
     data = _image_folder(tmp_path / "images")
-    proc = run_cli("eval", odd_bundle, "--data", data, "--host", "edgekit-device", "--ssh-config", sshd["unknown"],
-                   "--remote-edgekit", EDGEKIT)
+    proc = run_cli(
+        "eval",
+        odd_bundle,
+        "--data",
+        data,
+        "--host",
+        "edgekit-device",
+        "--ssh-config",
+        sshd["unknown"],
+        "--remote-edgekit",
+        EDGEKIT,
+    )
     assert_user_error(proc, "host key")
 
 
@@ -223,11 +300,28 @@ def test_export_parity_over_ssh_is_measured_on_the_device(sshd, tmp_path, tiny_b
 
     write_questions(tmp_path / "train.tsv", 120, 1)
     bert = load_model(str(tiny_bert), task="text-classification", label_names=["HUM", "LOC", "NUM"])
-    stage = write_stage(tmp_path / "stage", bert, f"task: text-classification\ndata: {{train: {tmp_path}/train.tsv}}\n"
-                                                  "teacher: {model: x}\nstudent: {model: x}\n")
+    stage = write_stage(
+        tmp_path / "stage",
+        bert,
+        f"task: text-classification\ndata: {{train: {tmp_path}/train.tsv}}\n"
+        "teacher: {model: x}\nstudent: {model: x}\n",
+    )
     out = tmp_path / "bundle"
-    proc = run_cli("export", stage, "--int8", "--host", "edgekit-device", "--device", "rpi4", "--ssh-config",
-                   sshd["known"], "--remote-edgekit", EDGEKIT, "--out", out)
+    proc = run_cli(
+        "export",
+        stage,
+        "--int8",
+        "--host",
+        "edgekit-device",
+        "--device",
+        "rpi4",
+        "--ssh-config",
+        sshd["known"],
+        "--remote-edgekit",
+        EDGEKIT,
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     parity = json.loads((out / "manifest.json").read_text())["parity"]
     where = parity["int8"]["measured_on"]

@@ -70,7 +70,9 @@ def test_labels_not_in_training_data(tmp_path, tiny_bert):
 
 def test_missing_label_column(tmp_path):
     train = write_questions(tmp_path / "train.tsv", 20, 0)
-    proc = run_cli("finetune", "bert-base-uncased", "--train", train, "--label-column", "category", "--out", tmp_path / "o")
+    proc = run_cli(
+        "finetune", "bert-base-uncased", "--train", train, "--label-column", "category", "--out", tmp_path / "o"
+    )
     assert_user_error(proc, "no column 'category'", "--label-column")
 
 
@@ -86,12 +88,18 @@ def test_device_without_provider_fails_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("sets, needles", [
-    (["prune.method=heads"], ["prune.method", "mobilenet_v2 is a CNN"]),
-    (["prune.method=channels", "teacher.model=x/bert", "student.model=null", "student.layers=[2]"], ["channels prunes CNNs"]),
-    (["prune.method=shrink"], ["prune.method", "not one of"]),
-    (["prune.amount=1.2"], ["prune.amount"]),
-])
+@pytest.mark.parametrize(
+    "sets, needles",
+    [
+        (["prune.method=heads"], ["prune.method", "mobilenet_v2 is a CNN"]),
+        (
+            ["prune.method=channels", "teacher.model=x/bert", "student.model=null", "student.layers=[2]"],
+            ["channels prunes CNNs"],
+        ),
+        (["prune.method=shrink"], ["prune.method", "not one of"]),
+        (["prune.amount=1.2"], ["prune.amount"]),
+    ],
+)
 def test_bad_prune_recipe_fails_before_training(tmp_path, sets, needles):
     proc = run_cli("run", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "out")
     assert_user_error(proc, *needles)

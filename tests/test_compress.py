@@ -34,8 +34,25 @@ def bert(tmp_path_factory, minilm_tokenizer_dir, question_files, env) -> Path:
     """A tiny BERT (2 layers, 4 heads of 8) fine-tuned on the question data: a model that knows its task."""
     base = save_tiny_bert(tmp_path_factory.mktemp("bert"), minilm_tokenizer_dir, hidden=32, layers=2, heads=4)
     out = tmp_path_factory.mktemp("ft") / "bert"
-    ok(run_cli("finetune", base, "--train", question_files["train"], "--test", question_files["test"], "--epochs", "8",
-               "--batch-size", "16", "--lr", "1e-3", "--out", out, env=env))
+    ok(
+        run_cli(
+            "finetune",
+            base,
+            "--train",
+            question_files["train"],
+            "--test",
+            question_files["test"],
+            "--epochs",
+            "8",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--out",
+            out,
+            env=env,
+        )
+    )
     assert meta(out)["metrics"]["accuracy"] > 0.8
     return out
 
@@ -122,7 +139,9 @@ def test_heads_and_ffn_pruning_shrink_reload_and_export_smaller(tmp_path, bert, 
     heads = tmp_path / "heads"
     ok(run_cli("prune", bert, "--method", "heads", "--amount", "0.5", "--out", heads, env=env))
     ffn = tmp_path / "ffn"
-    proc = ok(run_cli("prune", heads, "--method", "ffn", "--amount", "0.5", "--recover-epochs", "1", "--out", ffn, env=env))
+    proc = ok(
+        run_cli("prune", heads, "--method", "ffn", "--amount", "0.5", "--recover-epochs", "1", "--out", ffn, env=env)
+    )
     assert "recovered (distill)" in proc.stdout
     m = meta(ffn)
     assert m["metrics"]["removed"] == {"ffn_neurons": 64} and m["history"]
@@ -148,15 +167,42 @@ def test_vit_heads_pruning(tmp_path, env):
 
     torch.manual_seed(0)
     vit = tmp_path / "vit"
-    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
-                                        num_attention_heads=4, intermediate_size=64, num_labels=10)).save_pretrained(vit)
-    ok(run_cli("finetune", vit, *DIGITS, "--epochs", "1", "--batch-size", "32", "--lr", "1e-3", "--out", tmp_path / "t", env=env))
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=16,
+            patch_size=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=10,
+        )
+    ).save_pretrained(vit)
+    ok(
+        run_cli(
+            "finetune",
+            vit,
+            *DIGITS,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--lr",
+            "1e-3",
+            "--out",
+            tmp_path / "t",
+            env=env,
+        )
+    )
     ok(run_cli("prune", tmp_path / "t", "--method", "heads", "--amount", "0.25", "--out", tmp_path / "p", env=env))
     from edgekit.models.load import load_saved
 
     handle = load_saved(tmp_path / "p")
-    counts = [m.num_attention_heads for m in handle.module.modules() if isinstance(m, torch.nn.Module)
-              and isinstance(getattr(m, "num_attention_heads", None), int)]
+    counts = [
+        m.num_attention_heads
+        for m in handle.module.modules()
+        if isinstance(m, torch.nn.Module) and isinstance(getattr(m, "num_attention_heads", None), int)
+    ]
     assert counts == [3, 3]
     assert meta(tmp_path / "p")["metrics"]["kept_per_layer"] == [3, 3]
 

@@ -18,14 +18,20 @@ pytestmark = pytest.mark.slow
 def core(tmp_path_factory):
     venv = tmp_path_factory.mktemp("core-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(REPO)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv / "bin"
 
 
 def _run(core, *args, cwd=None):
-    return subprocess.run([str(core / "edgekit"), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [str(core / "edgekit"), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_the_core_install_has_no_training_packages(core):
@@ -34,14 +40,17 @@ def test_the_core_install_has_no_training_packages(core):
     assert json.loads(proc.stdout) == []
 
 
-@pytest.mark.parametrize("args, extra", [
-    (["export", "runs/student", "--out", "b"], "train"),
-    (["finetune", "resnet18", "--dataset", "digits", "--out", "t"], "train"),
-    (["distill", "--teacher", "t", "--student-layers", "1", "--out", "s"], "train"),
-    (["prune", "s", "--out", "p"], "train"),
-    (["run"], "train"),
-    (["report", "runs/x"], "report"),
-])
+@pytest.mark.parametrize(
+    "args, extra",
+    [
+        (["export", "runs/student", "--out", "b"], "train"),
+        (["finetune", "resnet18", "--dataset", "digits", "--out", "t"], "train"),
+        (["distill", "--teacher", "t", "--student-layers", "1", "--out", "s"], "train"),
+        (["prune", "s", "--out", "p"], "train"),
+        (["run"], "train"),
+        (["report", "runs/x"], "report"),
+    ],
+)
 def test_commands_that_need_an_extra_say_which(core, tmp_path, args, extra):
     proc = _run(core, *args, cwd=tmp_path)
     line = assert_user_error(proc, f"edgekit {args[0]} needs the {extra} extra", f"pip install 'edgekit[{extra}]'")
@@ -57,9 +66,16 @@ def test_help_still_works_for_those_commands(core):
 def test_digits_without_scikit_learn_says_how_to_get_it(core, tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"task": "image-classification", "label_names": [str(i) for i in range(10)],
-                                                      "preprocessing": {"image_size": 8},
-                                                      "inputs": [{"name": "pixel_values"}]}))
+    (bundle / "manifest.json").write_text(
+        json.dumps(
+            {
+                "task": "image-classification",
+                "label_names": [str(i) for i in range(10)],
+                "preprocessing": {"image_size": 8},
+                "inputs": [{"name": "pixel_values"}],
+            }
+        )
+    )
     proc = _run(core, "eval", bundle, "--dataset", "digits")
     assert_user_error(proc, "scikit-learn", "pip install scikit-learn")
 

@@ -86,18 +86,24 @@ def test_image_folder(tmp_path):
 def test_hugging_face_dataset_from_disk(tmp_path):
     import datasets
 
-    features = datasets.Features({"sentence": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])}
+    )
     rows = {"sentence": ["good", "bad", "great", "awful", "fine", "poor"], "label": [1, 0, 1, 0, 1, 0]}
     unlabeled = {"sentence": ["?", "?"], "label": [-1, -1]}
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict(rows, features=features),
-        "validation": datasets.Dataset.from_dict(rows, features=features),
-        "test": datasets.Dataset.from_dict(unlabeled, features=datasets.Features(
-            {"sentence": datasets.Value("string"), "label": datasets.Value("int64")})),
-    }).save_to_disk(tmp_path / "sst")
-    recipe = recipe_from_dict({"task": "text-classification",
-                               "data": {"dataset": str(tmp_path / "sst"), "text_column": "sentence"}})
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows, features=features),
+            "validation": datasets.Dataset.from_dict(rows, features=features),
+            "test": datasets.Dataset.from_dict(
+                unlabeled,
+                features=datasets.Features({"sentence": datasets.Value("string"), "label": datasets.Value("int64")}),
+            ),
+        }
+    ).save_to_disk(tmp_path / "sst")
+    recipe = recipe_from_dict(
+        {"task": "text-classification", "data": {"dataset": str(tmp_path / "sst"), "text_column": "sentence"}}
+    )
     data = load_task_data(recipe.data, "text-classification")
     assert data.label_names == ["negative", "positive"]
     assert len(data.train) == 6 and len(data.val) == 6
@@ -116,8 +122,9 @@ def test_hugging_face_image_dataset_from_disk(tmp_path):
 
     images = [Image.new("RGB", (12, 12), (40 * i, 0, 0)) for i in range(6)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["bean", "rust"])})
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features)}
-                         ).save_to_disk(tmp_path / "beans")
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features)}
+    ).save_to_disk(tmp_path / "beans")
     recipe = recipe_from_dict({"task": "image-classification", "data": {"dataset": str(tmp_path / "beans")}})
     data = load_task_data(recipe.data, "image-classification")
     assert data.label_names == ["bean", "rust"]

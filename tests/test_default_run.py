@@ -82,7 +82,9 @@ def test_second_run_reuses_unchanged_stages(default_run):
 
 def test_eval_cli_on_the_bundle(default_run, tmp_path):
     out, _ = default_run
-    proc = run_cli("eval", out / "export", "--dataset", "digits", "--json", tmp_path / "m.json", "--out", tmp_path / "ev")
+    proc = run_cli(
+        "eval", out / "export", "--dataset", "digits", "--json", tmp_path / "m.json", "--out", tmp_path / "ev"
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     recorded = json.loads((out / "eval" / "meta.json").read_text())["metrics"]
@@ -92,11 +94,13 @@ def test_eval_cli_on_the_bundle(default_run, tmp_path):
 
 def test_bench_and_eval_run_where_torch_cannot_be_imported(default_run, tmp_path, block_torch):
     out, _ = default_run
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **block_torch},
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch"], env={**os.environ, **block_torch}, capture_output=True, text=True
+    )
     assert probe.returncode != 0 and "blocked" in probe.stderr
-    proc = run_cli("bench", out / "export", "--device", "cpu", "--json", tmp_path / "b.json", "--runs", "30",
-                   env=block_torch)
+    proc = run_cli(
+        "bench", out / "export", "--device", "cpu", "--json", tmp_path / "b.json", "--runs", "30", env=block_torch
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "b.json").read_text())
     for key in ("device", "valid", "size_mb", "peak_rss_mb", "latency_ms", "schema_version"):
@@ -111,8 +115,21 @@ def test_bench_and_eval_run_where_torch_cannot_be_imported(default_run, tmp_path
 def test_lora_and_pruning_stages_chain_after_the_student(default_run):
     """Last in this file: it changes the run (the export now comes from the pruned model)."""
     out, _ = default_run
-    proc = run_cli("run", "--out", out, "--set", "lora.enabled=true", "--set", "lora.train.epochs=1",
-                   "--set", "prune.method=channels", "--set", "prune.amount=0.25", "--set", "bench.runs=20")
+    proc = run_cli(
+        "run",
+        "--out",
+        out,
+        "--set",
+        "lora.enabled=true",
+        "--set",
+        "lora.train.epochs=1",
+        "--set",
+        "prune.method=channels",
+        "--set",
+        "prune.amount=0.25",
+        "--set",
+        "bench.runs=20",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finetune: reused" in proc.stderr and "distill: reused" in proc.stderr
     lora = json.loads((out / "lora" / "meta.json").read_text())

@@ -46,8 +46,23 @@ def bert4(tmp_path_factory, minilm_tokenizer_dir) -> Path:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, bert4, question_files, cache_env) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "t"
-    proc = run_cli("finetune", bert4, "--train", question_files["train"], "--test", question_files["test"],
-                   "--epochs", "8", "--batch-size", "16", "--lr", "1e-3", "--out", out, env=cache_env)
+    proc = run_cli(
+        "finetune",
+        bert4,
+        "--train",
+        question_files["train"],
+        "--test",
+        question_files["test"],
+        "--epochs",
+        "8",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--out",
+        out,
+        env=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert meta(out)["metrics"]["accuracy"] > 0.8
     return out
@@ -63,8 +78,18 @@ def test_kept_layers_are_evenly_spaced_and_end_with_the_last():
 
 
 def test_straightforward_derived_student_with_baseline(tmp_path, teacher, cache_env):
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", "--baseline", *FAST,
-                   "--out", tmp_path / "s", env=cache_env)
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "2",
+        "--baseline",
+        *FAST,
+        "--out",
+        tmp_path / "s",
+        env=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = meta(tmp_path / "s")
     config = json.loads((tmp_path / "s" / "model" / "config.json").read_text())
@@ -83,8 +108,19 @@ def test_straightforward_derived_student_with_baseline(tmp_path, teacher, cache_
 
 
 def test_successive_chain_keeps_every_link(tmp_path, teacher, cache_env):
-    proc = run_cli("distill", "--teacher", teacher, "--strategy", "successive", "--student-layers", "3,1", *FAST,
-                   "--out", tmp_path / "succ", env=cache_env)
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--strategy",
+        "successive",
+        "--student-layers",
+        "3,1",
+        *FAST,
+        "--out",
+        tmp_path / "succ",
+        env=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = meta(tmp_path / "succ")
     assert [row["name"] for row in m["links"]] == ["1-L3", "2-L1"]
@@ -100,14 +136,44 @@ def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
     other = tmp_path / "other"
     proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", *FAST, "--out", other, env=cache_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    learned = run_cli("distill", "--teacher", teacher, "--teacher", other, "--strategy", "multi-teacher",
-                      "--teacher-weights", "learned", "--student-layers", "1", *FAST, "--out", tmp_path / "ml", env=cache_env)
+    learned = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--teacher",
+        other,
+        "--strategy",
+        "multi-teacher",
+        "--teacher-weights",
+        "learned",
+        "--student-layers",
+        "1",
+        *FAST,
+        "--out",
+        tmp_path / "ml",
+        env=cache_env,
+    )
     assert learned.returncode == 0, learned.stderr[-3000:]
     weights = meta(tmp_path / "ml")["metrics"]["teacher_weights"]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1, abs=1e-5) and weights != [0.5, 0.5]
     assert "teacher weights (learned)" in learned.stdout
-    fixed = run_cli("distill", "--teacher", teacher, "--teacher", other, "--strategy", "multi-teacher",
-                    "--teacher-weights", "3,1", "--student-layers", "1", *FAST, "--out", tmp_path / "mf", env=cache_env)
+    fixed = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--teacher",
+        other,
+        "--strategy",
+        "multi-teacher",
+        "--teacher-weights",
+        "3,1",
+        "--student-layers",
+        "1",
+        *FAST,
+        "--out",
+        tmp_path / "mf",
+        env=cache_env,
+    )
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     m = meta(tmp_path / "mf")
     assert m["metrics"]["teacher_weights"] == pytest.approx([0.75, 0.25])
@@ -116,8 +182,19 @@ def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
 
 
 def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, cache_env):
-    proc = run_cli("distill", "--teacher", teacher, "--student", tiny_bert, "--feature-weight", "1.0", *FAST,
-                   "--out", tmp_path / "f", env=cache_env)
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student",
+        tiny_bert,
+        "--feature-weight",
+        "1.0",
+        *FAST,
+        "--out",
+        tmp_path / "f",
+        env=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = meta(tmp_path / "f")
     assert m["metrics"]["feature_projection"] == "linear 32 -> 48"
@@ -125,8 +202,9 @@ def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, ca
 
 
 def test_self_quantized_merges_exactly_into_a_plain_model(tmp_path, teacher, cache_env):
-    proc = run_cli("distill", "--teacher", teacher, "--strategy", "self-quantized", *FAST, "--out", tmp_path / "q",
-                   env=cache_env)
+    proc = run_cli(
+        "distill", "--teacher", teacher, "--strategy", "self-quantized", *FAST, "--out", tmp_path / "q", env=cache_env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = meta(tmp_path / "q")
     assert m["merge"]["max_abs_logit_diff"] < 1e-3 and m["merge"]["label_agreement"] == 1.0
@@ -161,23 +239,61 @@ def test_transfer_set_cache_hits_and_invalidates(tmp_path, monkeypatch, tiny_ber
 
 
 def test_second_student_reuses_the_cached_transfer_set(tmp_path, teacher, cache_env):
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--epochs", "1", "--out", tmp_path / "a",
-                   env=cache_env)
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "a",
+        env=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cache hit" in proc.stderr  # computed by an earlier test's student of the same teacher and data
-    fresh = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--epochs", "1", "--no-cache",
-                    "--out", tmp_path / "b", env=cache_env)
+    fresh = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--epochs",
+        "1",
+        "--no-cache",
+        "--out",
+        tmp_path / "b",
+        env=cache_env,
+    )
     assert fresh.returncode == 0 and "computed" in fresh.stderr
 
 
 def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
-    args = ["distill", "--teacher", teacher, "--student-layers", "2", "--epochs", "3", "--batch-size", "16", "--lr", "1e-3",
-            "--set", "distill.checkpoint_every=5"]
+    args = [
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "2",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--set",
+        "distill.checkpoint_every=5",
+    ]
     full = run_cli(*args, "--out", tmp_path / "full", env=cache_env)
     assert full.returncode == 0, full.stderr[-3000:]
     env = {**os.environ, **cache_env}
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "cut")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "cut")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = tmp_path / ".cut.checkpoint" / "1-L2" / "checkpoint.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -201,8 +317,13 @@ def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
     assert not (tmp_path / ".cut.checkpoint").exists()
 
     # Ctrl-C: the step in flight finishes, a checkpoint is written, exit code 130 and one clear line
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "int")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "int")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     checkpoint = tmp_path / ".int.checkpoint" / "1-L2" / "checkpoint.pt"
     while proc.poll() is None and not checkpoint.exists():
         time.sleep(0.02)
@@ -218,8 +339,12 @@ def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
 
 def test_successive_resume_reuses_finished_links(tmp_path, teacher, cache_env):
     args = ["distill", "--teacher", teacher, "--strategy", "successive", "--student-layers", "3,1", *FAST]
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "s")],
-                            env={**os.environ, **cache_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", *map(str, args), "--out", str(tmp_path / "s")],
+        env={**os.environ, **cache_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     finished = tmp_path / ".s.checkpoint" / "1-L3" / "stage" / "meta.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not finished.exists():
@@ -241,15 +366,53 @@ def test_vision_transformer_student_layers(tmp_path, cache_env):
 
     torch.manual_seed(0)
     vit = tmp_path / "vit"
-    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
-                                        num_attention_heads=2, intermediate_size=64, num_labels=10)).save_pretrained(vit)
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=10,
+        )
+    ).save_pretrained(vit)
     common = ["--dataset", "digits", "--image-size", "32", "--set", "data.limit=300"]
-    teacher = run_cli("finetune", vit, *common, "--epochs", "2", "--batch-size", "32", "--lr", "1e-3",
-                      "--out", tmp_path / "t", env=cache_env)
+    teacher = run_cli(
+        "finetune",
+        vit,
+        *common,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "1e-3",
+        "--out",
+        tmp_path / "t",
+        env=cache_env,
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    student = run_cli("distill", "--teacher", tmp_path / "t", "--strategy", "successive", "--student-layers", "2,1",
-                      "--feature-weight", "0.5", "--epochs", "2", "--batch-size", "32", "--lr", "1e-3",
-                      "--out", tmp_path / "s", env=cache_env)
+    student = run_cli(
+        "distill",
+        "--teacher",
+        tmp_path / "t",
+        "--strategy",
+        "successive",
+        "--student-layers",
+        "2,1",
+        "--feature-weight",
+        "0.5",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "1e-3",
+        "--out",
+        tmp_path / "s",
+        env=cache_env,
+    )
     assert student.returncode == 0, student.stderr[-3000:]
     m = meta(tmp_path / "s")
     assert [r["name"] for r in m["links"]] == ["1-L2", "2-L1"]
@@ -267,9 +430,18 @@ def seq2seq(tmp_path_factory, minilm_tokenizer_dir):
 
     root = tmp_path_factory.mktemp("t5")
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_decoder_layers=3,
-                      num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-                      decoder_start_token_id=tokenizer.pad_token_id)
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     T5ForConditionalGeneration(config).save_pretrained(root / "t5")
     tokenizer.save_pretrained(root / "t5")
@@ -277,21 +449,62 @@ def seq2seq(tmp_path_factory, minilm_tokenizer_dir):
     words = ["paris", "rome", "tokyo", "moon", "river", "radio", "python", "tower", "music", "apple"]
     for name, n in (("train.tsv", 200), ("test.tsv", 30)):
         rows = [rng.sample(words, 3) for _ in range(n)]
-        (root / name).write_text("source\ttarget\n" + "".join(f"{' '.join(r)}\t{' '.join(reversed(r))}\n" for r in rows))
+        (root / name).write_text(
+            "source\ttarget\n" + "".join(f"{' '.join(r)}\t{' '.join(reversed(r))}\n" for r in rows)
+        )
     return root
 
 
 def test_t5_token_level_kd_with_bleu_and_rouge(tmp_path, seq2seq, cache_env):
-    data = ["--task", "text2text", "--train", seq2seq / "train.tsv", "--test", seq2seq / "test.tsv",
-            "--text-column", "source", "--label-column", "target"]
-    teacher = run_cli("finetune", seq2seq / "t5", *data, "--epochs", "2", "--batch-size", "16", "--lr", "3e-3",
-                      "--out", tmp_path / "t", env=cache_env)
+    data = [
+        "--task",
+        "text2text",
+        "--train",
+        seq2seq / "train.tsv",
+        "--test",
+        seq2seq / "test.tsv",
+        "--text-column",
+        "source",
+        "--label-column",
+        "target",
+    ]
+    teacher = run_cli(
+        "finetune",
+        seq2seq / "t5",
+        *data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--out",
+        tmp_path / "t",
+        env=cache_env,
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     t = meta(tmp_path / "t")["metrics"]
     assert {"bleu", "rouge_l", "exact_match"} <= set(t) and t["examples"] == 30
-    assert [h["train_loss"] for h in meta(tmp_path / "t")["history"]][-1] < meta(tmp_path / "t")["history"][0]["train_loss"]
-    student = run_cli("distill", "--teacher", tmp_path / "t", "--student-layers", "1", "--baseline", "--epochs", "1",
-                      "--batch-size", "16", "--lr", "3e-3", "--out", tmp_path / "s", env=cache_env)
+    assert [h["train_loss"] for h in meta(tmp_path / "t")["history"]][-1] < meta(tmp_path / "t")["history"][0][
+        "train_loss"
+    ]
+    student = run_cli(
+        "distill",
+        "--teacher",
+        tmp_path / "t",
+        "--student-layers",
+        "1",
+        "--baseline",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--out",
+        tmp_path / "s",
+        env=cache_env,
+    )
     assert student.returncode == 0, student.stderr[-3000:]
     m = meta(tmp_path / "s")
     config = json.loads((tmp_path / "s" / "model" / "config.json").read_text())
@@ -306,13 +519,30 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
 
     other = tmp_path / "other"
     torch.manual_seed(0)
-    T5ForConditionalGeneration(T5Config(vocab_size=500, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
-                                        decoder_start_token_id=0)).save_pretrained(other)
+    T5ForConditionalGeneration(
+        T5Config(vocab_size=500, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    ).save_pretrained(other)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (other / name).write_bytes((seq2seq / "t5" / name).read_bytes())
-    proc = run_cli("distill", "--teacher", seq2seq / "t5", "--student", other, "--task", "text2text",
-                   "--train", seq2seq / "train.tsv", "--text-column", "source", "--label-column", "target",
-                   "--epochs", "1", "--out", tmp_path / "s")
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        seq2seq / "t5",
+        "--student",
+        other,
+        "--task",
+        "text2text",
+        "--train",
+        seq2seq / "train.tsv",
+        "--text-column",
+        "source",
+        "--label-column",
+        "target",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
     assert_user_error(proc, "tokenizers differ")
     assert not (tmp_path / "s").exists()
 
@@ -328,15 +558,18 @@ def test_rouge_l_and_bleu_on_known_cases():
     assert perfect["bleu"] == pytest.approx(100.0) and perfect["exact_match"] == 1.0
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--strategy", "fastest", "--student-layers", "1"], ["distill.strategy", "fastest", "successive"]),
-    (["--strategy", "multi-teacher", "--student-layers", "1"], ["two or more teachers"]),
-    (["--strategy", "successive"], ["--student-layers"]),
-    (["--strategy", "successive", "--student-layers", "1,3"], ["fewer layers"]),
-    (["--student-layers", "9"], ["teacher has 4 layers"]),
-    (["--strategy", "self-quantized", "--set", "distill.lora.target_modules=[nope]"], ["nope", "not found"]),
-    (["--student-layers", "1", "--teacher-weights", "0.5,0.5"], ["multi-teacher"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--strategy", "fastest", "--student-layers", "1"], ["distill.strategy", "fastest", "successive"]),
+        (["--strategy", "multi-teacher", "--student-layers", "1"], ["two or more teachers"]),
+        (["--strategy", "successive"], ["--student-layers"]),
+        (["--strategy", "successive", "--student-layers", "1,3"], ["fewer layers"]),
+        (["--student-layers", "9"], ["teacher has 4 layers"]),
+        (["--strategy", "self-quantized", "--set", "distill.lora.target_modules=[nope]"], ["nope", "not found"]),
+        (["--student-layers", "1", "--teacher-weights", "0.5,0.5"], ["multi-teacher"]),
+    ],
+)
 def test_bad_distill_settings(tmp_path, teacher, args, needles):
     proc = run_cli("distill", "--teacher", teacher, *args, "--epochs", "1", "--out", tmp_path / "s")
     assert_user_error(proc, *needles)
@@ -344,21 +577,56 @@ def test_bad_distill_settings(tmp_path, teacher, args, needles):
 
 
 def test_teacher_weights_must_match_the_teachers(tmp_path, teacher):
-    proc = run_cli("distill", "--teacher", teacher, "--teacher", teacher, "--strategy", "multi-teacher",
-                   "--teacher-weights", "1,2,3", "--student-layers", "1", "--out", tmp_path / "s")
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--teacher",
+        teacher,
+        "--strategy",
+        "multi-teacher",
+        "--teacher-weights",
+        "1,2,3",
+        "--student-layers",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
     assert_user_error(proc, "3 values for 2 teachers")
 
 
 def test_teacher_trained_on_other_labels(tmp_path, teacher):
     other = write_questions(tmp_path / "two.tsv", 60, 3, labels=("HUM", "LOC"))
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--train", other, "--epochs", "1",
-                   "--out", tmp_path / "s")
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--train",
+        other,
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
     assert_user_error(proc, "labels")
 
 
 def test_student_layers_need_a_transformer_teacher(tmp_path):
-    proc = run_cli("distill", "--teacher", "resnet18", "--student-layers", "1", "--dataset", "digits", "--epochs", "1",
-                   "--out", tmp_path / "s")
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        "resnet18",
+        "--student-layers",
+        "1",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
     assert_user_error(proc, "transformer teacher")
 
 
@@ -391,8 +659,22 @@ def test_long_multiline_and_path_like_texts_go_through_every_command(tmp_path, t
     train, test = _awkward_texts(tmp_path / "train.jsonl", 120, 5), _awkward_texts(tmp_path / "test.jsonl", 40, 6)
     assert max(len(json.loads(r)["text"].encode()) for r in train.read_text().splitlines()) > 255
     student = tmp_path / "s"
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--epochs", "1", "--train", train,
-                   "--test", test, "--out", student, env=cache_env)
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--epochs",
+        "1",
+        "--train",
+        train,
+        "--test",
+        test,
+        "--out",
+        student,
+        env=cache_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = tmp_path / "b"
     proc = run_cli("export", student, "--fp32", "--out", bundle, env=cache_env)

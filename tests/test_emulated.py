@@ -28,7 +28,9 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 DIGITS = [str(i) for i in range(10)]
-IMAGE_RECIPE = "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\nstudent: {model: x}\n"
+IMAGE_RECIPE = (
+    "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\nstudent: {model: x}\n"
+)
 ENV = {"EDGEKIT_CACHE_DIR": USER_CACHE_DIR}
 
 
@@ -66,8 +68,14 @@ def bundles(emulated, tmp_path_factory, minilm_tokenizer_dir):
     write_questions(root / "test.tsv", 60, 2)
     save_tiny_bert(root / "bert-src", minilm_tokenizer_dir, hidden=32, layers=2)
     bert = load_model(str(root / "bert-src"), task="text-classification", label_names=["HUM", "LOC", "NUM"])
-    stages = {"text": write_stage(root / "bert", bert, f"task: text-classification\ndata: {{train: {root}/train.tsv, "
-                                                      f"test: {root}/test.tsv}}\nteacher: {{model: x}}\nstudent: {{model: x}}\n")}
+    stages = {
+        "text": write_stage(
+            root / "bert",
+            bert,
+            f"task: text-classification\ndata: {{train: {root}/train.tsv, "
+            f"test: {root}/test.tsv}}\nteacher: {{model: x}}\nstudent: {{model: x}}\n",
+        )
+    }
     torch.manual_seed(0)
     cnn = load_model("mobilenet_v2", task="image-classification", label_names=DIGITS, image_size=32)
     settle_batchnorm(cnn.module)
@@ -144,7 +152,9 @@ def _eval(bundle, data_args, *extra, tmp_path, name):
 def test_eval_on_the_emulated_device_matches_the_host_for_fp32(bundles, tmp_path, kind, device):
     data = ["--data", str(bundles["data"])] if kind == "text" else ["--dataset", "digits", "--split", "test"]
     host, _ = _eval(bundles[f"{kind}-fp32"], data, tmp_path=tmp_path, name="host")
-    emulated, stdout = _eval(bundles[f"{kind}-fp32"], data, "--device", device, "--emulate", tmp_path=tmp_path, name="emu")
+    emulated, stdout = _eval(
+        bundles[f"{kind}-fp32"], data, "--device", device, "--emulate", tmp_path=tmp_path, name="emu"
+    )
     assert emulated["emulated"] is True and emulated["measured_on"]["machine"] == "aarch64"
     assert emulated["measured_on"]["qemu_cpu"] == {"rpi4": "cortex-a72", "rpi5": "cortex-a76"}[device]
     assert emulated["examples"] == host["examples"]
@@ -158,8 +168,9 @@ def test_eval_on_the_emulated_device_matches_the_host_for_fp32(bundles, tmp_path
 
 def test_eval_on_the_emulated_device_writes_a_stage(bundles, tmp_path):
     out = tmp_path / "eval-stage"
-    proc = run_cli("eval", bundles["text-int8"], "--data", bundles["data"], "--device", "rpi4", "--emulate",
-                   "--out", out, env=ENV)
+    proc = run_cli(
+        "eval", bundles["text-int8"], "--data", bundles["data"], "--device", "rpi4", "--emulate", "--out", out, env=ENV
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["stage"] == "eval" and meta["metrics"]["measured_on"]["qemu_cpu"] == "cortex-a72"
@@ -179,8 +190,13 @@ def test_the_target_is_a_core_install(emulated, monkeypatch):
     with target.session() as session:
         proc = session.run(["python", "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"], 300)
         assert proc.stdout.strip() == "True", proc.stderr
-        for command in (["export", "/tmp/x", "--out", "/tmp/y"], ["finetune", "x", "--out", "/tmp/y"],
-                        ["distill", "--teacher", "x", "--out", "/tmp/y"], ["run"], ["prune", "x", "--out", "/tmp/y"]):
+        for command in (
+            ["export", "/tmp/x", "--out", "/tmp/y"],
+            ["finetune", "x", "--out", "/tmp/y"],
+            ["distill", "--teacher", "x", "--out", "/tmp/y"],
+            ["run"],
+            ["prune", "x", "--out", "/tmp/y"],
+        ):
             proc = session.run(["edgekit", *command], 300)
             assert_user_error(proc, f"edgekit {command[0]} needs the train extra", "pip install 'edgekit[train]'")
 
@@ -203,6 +219,7 @@ def test_bootstrap_script_runs_as_root_in_the_emulated_target(emulated, tmp_path
 
 
 # Bad inputs: one clear line, a non-zero exit, nothing half-built.
+
 
 def test_a_device_without_emulation_is_refused(bundles):
     proc = run_cli("bench", bundles["text-int8"], "--device", "t4", "--emulate", env=ENV)
@@ -228,8 +245,13 @@ def test_a_failed_build_leaves_no_cache(tmp_path):
     if reason:
         pytest.skip(reason)
     cache = tmp_path / "cache"
-    proc = run_cli("devices", "emulate", "rpi4", env={"EDGEKIT_CACHE_DIR": str(cache),
-                                                      "EDGEKIT_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}, timeout=600)
+    proc = run_cli(
+        "devices",
+        "emulate",
+        "rpi4",
+        env={"EDGEKIT_CACHE_DIR": str(cache), "EDGEKIT_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"},
+        timeout=600,
+    )
     assert_user_error(proc, "debootstrap failed", "log")
     left = sorted(p.name for p in (cache / "emulate").iterdir())
     assert all(name.endswith(".log") or name.endswith(".lock") for name in left), left  # no root, no temp folder

@@ -15,7 +15,9 @@ from conftest import write_stage as _stage
 
 pytestmark = pytest.mark.slow
 
-IMAGE_RECIPE = "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\nstudent: {model: x}\n"
+IMAGE_RECIPE = (
+    "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\nstudent: {model: x}\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +35,24 @@ def models(tmp_path_factory, minilm_tokenizer_dir):
     write_questions(root / "test.tsv", 60, 2)
     save_tiny_bert(root / "bert-src", minilm_tokenizer_dir, hidden=32, layers=2)
     bert = load_model(str(root / "bert-src"), task="text-classification", label_names=["HUM", "LOC", "NUM"])
-    stages["bert"] = _stage(root / "bert", bert, f"task: text-classification\ndata: {{train: {root}/train.tsv, "
-                            f"test: {root}/test.tsv}}\nteacher: {{model: x}}\nstudent: {{model: x}}\n")
+    stages["bert"] = _stage(
+        root / "bert",
+        bert,
+        f"task: text-classification\ndata: {{train: {root}/train.tsv, "
+        f"test: {root}/test.tsv}}\nteacher: {{model: x}}\nstudent: {{model: x}}\n",
+    )
 
     torch.manual_seed(0)
-    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                        num_attention_heads=2, intermediate_size=64)).save_pretrained(root / "vit-src")
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(root / "vit-src")
     vit = load_model(str(root / "vit-src"), task="image-classification", label_names=digits, image_size=32)
     stages["vit"] = _stage(root / "vit", vit, IMAGE_RECIPE)
 
@@ -49,9 +63,18 @@ def models(tmp_path_factory, minilm_tokenizer_dir):
         stages[name] = _stage(root / name, cnn, IMAGE_RECIPE)
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                      num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-                      decoder_start_token_id=tokenizer.pad_token_id)
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     T5ForConditionalGeneration(config).save_pretrained(root / "t5-src")
     tokenizer.save_pretrained(root / "t5-src")
@@ -59,11 +82,17 @@ def models(tmp_path_factory, minilm_tokenizer_dir):
     words = ["paris", "rome", "tokyo", "moon", "river", "radio"]
     for name, n in (("pairs-train.tsv", 80), ("pairs-test.tsv", 12)):
         rows = [rng.sample(words, 3) for _ in range(n)]
-        (root / name).write_text("source\ttarget\n" + "".join(f"{' '.join(r)}\t{' '.join(reversed(r))}\n" for r in rows))
+        (root / name).write_text(
+            "source\ttarget\n" + "".join(f"{' '.join(r)}\t{' '.join(reversed(r))}\n" for r in rows)
+        )
     t5 = load_model(str(root / "t5-src"), task="text2text", label_names=[], max_length=32, max_target_length=8)
-    stages["t5"] = _stage(root / "t5", t5, f"task: text2text\ndata: {{train: {root}/pairs-train.tsv, test: {root}/"
-                          "pairs-test.tsv, text_column: source, label_column: target, max_length: 32, max_target_length: 8}\n"
-                          "teacher: {model: x}\nstudent: {model: x}\n")
+    stages["t5"] = _stage(
+        root / "t5",
+        t5,
+        f"task: text2text\ndata: {{train: {root}/pairs-train.tsv, test: {root}/"
+        "pairs-test.tsv, text_column: source, label_column: target, max_length: 32, max_target_length: 8}\n"
+        "teacher: {model: x}\nstudent: {model: x}\n",
+    )
     stages["root"] = root
     return stages
 
@@ -73,23 +102,39 @@ def models(tmp_path_factory, minilm_tokenizer_dir):
 # checked for running and measuring, not for passing (static QDQ on transformers is a known collapse;
 # static CNN int8 is held to parity on a trained MobileNetV2 in test_default_run).
 CASES = [
-    ("bert", "onnx", "int8", "dynamic", True), ("bert", "onnx", "int8", "static", True), ("bert", "onnx", "fp16", None, True),
-    ("bert", "torchscript", "int8", None, True), ("bert", "torchscript", "fp32", None, True),
-    ("vit", "onnx", "int8", None, True), ("vit", "onnx", "int8", "static", None), ("vit", "onnx", "fp16", None, True),
-    ("vit", "torchscript", "int8", None, True), ("vit", "torchscript", "fp32", None, True),
-    ("t5", "onnx", "fp32", None, True), ("t5", "onnx", "int8", None, None), ("t5", "onnx", "fp16", None, True),
-    ("t5", "torchscript", "int8", None, None), ("t5", "torchscript", "fp32", None, True),
-    ("resnet18", "onnx", "int8", None, None), ("resnet18", "onnx", "int8", "dynamic", True),
-    ("resnet18", "onnx", "fp16", None, True), ("resnet18", "torchscript", "int8", None, True),
+    ("bert", "onnx", "int8", "dynamic", True),
+    ("bert", "onnx", "int8", "static", True),
+    ("bert", "onnx", "fp16", None, True),
+    ("bert", "torchscript", "int8", None, True),
+    ("bert", "torchscript", "fp32", None, True),
+    ("vit", "onnx", "int8", None, True),
+    ("vit", "onnx", "int8", "static", None),
+    ("vit", "onnx", "fp16", None, True),
+    ("vit", "torchscript", "int8", None, True),
+    ("vit", "torchscript", "fp32", None, True),
+    ("t5", "onnx", "fp32", None, True),
+    ("t5", "onnx", "int8", None, None),
+    ("t5", "onnx", "fp16", None, True),
+    ("t5", "torchscript", "int8", None, None),
+    ("t5", "torchscript", "fp32", None, True),
+    ("resnet18", "onnx", "int8", None, None),
+    ("resnet18", "onnx", "int8", "dynamic", True),
+    ("resnet18", "onnx", "fp16", None, True),
+    ("resnet18", "torchscript", "int8", None, True),
     ("resnet18", "torchscript", "fp32", None, True),
-    ("mobilenet_v2", "onnx", "int8", None, None), ("mobilenet_v2", "onnx", "int8", "dynamic", True),
-    ("mobilenet_v2", "onnx", "fp16", None, True), ("mobilenet_v2", "torchscript", "int8", None, True),
+    ("mobilenet_v2", "onnx", "int8", None, None),
+    ("mobilenet_v2", "onnx", "int8", "dynamic", True),
+    ("mobilenet_v2", "onnx", "fp16", None, True),
+    ("mobilenet_v2", "torchscript", "int8", None, True),
     ("mobilenet_v2", "torchscript", "fp32", None, True),
 ]
 
 
-@pytest.mark.parametrize("model,fmt,precision,mode,must_pass", CASES,
-                         ids=[f"{m}-{f}-{p}" + (f"-{q}" if q else "") for m, f, p, q, _ in CASES])
+@pytest.mark.parametrize(
+    "model,fmt,precision,mode,must_pass",
+    CASES,
+    ids=[f"{m}-{f}-{p}" + (f"-{q}" if q else "") for m, f, p, q, _ in CASES],
+)
 def test_every_model_format_and_precision(models, tmp_path, monkeypatch, model, fmt, precision, mode, must_pass):
     from edgekit import stages
     from edgekit.artifacts import sha256_file
@@ -169,7 +214,13 @@ def test_exported_t5_generates_what_pytorch_generates(models, tmp_path):
     sources = ["paris rome moon", "radio river tokyo", "moon"]
     enc = handle.tokenizer(sources, return_tensors="pt", padding=True)
     with torch.no_grad():
-        ids = handle.module.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=6, num_beams=1, do_sample=False)
+        ids = handle.module.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=6,
+            num_beams=1,
+            do_sample=False,
+        )
     expected = [t.strip() for t in handle.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     assert Bundle(tmp_path / "b").generate(sources, max_new_tokens=6) == expected
 
@@ -178,8 +229,18 @@ def test_t5_bundle_eval_scores_bleu(models, tmp_path):
     from edgekit import stages
 
     stages.export(str(models["t5"]), tmp_path / "b", preset_name=None, precision="fp32", fmt="onnx")
-    proc = run_cli("eval", tmp_path / "b", "--data", models["root"] / "pairs-test.tsv", "--text-column", "source",
-                   "--label-column", "target", "--json", tmp_path / "m.json")
+    proc = run_cli(
+        "eval",
+        tmp_path / "b",
+        "--data",
+        models["root"] / "pairs-test.tsv",
+        "--text-column",
+        "source",
+        "--label-column",
+        "target",
+        "--json",
+        tmp_path / "m.json",
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["examples"] == 12 and 0 <= metrics["bleu"] <= 100 and "BLEU" in proc.stdout
@@ -198,8 +259,9 @@ def test_torchscript_cli_export_eval_and_bench(models, tmp_path, block_torch):
     result = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert result["providers"][0].startswith("TorchScript-CPU") and result["size_bytes"] > 0
     # a TorchScript bundle cannot run without torch: one clear line, not an ImportError
-    assert_user_error(run_cli("eval", out, "--data", models["root"] / "test.tsv", env=block_torch),
-                      "needs torch", "--format onnx")
+    assert_user_error(
+        run_cli("eval", out, "--data", models["root"] / "test.tsv", env=block_torch), "needs torch", "--format onnx"
+    )
 
 
 def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, tmp_path):
@@ -210,10 +272,21 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     assert q["mode"] == "static" and q["per_channel"] is True and q["calibration_batches"] == 2  # 32 examples / 16
     assert len(q["fp32_nodes"]) == 1
     preset = tmp_path / "all-int8.yaml"  # first_conv_fp32: false quantizes every convolution
-    preset.write_text("name: all-int8\nprecision: int8\nquantization: {mode: static, first_conv_fp32: false, "
-                      "bias_correction: false}\n")
-    proc = run_cli("export", models["resnet18"], "--preset", preset, "--calib-samples", "32", "--allow-drop",
-                   "--out", tmp_path / "s2")
+    preset.write_text(
+        "name: all-int8\nprecision: int8\nquantization: {mode: static, first_conv_fp32: false, "
+        "bias_correction: false}\n"
+    )
+    proc = run_cli(
+        "export",
+        models["resnet18"],
+        "--preset",
+        preset,
+        "--calib-samples",
+        "32",
+        "--allow-drop",
+        "--out",
+        tmp_path / "s2",
+    )
     assert proc.returncode == 0, proc.stderr
     q2 = json.loads((tmp_path / "s2" / "manifest.json").read_text())["quantization"]
     assert q2["fp32_nodes"] == [] and q2["output_bias_correction"] is None
@@ -229,7 +302,8 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     ratio = max(variants["fused"][k] / variants["plain"][k] for k in ("p50_ms", "p50_ms_max_length"))
     smaller = variants["fused"]["model_bytes"] < variants["plain"]["model_bytes"]
     expect = (ratio <= 0.95 and variants["fused"]["model_bytes"] <= 1.05 * variants["plain"]["model_bytes"]) or (
-        ratio <= 1 / 0.95 and smaller)
+        ratio <= 1 / 0.95 and smaller
+    )
     assert optimization["kept"] == ("fused" if expect else "plain")
 
 
@@ -244,7 +318,9 @@ def test_the_same_export_gives_the_same_files(models, tmp_path, model, flags):
         proc = run_cli("export", models[model], *flags, "--allow-drop", "--out", tmp_path / name)
         assert proc.returncode == 0, proc.stderr[-2000:]
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
-        digests.append([hashlib.sha256((tmp_path / name / g["file"]).read_bytes()).hexdigest() for g in manifest["graphs"]])
+        digests.append(
+            [hashlib.sha256((tmp_path / name / g["file"]).read_bytes()).hexdigest() for g in manifest["graphs"]]
+        )
         assert [g["sha256"] for g in manifest["graphs"]] == digests[-1]
         optimization = manifest["graph_optimization"] or {}
         if len(optimization.get("variants", {})) > 1:
@@ -283,13 +359,16 @@ def test_output_bias_correction_removes_the_mean_int8_shift(models, tmp_path):
     assert np.abs(shift).max() > 1e-3  # int8 does shift the logits, so the test measures something
 
 
-@pytest.mark.parametrize("plain,fused,plain_mb,fused_mb,kept", [
-    ((10.0, 20.0), (9.0, 18.0), 23, 23, "fused"),    # >= 5% faster on both inputs, same size
-    ((10.0, 20.0), (8.0, 23.0), 23, 23, "plain"),    # faster on the short input, slower at max_length
-    ((10.0, 20.0), (9.0, 18.0), 23, 59, "plain"),    # faster but much larger (fp32 embeddings)
-    ((10.0, 20.0), (10.2, 20.3), 23, 20, "fused"),   # as fast within 5% and smaller
-    ((10.0, 20.0), (10.0, 22.0), 23, 20, "plain"),   # smaller but 10% slower at max_length
-])
+@pytest.mark.parametrize(
+    "plain,fused,plain_mb,fused_mb,kept",
+    [
+        ((10.0, 20.0), (9.0, 18.0), 23, 23, "fused"),  # >= 5% faster on both inputs, same size
+        ((10.0, 20.0), (8.0, 23.0), 23, 23, "plain"),  # faster on the short input, slower at max_length
+        ((10.0, 20.0), (9.0, 18.0), 23, 59, "plain"),  # faster but much larger (fp32 embeddings)
+        ((10.0, 20.0), (10.2, 20.3), 23, 20, "fused"),  # as fast within 5% and smaller
+        ((10.0, 20.0), (10.0, 22.0), 23, 20, "plain"),  # smaller but 10% slower at max_length
+    ],
+)
 def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain, fused, plain_mb, fused_mb, kept):
     from edgekit.export.bundle import _keep
 
@@ -312,22 +391,27 @@ def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain,
 
 def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):
     preset = tmp_path / "strict.yaml"
-    preset.write_text("name: strict\nformat: torchscript\nprecision: int8\nparity: {min_agreement: 1.0, min_snr_db: 200}\n")
+    preset.write_text(
+        "name: strict\nformat: torchscript\nprecision: int8\nparity: {min_agreement: 1.0, min_snr_db: 200}\n"
+    )
     proc = run_cli("export", models["bert"], "--preset", preset, "--out", tmp_path / "b")
     assert_user_error(proc, "int8 TorchScript fails parity", "no bundle written")
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.tmp-*"))
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--preset", "no-such-preset"], ["no-such-preset"]),
-    (["--format", "onnx", "--preset", "torchscript-int8"], ["writes torchscript", "--preset"]),
-    (["--format", "torchscript", "--fp16"], ["no fp16", "--format onnx --fp16"]),
-    (["--format", "torchscript", "--static"], ["dynamic", "--format onnx --static"]),
-    (["--int8", "--fp16"], ["contradict"]),
-    (["--format", "tflite"], ["tflite", "onnx, torchscript"]),
-    (["--fp16", "--static"], ["int8 mode"]),
-    (["--calib-samples", "0"], ["at least 1"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--preset", "no-such-preset"], ["no-such-preset"]),
+        (["--format", "onnx", "--preset", "torchscript-int8"], ["writes torchscript", "--preset"]),
+        (["--format", "torchscript", "--fp16"], ["no fp16", "--format onnx --fp16"]),
+        (["--format", "torchscript", "--static"], ["dynamic", "--format onnx --static"]),
+        (["--int8", "--fp16"], ["contradict"]),
+        (["--format", "tflite"], ["tflite", "onnx, torchscript"]),
+        (["--fp16", "--static"], ["int8 mode"]),
+        (["--calib-samples", "0"], ["at least 1"]),
+    ],
+)
 def test_bad_export_options_fail_before_exporting(models, tmp_path, args, needles):
     proc = run_cli("export", models["bert"], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
@@ -339,8 +423,11 @@ def test_preset_switch_that_is_not_true_or_false_fails_before_exporting(models, 
     preset = tmp_path / "bad.yaml"
     preset.write_text(f"name: bad\nprecision: int8\nquantization: {{{line}}}\n")
     key = line.split(":")[0]
-    assert_user_error(run_cli("export", models["resnet18"], "--preset", preset, "--out", tmp_path / "b"),
-                      f"quantization.{key}", "true or false")
+    assert_user_error(
+        run_cli("export", models["resnet18"], "--preset", preset, "--out", tmp_path / "b"),
+        f"quantization.{key}",
+        "true or false",
+    )
     assert not (tmp_path / "b").exists()
 
 

@@ -22,13 +22,35 @@ from test_bench_local import make_bundle
 
 pytestmark = pytest.mark.timeout(120)
 
-BAD_FLOATS = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf", "negative": "-1.0e+30", "huge": "1.0e+30",
-              "text": "abc", "list": "[1]"}
-BAD_INTS = {"nan": ".nan", "inf": ".inf", "negative": "-5", "huge": "1000000000000", "text": "abc",
-            "fraction": "1.5", "bool": "true"}
+BAD_FLOATS = {
+    "nan": ".nan",
+    "inf": ".inf",
+    "-inf": "-.inf",
+    "negative": "-1.0e+30",
+    "huge": "1.0e+30",
+    "text": "abc",
+    "list": "[1]",
+}
+BAD_INTS = {
+    "nan": ".nan",
+    "inf": ".inf",
+    "negative": "-5",
+    "huge": "1000000000000",
+    "text": "abc",
+    "fraction": "1.5",
+    "bool": "true",
+}
 BAD_BOOLS = {"text": "maybe", "number": "2", "list": "[true]"}
-CHOICE_FIELDS = {"task", "distill.strategy", "prune.method", "prune.recover", "export.format", "export.precision",
-                 "export.mode", "sweep.ship"}
+CHOICE_FIELDS = {
+    "task",
+    "distill.strategy",
+    "prune.method",
+    "prune.recover",
+    "export.format",
+    "export.precision",
+    "export.mode",
+    "sweep.ship",
+}
 BAD_CHOICES = {"unknown": "bogus-value", "list": "[1, 2]"}
 BAD_LISTS = {"mapping": "{a: 1}", "nested": "[[1]]"}
 SKIP = {"sweep.ship"}  # 'bogus' only fails with strategies listed; covered by test_sweep_report
@@ -40,7 +62,9 @@ def _fields(cls, prefix: str = ""):
         path = f"{prefix}{f.name}"
         tp = hints[f.name]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner = args[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else tp
+        inner = (
+            args[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else tp
+        )
         if dataclasses.is_dataclass(inner):
             yield from _fields(inner, f"{path}.")
         else:
@@ -103,8 +127,9 @@ def _temp_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("*")}
 
 
-def _assert_refused(result, *needles, before: set[str] | None = None, folder: Path | None = None,
-                    allowed: set[str] = frozenset()):
+def _assert_refused(
+    result, *needles, before: set[str] | None = None, folder: Path | None = None, allowed: set[str] = frozenset()
+):
     code, out, err = result
     assert code != 0, out + err
     assert "Traceback" not in err and "Traceback" not in out, err
@@ -127,18 +152,26 @@ def _assert_refused(result, *needles, before: set[str] | None = None, folder: Pa
 def test_every_recipe_field_refuses_bad_values(cli, tmp_path, field, value):
     before = _temp_dirs()
     result = cli("run", "--set", f"{field}={value}", "--out", tmp_path / "run")
-    _assert_refused(result, f"recipe field {field.split('.')[0]}", before=before, folder=tmp_path,
-                    allowed={".cache-never"})
+    _assert_refused(
+        result, f"recipe field {field.split('.')[0]}", before=before, folder=tmp_path, allowed={".cache-never"}
+    )
     line = result[2]
     assert field.rsplit(".", 1)[-1] in line  # the field itself is named
 
 
 PROFILE_BAD = {
-    "threads": ["-1", "1.5", ".nan", "abc"], "warmup": ["-1", ".inf", "abc"], "runs": ["0", "-3", ".nan", "[1]"],
-    "min_seconds": ["-1", ".nan", ".inf", "abc"], "max_seconds": ["0", "-1", ".nan", ".inf"],
-    "cooldown_seconds": ["-5", ".nan", "-.inf"], "sequence_length": ["0", "-1", "abc"],
-    "batch_sizes": ["[0]", "[]", "[-1]", "[1.5]", "7"], "providers": ["[]", "CPUExecutionProvider", "[1]"],
-    "graph_optimization": ["fastest", "[all]"], "emulate": ["cortex-a72", "[1]"], "optional_providers": ["{a: 1}"],
+    "threads": ["-1", "1.5", ".nan", "abc"],
+    "warmup": ["-1", ".inf", "abc"],
+    "runs": ["0", "-3", ".nan", "[1]"],
+    "min_seconds": ["-1", ".nan", ".inf", "abc"],
+    "max_seconds": ["0", "-1", ".nan", ".inf"],
+    "cooldown_seconds": ["-5", ".nan", "-.inf"],
+    "sequence_length": ["0", "-1", "abc"],
+    "batch_sizes": ["[0]", "[]", "[-1]", "[1.5]", "7"],
+    "providers": ["[]", "CPUExecutionProvider", "[1]"],
+    "graph_optimization": ["fastest", "[all]"],
+    "emulate": ["cortex-a72", "[1]"],
+    "optional_providers": ["{a: 1}"],
     "thermal_sensors": ["/sys/x"],
 }
 
@@ -147,17 +180,30 @@ PROFILE_BAD = {
 def test_every_profile_setting_refuses_bad_values(cli, tmp_path, key, value):
     profile = tmp_path / "mine.yaml"
     profile.write_text(f"name: mine\n{key}: {value}\n")
-    _assert_refused(cli("devices", "show", profile), "device profile mine", key, folder=tmp_path,
-                    allowed={"mine.yaml"})
+    _assert_refused(cli("devices", "show", profile), "device profile mine", key, folder=tmp_path, allowed={"mine.yaml"})
 
 
 PRESET_BAD = {
-    "parity": ["{min_agreement: .nan}", "{min_agreement: 1.5}", "{min_snr_db: .inf}", "{fp32_atol: -1}",
-               "{fp32_rtol: abc}"],
-    "opset": ["7", "99", "abc", "18.5"], "calib_samples": ["0", "-5", "1.5"],
-    "quantization": ["{mode: fast}", "{per_channel: maybe}", "{first_conv_fp32: 1}", "{bias_correction: yes-no}",
-                     "{engine: arm}"],
-    "precision": ["int4"], "format": ["tflite"], "optimize": ["max"], "target": ["aarch64", "{machine: 1}"],
+    "parity": [
+        "{min_agreement: .nan}",
+        "{min_agreement: 1.5}",
+        "{min_snr_db: .inf}",
+        "{fp32_atol: -1}",
+        "{fp32_rtol: abc}",
+    ],
+    "opset": ["7", "99", "abc", "18.5"],
+    "calib_samples": ["0", "-5", "1.5"],
+    "quantization": [
+        "{mode: fast}",
+        "{per_channel: maybe}",
+        "{first_conv_fp32: 1}",
+        "{bias_correction: yes-no}",
+        "{engine: arm}",
+    ],
+    "precision": ["int4"],
+    "format": ["tflite"],
+    "optimize": ["max"],
+    "target": ["aarch64", "{machine: 1}"],
 }
 
 
@@ -166,12 +212,17 @@ def test_every_preset_setting_refuses_bad_values(cli, tmp_path, key, value):
     preset = tmp_path / "mine.yaml"
     preset.write_text(f"name: mine\n{key}: {value}\n")
     before = _temp_dirs()
-    line = _assert_refused(cli("export", "resnet18", "--preset", preset, "--out", tmp_path / "b"), before=before,
-                           folder=tmp_path, allowed={"mine.yaml"})
+    line = _assert_refused(
+        cli("export", "resnet18", "--preset", preset, "--out", tmp_path / "b"),
+        before=before,
+        folder=tmp_path,
+        allowed={"mine.yaml"},
+    )
     assert "mine" in line and key.split(".")[0] in line.replace("precision", "precision").lower() or key in line
 
 
 # Files a user can hand edgekit, damaged in every way we know.
+
 
 def _recipe_file_cases():
     return {
@@ -179,10 +230,13 @@ def _recipe_file_cases():
         "not-yaml": (b"name: [unclosed\n", "not valid YAML"),
         "a-list": (b"- 1\n- 2\n", "must be a mapping"),
         "unknown-field": (b"nmae: x\n", "nmae"),
-        "alias-bomb": (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                       b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
-                       b"e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
-                       b"name: *f\n", "recipe field"),
+        "alias-bomb": (
+            b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+            b"e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+            b"name: *f\n",
+            "recipe field",
+        ),
         "wrong-section-type": (b"distill: 3\n", "distill"),
         "nan-in-file": (b"distill: {alpha: .nan}\n", "distill.alpha"),
     }
@@ -192,8 +246,12 @@ def _recipe_file_cases():
 def test_damaged_recipe_files(cli, tmp_path, case):
     content, needle = _recipe_file_cases()[case]
     (tmp_path / "r.yaml").write_bytes(content)
-    _assert_refused(cli("run", tmp_path / "r.yaml", "--out", tmp_path / "o"), needle, folder=tmp_path,
-                    allowed={"r.yaml", ".cache-never"})
+    _assert_refused(
+        cli("run", tmp_path / "r.yaml", "--out", tmp_path / "o"),
+        needle,
+        folder=tmp_path,
+        allowed={"r.yaml", ".cache-never"},
+    )
 
 
 def test_a_folder_or_a_pipe_as_recipe(cli, tmp_path):
@@ -224,14 +282,20 @@ def test_damaged_data_files(cli, tmp_path, name):
     path = tmp_path / name
     path.write_bytes(content)
     before = _temp_dirs()
-    _assert_refused(cli("finetune", "resnet18", "--train", path, "--epochs", "1", "--out", tmp_path / "t"),
-                    needle, before=before, folder=tmp_path, allowed={name, ".cache-never"})
+    _assert_refused(
+        cli("finetune", "resnet18", "--train", path, "--epochs", "1", "--out", tmp_path / "t"),
+        needle,
+        before=before,
+        folder=tmp_path,
+        allowed={name, ".cache-never"},
+    )
 
 
 def test_a_pipe_or_a_folder_as_data(cli, tmp_path):
     os.mkfifo(tmp_path / "pipe.tsv")
-    _assert_refused(cli("finetune", "resnet18", "--train", tmp_path / "pipe.tsv", "--out", tmp_path / "t"),
-                    "not a regular file")
+    _assert_refused(
+        cli("finetune", "resnet18", "--train", tmp_path / "pipe.tsv", "--out", tmp_path / "t"), "not a regular file"
+    )
 
 
 def test_a_huge_image_is_refused(cli, tmp_path):
@@ -258,8 +322,10 @@ def _edit_manifest(bundle: Path, change) -> None:
 MANIFEST_CASES = {
     "escape-relative": (lambda m: m.update(model_file="../../../etc/passwd"), "outside the bundle"),
     "escape-absolute": (lambda m: m.update(model_file="/etc/passwd"), "outside the bundle"),
-    "graph-escape": (lambda m: m.update(graphs=[{"name": "model", "file": "../x.onnx", "inputs": m["inputs"]}]),
-                     "outside the bundle"),
+    "graph-escape": (
+        lambda m: m.update(graphs=[{"name": "model", "file": "../x.onnx", "inputs": m["inputs"]}]),
+        "outside the bundle",
+    ),
     "no-sha256": (lambda m: m.pop("sha256"), "has no sha256"),
     "wrong-sha256": (lambda m: m.update(sha256="0" * 64), "does not match the sha256"),
     "short-sha256": (lambda m: m.update(sha256="abc"), "has no sha256"),
@@ -300,7 +366,9 @@ def test_a_symlink_out_of_the_bundle_is_refused(cli, tmp_path):
     _assert_refused(cli("bench", bundle, "--runs", "3"), "outside the bundle")
 
 
-@pytest.mark.parametrize("content, needle", [(b"\xff\xfe{", "not UTF-8"), (b"{not json", "corrupt"), (b"[1, 2]", "JSON object")])
+@pytest.mark.parametrize(
+    "content, needle", [(b"\xff\xfe{", "not UTF-8"), (b"{not json", "corrupt"), (b"[1, 2]", "JSON object")]
+)
 def test_unreadable_manifest_files(cli, tmp_path, content, needle):
     bundle = _bundle(tmp_path)
     (bundle / "manifest.json").write_bytes(content)
@@ -313,8 +381,12 @@ def _stage(tmp_path: Path) -> Path:
     from edgekit.models import load_model
 
     handle = load_model("resnet18", task="image-classification", label_names=[str(i) for i in range(10)], image_size=32)
-    return write_stage(tmp_path / "stage", handle, "task: image-classification\ndata: {dataset: digits, image_size: 32}\n"
-                                                   "teacher: {model: x}\nstudent: {model: x}\n")
+    return write_stage(
+        tmp_path / "stage",
+        handle,
+        "task: image-classification\ndata: {dataset: digits, image_size: 32}\n"
+        "teacher: {model: x}\nstudent: {model: x}\n",
+    )
 
 
 def _truncate(path: Path) -> None:
@@ -332,7 +404,10 @@ STAGE_CASES = {
     "pickle-renamed": (lambda s: _pickle_as_safetensors(s / "model" / "model.safetensors"), "model"),
     "model-info-not-json": (lambda s: (s / "model" / "edgekit_model.json").write_text("{oops"), "corrupt"),
     "model-info-not-utf8": (lambda s: (s / "model" / "edgekit_model.json").write_bytes(b"\xff\xfe"), "not UTF-8"),
-    "model-info-labels-string": (lambda s: _edit_json(s / "model" / "edgekit_model.json", label_names="abc"), "label_names"),
+    "model-info-labels-string": (
+        lambda s: _edit_json(s / "model" / "edgekit_model.json", label_names="abc"),
+        "label_names",
+    ),
     "model-info-no-family": (lambda s: _edit_json(s / "model" / "edgekit_model.json", family=None), "family"),
     "meta-stage-number": (lambda s: _edit_json(s / "meta.json", stage=5), "stage"),
     "meta-metrics-string": (lambda s: _edit_json(s / "meta.json", metrics="good"), "metrics"),
@@ -365,12 +440,18 @@ def test_damaged_stage_folders(cli, tmp_path, clean_stage, case):
     shutil.copytree(clean_stage, stage)
     damage(stage)
     before = _temp_dirs()
-    _assert_refused(cli("export", stage, "--out", tmp_path / "b"), needle, before=before, folder=tmp_path,
-                    allowed={"stage", ".cache-never"})
+    _assert_refused(
+        cli("export", stage, "--out", tmp_path / "b"),
+        needle,
+        before=before,
+        folder=tmp_path,
+        allowed={"stage", ".cache-never"},
+    )
 
 
-@pytest.mark.parametrize("content, needle", [(b"\xff\xfename: x\n", "not UTF-8"), (b"name: [x\n", "not valid YAML"),
-                                             (b"- 1\n", "mapping")])
+@pytest.mark.parametrize(
+    "content, needle", [(b"\xff\xfename: x\n", "not UTF-8"), (b"name: [x\n", "not valid YAML"), (b"- 1\n", "mapping")]
+)
 def test_unreadable_profiles_and_presets(cli, tmp_path, content, needle):
     path = tmp_path / "mine.yaml"
     path.write_bytes(content)
@@ -386,22 +467,27 @@ def test_outputs_that_cannot_be_written(cli, tmp_path):
     _assert_refused(cli("eval", bundle, "--data", tmp_path / "a-file", "--out", tmp_path / "a-file"))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["bench", "{b}", "--batch-size", "0"], "--batch-size"), (["bench", "{b}", "--runs", "0"], "--runs"),
-    (["bench", "{b}", "--run-timeout", "nan"], "--run-timeout"), (["bench", "{b}", "--run-timeout", "-1"], "--run-timeout"),
-    (["export", "resnet18", "--calib-samples", "-5", "--out", "o"], "--calib-samples"),
-    (["export", "resnet18", "--calib-samples", "0", "--out", "o"], "--calib-samples"),
-    (["export", "resnet18", "--min-agreement", "nan", "--out", "o"], "--min-agreement"),
-    (["prune", "{s}", "--amount", "nan", "--out", "o"], "--amount"),
-    (["prune", "{s}", "--amount", "1.5", "--out", "o"], "--amount"),
-    (["prune", "{s}", "--calib-samples", "-5", "--out", "o"], "--calib-samples"),
-    (["prune", "{s}", "--recover-epochs", "-1", "--out", "o"], "--recover-epochs"),
-    (["distill", "--teacher", "{s}", "--student", "mobilenet_v2", "-T", "nan", "--out", "o"], "temperature"),
-    (["distill", "--teacher", "{s}", "--student", "mobilenet_v2", "--alpha", "inf", "--out", "o"], "alpha"),
-    (["finetune", "resnet18", "--dataset", "digits", "--lr", "nan", "--out", "o"], "lr"),
-    (["finetune", "resnet18", "--dataset", "digits", "--seed", "-1", "--out", "o"], "seed"),
-    (["finetune", "resnet18", "--dataset", "digits", "--seed", "99999999999", "--out", "o"], "seed"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["bench", "{b}", "--batch-size", "0"], "--batch-size"),
+        (["bench", "{b}", "--runs", "0"], "--runs"),
+        (["bench", "{b}", "--run-timeout", "nan"], "--run-timeout"),
+        (["bench", "{b}", "--run-timeout", "-1"], "--run-timeout"),
+        (["export", "resnet18", "--calib-samples", "-5", "--out", "o"], "--calib-samples"),
+        (["export", "resnet18", "--calib-samples", "0", "--out", "o"], "--calib-samples"),
+        (["export", "resnet18", "--min-agreement", "nan", "--out", "o"], "--min-agreement"),
+        (["prune", "{s}", "--amount", "nan", "--out", "o"], "--amount"),
+        (["prune", "{s}", "--amount", "1.5", "--out", "o"], "--amount"),
+        (["prune", "{s}", "--calib-samples", "-5", "--out", "o"], "--calib-samples"),
+        (["prune", "{s}", "--recover-epochs", "-1", "--out", "o"], "--recover-epochs"),
+        (["distill", "--teacher", "{s}", "--student", "mobilenet_v2", "-T", "nan", "--out", "o"], "temperature"),
+        (["distill", "--teacher", "{s}", "--student", "mobilenet_v2", "--alpha", "inf", "--out", "o"], "alpha"),
+        (["finetune", "resnet18", "--dataset", "digits", "--lr", "nan", "--out", "o"], "lr"),
+        (["finetune", "resnet18", "--dataset", "digits", "--seed", "-1", "--out", "o"], "seed"),
+        (["finetune", "resnet18", "--dataset", "digits", "--seed", "99999999999", "--out", "o"], "seed"),
+    ],
+)
 def test_nonsense_flag_values(cli, tmp_path, clean_stage, args, needle):
     bundle = _bundle(tmp_path)
     args = [a.replace("{b}", str(bundle)).replace("{s}", str(clean_stage)) for a in args]
@@ -438,8 +524,9 @@ def test_pickle_weights_are_refused_without_advice_to_turn_safety_off(cli, tmp_p
     from conftest import write_questions
 
     write_questions(tmp_path / "q.tsv", 60, 1)
-    line = _assert_refused(cli("finetune", folder, "--train", tmp_path / "q.tsv", "--epochs", "1", "--out", tmp_path / "t"),
-                           "evil-bert")
+    line = _assert_refused(
+        cli("finetune", folder, "--train", tmp_path / "q.tsv", "--epochs", "1", "--out", tmp_path / "t"), "evil-bert"
+    )
     assert "weights_only=False" not in line and not (tmp_path / "pwned").exists()
 
 

@@ -22,9 +22,9 @@ def _draw(folder, n, seed):
             image = rng.integers(0, 60, (24, 24, 3)).astype(np.uint8)
             start = rng.integers(2, 16)
             if label == "horizontal":
-                image[start:start + 4, :, :] = 230
+                image[start : start + 4, :, :] = 230
             else:
-                image[:, start:start + 4, :] = 230
+                image[:, start : start + 4, :] = 230
             Image.fromarray(image).save(folder / label / f"{i}.png")
     return folder
 
@@ -42,16 +42,37 @@ def tiny_vit(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_vit")
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=2)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+    )
     ViTForImageClassification(config).save_pretrained(folder)
     return folder
 
 
 def test_vit_from_image_folder_to_int8_bundle(tmp_path, image_folders, tiny_vit, block_torch):
     train, test = image_folders
-    teacher = run_cli("finetune", tiny_vit, "--train", train, "--test", test, "--epochs", "20", "--batch-size", "16",
-                      "--lr", "1e-3", "--out", tmp_path / "vit")
+    teacher = run_cli(
+        "finetune",
+        tiny_vit,
+        "--train",
+        train,
+        "--test",
+        test,
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--out",
+        tmp_path / "vit",
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     meta = json.loads((tmp_path / "vit" / "meta.json").read_text())
     assert meta["metrics"]["labels"] == ["horizontal", "vertical"]
@@ -71,11 +92,36 @@ def test_vit_from_image_folder_to_int8_bundle(tmp_path, image_folders, tiny_vit,
 
 def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
     train, test = image_folders
-    teacher = run_cli("finetune", "resnet18", "--train", train, "--test", test, "--image-size", "32", "--epochs", "3",
-                      "--batch-size", "16", "--out", tmp_path / "teacher")
+    teacher = run_cli(
+        "finetune",
+        "resnet18",
+        "--train",
+        train,
+        "--test",
+        test,
+        "--image-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--out",
+        tmp_path / "teacher",
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    student = run_cli("distill", "--teacher", tmp_path / "teacher", "--student", "mobilenet_v3_small", "--epochs", "2",
-                      "--batch-size", "16", "--out", tmp_path / "student")
+    student = run_cli(
+        "distill",
+        "--teacher",
+        tmp_path / "teacher",
+        "--student",
+        "mobilenet_v3_small",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        tmp_path / "student",
+    )
     assert student.returncode == 0, student.stderr[-3000:]
     meta = json.loads((tmp_path / "student" / "meta.json").read_text())
     assert meta["metrics"]["compression_ratio"] > 5
@@ -91,11 +137,18 @@ def test_wheel_ships_profiles_presets_and_recipe(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     wheel = next(tmp_path.glob("edgekit-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("edgekit/_data/devices/rpi4.yaml", "edgekit/_data/devices/rpi/bootstrap.sh",
-                 "edgekit/_data/export/cpu-int8.yaml", "edgekit/recipes/default.yaml"):
+    for name in (
+        "edgekit/_data/devices/rpi4.yaml",
+        "edgekit/_data/devices/rpi/bootstrap.sh",
+        "edgekit/_data/export/cpu-int8.yaml",
+        "edgekit/recipes/default.yaml",
+    ):
         assert name in names

@@ -27,17 +27,26 @@ def stage(tmp_path_factory):
     from edgekit.models import load_model
 
     handle = load_model("resnet18", task="image-classification", label_names=[str(i) for i in range(10)], image_size=32)
-    return write_stage(tmp_path_factory.mktemp("interrupt-stage") / "stage", handle,
-                       "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\n"
-                       "student: {model: x}\n")
+    return write_stage(
+        tmp_path_factory.mktemp("interrupt-stage") / "stage",
+        handle,
+        "task: image-classification\ndata: {dataset: digits, image_size: 32}\nteacher: {model: x}\n"
+        "student: {model: x}\n",
+    )
 
 
 def _start(args, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
     private = tmp_path / "tmp"
     private.mkdir(exist_ok=True)
     full_env = {**os.environ, "TMPDIR": str(private), "EDGEKIT_CACHE_DIR": str(tmp_path / "cache"), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], cwd=tmp_path, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli.main", *map(str, args)],
+        cwd=tmp_path,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _signal_after(proc: subprocess.Popen, signum, marker: str | None, seconds: float) -> str:
@@ -83,8 +92,22 @@ def test_a_signal_during_export(stage, tmp_path, signum, code):
 
 @pytest.mark.parametrize("signum, code", SIGNALS)
 def test_a_signal_during_training_writes_a_checkpoint_first(tmp_path, signum, code):
-    args = ["finetune", "resnet18", "--dataset", "digits", "--image-size", "32", "--epochs", "30", "--batch-size", "16",
-            "--set", "distill.checkpoint_every=5", "--out", tmp_path / "teacher"]
+    args = [
+        "finetune",
+        "resnet18",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "32",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "16",
+        "--set",
+        "distill.checkpoint_every=5",
+        "--out",
+        tmp_path / "teacher",
+    ]
     proc = _start(args, tmp_path)
     stderr = _signal_after(proc, signum, "epoch 1/30", 8)
     line = _one_error(stderr, code, proc)
@@ -106,12 +129,28 @@ def test_a_signal_during_run(tmp_path, signum, code):
 
 
 def test_two_writers_on_one_folder(tmp_path):
-    args = ["finetune", "resnet18", "--dataset", "digits", "--image-size", "32", "--epochs", "1", "--out", tmp_path / "t"]
+    args = [
+        "finetune",
+        "resnet18",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "t",
+    ]
     first = _start(args, tmp_path)
     time.sleep(6)  # the first holds the lock by now (taken before any work)
-    second = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")})
+    second = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", *map(str, args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")},
+    )
     line = assert_user_error(second, "busy:", "being written by pid")
     assert str(first.pid) in line
     _, stderr = first.communicate(timeout=600)
@@ -127,8 +166,23 @@ def test_resume_never_replaces_a_folder_it_did_not_create(tmp_path):
     (out / "precious.txt").write_text("my results")
     (tmp_path / ".mine.checkpoint").mkdir()
     (tmp_path / ".mine.checkpoint" / "checkpoint.pt").write_bytes(b"x")
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "finetune", "resnet18", "--dataset", "digits",
-                           "--resume", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "finetune",
+            "resnet18",
+            "--dataset",
+            "digits",
+            "--resume",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_user_error(proc, "already exists", "--resume does not replace it")
     assert (out / "precious.txt").read_text() == "my results"
 
@@ -142,15 +196,38 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(stage, small_disk, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "export", str(stage), "--fp32", "--out",
-                           str(small_disk / "bundle")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli.main", "export", str(stage), "--fp32", "--out", str(small_disk / "bundle")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert_user_error(proc, "no space left")
     assert list(small_disk.iterdir()) == []  # ResNet-18 fp32 is 45 MB: nothing half-written stays on the 3 MB disk
-    proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "finetune", "resnet18", "--dataset", "digits",
-                           "--image-size", "32", "--epochs", "2", "--set", "distill.checkpoint_every=2", "--out",
-                           str(small_disk / "t")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli.main",
+            "finetune",
+            "resnet18",
+            "--dataset",
+            "digits",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--set",
+            "distill.checkpoint_every=2",
+            "--out",
+            str(small_disk / "t"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "EDGEKIT_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert_user_error(proc, "checkpoint")
     assert not list(small_disk.rglob("*.tmp")) and not (small_disk / "t").exists()
 
@@ -188,8 +265,25 @@ def test_a_poisoned_cache_entry_is_recomputed(tmp_path, monkeypatch, tiny_bert, 
 
 @pytest.mark.parametrize("signum, code", SIGNALS)
 def test_a_signal_during_distill_writes_a_checkpoint_first(tmp_path, signum, code):
-    args = ["distill", "--teacher", "resnet18", "--student", "mobilenet_v2", "--dataset", "digits", "--image-size", "32",
-            "--epochs", "30", "--batch-size", "16", "--set", "distill.checkpoint_every=5", "--out", tmp_path / "s"]
+    args = [
+        "distill",
+        "--teacher",
+        "resnet18",
+        "--student",
+        "mobilenet_v2",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "32",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "16",
+        "--set",
+        "distill.checkpoint_every=5",
+        "--out",
+        tmp_path / "s",
+    ]
     proc = _start(args, tmp_path)
     stderr = _signal_after(proc, signum, "epoch 1/30", 2)
     line = _one_error(stderr, code, proc)

@@ -8,14 +8,27 @@ import pytest
 
 from conftest import REPO
 
-DEVICE_MODULES = ["edgekit", "edgekit.cli.main", "edgekit.cli.app", "edgekit.runtime", "edgekit.bench.run",
-                  "edgekit.bench.worker", "edgekit.bench.profiles", "edgekit.metrics", "edgekit.data.splits",
-                  "edgekit.stages", "edgekit.pipeline", "edgekit.report"]
+DEVICE_MODULES = [
+    "edgekit",
+    "edgekit.cli.main",
+    "edgekit.cli.app",
+    "edgekit.runtime",
+    "edgekit.bench.run",
+    "edgekit.bench.worker",
+    "edgekit.bench.profiles",
+    "edgekit.metrics",
+    "edgekit.data.splits",
+    "edgekit.stages",
+    "edgekit.pipeline",
+    "edgekit.report",
+]
 
 
 def test_device_path_imports_no_torch():
-    code = (f"import importlib, sys, json\nfor m in {DEVICE_MODULES!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted(k for k in ('torch', 'torchvision', 'transformers', 'peft') if k in sys.modules)))")
+    code = (
+        f"import importlib, sys, json\nfor m in {DEVICE_MODULES!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(k for k in ('torch', 'torchvision', 'transformers', 'peft') if k in sys.modules)))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []

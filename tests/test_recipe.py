@@ -21,21 +21,33 @@ def test_round_trip_through_yaml(tmp_path):
     assert again == recipe and again.distill.alpha == 0.5 and again.bench.devices == ["cpu", "rpi4"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("distill.alpah=0.5", "recipe field distill.alpah is unknown; allowed fields here: strategy, temperature, alpha, teachers"),
-    ("distill.strategy=fast", "recipe field distill.strategy: 'fast' is not one of straightforward, successive, "
-                              "multi-teacher, self-quantized"),
-    ("distill.teacher_weights=[0, 0]", "recipe field distill.teacher_weights: the weights must not all be 0"),
-    ("distill.teachers=[a]", "several teachers need strategy multi-teacher"),
-    ("student.layers=[0]", "recipe field student.layers[0]: 0 is outside [1, 1000]"),
-    ("distill.lora.r=0", "recipe field distill.lora.r: 0 is outside [1, 4096]"),
-    ("distill.alpha=1.5", "recipe field distill.alpha: 1.5 is outside [0, 1]"),
-    ("distill.temperature=0", "recipe field distill.temperature: 0.0 is outside (0, 100]"),
-    ("distill.train.epochs=two", "recipe field distill.train.epochs: expected a whole number, got 'two'"),
-    ("teacher.pretrained=maybe", "recipe field teacher.pretrained: expected true or false"),
-    ("task=speech", "recipe field task: 'speech' is not one of image-classification, text-classification, text2text"),
-    ("export.format=tflite", "recipe field export.format: 'tflite' is not one of onnx"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "distill.alpah=0.5",
+            "recipe field distill.alpah is unknown; allowed fields here: strategy, temperature, alpha, teachers",
+        ),
+        (
+            "distill.strategy=fast",
+            "recipe field distill.strategy: 'fast' is not one of straightforward, successive, "
+            "multi-teacher, self-quantized",
+        ),
+        ("distill.teacher_weights=[0, 0]", "recipe field distill.teacher_weights: the weights must not all be 0"),
+        ("distill.teachers=[a]", "several teachers need strategy multi-teacher"),
+        ("student.layers=[0]", "recipe field student.layers[0]: 0 is outside [1, 1000]"),
+        ("distill.lora.r=0", "recipe field distill.lora.r: 0 is outside [1, 4096]"),
+        ("distill.alpha=1.5", "recipe field distill.alpha: 1.5 is outside [0, 1]"),
+        ("distill.temperature=0", "recipe field distill.temperature: 0.0 is outside (0, 100]"),
+        ("distill.train.epochs=two", "recipe field distill.train.epochs: expected a whole number, got 'two'"),
+        ("teacher.pretrained=maybe", "recipe field teacher.pretrained: expected true or false"),
+        (
+            "task=speech",
+            "recipe field task: 'speech' is not one of image-classification, text-classification, text2text",
+        ),
+        ("export.format=tflite", "recipe field export.format: 'tflite' is not one of onnx"),
+    ],
+)
 def test_bad_fields_are_named(override, message):
     with pytest.raises(RecipeError) as info:
         load_recipe(None, [override])

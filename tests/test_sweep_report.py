@@ -23,7 +23,8 @@ STRATEGIES = ["labels-only", "straightforward", "successive", "multi-teacher"]
 
 def sweep_recipe(folder: Path, teacher: Path, questions: dict[str, Path], **changes) -> Path:
     recipe = {
-        "name": "sweep", "task": "text-classification",
+        "name": "sweep",
+        "task": "text-classification",
         "data": {"train": str(questions["train"]), "test": str(questions["test"]), "max_length": 32},
         "teacher": {"model": str(teacher), "train": {"epochs": 2, "batch_size": 32, "lr": 1e-3}},
         "distill": {"learn_teacher_weights": True, "train": {"epochs": 2, "batch_size": 32, "lr": 1e-3}},
@@ -82,15 +83,22 @@ def test_every_cell_is_trained_exported_and_measured(sweep_run):
     multi = meta(out / "sweep" / "multi-teacher-L2" / "student")
     assert multi["config"]["strategy"] == "multi-teacher" and len(multi["metrics"]["teacher_weights"]) == 2
     # successive links are taught by the previous link: its parent is that stage
-    assert meta(out / "sweep" / "successive-L1" / "student")["config"]["teachers"] == [str(out / "sweep" / "successive-L2" / "student")]
+    assert meta(out / "sweep" / "successive-L1" / "student")["config"]["teachers"] == [
+        str(out / "sweep" / "successive-L2" / "student")
+    ]
 
 
 def test_the_best_cell_goes_on_through_lora_prune_export(sweep_run):
     out, _, _ = sweep_run
     plan = json.loads((out / "sweep.json").read_text())
     table = [c["name"] for c in plan["cells"] if c["in_table"]]
-    scores = {n: (meta(out / "sweep" / n / "student")["metrics"]["val_accuracy"],
-                  -meta(out / "sweep" / n / "student")["parameters"]) for n in table}
+    scores = {
+        n: (
+            meta(out / "sweep" / n / "student")["metrics"]["val_accuracy"],
+            -meta(out / "sweep" / n / "student")["parameters"],
+        )
+        for n in table
+    }
     assert plan["shipped"] == max(scores, key=scores.get)
     assert "validation" in plan["reason"]
     lora = meta(out / "lora")
@@ -131,7 +139,9 @@ def test_report_has_the_stage_table_strategy_table_and_plots(sweep_run):
     by_stage = {r["stage"]: r for r in reversed(report["rows"])}  # a stage's first row: its PyTorch model
     shipped = report["shipped"][0]["cell"]
     # lora, pruned and export rows name the shipped cell's student (pruning records only the architecture)
-    assert by_stage["lora"]["model"] == by_stage["pruned"]["model"] == by_stage[shipped]["model"] == "bert-L" + shipped[-1]
+    assert (
+        by_stage["lora"]["model"] == by_stage["pruned"]["model"] == by_stage[shipped]["model"] == "bert-L" + shipped[-1]
+    )
     assert by_stage["export"]["model"] == by_stage[shipped]["model"] + ".onnx"
 
 
@@ -151,25 +161,56 @@ def test_html_report_is_self_contained_and_renders_in_chromium(sweep_run, tmp_pa
     if browser is None:
         pytest.skip("Debian chromium is not installed (bash .ci/run installs it)")
     # the page plus a probe that reports, once everything loaded, what the browser made of it
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-             "document.body.insertAdjacentHTML('beforeend', '<pre id=probe>' + JSON.stringify({"
-             "images: imgs.length, decoded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,"
-             "tables: document.querySelectorAll('table').length, title: document.title}) + '</pre>'); });</script>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        "document.body.insertAdjacentHTML('beforeend', '<pre id=probe>' + JSON.stringify({"
+        "images: imgs.length, decoded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,"
+        "tables: document.querySelectorAll('table').length, title: document.title}) + '</pre>'); });</script>"
+    )
     page = tmp_path / "probe.html"
     page.write_text(html.replace("</body>", probe + "</body>"))
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--user-data-dir=" + str(tmp_path / "profile"), "--virtual-time-budget=5000",
-                           "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--user-data-dir=" + str(tmp_path / "profile"),
+            "--virtual-time-budget=5000",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Uncaught" not in proc.stderr and "Failed to load resource" not in proc.stderr
     found = proc.stdout.split('<pre id="probe">')[1].split("</pre>")[0]
     result = json.loads(found.replace("&quot;", '"'))
-    assert result == {"images": 4, "decoded": 4, "tables": 3, "title": "edgekit report"}, result  # stages, sweep, confusion
+    assert result == {"images": 4, "decoded": 4, "tables": 3, "title": "edgekit report"}, (
+        result
+    )  # stages, sweep, confusion
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--user-data-dir=" + str(tmp_path / "profile2"), f"--screenshot={shot}", "--window-size=1280,2400",
-                    (out / "report.html").as_uri()], capture_output=True, timeout=180, check=True)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--user-data-dir=" + str(tmp_path / "profile2"),
+            f"--screenshot={shot}",
+            "--window-size=1280,2400",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
     assert shot.stat().st_size > 20_000  # tables and plots drew something
 
 
@@ -177,9 +218,21 @@ def test_kill_then_rerun_resumes_and_reuses_unchanged_stages(sweep_run):
     """Last of the run's tests: it changes the run (prune amount 0.4)."""
     out, recipe, _ = sweep_run
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGEKIT_CACHE_DIR": str(out.parent / "cache")}
-    cell_created = {p.parent.parent.name: meta(p.parent)["producer"]["created"] for p in out.glob("sweep/*/student/meta.json")}
+    cell_created = {
+        p.parent.parent.name: meta(p.parent)["producer"]["created"] for p in out.glob("sweep/*/student/meta.json")
+    }
     lora_created = meta(out / "lora")["producer"]["created"]
-    args = [sys.executable, "-m", "edgekit.cli.main", "run", str(recipe), "--out", str(out), "--set", "prune.amount=0.4"]
+    args = [
+        sys.executable,
+        "-m",
+        "edgekit.cli.main",
+        "run",
+        str(recipe),
+        "--out",
+        str(out),
+        "--set",
+        "prune.amount=0.4",
+    ]
     child = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and child.poll() is None:
@@ -190,13 +243,19 @@ def test_kill_then_rerun_resumes_and_reuses_unchanged_stages(sweep_run):
     child.wait()
     pruned_created = meta(out / "pruned")["producer"]["created"]
     assert meta(out / "pruned")["config"]["amount"] == 0.4
-    assert meta(out / "export")["parent"]["fingerprint"] != meta(out / "pruned")["fingerprint"]  # killed before its export
+    assert (
+        meta(out / "export")["parent"]["fingerprint"] != meta(out / "pruned")["fingerprint"]
+    )  # killed before its export
 
-    proc = run_cli("run", recipe, "--out", out, "--set", "prune.amount=0.4", env={"EDGEKIT_CACHE_DIR": str(out.parent / "cache")})
+    proc = run_cli(
+        "run", recipe, "--out", out, "--set", "prune.amount=0.4", env={"EDGEKIT_CACHE_DIR": str(out.parent / "cache")}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("distill: reused") == len(cell_created)
     assert "finetune: reused" in proc.stderr and "prune: reused" in proc.stderr
-    assert {p.parent.parent.name: meta(p.parent)["producer"]["created"] for p in out.glob("sweep/*/student/meta.json")} == cell_created
+    assert {
+        p.parent.parent.name: meta(p.parent)["producer"]["created"] for p in out.glob("sweep/*/student/meta.json")
+    } == cell_created
     assert meta(out / "lora")["producer"]["created"] == lora_created
     assert meta(out / "pruned")["producer"]["created"] == pruned_created
     export = meta(out / "export")
@@ -206,16 +265,19 @@ def test_kill_then_rerun_resumes_and_reuses_unchanged_stages(sweep_run):
     assert [r["stage"] for r in pruned][-3:] == ["lora", "pruned", "export"]
 
 
-@pytest.mark.parametrize("changes, needles", [
-    ({"sweep__strategies": ["fast"]}, ["sweep.strategies[0]", "not one of"]),
-    ({"sweep__students": [4]}, ["sweep.students", "not smaller than the teacher's 4"]),
-    ({"sweep__students": [2, "mobilenet_v2"]}, ["mix of layer counts and model names"]),
-    ({"sweep__ship": "successive-L9"}, ["sweep.ship", "successive-L2"]),
-    ({"sweep__successive_via": []}, ["multi-teacher needs a second teacher"]),
-    ({"bench__devices": ["t4"]}, ["needs CUDAExecutionProvider"]),
-    ({"data__train": "/nonexistent/train.tsv"}, ["/nonexistent/train.tsv"]),
-    ({"prune__method": "channels"}, ["channels prunes CNNs"]),
-])
+@pytest.mark.parametrize(
+    "changes, needles",
+    [
+        ({"sweep__strategies": ["fast"]}, ["sweep.strategies[0]", "not one of"]),
+        ({"sweep__students": [4]}, ["sweep.students", "not smaller than the teacher's 4"]),
+        ({"sweep__students": [2, "mobilenet_v2"]}, ["mix of layer counts and model names"]),
+        ({"sweep__ship": "successive-L9"}, ["sweep.ship", "successive-L2"]),
+        ({"sweep__successive_via": []}, ["multi-teacher needs a second teacher"]),
+        ({"bench__devices": ["t4"]}, ["needs CUDAExecutionProvider"]),
+        ({"data__train": "/nonexistent/train.tsv"}, ["/nonexistent/train.tsv"]),
+        ({"prune__method": "channels"}, ["channels prunes CNNs"]),
+    ],
+)
 def test_bad_sweep_recipes_fail_before_training(tmp_path, teacher4, question_files, changes, needles):
     recipe = sweep_recipe(tmp_path, teacher4, question_files, **changes)
     proc = run_cli("run", recipe, "--out", tmp_path / "out")
@@ -233,8 +295,9 @@ def test_unknown_stage_section_fails_before_training(tmp_path, teacher4, questio
 
 
 def test_layer_students_need_a_transformer_teacher(tmp_path):
-    proc = run_cli("run", "--set", "sweep.strategies=[straightforward]", "--set", "sweep.students=[2]",
-                   "--out", tmp_path / "out")
+    proc = run_cli(
+        "run", "--set", "sweep.strategies=[straightforward]", "--set", "sweep.students=[2]", "--out", tmp_path / "out"
+    )
     assert_user_error(proc, "resnet18 is a CNN", "mobilenet_v2")
     assert not (tmp_path / "out").exists()
 

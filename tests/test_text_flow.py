@@ -13,11 +13,41 @@ pytestmark = pytest.mark.slow
 def text_stages(tmp_path_factory, tiny_bert, question_files):
     root = tmp_path_factory.mktemp("text")
     common = ["--train", question_files["train"], "--test", question_files["test"]]
-    teacher = run_cli("finetune", tiny_bert, *common, "--epochs", "20", "--batch-size", "16", "--lr", "1e-3",
-                      "--out", root / "teacher", "--write-recipe", root / "teacher.yaml")
+    teacher = run_cli(
+        "finetune",
+        tiny_bert,
+        *common,
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--out",
+        root / "teacher",
+        "--write-recipe",
+        root / "teacher.yaml",
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    student = run_cli("distill", "--teacher", root / "teacher", "--student", tiny_bert, "--temperature", "4",
-                      "--alpha", "0.5", "--epochs", "20", "--batch-size", "16", "--lr", "1e-3", "--out", root / "student")
+    student = run_cli(
+        "distill",
+        "--teacher",
+        root / "teacher",
+        "--student",
+        tiny_bert,
+        "--temperature",
+        "4",
+        "--alpha",
+        "0.5",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--out",
+        root / "student",
+    )
     assert student.returncode == 0, student.stderr[-3000:]
     workdir = root / "cwd"
     workdir.mkdir()
@@ -57,8 +87,9 @@ def test_bundle_is_dynamic_int8_with_tokenizer(text_stages):
 
 
 def test_eval_of_the_exported_file_matches_the_student(text_stages, question_files, block_torch, tmp_path):
-    proc = run_cli("eval", text_stages / "bundle", "--data", question_files["test"], "--json", tmp_path / "m.json",
-                   env=block_torch)
+    proc = run_cli(
+        "eval", text_stages / "bundle", "--data", question_files["test"], "--json", tmp_path / "m.json", env=block_torch
+    )
     assert proc.returncode == 0, proc.stderr
     exported = json.loads((tmp_path / "m.json").read_text())
     student = json.loads((text_stages / "student" / "meta.json").read_text())["metrics"]
@@ -67,8 +98,17 @@ def test_eval_of_the_exported_file_matches_the_student(text_stages, question_fil
 
 
 def test_bench_with_real_sentences(text_stages, question_files, tmp_path, block_torch):
-    proc = run_cli("bench", text_stages / "bundle", "--data", question_files["test"], "--runs", "20",
-                   "--json", tmp_path / "b.json", env=block_torch)
+    proc = run_cli(
+        "bench",
+        text_stages / "bundle",
+        "--data",
+        question_files["test"],
+        "--runs",
+        "20",
+        "--json",
+        tmp_path / "b.json",
+        env=block_torch,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["inputs"] == "real" and result["latency_ms"]["p50"] > 0

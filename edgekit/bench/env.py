@@ -57,8 +57,14 @@ def here() -> dict[str, Any]:
 
     from edgekit import __version__
 
-    return {"machine": platform.machine(), "cpu_model": cpu_model(), "isa_flags": isa_flags(),
-            "onnxruntime": onnxruntime.__version__, "edgekit": __version__, "python": platform.python_version()}
+    return {
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "isa_flags": isa_flags(),
+        "onnxruntime": onnxruntime.__version__,
+        "edgekit": __version__,
+        "python": platform.python_version(),
+    }
 
 
 def temperatures_c(sensors: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
@@ -84,9 +90,12 @@ def throttling() -> dict[str, Any] | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     value = int(out.split("=")[-1], 16) if "=" in out else None
-    return {"raw": out, "throttled_now": bool(value & 0x4) if value is not None else None,
-            "under_voltage_now": bool(value & 0x1) if value is not None else None,
-            "throttled_since_boot": bool(value & 0x40000) if value is not None else None}
+    return {
+        "raw": out,
+        "throttled_now": bool(value & 0x4) if value is not None else None,
+        "under_voltage_now": bool(value & 0x1) if value is not None else None,
+        "throttled_since_boot": bool(value & 0x40000) if value is not None else None,
+    }
 
 
 def capture(sensors: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

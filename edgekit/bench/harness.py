@@ -56,8 +56,15 @@ def summarize(latencies_ms: list[float]) -> dict[str, Any]:
     return stats
 
 
-def time_loop(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 100, min_seconds: float = 1.0,
-              max_seconds: float = 120.0, max_runs: int = 100_000) -> dict[str, Any]:
+def time_loop(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 10,
+    runs: int = 100,
+    min_seconds: float = 1.0,
+    max_seconds: float = 120.0,
+    max_runs: int = 100_000,
+) -> dict[str, Any]:
     """Call ``fn`` ``warmup`` times, then time it at least ``runs`` times and ``min_seconds`` long
     (stopping at ``max_seconds``). Latencies in milliseconds."""
     start = time.perf_counter()
@@ -79,8 +86,13 @@ def time_loop(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 100, min_s
         if (len(latencies) >= runs and elapsed >= min_seconds) or elapsed >= max_seconds or len(latencies) >= max_runs:
             break
     stats = summarize(latencies)
-    stats.update(first_inference_ms=first_ms, warmup_runs=warmup, warmup_mean_ms=float(np.mean(warm)) if warm else first_ms,
-                 timed_seconds=time.perf_counter() - timed_start, total_seconds=time.perf_counter() - start,
-                 stopped_by_time_limit=bool(len(latencies) < runs and len(latencies) < max_runs),
-                 stopped_by_max_runs=bool(len(latencies) < runs and len(latencies) >= max_runs))
+    stats.update(
+        first_inference_ms=first_ms,
+        warmup_runs=warmup,
+        warmup_mean_ms=float(np.mean(warm)) if warm else first_ms,
+        timed_seconds=time.perf_counter() - timed_start,
+        total_seconds=time.perf_counter() - start,
+        stopped_by_time_limit=bool(len(latencies) < runs and len(latencies) < max_runs),
+        stopped_by_max_runs=bool(len(latencies) < runs and len(latencies) >= max_runs),
+    )
     return stats

@@ -25,8 +25,15 @@ def _compressed_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=6))
 
 
-def bench_bundles(bundles: list[Path], device: str, *, items: list | None = None, runs: int | None = None,
-                  batch_sizes: list[int] | None = None, timeout_s: float = 900) -> dict[str, Any]:
+def bench_bundles(
+    bundles: list[Path],
+    device: str,
+    *,
+    items: list | None = None,
+    runs: int | None = None,
+    batch_sizes: list[int] | None = None,
+    timeout_s: float = 900,
+) -> dict[str, Any]:
     profile = load_profile(device)
     providers = check_providers(profile)
     for bundle in bundles:
@@ -38,22 +45,43 @@ def bench_bundles(bundles: list[Path], device: str, *, items: list | None = None
             time.sleep(profile["cooldown_seconds"])
         log.info(f"bench: {bundle} on {profile['name']}")
         results.append(_bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s))
-    document = {"schema_version": SCHEMA_VERSION, "device": profile["name"],
-                "profile": {k: v for k, v in profile.items() if not k.startswith("_")},
-                "valid": all(r["valid"] for r in results), "results": results}
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "device": profile["name"],
+        "profile": {k: v for k, v in profile.items() if not k.startswith("_")},
+        "valid": all(r["valid"] for r in results),
+        "results": results,
+    }
     return document
 
 
-def _bench_one(bundle: Path, profile: dict, providers: list[str], items, runs, batch_sizes, timeout_s) -> dict[str, Any]:
+def _bench_one(
+    bundle: Path, profile: dict, providers: list[str], items, runs, batch_sizes, timeout_s
+) -> dict[str, Any]:
     sensors = profile.get("thermal_sensors") or []
     before = env.capture(sensors)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         config_path = Path(scratch) / "config.json"
-        config_path.write_text(json.dumps({"bundle": str(bundle.resolve()), "profile": profile, "providers": providers,
-                                           "items": items, "runs": runs, "batch_sizes": batch_sizes}, default=str))
+        config_path.write_text(
+            json.dumps(
+                {
+                    "bundle": str(bundle.resolve()),
+                    "profile": profile,
+                    "providers": providers,
+                    "items": items,
+                    "runs": runs,
+                    "batch_sizes": batch_sizes,
+                },
+                default=str,
+            )
+        )
         try:
-            proc = subprocess.run([sys.executable, "-m", "edgekit.bench.worker", str(config_path)],
-                                  capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(
+                [sys.executable, "-m", "edgekit.bench.worker", str(config_path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
             lines = proc.stdout.strip().splitlines()
             raw = json.loads(lines[-1]) if lines else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
         except subprocess.TimeoutExpired:
@@ -75,14 +103,19 @@ def _bench_one(bundle: Path, profile: dict, providers: list[str], items, runs, b
     result["quantization"] = (manifest.get("quantization") or {}).get("mode", "none")
     result["format"], result["precision"] = manifest.get("format", "onnx"), manifest.get("precision")
     result["parameters"] = manifest.get("parameters")
-    result["environment"] = {**before, "temperatures_after_c": after["temperatures_c"],
-                             "throttling_after": after["throttling"]}
+    result["environment"] = {
+        **before,
+        "temperatures_after_c": after["temperatures_c"],
+        "throttling_after": after["throttling"],
+    }
     return result
 
 
 def markdown_table(document: dict[str, Any]) -> str:
-    rows = ["| bundle | valid | size (MB) | p50 (ms) | p90 (ms) | p99 (ms) | mean (ms) | peak RSS (MB) | runs |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| bundle | valid | size (MB) | p50 (ms) | p90 (ms) | p99 (ms) | mean (ms) | peak RSS (MB) | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in document["results"]:
         if "latency_ms" not in r:
             rows.append(f"| {r['name']} | no: {r.get('error', '')} | | | | | | | |")
@@ -90,6 +123,8 @@ def markdown_table(document: dict[str, Any]) -> str:
         lat = r["latency_ms"]
         valid = "yes" if r["valid"] else "no: " + "; ".join(r["invalid_reasons"])
         flag = " (unstable)" if r.get("unstable") else ""
-        rows.append(f"| {r['name']} | {valid}{flag} | {r['size_mb']:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
-                    f"{lat['p99']:.3f} | {lat['mean']:.3f} | {r['peak_rss_mb']:.1f} | {r['runs']} |")
+        rows.append(
+            f"| {r['name']} | {valid}{flag} | {r['size_mb']:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
+            f"{lat['p99']:.3f} | {lat['mean']:.3f} | {r['peak_rss_mb']:.1f} | {r['runs']} |"
+        )
     return "\n".join(rows)

@@ -33,8 +33,17 @@ class SshTarget:
     remote_edgekit: str = "edgekit"
 
     def base(self, program: str) -> list[str]:
-        args = [program, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        args = [
+            program,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
+        ]
         if self.config:
             args += ["-F", str(self.config)]
         if self.identity:
@@ -57,24 +66,37 @@ class RemoteError(EdgekitError):
 def _ssh(target: SshTarget, command: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
     """Run ``command`` (a list of words, each quoted) on the target."""
     remote = " ".join(shlex.quote(str(word)) for word in command)
-    return subprocess.run(target.base("ssh") + ["--", target.host, remote], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        target.base("ssh") + ["--", target.host, remote],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _explain(proc: subprocess.CompletedProcess, what: str, host: str) -> RemoteError:
     stderr = proc.stderr.strip().splitlines()
     last = stderr[-1] if stderr else f"exit code {proc.returncode}"
     if proc.returncode == SSH_LOST:
-        if any("Host key verification failed" in line or "No ED25519 host key is known" in line
-               or "REMOTE HOST IDENTIFICATION HAS CHANGED" in line for line in stderr):
-            return RemoteError(f"{host}'s host key is not known or does not match; check it and add it to known_hosts "
-                               f"(e.g. ssh {host} once), edgekit never skips host-key checks", SSH_LOST)
+        if any(
+            "Host key verification failed" in line
+            or "No ED25519 host key is known" in line
+            or "REMOTE HOST IDENTIFICATION HAS CHANGED" in line
+            for line in stderr
+        ):
+            return RemoteError(
+                f"{host}'s host key is not known or does not match; check it and add it to known_hosts "
+                f"(e.g. ssh {host} once), edgekit never skips host-key checks",
+                SSH_LOST,
+            )
         return RemoteError(f"ssh to {host} failed while {what}: {last}", SSH_LOST)
     return RemoteError(f"{what} on {host} failed (exit code {proc.returncode}): {last}", proc.returncode)
 
 
-def bench_remote(bundles: list[Path], device: str, target: SshTarget, *, extra_args: Sequence[str] = (),
-                 run_timeout: float = 1800) -> dict[str, Any]:
+def bench_remote(
+    bundles: list[Path], device: str, target: SshTarget, *, extra_args: Sequence[str] = (), run_timeout: float = 1800
+) -> dict[str, Any]:
     """Copy ``bundles`` to ``target``, bench them there on ``device``, return the remote JSON document."""
     setup_timeout = target.connect_timeout + 60
     with ssh_session(target, prefix="edgekit-bench") as session:
@@ -84,16 +106,28 @@ def bench_remote(bundles: list[Path], device: str, target: SshTarget, *, extra_a
         if Path(device).suffix in (".yaml", ".yml") and Path(device).is_file():
             device_arg = session.upload(Path(device), "profile.yaml")
         result_path = f"{workdir}/result.json"
-        command = [target.remote_edgekit, "bench", *remote_bundles, "--device", device_arg, "--json", result_path,
-                   *extra_args]
+        command = [
+            target.remote_edgekit,
+            "bench",
+            *remote_bundles,
+            "--device",
+            device_arg,
+            "--json",
+            result_path,
+            *extra_args,
+        ]
         try:
             run = _ssh(target, command, run_timeout)
         except subprocess.TimeoutExpired:
             return incomplete(bundles, device, target.host, f"remote bench did not finish within {run_timeout:.0f} s")
         if run.returncode == SSH_LOST:
-            return incomplete(bundles, device, target.host,
-                              f"connection to {target.host} lost during the run: "
-                              f"{(run.stderr.strip().splitlines() or ['no message'])[-1]}")
+            return incomplete(
+                bundles,
+                device,
+                target.host,
+                f"connection to {target.host} lost during the run: "
+                f"{(run.stderr.strip().splitlines() or ['no message'])[-1]}",
+            )
         fetched = _ssh(target, ["cat", result_path], setup_timeout)
         if run.returncode != 0 and fetched.returncode != 0:
             raise _explain(run, "edgekit bench", target.host)
@@ -103,8 +137,12 @@ def bench_remote(bundles: list[Path], device: str, target: SshTarget, *, extra_a
             document = json.loads(fetched.stdout)
         except json.JSONDecodeError:
             return incomplete(bundles, device, target.host, "the remote result file is not valid JSON")
-        document["remote"] = {"host": target.host, "exit_code": run.returncode, "workdir": workdir,
-                              "local_bundles": [str(b) for b in bundles]}
+        document["remote"] = {
+            "host": target.host,
+            "exit_code": run.returncode,
+            "workdir": workdir,
+            "local_bundles": [str(b) for b in bundles],
+        }
         if run.returncode != 0:
             document["remote"]["error"] = (run.stderr.strip().splitlines() or [""])[-1]
         return document
@@ -115,10 +153,23 @@ def incomplete(bundles: list[Path], device: str, host: str, reason: str) -> dict
     from edgekit.bench.run import SCHEMA_VERSION
 
     return {
-        "schema_version": SCHEMA_VERSION, "device": device, "valid": False, "incomplete": True, "error": reason,
+        "schema_version": SCHEMA_VERSION,
+        "device": device,
+        "valid": False,
+        "incomplete": True,
+        "error": reason,
         "remote": {"host": host},
-        "results": [{"bundle": str(b), "name": Path(b).name, "device": device, "valid": False, "error": reason,
-                     "invalid_reasons": [reason]} for b in bundles],
+        "results": [
+            {
+                "bundle": str(b),
+                "name": Path(b).name,
+                "device": device,
+                "valid": False,
+                "error": reason,
+                "invalid_reasons": [reason],
+            }
+            for b in bundles
+        ],
     }
 
 
@@ -134,9 +185,13 @@ class SshSession:
 
     def upload(self, local: Path, name: str) -> str:
         destination = self.inside(name)
-        copy = subprocess.run(self.target.base("scp") + ["-q", "-r", "--", str(local), f"{self.target.host}:{destination}"],
-                              capture_output=True, text=True, timeout=self.target.connect_timeout + 600,
-                              stdin=subprocess.DEVNULL)
+        copy = subprocess.run(
+            self.target.base("scp") + ["-q", "-r", "--", str(local), f"{self.target.host}:{destination}"],
+            capture_output=True,
+            text=True,
+            timeout=self.target.connect_timeout + 600,
+            stdin=subprocess.DEVNULL,
+        )
         if copy.returncode != 0:
             raise _explain(copy, f"copying {local}", self.target.host)
         return destination
@@ -152,8 +207,12 @@ class SshSession:
 
     def read(self, name: str) -> bytes | None:
         remote = " ".join(shlex.quote(w) for w in ["cat", "--", self.inside(name)])
-        proc = subprocess.run(self.target.base("ssh") + ["--", self.target.host, remote], capture_output=True,
-                              timeout=self.target.connect_timeout + 600, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            self.target.base("ssh") + ["--", self.target.host, remote],
+            capture_output=True,
+            timeout=self.target.connect_timeout + 600,
+            stdin=subprocess.DEVNULL,
+        )
         return proc.stdout if proc.returncode == 0 else None
 
 

@@ -1,6 +1,6 @@
 """Measure one bundle in a fresh process, so load time and peak memory belong to it alone.
 
-    python -m edgekit.bench.worker CONFIG.json      (prints one JSON object on stdout)
+python -m edgekit.bench.worker CONFIG.json      (prints one JSON object on stdout)
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def synthetic_inputs(bundle, batch: int, seq_len: int, seed: int = 0) -> dict[st
 
 
 def real_inputs(bundle, items: list[Any], batch: int) -> list[dict[str, np.ndarray]]:
-    return [bundle.encode(items[i:i + batch]) for i in range(0, len(items) - batch + 1, batch)] or [bundle.encode(items[:batch])]
+    return [bundle.encode(items[i : i + batch]) for i in range(0, len(items) - batch + 1, batch)] or [
+        bundle.encode(items[:batch])
+    ]
 
 
 def measure(config: dict[str, Any]) -> dict[str, Any]:
@@ -58,14 +60,20 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     folder = Path(config["bundle"])
     rss_before = current_rss_bytes()
     t0 = time.perf_counter()
-    bundle = Bundle(folder, providers=config["providers"], threads=profile["threads"],
-                    graph_optimization=profile["graph_optimization"])
+    bundle = Bundle(
+        folder,
+        providers=config["providers"],
+        threads=profile["threads"],
+        graph_optimization=profile["graph_optimization"],
+    )
     load_ms = (time.perf_counter() - t0) * 1e3
     if bundle.encode.spec.generates:
         from edgekit.errors import EdgekitError
 
-        raise EdgekitError("bench measures classifiers; encoder-decoder (seq2seq) bundles are not benched yet, "
-                           "use 'edgekit eval' for their BLEU/ROUGE-L")
+        raise EdgekitError(
+            "bench measures classifiers; encoder-decoder (seq2seq) bundles are not benched yet, "
+            "use 'edgekit eval' for their BLEU/ROUGE-L"
+        )
     rss_loaded = current_rss_bytes()
     items = config.get("items")
     batch_sizes = config.get("batch_sizes") or profile["batch_sizes"]
@@ -86,10 +94,18 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
             bundle.run(feeds[state["i"] % len(feeds)])
             state["i"] += 1
 
-        stats = time_loop(step, warmup=profile["warmup"], runs=runs, min_seconds=profile["min_seconds"],
-                          max_seconds=profile["max_seconds"])
-        throughput[str(batch)] = {"items_per_second": batch * 1e3 / stats["mean"] if stats["mean"] else None,
-                                  "p50_ms": stats["p50"], "runs": stats["runs"]}
+        stats = time_loop(
+            step,
+            warmup=profile["warmup"],
+            runs=runs,
+            min_seconds=profile["min_seconds"],
+            max_seconds=profile["max_seconds"],
+        )
+        throughput[str(batch)] = {
+            "items_per_second": batch * 1e3 / stats["mean"] if stats["mean"] else None,
+            "p50_ms": stats["p50"],
+            "runs": stats["runs"],
+        }
         if latency is None:
             latency = {**stats, "batch_size": batch}
     files = [folder / g["file"] for g in graphs_of(bundle.manifest)]
@@ -103,9 +119,17 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "runs": latency["runs"],
         "batch_size": latency["batch_size"],
         "warmup": {"runs": latency["warmup_runs"], "mean_ms": latency["warmup_mean_ms"]},
-        "invalid_reasons": latency["invalid_reasons"] + (
-            [f"stopped at max_seconds={profile['max_seconds']} before {runs} runs"] if latency["stopped_by_time_limit"] else []) + (
-            [f"stopped at the cap of {latency['runs']} runs before {runs} runs"] if latency["stopped_by_max_runs"] else []),
+        "invalid_reasons": latency["invalid_reasons"]
+        + (
+            [f"stopped at max_seconds={profile['max_seconds']} before {runs} runs"]
+            if latency["stopped_by_time_limit"]
+            else []
+        )
+        + (
+            [f"stopped at the cap of {latency['runs']} runs before {runs} runs"]
+            if latency["stopped_by_max_runs"]
+            else []
+        ),
         "unstable": latency["unstable"],
         "cv": latency["cv"],
         "robust_spread": latency["robust_spread"],

@@ -26,8 +26,9 @@ def build_app():
     app.command("bench")(commands.bench)
     app.command("report")(commands.report)
     app.command("validate-bundle", hidden=True)(commands.validate_bundle)
-    devices = typer.Typer(help="List and show device profiles, describe this machine, build an emulated device.",
-                          no_args_is_help=True)
+    devices = typer.Typer(
+        help="List and show device profiles, describe this machine, build an emulated device.", no_args_is_help=True
+    )
     devices.command("list")(commands.devices_list)
     devices.command("show")(commands.devices_show)
     devices.command("here")(commands.devices_here)

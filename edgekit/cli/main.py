@@ -11,16 +11,34 @@ from edgekit.registry import EXTRAS, MissingExtra, missing_modules
 
 # What each command needs beyond the core install (a Raspberry Pi has only the core): the extra to
 # install (its modules: edgekit.registry.EXTRAS), checked before the command starts.
-COMMAND_EXTRAS = {"run": "train", "distill": "train", "finetune": "train", "prune": "train", "export": "train",
-                  "report": "report"}
-USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EROFS: "the file system is read-only",
-               errno.EACCES: "permission denied", errno.EISDIR: "a folder is in the way",
-               errno.ENAMETOOLONG: "a file name is too long", errno.EDQUOT: "disk quota exceeded"}
-ERRNO_FIX = {errno.ENOSPC: "free some space or write elsewhere (--out)", errno.EROFS: "write elsewhere (--out)",
-             errno.EACCES: "choose a folder you can write (--out, --json)", errno.EISDIR: "give a file path, not a folder",
-             errno.ENAMETOOLONG: "use a shorter path", errno.EDQUOT: "free some space or write elsewhere (--out)"}
-MODULE_HINTS = {"sklearn": "scikit-learn (pip install scikit-learn, or pip install 'edgekit[train]')",
-                "matplotlib": "matplotlib (pip install 'edgekit[report]')"}
+COMMAND_EXTRAS = {
+    "run": "train",
+    "distill": "train",
+    "finetune": "train",
+    "prune": "train",
+    "export": "train",
+    "report": "report",
+}
+USER_ERRNOS = {
+    errno.ENOSPC: "no space left on the disk",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EISDIR: "a folder is in the way",
+    errno.ENAMETOOLONG: "a file name is too long",
+    errno.EDQUOT: "disk quota exceeded",
+}
+ERRNO_FIX = {
+    errno.ENOSPC: "free some space or write elsewhere (--out)",
+    errno.EROFS: "write elsewhere (--out)",
+    errno.EACCES: "choose a folder you can write (--out, --json)",
+    errno.EISDIR: "give a file path, not a folder",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EDQUOT: "free some space or write elsewhere (--out)",
+}
+MODULE_HINTS = {
+    "sklearn": "scikit-learn (pip install scikit-learn, or pip install 'edgekit[train]')",
+    "matplotlib": "matplotlib (pip install 'edgekit[report]')",
+}
 
 
 def _command_of(args: list[str]) -> str:
@@ -105,7 +123,11 @@ def _run(command, args: list[str]) -> int:
         print(exc.ctx.get_help() if exc.ctx else str(exc))
         return 2
     except click.UsageError as exc:
-        hint = f" (see 'edgekit {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.info_name != "edgekit" else " (see 'edgekit --help')"
+        hint = (
+            f" (see 'edgekit {exc.ctx.info_name} --help')"
+            if exc.ctx and exc.ctx.info_name != "edgekit"
+            else " (see 'edgekit --help')"
+        )
         print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
         return 2
     except typer.Exit as exc:
@@ -143,8 +165,11 @@ def _run(command, args: list[str]) -> int:
 
 
 def _internal(exc: BaseException) -> int:
-    print(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-          "re-run with EDGEKIT_DEBUG=1 for the traceback and report it", file=sys.stderr)
+    print(
+        f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+        "re-run with EDGEKIT_DEBUG=1 for the traceback and report it",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -51,9 +51,12 @@ def auto_targets(handle) -> list[str]:
     module = handle.module
     head = head_name(module)
     if handle.family != "hf":
-        return [name for name, m in module.named_modules()
-                if not (name == head or name.startswith(head + "."))
-                and ((isinstance(m, torch.nn.Conv2d) and m.groups == 1) or isinstance(m, torch.nn.Linear))]
+        return [
+            name
+            for name, m in module.named_modules()
+            if not (name == head or name.startswith(head + "."))
+            and ((isinstance(m, torch.nn.Conv2d) and m.groups == 1) or isinstance(m, torch.nn.Linear))
+        ]
     leaf_names = {_leaf(name) for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     for pair in _TARGET_CANDIDATES:
         if set(pair) <= leaf_names:
@@ -66,19 +69,28 @@ def check_targets(module: torch.nn.Module, targets: list[str]) -> None:
     leaf_names = {_leaf(name) for name in names}
     missing = [t for t in targets if t not in leaf_names and t not in names]
     if missing:
-        layers = sorted({_leaf(name) for name, m in module.named_modules()
-                         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))})
-        raise EdgekitError(f"LoRA target module(s) {', '.join(missing)} not found in the model; "
-                           f"its linear/conv layers are named: {', '.join(layers[:20])}")
-    grouped = [name for name, m in module.named_modules()
-               if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and (name in targets or _leaf(name) in targets)]
+        layers = sorted(
+            {_leaf(name) for name, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        )
+        raise EdgekitError(
+            f"LoRA target module(s) {', '.join(missing)} not found in the model; "
+            f"its linear/conv layers are named: {', '.join(layers[:20])}"
+        )
+    grouped = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and (name in targets or _leaf(name) in targets)
+    ]
     if grouped:
-        raise EdgekitError(f"LoRA cannot target grouped/depthwise convolutions ({', '.join(grouped[:5])}): peft cannot merge "
-                           "them; leave them out of --lora-targets")
+        raise EdgekitError(
+            f"LoRA cannot target grouped/depthwise convolutions ({', '.join(grouped[:5])}): peft cannot merge "
+            "them; leave them out of --lora-targets"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # 4-bit NF4 storage for layers bitsandbytes has no kernel for (CNNs)
+
 
 def _nf4_pack(weight: torch.Tensor):
     import bitsandbytes.functional as bnbf
@@ -106,7 +118,9 @@ class _NF4Weight:
         self.register_buffer("weight_nf4", codes)
         self.quant_state = state
         self.weight_shape = tuple(source.weight.shape)
-        self.bias = None if source.bias is None else torch.nn.Parameter(source.bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None if source.bias is None else torch.nn.Parameter(source.bias.detach().clone(), requires_grad=False)
+        )
 
     @property
     def weight(self) -> torch.Tensor:
@@ -127,8 +141,19 @@ class _NF4Weight:
         return result
 
 
-_CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
-               "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice")
+_CONV_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "transposed",
+    "output_padding",
+    "groups",
+    "padding_mode",
+    "_reversed_padding_repeated_twice",
+)
 
 
 class NF4Conv2d(_NF4Weight, torch.nn.Conv2d):
@@ -160,10 +185,17 @@ def _quantize_hf(handle, head: str) -> torch.nn.Module:
     from transformers import BitsAndBytesConfig
 
     if handle.extra.get("structure"):
-        raise EdgekitError("QLoRA cannot reload a structurally pruned Hugging Face model in 4-bit; apply QLoRA before "
-                           "pruning, or use --lora")
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=[head])
+        raise EdgekitError(
+            "QLoRA cannot reload a structurally pruned Hugging Face model in 4-bit; apply QLoRA before "
+            "pruning, or use --lora"
+        )
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=[head],
+    )
     device_map = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     with tempfile.TemporaryDirectory(prefix="edgekit-nf4-") as tmp:
         handle.module.save_pretrained(tmp, safe_serialization=True)
@@ -188,14 +220,18 @@ def with_lora(handle, lora, *, quantized: bool):
     Only adapters and the head train. ``handle`` itself is left untouched."""
     try:
         import peft
+
         if quantized and importlib.util.find_spec("bitsandbytes") is None:
             raise ImportError("No module named 'bitsandbytes'")
     except ImportError as exc:
-        raise EdgekitError(f"LoRA needs peft{' and bitsandbytes' if quantized else ''} ({exc}); "
-                           "pip install 'edgekit[train]'") from None
+        raise EdgekitError(
+            f"LoRA needs peft{' and bitsandbytes' if quantized else ''} ({exc}); pip install 'edgekit[train]'"
+        ) from None
     if task_spec(handle.task).generates:
-        raise EdgekitError("LoRA/QLoRA fine-tuning here is for classifiers (text and images); for T5 use "
-                           "'edgekit distill' or a full 'edgekit finetune'")
+        raise EdgekitError(
+            "LoRA/QLoRA fine-tuning here is for classifiers (text and images); for T5 use "
+            "'edgekit distill' or a full 'edgekit finetune'"
+        )
     head = head_name(handle.module)
     targets = list(lora.target_modules or auto_targets(handle))
     check_targets(handle.module, targets)
@@ -203,7 +239,9 @@ def with_lora(handle, lora, *, quantized: bool):
         from edgekit.compress.nf4_cpu import fix_bitsandbytes_cpu_dequantize
 
         fix_bitsandbytes_cpu_dequantize()
-        base = _quantize_hf(handle, head) if handle.family == "hf" else _quantize_cnn(copy.deepcopy(handle.module), head)
+        base = (
+            _quantize_hf(handle, head) if handle.family == "hf" else _quantize_cnn(copy.deepcopy(handle.module), head)
+        )
         if handle.family == "hf":
             import warnings
 
@@ -213,18 +251,35 @@ def with_lora(handle, lora, *, quantized: bool):
     else:
         base = copy.deepcopy(handle.module)
     task_type = "SEQ_CLS" if handle.spec.modality == "text" else None
-    config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                             modules_to_save=[head], task_type=task_type)
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        modules_to_save=[head],
+        task_type=task_type,
+    )
     adapted = copy.copy(handle)
     adapted.module = peft.get_peft_model(base, config)
-    info = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": targets,
-            "trainable_parameters": sum(p.numel() for p in adapted.module.parameters() if p.requires_grad)}
+    info = {
+        "r": lora.r,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "target_modules": targets,
+        "trainable_parameters": sum(p.numel() for p in adapted.module.parameters() if p.requires_grad),
+    }
     adapted.extra = {**handle.extra, "lora": info}
     if quantized:
-        adapted.extra["quantization"] = {"base": "nf4", "double_quant": True, "blocksize": 64, "compute_dtype": "float32",
-                                         "skipped": [head],
-                                         "kernels": "bitsandbytes Linear4bit" if handle.family == "hf"
-                                         else "NF4 codes dequantized per forward (no 4-bit conv kernel exists)"}
+        adapted.extra["quantization"] = {
+            "base": "nf4",
+            "double_quant": True,
+            "blocksize": 64,
+            "compute_dtype": "float32",
+            "skipped": [head],
+            "kernels": "bitsandbytes Linear4bit"
+            if handle.family == "hf"
+            else "NF4 codes dequantized per forward (no 4-bit conv kernel exists)",
+        }
     return adapted
 
 
@@ -260,8 +315,10 @@ def merge_lora(adapted, template: torch.nn.Module) -> torch.nn.Module:
             if target.bias is not None and source.bias is not None:
                 target.bias.copy_(source.bias.float().cpu())
         # the rest (embeddings, norms, BatchNorm statistics) comes from the adapted model as it is now
-        inner_state = {k.replace(".modules_to_save.default", "").replace(".base_layer", ""): v
-                       for k, v in inner.state_dict().items()}
+        inner_state = {
+            k.replace(".modules_to_save.default", "").replace(".base_layer", ""): v
+            for k, v in inner.state_dict().items()
+        }
         for key, value in merged.state_dict().items():
             if key not in layer_params and key in inner_state and inner_state[key].shape == value.shape:
                 value.copy_(inner_state[key].to(value.dtype).cpu())
@@ -295,6 +352,8 @@ def merge_checked(adapted, original, data, folder):
     report = merge_report(adapted_logits, predict_logits(merged, data.val))
     report["adapted_accuracy"] = adapted_metrics["accuracy"]
     report["against"] = "nf4 base + adapters" if "quantization" in adapted.extra else "base + adapters"
-    log.info(f"  merged adapters into full precision: max |logit diff| {report['max_abs_logit_diff']:.2e}, label agreement "
-          f"{report['label_agreement']:.2%} on {report['examples']} validation examples (vs the {report['against']} model)")
+    log.info(
+        f"  merged adapters into full precision: max |logit diff| {report['max_abs_logit_diff']:.2e}, label agreement "
+        f"{report['label_agreement']:.2%} on {report['examples']} validation examples (vs the {report['against']} model)"
+    )
     return merged, report

@@ -33,8 +33,9 @@ def fix_bitsandbytes_cpu_dequantize() -> bool:
     def generic(A, absmax, blocksize, quant_type, shape, dtype):
         if A.dtype != torch.uint8:
             A = A.view(torch.uint8)
-        return _dequantize_4bit_compute(A.reshape(-1), absmax, _get_4bit_code(quant_type, A.device), blocksize,
-                                        shape, dtype)
+        return _dequantize_4bit_compute(
+            A.reshape(-1), absmax, _get_4bit_code(quant_type, A.device), blocksize, shape, dtype
+        )
 
     probe = torch.randn(16, 48, generator=torch.Generator().manual_seed(0))  # rows not a multiple of the block
     packed, state = F.quantize_4bit(probe, quant_type="nf4", blocksize=64)

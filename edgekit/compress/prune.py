@@ -65,9 +65,20 @@ def _check(method: str, amount: float) -> None:
         raise EdgekitError(f"--amount {amount} must be between 0 and 1 (exclusive), e.g. 0.3")
 
 
-def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recover_epochs: int = 0,
-                recover: str = "distill", calib_samples: int = 256, recipe=None, force: bool = False,
-                reuse: bool = False, resume: bool = False) -> dict[str, Any]:
+def prune_stage(
+    model_dir: Path,
+    out: Path,
+    *,
+    method: str,
+    amount: float,
+    recover_epochs: int = 0,
+    recover: str = "distill",
+    calib_samples: int = 256,
+    recipe=None,
+    force: bool = False,
+    reuse: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
     from edgekit.layout import checkpoint_folder
     from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
@@ -82,11 +93,18 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
         raise EdgekitError(f"--calib-samples {calib_samples} must be from 1 to 100000")
     model_dir = Path(model_dir)
     if not is_stage(model_dir) or not (model_dir / RECIPE_FILE).is_file():
-        raise EdgekitError(f"{model_dir} is not an edgekit model stage (finetune, distill, lora or prune output folder); "
-                           "prune needs its model and the data it was trained on")
+        raise EdgekitError(
+            f"{model_dir} is not an edgekit model stage (finetune, distill, lora or prune output folder); "
+            "prune needs its model and the data it was trained on"
+        )
     recipe = recipe or load_recipe(model_dir / RECIPE_FILE)
-    config = {"method": method, "amount": amount, "recover_epochs": recover_epochs, "recover": recover,
-              "calib_samples": calib_samples}
+    config = {
+        "method": method,
+        "amount": amount,
+        "recover_epochs": recover_epochs,
+        "recover": recover,
+        "calib_samples": calib_samples,
+    }
     train_cfg = replace(recipe.distill.train, epochs=max(recover_epochs, 1))
     if recover_epochs:
         config["train"] = asdict(train_cfg)
@@ -98,7 +116,9 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
     handle = load_saved(model_dir)
     pruner = registry.get("pruner", method)
     if task_spec(handle.task).generates:
-        raise EdgekitError("pruning here is for classifiers (text and images); encoder-decoders (T5) are not supported yet")
+        raise EdgekitError(
+            "pruning here is for classifiers (text and images); encoder-decoders (T5) are not supported yet"
+        )
     if handle.family not in pruner.can("families", ()):
         fits = ", ".join(registry.names("pruner", families=handle.family))
         raise EdgekitError(f"--method {method} needs {pruner.can('needs')}; {handle.arch} is not one: use {fits}")
@@ -122,19 +142,41 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
             report = pruner.load()(handle, data.train, amount, calib_samples)
             heads = dict((handle.extra.get("structure") or {}).get("heads", {}))
             heads.update(report.pop("heads", {}))
-            handle.extra = {**handle.extra, "structure": {"heads": heads,
-                                                          "pruned": [*(handle.extra.get("structure") or {}).get("pruned", []),
-                                                                     {"method": method, "amount": amount}]}}
+            handle.extra = {
+                **handle.extra,
+                "structure": {
+                    "heads": heads,
+                    "pruned": [
+                        *(handle.extra.get("structure") or {}).get("pruned", []),
+                        {"method": method, "amount": amount},
+                    ],
+                },
+            }
         pruned = evaluate(handle, data.eval_split, desc="evaluate pruned model")
-        log.info(f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
-                   f"{handle.parameter_count() / 1e6:.2f} M parameters, {count_nonzero(handle.module) / 1e6:.2f} M non-zero")
+        log.info(
+            f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
+            f"{handle.parameter_count() / 1e6:.2f} M parameters, {count_nonzero(handle.module) / 1e6:.2f} M non-zero"
+        )
         history = None
         if recover_epochs:
-            ckpt = Checkpointing(checkpoint_folder(out), tag=stage.fingerprint, every_steps=recipe.distill.checkpoint_every, resume=resume)
+            ckpt = Checkpointing(
+                checkpoint_folder(out),
+                tag=stage.fingerprint,
+                every_steps=recipe.distill.checkpoint_every,
+                resume=resume,
+            )
             if not resume:
                 shutil.rmtree(ckpt.folder, ignore_errors=True)
-            result = train(handle, data, train_cfg, seed=recipe.seed, objective=objective, checkpoint=ckpt,
-                           desc=f"recover ({recover})", deterministic=recipe.distill.deterministic)
+            result = train(
+                handle,
+                data,
+                train_cfg,
+                seed=recipe.seed,
+                objective=objective,
+                checkpoint=ckpt,
+                desc=f"recover ({recover})",
+                deterministic=recipe.distill.deterministic,
+            )
             history = result.history
             make_permanent(handle.module)
             shutil.rmtree(ckpt.folder, ignore_errors=True)
@@ -142,13 +184,26 @@ def prune_stage(model_dir: Path, out: Path, *, method: str, amount: float, recov
         per_layer = layer_sparsity(handle.module)
         total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))
         zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
-        metrics.update(accuracy_before=before["accuracy"], accuracy_pruned=pruned["accuracy"],
-                       macro_f1_before=before["macro_f1"], sparsity=zeros / total, layer_sparsity=per_layer,
-                       nonzero_parameters=count_nonzero(handle.module), **report)
+        metrics.update(
+            accuracy_before=before["accuracy"],
+            accuracy_pruned=pruned["accuracy"],
+            macro_f1_before=before["macro_f1"],
+            sparsity=zeros / total,
+            layer_sparsity=per_layer,
+            nonzero_parameters=count_nonzero(handle.module),
+            **report,
+        )
         handle.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        return stage.finish(config={**config, "model": handle.arch}, metrics=metrics,
-                            parameters=handle.parameter_count(), extra={"parameters_before": params_before, "nonzero_parameters_before": nonzero_before,
-                                 "nonzero_parameters": metrics["nonzero_parameters"], "history": history,
-                                 "structure": handle.extra.get("structure")})
-
+        return stage.finish(
+            config={**config, "model": handle.arch},
+            metrics=metrics,
+            parameters=handle.parameter_count(),
+            extra={
+                "parameters_before": params_before,
+                "nonzero_parameters_before": nonzero_before,
+                "nonzero_parameters": metrics["nonzero_parameters"],
+                "history": history,
+                "structure": handle.extra.get("structure"),
+            },
+        )

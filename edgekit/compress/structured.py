@@ -26,15 +26,35 @@ from edgekit.models.structure import _head_dim, _set_heads
 # where the parts of one transformer layer live, per family
 _LAYOUTS = (
     # BERT, RoBERTa, ELECTRA, MiniLM, XLM-R, ...
-    {"attn": "attention.self", "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-     "o": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense"},
+    {
+        "attn": "attention.self",
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "o": "attention.output.dense",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
+    },
     # ViT in transformers >= 5 (and other models with q/k/v/o_proj attention and an fc1/fc2 MLP)
-    {"attn": "attention", "q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj",
-     "o": "attention.o_proj", "ffn_in": "mlp.fc1", "ffn_out": "mlp.fc2"},
+    {
+        "attn": "attention",
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "o": "attention.o_proj",
+        "ffn_in": "mlp.fc1",
+        "ffn_out": "mlp.fc2",
+    },
     # ViT, DeiT in transformers 4
-    {"attn": "attention.attention", "q": "attention.attention.query", "k": "attention.attention.key",
-     "v": "attention.attention.value", "o": "attention.output.dense", "ffn_in": "intermediate.dense",
-     "ffn_out": "output.dense"},
+    {
+        "attn": "attention.attention",
+        "q": "attention.attention.query",
+        "k": "attention.attention.key",
+        "v": "attention.attention.value",
+        "o": "attention.output.dense",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
+    },
 )
 
 
@@ -51,7 +71,8 @@ def transformer_layers(module: torch.nn.Module) -> list[tuple[str, dict[str, tor
         for layout in _LAYOUTS:
             parts = {key: _get(layer, path) for key, path in layout.items()}
             if all(parts[k] is not None for k in layout) and all(
-                    isinstance(parts[k], torch.nn.Linear) for k in ("q", "k", "v", "o", "ffn_in", "ffn_out")):
+                isinstance(parts[k], torch.nn.Linear) for k in ("q", "k", "v", "o", "ffn_in", "ffn_out")
+            ):
                 found.append((name, {**parts, "attn_name": f"{name}.{layout['attn']}" if name else layout["attn"]}))
                 break
     return found
@@ -64,7 +85,7 @@ def _calibration_batches(handle, split, samples: int, batch_size: int = 32):
 
     dataset = make_dataset(handle, split)
     order = np.random.default_rng(0).permutation(len(dataset))[:samples].tolist()  # a seeded sample of every class
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return make_loader(dataset, batch_size, shuffle=False, batches=batches)
 
 
@@ -78,6 +99,7 @@ def _collect(handle, split, samples: int, consumers: dict[str, tuple[torch.nn.Mo
         def grab(module, args):
             value = reduce(module, args[0].detach().float(), state["mask"])
             totals[name] = totals.get(name, 0) + value
+
         return grab
 
     handles = [m.register_forward_pre_hook(hook(n, r)) for n, (m, r) in consumers.items()]
@@ -122,8 +144,10 @@ def _slice_linear(layer: torch.nn.Linear, index: torch.Tensor, dim: int) -> None
 def prune_heads(handle, split, amount: float, samples: int) -> dict[str, Any]:
     layers = transformer_layers(handle.module)
     if not layers:
-        raise EdgekitError(f"--method heads needs a BERT-like or ViT model; {handle.arch} has no attention layers edgekit "
-                           "knows (use l1-unstructured, or channels for CNNs)")
+        raise EdgekitError(
+            f"--method heads needs a BERT-like or ViT model; {handle.arch} has no attention layers edgekit "
+            "knows (use l1-unstructured, or channels for CNNs)"
+        )
     head_size = {n: _head_dim(p["attn"]) for n, p in layers}
 
     def per_head(name):
@@ -136,6 +160,7 @@ def prune_heads(handle, split, amount: float, samples: int) -> dict[str, Any]:
             ws = w.reshape(w.shape[0], heads, d)
             contribution = torch.einsum("...hd,ohd->...ho", xs, ws).norm(dim=-1)  # [..., heads]
             return _token_mean(contribution, mask)
+
         return reduce
 
     totals = _collect(handle, split, samples, {n: (p["o"], per_head(n)) for n, p in layers})
@@ -152,15 +177,16 @@ def prune_heads(handle, split, amount: float, samples: int) -> dict[str, Any]:
         removed += attn.num_attention_heads - len(keep_heads)
         _set_heads(attn, len(keep_heads))
         structure[parts["attn_name"]] = len(keep_heads)
-    return {"heads": structure, "removed": {"heads": removed},
-            "kept_per_layer": list(structure.values())}
+    return {"heads": structure, "removed": {"heads": removed}, "kept_per_layer": list(structure.values())}
 
 
 def prune_ffn(handle, split, amount: float, samples: int) -> dict[str, Any]:
     layers = transformer_layers(handle.module)
     if not layers:
-        raise EdgekitError(f"--method ffn needs a BERT-like or ViT model; {handle.arch} has no feed-forward blocks edgekit "
-                           "knows (use l1-unstructured, or channels for CNNs)")
+        raise EdgekitError(
+            f"--method ffn needs a BERT-like or ViT model; {handle.arch} has no feed-forward blocks edgekit "
+            "knows (use l1-unstructured, or channels for CNNs)"
+        )
     totals = _collect(handle, split, samples, {n: (p["ffn_out"], _input_importance) for n, p in layers})
     kept, removed = [], 0
     for name, parts in layers:
@@ -184,8 +210,18 @@ def _input_importance(module, x, mask):
 # ---------------------------------------------------------------------------------------------
 # conv channels
 
-_PASS_MODULES = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardswish, torch.nn.SiLU, torch.nn.GELU, torch.nn.Identity,
-                 torch.nn.Dropout, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.Mish)
+_PASS_MODULES = (
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.Hardswish,
+    torch.nn.SiLU,
+    torch.nn.GELU,
+    torch.nn.Identity,
+    torch.nn.Dropout,
+    torch.nn.LeakyReLU,
+    torch.nn.ELU,
+    torch.nn.Mish,
+)
 _PASS_FUNCTIONS = {"relu", "relu6", "hardswish", "silu", "gelu", "dropout", "leaky_relu", "elu", "mish", "relu_"}
 _POOL_FUNCTIONS = {"adaptive_avg_pool2d", "flatten"}
 
@@ -204,8 +240,10 @@ def conv_chains(model: torch.nn.Module) -> list[Chain]:
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:
-        raise EdgekitError(f"cannot trace {type(model).__name__} to find prunable conv channels ({str(exc).splitlines()[0]}); "
-                           "use --method l1-unstructured") from None
+        raise EdgekitError(
+            f"cannot trace {type(model).__name__} to find prunable conv channels ({str(exc).splitlines()[0]}); "
+            "use --method l1-unstructured"
+        ) from None
     modules = dict(model.named_modules())
     chains = []
     for node in graph.nodes:
@@ -245,7 +283,9 @@ def _follow(node, modules, chain: Chain) -> Chain | None:
                     chain.channelwise.append(user.target)
                 else:
                     return None
-            elif isinstance(module, torch.nn.AdaptiveAvgPool2d) and tuple(torch.nn.modules.utils._pair(module.output_size)) == (1, 1):
+            elif isinstance(module, torch.nn.AdaptiveAvgPool2d) and tuple(
+                torch.nn.modules.utils._pair(module.output_size)
+            ) == (1, 1):
                 pooled = True
             elif isinstance(module, torch.nn.Flatten) and pooled:
                 pass
@@ -273,8 +313,10 @@ def prune_channels(handle, split, amount: float, samples: int) -> dict[str, Any]
     model = handle.module
     chains = conv_chains(model)
     if not chains:
-        raise EdgekitError(f"--method channels found no conv channels that can be removed in {handle.arch} "
-                           "(needs a CNN; for transformers use heads or ffn)")
+        raise EdgekitError(
+            f"--method channels found no conv channels that can be removed in {handle.arch} "
+            "(needs a CNN; for transformers use heads or ffn)"
+        )
     modules = dict(model.named_modules())
     totals = _collect(handle, split, samples, {c.consumer: (modules[c.consumer], _input_importance) for c in chains})
     removed, kept = 0, {}

@@ -23,8 +23,10 @@ def to_pil(source: Any):
             with Image.open(source) as image:
                 return image.convert("RGB")
         except Image.DecompressionBombError:
-            raise EdgekitError(f"image {source} is too large to decode safely (over "
-                               f"{2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels); resize it first") from None
+            raise EdgekitError(
+                f"image {source} is too large to decode safely (over "
+                f"{2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels); resize it first"
+            ) from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise EdgekitError(f"cannot read image {source}: {str(exc)[:200]}") from None
     if isinstance(source, np.ndarray):
@@ -70,8 +72,10 @@ def digits_images() -> tuple[np.ndarray, list[str]]:
     try:
         from sklearn.datasets import load_digits
     except ModuleNotFoundError:
-        raise EdgekitError("the digits dataset comes from scikit-learn, which this install lacks: pip install "
-                           "scikit-learn (or pip install 'edgekit[train]'), or give --data with your own files") from None
+        raise EdgekitError(
+            "the digits dataset comes from scikit-learn, which this install lacks: pip install "
+            "scikit-learn (or pip install 'edgekit[train]'), or give --data with your own files"
+        ) from None
 
     digits = load_digits()
     images = digits.images.astype(np.float32) * (255.0 / 16.0)

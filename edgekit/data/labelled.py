@@ -47,11 +47,13 @@ def _digits(cfg, task: str, seed: int) -> TaskData:
     train_rel, val_rel = stratified_split(labels[rest], cfg.val_fraction, seed + 1)
     full = Split("all", list(images), labels)
     return TaskData(
-        task, label_names,
-        full.take(rest[train_rel], "train"), full.take(rest[val_rel], "val"), full.take(test_idx, "test"),
+        task,
+        label_names,
+        full.take(rest[train_rel], "train"),
+        full.take(rest[val_rel], "val"),
+        full.take(test_idx, "test"),
         source="digits",
     )
-
 
 
 def _read(path: str, cfg, task: str) -> tuple[list, list[str]]:
@@ -60,10 +62,11 @@ def _read(path: str, cfg, task: str) -> tuple[list, list[str]]:
     return read_table(path, cfg.text_column, cfg.label_column)
 
 
-
 def _from_files(cfg, task: str, seed: int) -> TaskData:
     if _images(task) and not Path(cfg.train).is_dir():
-        raise EdgekitError(f"{cfg.train} is not a folder; image data must be an ImageFolder folder (root/<label>/<image>)")
+        raise EdgekitError(
+            f"{cfg.train} is not a folder; image data must be an ImageFolder folder (root/<label>/<image>)"
+        )
     items, names = _read(cfg.train, cfg, task)
     label_names = sorted(set(names))
     train = Split("train", items, encode_labels(names, label_names, str(cfg.train)))
@@ -78,8 +81,6 @@ def _from_files(cfg, task: str, seed: int) -> TaskData:
         t_items, t_names = _read(cfg.test, cfg, task)
         test = Split("test", t_items, encode_labels(t_names, label_names, str(cfg.test)))
     return TaskData(task, label_names, train, val, test, source="files")
-
-
 
 
 def _images(task: str) -> bool:

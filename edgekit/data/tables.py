@@ -26,8 +26,10 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> tuple[l
     try:
         rows = _read_jsonl(path) if TABLE_SUFFIXES[suffix] is None else _read_delimited(path, TABLE_SUFFIXES[suffix])
     except UnicodeDecodeError as exc:
-        raise EdgekitError(f"data file {path} is not UTF-8 text (byte {exc.start}); convert it, e.g. "
-                           f"iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}") from None
+        raise EdgekitError(
+            f"data file {path} is not UTF-8 text (byte {exc.start}); convert it, e.g. "
+            f"iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        ) from None
     if not rows:
         raise EdgekitError(f"data file {path} has no examples; give a file with a header and at least one row")
     columns = list(rows[0].keys())
@@ -43,8 +45,10 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> tuple[l
             raise EdgekitError(f"data file {path}, row {number}: missing {text_column!r} or {label_column!r}")
         for column, value in ((text_column, text), (label_column, label)):
             if isinstance(value, (list, dict)):
-                raise EdgekitError(f"data file {path}, row {number}: {column!r} is a JSON {type(value).__name__}; "
-                                   "it must be text (or a number for a label)")
+                raise EdgekitError(
+                    f"data file {path}, row {number}: {column!r} is a JSON {type(value).__name__}; "
+                    "it must be text (or a number for a label)"
+                )
         texts.append(str(text))
         labels.append(str(label).strip())
     return texts, labels
@@ -53,7 +57,9 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> tuple[l
 def _read_delimited(path: Path, delimiter: str) -> list[dict]:
     csv.field_size_limit(1 << 24)
     with open(path, newline="", encoding="utf-8-sig") as handle:  # a UTF-8 BOM is not part of the first column
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
+        reader = csv.DictReader(
+            handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+        )
         try:
             return [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
         except csv.Error as exc:

@@ -38,8 +38,10 @@ def _layer_lists(model: torch.nn.Module, n: int) -> list[tuple[str, torch.nn.Mod
 
 def layer_count(handle) -> int:
     if handle.family != "hf":
-        raise EdgekitError(f"--student-layers needs a transformer teacher (BERT-like, ViT, T5); {handle.arch} is a "
-                           "torchvision CNN: give a student model with --student instead")
+        raise EdgekitError(
+            f"--student-layers needs a transformer teacher (BERT-like, ViT, T5); {handle.arch} is a "
+            "torchvision CNN: give a student model with --student instead"
+        )
     config = handle.module.config
     for key in LAYER_COUNT_KEYS:
         if isinstance(getattr(config, key, None), int):
@@ -56,7 +58,9 @@ def derive_student(handle, k: int):
     config = student.module.config
     lists = _layer_lists(student.module, n)
     if not lists:
-        raise EdgekitError(f"cannot find the {n} layers of {handle.arch} to drop some; give a student model with --student")
+        raise EdgekitError(
+            f"cannot find the {n} layers of {handle.arch} to drop some; give a student model with --student"
+        )
     for name, layers in lists:
         kept = torch.nn.ModuleList([layers[i] for i in keep])
         if keep[0] != 0:

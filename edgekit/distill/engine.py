@@ -36,26 +36,35 @@ def plan_links(recipe) -> list[dict[str, Any]]:
     layers = list(student.layers or [])
     if strategy.can("chain"):
         if not layers:
-            raise EdgekitError("the successive strategy needs the chain of student sizes: --student-layers 6,3,1 "
-                               "(student.layers in a recipe)")
+            raise EdgekitError(
+                "the successive strategy needs the chain of student sizes: --student-layers 6,3,1 "
+                "(student.layers in a recipe)"
+            )
         if any(b >= a for a, b in zip(layers, layers[1:])):
-            raise EdgekitError(f"--student-layers {','.join(map(str, layers))}: each link of a successive chain must "
-                               "have fewer layers than the one before")
+            raise EdgekitError(
+                f"--student-layers {','.join(map(str, layers))}: each link of a successive chain must "
+                "have fewer layers than the one before"
+            )
         return [{"layers": k} for k in layers]
     if len(layers) > 1:
-        raise EdgekitError(f"--student-layers {','.join(map(str, layers))}: give one size for the {cfg.strategy} "
-                           "strategy (several sizes make a chain: --strategy successive)")
+        raise EdgekitError(
+            f"--student-layers {','.join(map(str, layers))}: give one size for the {cfg.strategy} "
+            "strategy (several sizes make a chain: --strategy successive)"
+        )
     if strategy.can("student") == "self":
         if layers:
-            raise EdgekitError("the self-quantized strategy distils a model into a 4-bit copy of itself; drop --student-layers")
+            raise EdgekitError(
+                "the self-quantized strategy distils a model into a 4-bit copy of itself; drop --student-layers"
+            )
         return [{"self_quantized": True}]
     if layers:
         return [{"layers": layers[0]}]
     return [{"model": student.model}]
 
 
-def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = False, reuse: bool = False,
-            resume: bool = False) -> dict:
+def distill(
+    recipe, teachers: list[str], out: Path, *, data=None, force: bool = False, reuse: bool = False, resume: bool = False
+) -> dict:
     from edgekit.models import load_model
     from edgekit.train.loop import Checkpointing, copy_handle, evaluate, model_metrics, train
 
@@ -65,34 +74,55 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
     teachers = [teachers] if isinstance(teachers, str) else list(teachers)
     teachers = teachers + [str(t) for t in cfg.teachers]
     if ensemble and len(teachers) < 2:
-        raise EdgekitError(f"the {cfg.strategy} strategy needs two or more teachers: repeat --teacher (distill.teachers)")
+        raise EdgekitError(
+            f"the {cfg.strategy} strategy needs two or more teachers: repeat --teacher (distill.teachers)"
+        )
     if not ensemble and len(teachers) > 1:
         many = ", ".join(registry.names("strategy", teachers="many"))
         raise EdgekitError(f"{len(teachers)} teachers given for the {cfg.strategy} strategy; use --strategy {many}")
     if cfg.teacher_weights is not None and len(cfg.teacher_weights) != len(teachers):
-        raise EdgekitError(f"--teacher-weights has {len(cfg.teacher_weights)} values for {len(teachers)} teachers; "
-                           "give one weight per teacher")
+        raise EdgekitError(
+            f"--teacher-weights has {len(cfg.teacher_weights)} values for {len(teachers)} teachers; "
+            "give one weight per teacher"
+        )
     links = plan_links(recipe)
     for t in teachers:
         if not Path(t).exists() and "/" not in t and not _is_torchvision(t):
-            raise EdgekitError(f"teacher {t!r} is not a folder, a torchvision name or a Hugging Face id; check the path")
+            raise EdgekitError(
+                f"teacher {t!r} is not a folder, a torchvision name or a Hugging Face id; check the path"
+            )
 
     teacher_stage = Path(teachers[0]) if is_stage(Path(teachers[0])) else None
-    config = {"strategy": cfg.strategy, "temperature": cfg.temperature, "alpha": cfg.alpha,
-              "teachers": [str(t) for t in teachers], "teacher_weights": cfg.teacher_weights,
-              "learn_teacher_weights": cfg.learn_teacher_weights, "feature_weight": cfg.feature_weight,
-              "baseline": cfg.baseline, "lora": asdict(cfg.lora) if self_copy else None,
-              "train": asdict(cfg.train), "student": asdict(recipe.student), "data": asdict(recipe.data),
-              "task": recipe.task, "seed": recipe.seed,
-              "teacher_prints": [read_meta(Path(t)).get("fingerprint") for t in teachers if is_stage(Path(t))]}
+    config = {
+        "strategy": cfg.strategy,
+        "temperature": cfg.temperature,
+        "alpha": cfg.alpha,
+        "teachers": [str(t) for t in teachers],
+        "teacher_weights": cfg.teacher_weights,
+        "learn_teacher_weights": cfg.learn_teacher_weights,
+        "feature_weight": cfg.feature_weight,
+        "baseline": cfg.baseline,
+        "lora": asdict(cfg.lora) if self_copy else None,
+        "train": asdict(cfg.train),
+        "student": asdict(recipe.student),
+        "data": asdict(recipe.data),
+        "task": recipe.task,
+        "seed": recipe.seed,
+        "teacher_prints": [read_meta(Path(t)).get("fingerprint") for t in teachers if is_stage(Path(t))],
+    }
     stage = Stage("distill", out, config, parent=teacher_stage)
     print_ = stage.fingerprint
     if (meta := stage.reused(reuse)) is not None:
         return meta
     data = data or load_data(recipe)
     spec = task_spec(data.task)
-    kwargs = dict(task=data.task, label_names=data.label_names, image_size=recipe.data.image_size,
-                  max_length=recipe.data.max_length, max_target_length=recipe.data.max_target_length)
+    kwargs = dict(
+        task=data.task,
+        label_names=data.label_names,
+        image_size=recipe.data.image_size,
+        max_length=recipe.data.max_length,
+        max_target_length=recipe.data.max_target_length,
+    )
     from edgekit.train.loop import seed_everything
 
     seed_everything(recipe.seed)  # the initial weights of students built from scratch
@@ -112,7 +142,9 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
 
     with stage.folder(force) as folder:
         teacher = teacher_handles[0]
-        teacher_metrics = [evaluate(h, data.eval_split, desc=f"evaluate teacher {i + 1}") for i, h in enumerate(teacher_handles)]
+        teacher_metrics = [
+            evaluate(h, data.eval_split, desc=f"evaluate teacher {i + 1}") for i, h in enumerate(teacher_handles)
+        ]
         for h in teacher_handles:
             h.module.cpu()
         link_rows: list[dict[str, Any]] = []
@@ -138,38 +170,73 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
             _check_compatible(teacher, student)
             objective = spec.job("kd_objective")(cfg, teacher_handles if ensemble else [teacher], student, data)
             initial = copy_handle(student) if cfg.baseline and last and not self_copy else None
-            log(f"distill [{cfg.strategy}] link {index}/{len(links)}: {_describe(teacher)} -> {_describe(student)}, "
-                f"T={cfg.temperature}, alpha={cfg.alpha}")
-            result = train(student, data, cfg.train, seed=recipe.seed, objective=objective, desc=f"student {name}",
-                           checkpoint=Checkpointing(link_ckpt, tag=f"{print_}:{index}", every_steps=cfg.checkpoint_every,
-                                                    resume=resume), deterministic=cfg.deterministic)
+            log(
+                f"distill [{cfg.strategy}] link {index}/{len(links)}: {_describe(teacher)} -> {_describe(student)}, "
+                f"T={cfg.temperature}, alpha={cfg.alpha}"
+            )
+            result = train(
+                student,
+                data,
+                cfg.train,
+                seed=recipe.seed,
+                objective=objective,
+                desc=f"student {name}",
+                checkpoint=Checkpointing(
+                    link_ckpt, tag=f"{print_}:{index}", every_steps=cfg.checkpoint_every, resume=resume
+                ),
+                deterministic=cfg.deterministic,
+            )
             if self_copy:
                 from edgekit.compress.lora import merge_checked
 
                 student, extra["merge"] = merge_checked(student, teacher, data, folder)
             metrics = model_metrics(student, data)
-            metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr,
-                           teacher_score=previous_score, **result.objective)
-            link_rows.append({"name": name, "parameters": student.parameter_count(), **spec.headline(metrics),
-                              "teacher_score": previous_score, "train_seconds": result.seconds,
-                              **result.objective})
+            metrics.update(
+                best_epoch=result.best_epoch,
+                train_seconds=result.seconds,
+                lr=result.lr,
+                teacher_score=previous_score,
+                **result.objective,
+            )
+            link_rows.append(
+                {
+                    "name": name,
+                    "parameters": student.parameter_count(),
+                    **spec.headline(metrics),
+                    "teacher_score": previous_score,
+                    "train_seconds": result.seconds,
+                    **result.objective,
+                }
+            )
             previous_score = spec.score(metrics)
             if not last:
                 _save_link(done, student, recipe, config, metrics, result, print_, index, link_rows[-1])
             if initial is not None:
                 log(f"distill: baseline — the same {_describe(initial)} on labels only, {cfg.train.epochs} epochs")
-                base = train(initial, data, cfg.train, seed=recipe.seed, desc=f"baseline {name}",
-                             checkpoint=Checkpointing(ckpt_root / "baseline", tag=f"{print_}:baseline",
-                                                      every_steps=cfg.checkpoint_every, resume=resume),
-                             deterministic=cfg.deterministic)
+                base = train(
+                    initial,
+                    data,
+                    cfg.train,
+                    seed=recipe.seed,
+                    desc=f"baseline {name}",
+                    checkpoint=Checkpointing(
+                        ckpt_root / "baseline",
+                        tag=f"{print_}:baseline",
+                        every_steps=cfg.checkpoint_every,
+                        resume=resume,
+                    ),
+                    deterministic=cfg.deterministic,
+                )
                 baseline_metrics = model_metrics(initial, data)
                 baseline_metrics.update(best_epoch=base.best_epoch, train_seconds=base.seconds, history=base.history)
             teacher = student
         for row in link_rows[:-1]:  # the successive chain's earlier links, each a stage folder
             shutil.copytree(ckpt_root / row["name"] / "stage", folder / "links" / row["name"])
         # the last link's metrics, against the original teacher
-        metrics.update(teacher_score=spec.score(teacher_metrics[0]),
-                       compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count())
+        metrics.update(
+            teacher_score=spec.score(teacher_metrics[0]),
+            compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count(),
+        )
         if baseline_metrics is not None:
             gain = spec.score(metrics) - spec.score(baseline_metrics)
             if spec.score_key == "accuracy":
@@ -178,15 +245,28 @@ def distill(recipe, teachers: list[str], out: Path, *, data=None, force: bool = 
                 metrics[f"kd_gain_{spec.score_key}"] = gain
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        extra.update({
-            "student_model": (str(links[-1]["model"]) if "model" in links[-1]
-                              else f"{student.arch}-{link_rows[-1]['name'].split('-', 1)[1]}"),
-            "history": result.history, "resumed_from": result.resumed_from, "links": link_rows,
-            "teachers": [{"source": str(t), "arch": h.arch, "parameters": h.parameter_count(),
-                          **spec.headline(m)} for t, h, m in zip(teachers, teacher_handles, teacher_metrics)],
-            "teacher": {"source": str(teachers[0]), "arch": teacher_handles[0].arch,
-                        "parameters": teacher_handles[0].parameter_count(), **spec.headline(teacher_metrics[0])},
-        })
+        extra.update(
+            {
+                "student_model": (
+                    str(links[-1]["model"])
+                    if "model" in links[-1]
+                    else f"{student.arch}-{link_rows[-1]['name'].split('-', 1)[1]}"
+                ),
+                "history": result.history,
+                "resumed_from": result.resumed_from,
+                "links": link_rows,
+                "teachers": [
+                    {"source": str(t), "arch": h.arch, "parameters": h.parameter_count(), **spec.headline(m)}
+                    for t, h, m in zip(teachers, teacher_handles, teacher_metrics)
+                ],
+                "teacher": {
+                    "source": str(teachers[0]),
+                    "arch": teacher_handles[0].arch,
+                    "parameters": teacher_handles[0].parameter_count(),
+                    **spec.headline(teacher_metrics[0]),
+                },
+            }
+        )
         if baseline_metrics is not None:
             extra["baseline_metrics"] = baseline_metrics
         meta = stage.finish(metrics=metrics, parameters=student.parameter_count(), extra=extra)
@@ -227,16 +307,20 @@ def _build_student(link: dict, teacher, recipe, kwargs):
         from edgekit.compress.lora import with_lora
 
         if teacher.family != "hf":
-            raise EdgekitError(f"self-quantized distillation needs a Hugging Face model (BERT-like, ViT); {teacher.arch} is "
-                               "a torchvision model")
+            raise EdgekitError(
+                f"self-quantized distillation needs a Hugging Face model (BERT-like, ViT); {teacher.arch} is "
+                "a torchvision model"
+            )
         return with_lora(teacher, recipe.distill.lora, quantized=True)
     return load_model(link["model"], pretrained=recipe.student.pretrained, **kwargs)
 
 
 def _check_compatible(teacher, student) -> None:
     if list(teacher.label_names) != list(student.label_names):
-        raise EdgekitError(f"teacher labels {teacher.label_names} differ from the student's {student.label_names}; "
-                           "use models trained on one label set")
+        raise EdgekitError(
+            f"teacher labels {teacher.label_names} differ from the student's {student.label_names}; "
+            "use models trained on one label set"
+        )
     if teacher.task != student.task:
         raise EdgekitError(f"teacher does {teacher.task} but student does {student.task}; use models of one task")
 
@@ -248,19 +332,34 @@ def logit_objective(cfg, teachers, student, data):
     from edgekit.train.transfer import transfer_set
 
     want_features = cfg.feature_weight > 0
-    sets = [transfer_set(t, data.train, features=want_features and i == 0, cache=cfg.cache,
-                         desc=f"teacher {i + 1} logits" if len(teachers) > 1 else "teacher logits")
-            for i, t in enumerate(teachers)]
+    sets = [
+        transfer_set(
+            t,
+            data.train,
+            features=want_features and i == 0,
+            cache=cfg.cache,
+            desc=f"teacher {i + 1} logits" if len(teachers) > 1 else "teacher logits",
+        )
+        for i, t in enumerate(teachers)
+    ]
     for s in sets:
-        log(f"  transfer set: {len(data.train)} examples, {'cache hit' if s.hit else 'computed'} in {s.seconds:.1f} s"
-            + (f" ({s.path})" if s.path else ""))
+        log(
+            f"  transfer set: {len(data.train)} examples, {'cache hit' if s.hit else 'computed'} in {s.seconds:.1f} s"
+            + (f" ({s.path})" if s.path else "")
+        )
     features = {}
     if want_features:
         width = student.head().in_features
         features = dict(teacher_features=sets[0].features, student_width=width, feature_weight=cfg.feature_weight)
     if registry.get("strategy", cfg.strategy).can("teachers") == "many":
-        return MultiTeacherKD([s.logits for s in sets], cfg.teacher_weights, cfg.learn_teacher_weights,
-                              cfg.temperature, cfg.alpha, **features)
+        return MultiTeacherKD(
+            [s.logits for s in sets],
+            cfg.teacher_weights,
+            cfg.learn_teacher_weights,
+            cfg.temperature,
+            cfg.alpha,
+            **features,
+        )
     return LogitKD(sets[0].logits, cfg.temperature, cfg.alpha, **features)
 
 
@@ -269,6 +368,12 @@ def _save_link(done: Path, student, recipe, config, metrics, result, print_, ind
     with stage_folder(done, force=True) as folder:
         student.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        write_meta(folder, stage="distill-link", config={**config, "link": index}, metrics=metrics,
-                   parameters=student.parameter_count(), fingerprint_value=f"{print_}:{index}",
-                   extra={"history": result.history, "link_row": row})
+        write_meta(
+            folder,
+            stage="distill-link",
+            config={**config, "link": index},
+            metrics=metrics,
+            parameters=student.parameter_count(),
+            fingerprint_value=f"{print_}:{index}",
+            extra={"history": result.history, "link_row": row},
+        )

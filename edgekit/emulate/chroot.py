@@ -25,20 +25,37 @@ ROOT_CA = "/etc/edgekit-host-ca.crt"  # the host's CA bundle, so pip inside trus
 
 # The ARM cores a profile's ``emulate: {cpu: ...}`` may name: what /proc/cpuinfo says on them.
 CORES: dict[str, dict[str, str]] = {
-    "cortex-a72": {"part": "0xd08", "variant": "0x0", "revision": "3",
-                   "features": "fp asimd evtstrm crc32 cpuid", "model": "Cortex-A72 (Raspberry Pi 4 class)"},
-    "cortex-a76": {"part": "0xd0b", "variant": "0x4", "revision": "1",
-                   "features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
-                               "lrcpc dcpop asimddp", "model": "Cortex-A76 (Raspberry Pi 5 class)"},
+    "cortex-a72": {
+        "part": "0xd08",
+        "variant": "0x0",
+        "revision": "3",
+        "features": "fp asimd evtstrm crc32 cpuid",
+        "model": "Cortex-A72 (Raspberry Pi 4 class)",
+    },
+    "cortex-a76": {
+        "part": "0xd0b",
+        "variant": "0x4",
+        "revision": "1",
+        "features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+        "lrcpc dcpop asimddp",
+        "model": "Cortex-A76 (Raspberry Pi 5 class)",
+    },
 }
-ENV = {"PATH": "/opt/edgekit/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-       "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+ENV = {
+    "PATH": "/opt/edgekit/bin:/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
 
 
 def cpuinfo_text(cpu: str, cores: int | None = None) -> str:
     spec = CORES[cpu]
-    block = ("processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
-             "CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n")
+    block = (
+        "processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n"
+    )
     count = cores or os.cpu_count() or 1  # as many as the host's /sys says exist
     return "".join(block.format(n=n, **spec) for n in range(count))
 
@@ -57,9 +74,11 @@ def _script(root: Path, cpu: str, cpuinfo: Path, words: Sequence[str]) -> str:
     # QEMU_CPU must survive env -i: every program exec'd in the root starts its own qemu, which reads it
     extra = {"PIP_CERT": ROOT_CA} if (root / ROOT_CA.lstrip("/")).is_file() else {}  # pip trusts what the host trusts
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**ENV, **extra, "QEMU_CPU": cpu}.items())
-    return (f"mount -t proc proc {r}/proc && mount --bind {shlex.quote(str(cpuinfo))} {r}/proc/cpuinfo && "
-            f"mount --bind /sys {r}/sys && mount -o remount,bind,ro {r}/sys && "
-            f"exec chroot {r} /usr/bin/env -i {env} " + " ".join(shlex.quote(str(w)) for w in words))
+    return (
+        f"mount -t proc proc {r}/proc && mount --bind {shlex.quote(str(cpuinfo))} {r}/proc/cpuinfo && "
+        f"mount --bind /sys {r}/sys && mount -o remount,bind,ro {r}/sys && "
+        f"exec chroot {r} /usr/bin/env -i {env} " + " ".join(shlex.quote(str(w)) for w in words)
+    )
 
 
 @contextlib.contextmanager
@@ -96,9 +115,19 @@ def stream(command: list[str], log_path: Path, what: str, env: dict | None = Non
     """Run a long step, its output to a log, a progress line on stderr; a clear error when it fails."""
     from tqdm.auto import tqdm
 
-    with open(log_path, "a") as log, tqdm(desc=what, bar_format="{desc} {elapsed}", file=sys.stderr, leave=False) as bar:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=env, start_new_session=True)
+    with (
+        open(log_path, "a") as log,
+        tqdm(desc=what, bar_format="{desc} {elapsed}", file=sys.stderr, leave=False) as bar,
+    ):
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=env,
+            start_new_session=True,
+        )
         last = ""
         try:
             for line in proc.stdout:
@@ -114,5 +143,3 @@ def stream(command: list[str], log_path: Path, what: str, env: dict | None = Non
             raise
     if code != 0:
         raise EdgekitError(f"{what} failed (exit code {code}): {last[:200]}; full log: {log_path}")
-
-

@@ -73,8 +73,10 @@ def check_host() -> None:
     if platform.system() != "Linux":
         raise EdgekitError(f"the emulated target needs Linux with qemu-user-static; this is {platform.system()}")
     if os.geteuid() != 0:
-        raise EdgekitError("building and running the emulated target needs root (debootstrap, chroot and mounts); "
-                           "run it as root, e.g. sudo edgekit devices emulate rpi4")
+        raise EdgekitError(
+            "building and running the emulated target needs root (debootstrap, chroot and mounts); "
+            "run it as root, e.g. sudo edgekit devices emulate rpi4"
+        )
     missing = [tool for tool in ("debootstrap", "qemu-aarch64-static", "unshare", "chroot") if not shutil.which(tool)]
     if missing:
         raise EdgekitError(f"the emulated target needs {', '.join(missing)}, which this machine lacks; {APT_HINT}")
@@ -85,9 +87,11 @@ def check_host() -> None:
     if not entry.exists() and shutil.which("update-binfmts"):
         subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True)
     if not entry.exists() or not entry.read_text().startswith("enabled"):
-        raise EdgekitError("aarch64 programs cannot run here: qemu-aarch64 is not registered with binfmt_misc "
-                           "(mount binfmt_misc on /proc/sys/fs/binfmt_misc and run update-binfmts --enable qemu-aarch64; "
-                           "in a container this needs a privileged one)")
+        raise EdgekitError(
+            "aarch64 programs cannot run here: qemu-aarch64 is not registered with binfmt_misc "
+            "(mount binfmt_misc on /proc/sys/fs/binfmt_misc and run update-binfmts --enable qemu-aarch64; "
+            "in a container this needs a privileged one)"
+        )
 
 
 def debian_mirror() -> str:
@@ -138,24 +142,53 @@ def build(rebuild: bool = False) -> Path:
         try:
             root = tmp / "root"
             mirror = debian_mirror()
-            log.info(f"emulate: building a Debian {SUITE} {DEB_ARCH} root in {final} from {mirror} "
-                     "(about 10 minutes on 2 cores; once)")
-            stream(["debootstrap", f"--arch={DEB_ARCH}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                     SUITE, str(root), mirror], log_path, "debootstrap")
+            log.info(
+                f"emulate: building a Debian {SUITE} {DEB_ARCH} root in {final} from {mirror} "
+                "(about 10 minutes on 2 cores; once)"
+            )
+            stream(
+                [
+                    "debootstrap",
+                    f"--arch={DEB_ARCH}",
+                    "--variant=minbase",
+                    f"--include={','.join(PACKAGES)}",
+                    SUITE,
+                    str(root),
+                    mirror,
+                ],
+                log_path,
+                "debootstrap",
+            )
             shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
             if Path(HOST_CA).is_file():
                 shutil.copy(HOST_CA, root / ROOT_CA.lstrip("/"))
             run_in_root(root, "cortex-a72", ["python3", "-m", "venv", VENV], log_path, "venv")
-            pip = [f"{VENV}/bin/pip", "install", "--no-cache-dir", "--disable-pip-version-check",
-                   *(["--cert", ROOT_CA] if Path(HOST_CA).is_file() else [])]
+            pip = [
+                f"{VENV}/bin/pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                *(["--cert", ROOT_CA] if Path(HOST_CA).is_file() else []),
+            ]
             run_in_root(root, "cortex-a72", pip + core_requirements(), log_path, "core install (pip, emulated)")
             for leftover in ("var/cache/apt/archives", "var/lib/apt/lists", "root/.cache"):
                 for item in (root / leftover).glob("*"):
                     shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
-            (tmp / "build.json").write_text(json.dumps({
-                "suite": SUITE, "arch": DEB_ARCH, "packages": PACKAGES, "requirements": core_requirements(),
-                "mirror": mirror, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - started),
-                "qemu": qemu_version()}, indent=2))
+            (tmp / "build.json").write_text(
+                json.dumps(
+                    {
+                        "suite": SUITE,
+                        "arch": DEB_ARCH,
+                        "packages": PACKAGES,
+                        "requirements": core_requirements(),
+                        "mirror": mirror,
+                        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "seconds": round(time.time() - started),
+                        "qemu": qemu_version(),
+                    },
+                    indent=2,
+                )
+            )
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -192,16 +225,21 @@ def edgekit_wheel(folder: Path) -> tuple[Path, str]:
             files.append((f"edgekit/{rel.as_posix()}", path))
     for kind in ("devices", "export"):
         source = data_dir(kind)
-        files += [(f"edgekit/_data/{kind}/{p.relative_to(source).as_posix()}", p)
-                  for p in sorted(source.rglob("*")) if p.is_file()]
+        files += [
+            (f"edgekit/_data/{kind}/{p.relative_to(source).as_posix()}", p)
+            for p in sorted(source.rglob("*"))
+            if p.is_file()
+        ]
     content = hashlib.sha256()
     for name, path in files:
         content.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     digest = content.hexdigest()
     dist = f"edgekit-{__version__}.dist-info"
     meta = {
-        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: edgekit\nVersion: " + __version__ + "\n"
-                            + "".join(f"Requires-Dist: {r}\n" for r in core_requirements()),
+        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: edgekit\nVersion: "
+        + __version__
+        + "\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in core_requirements()),
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: edgekit\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{dist}/entry_points.txt": "[console_scripts]\nedgekit = edgekit.cli.main:main\n",
     }
@@ -235,9 +273,21 @@ def install_edgekit(folder: Path) -> str:
                 inside = f"/tmp/{inbox.name}/{wheel.name}"
                 log_path = folder.parent / f"{folder.name}.install.log"
                 log_path.write_text("")
-                run_in_root(root, "cortex-a72", [f"{VENV}/bin/pip", "install", "--no-deps", "--force-reinstall",
-                                                 "--no-cache-dir", "--disable-pip-version-check", inside],
-                            log_path, "installing edgekit in the emulated target")
+                run_in_root(
+                    root,
+                    "cortex-a72",
+                    [
+                        f"{VENV}/bin/pip",
+                        "install",
+                        "--no-deps",
+                        "--force-reinstall",
+                        "--no-cache-dir",
+                        "--disable-pip-version-check",
+                        inside,
+                    ],
+                    log_path,
+                    "installing edgekit in the emulated target",
+                )
             finally:
                 shutil.rmtree(inbox, ignore_errors=True)
             stamp.write_text(digest + "\n")

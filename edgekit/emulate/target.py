@@ -21,11 +21,14 @@ from edgekit.errors import EdgekitError
 def emulated_cpu(profile: dict[str, Any]) -> str:
     """The QEMU CPU model a device profile is emulated with (its ``emulate: {cpu: ...}``)."""
     from edgekit.bench.profiles import list_profiles, load_profile
+
     spec = profile.get("emulate")
     if not spec:
         emulable = [n for n in list_profiles() if load_profile(n).get("emulate")]
-        raise EdgekitError(f"device profile {profile['name']} cannot be emulated (it has no 'emulate' section); "
-                           f"emulated targets: {', '.join(emulable)}")
+        raise EdgekitError(
+            f"device profile {profile['name']} cannot be emulated (it has no 'emulate' section); "
+            f"emulated targets: {', '.join(emulable)}"
+        )
     cpu = spec.get("cpu") if isinstance(spec, dict) else None
     check_cpu(str(cpu), f"device profile {profile['name']}")
     return str(cpu)
@@ -34,12 +37,15 @@ def emulated_cpu(profile: dict[str, Any]) -> str:
 def target_for(device: str):
     """The ready emulated target of a device profile name or file (one clear error when it is not)."""
     from edgekit.bench.profiles import load_profile
+
     return EmulatedTarget(load_profile(device))
 
 
 def not_valid_reason(target) -> str:
-    return (f"emulated: {target.cpu} under QEMU on this {target.host['machine']} host; the latency is not "
-            f"the {target.profile['name']}'s (labels and accuracy are exact)")
+    return (
+        f"emulated: {target.cpu} under QEMU on this {target.host['machine']} host; the latency is not "
+        f"the {target.profile['name']}'s (labels and accuracy are exact)"
+    )
 
 
 @dataclass
@@ -54,8 +60,10 @@ class EmulatedTarget:
         check_host()
         self.folder = self.folder or root_folder()
         if not is_built(self.folder):
-            raise EdgekitError(f"the emulated {self.profile['name']} target is not built yet; build it once with "
-                               f"'edgekit devices emulate {self.profile['name']}' (about 10 minutes, needs root)")
+            raise EdgekitError(
+                f"the emulated {self.profile['name']} target is not built yet; build it once with "
+                f"'edgekit devices emulate {self.profile['name']}' (about 10 minutes, needs root)"
+            )
         install_edgekit(self.folder)
         self.root = self.folder / "root"
         self.host = {"machine": platform.machine(), "cpu_model": _host_cpu()}
@@ -65,9 +73,18 @@ class EmulatedTarget:
         return f"emulated {self.profile['name']} ({self.cpu} under QEMU)"
 
     def describe(self) -> dict[str, Any]:
-        return {"where": "emulated", "emulated": True, "device": self.profile["name"], "machine": "aarch64",
-                "cpu_model": CORES[self.cpu]["model"], "qemu_cpu": self.cpu, "isa_flags": isa_flags(self.cpu),
-                "qemu": qemu_version(), "host_machine": self.host["machine"], "host_cpu": self.host["cpu_model"]}
+        return {
+            "where": "emulated",
+            "emulated": True,
+            "device": self.profile["name"],
+            "machine": "aarch64",
+            "cpu_model": CORES[self.cpu]["model"],
+            "qemu_cpu": self.cpu,
+            "isa_flags": isa_flags(self.cpu),
+            "qemu": qemu_version(),
+            "host_machine": self.host["machine"],
+            "host_cpu": self.host["cpu_model"],
+        }
 
     @contextlib.contextmanager
     def session(self) -> Iterator[EmulatedSession]:
@@ -107,8 +124,16 @@ class EmulatedSession:
     def run(self, words: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
         with _cpuinfo_file(self.target.cpu) as cpuinfo:
             command, env = _command(self.target.root, self.target.cpu, cpuinfo, words)
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    errors="replace", env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
             try:
                 out, err = proc.communicate(timeout=timeout)
             except BaseException:

@@ -47,9 +47,15 @@ def lineage(stage_dir: Path | None) -> list[dict[str, Any]]:
     while current is not None and (current / "meta.json").is_file() and str(current) not in seen:
         seen.add(str(current))
         meta = read_meta(current)
-        chain.append({"stage": meta.get("stage"), "path": str(current.resolve()), "fingerprint": meta.get("fingerprint"),
-                      "model": meta.get("config", {}).get("model"), "metrics": {
-                          k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))}})
+        chain.append(
+            {
+                "stage": meta.get("stage"),
+                "path": str(current.resolve()),
+                "fingerprint": meta.get("fingerprint"),
+                "model": meta.get("config", {}).get("model"),
+                "metrics": {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))},
+            }
+        )
         parents = [p for p in (meta.get("parent"), *(meta.get("teachers") or [])) if p]
         current = Path(parents[0]["path"]) if parents else None
     return chain
@@ -63,14 +69,17 @@ def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
             tokenizer.save_pretrained(scratch)
             source = Path(scratch) / TOKENIZER_FILE
             if not source.is_file():
-                raise EdgekitError(f"{handle.arch}'s tokenizer cannot be saved as {TOKENIZER_FILE}; edgekit needs a fast tokenizer")
+                raise EdgekitError(
+                    f"{handle.arch}'s tokenizer cannot be saved as {TOKENIZER_FILE}; edgekit needs a fast tokenizer"
+                )
             shutil.copy(source, folder / TOKENIZER_FILE)
         preprocessing["pad_id"] = int(tokenizer.pad_token_id or 0)
         preprocessing["pad_token"] = tokenizer.pad_token or "[PAD]"
     if handle.spec.generates:
         config = handle.module.config
-        preprocessing["decoder_start_id"] = int(config.decoder_start_token_id if config.decoder_start_token_id is not None
-                                                else config.pad_token_id)
+        preprocessing["decoder_start_id"] = int(
+            config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
+        )
         preprocessing["eos_id"] = None if config.eos_token_id is None else int(config.eos_token_id)
     return preprocessing
 
@@ -79,23 +88,37 @@ def _batches(encoder: Encoder, split: Split | None, limit: int, batch_size: int 
     if split is None or len(split) == 0:
         return []
     items = list(split.items[:limit])
-    return [encoder(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    return [encoder(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def _parity_batches(handle: ModelHandle, graphs: list[Graph], encoder: Encoder, split: Split | None) -> list[dict[str, np.ndarray]]:
+def _parity_batches(
+    handle: ModelHandle, graphs: list[Graph], encoder: Encoder, split: Split | None
+) -> list[dict[str, np.ndarray]]:
     """Real task inputs (up to 256 examples), or the export's example inputs without data."""
     generates = handle.spec.generates
     batches = _batches(encoder, split, handle.spec.parity_examples)
     if not batches:
-        return [{n: t.numpy() for n, t in zip(graphs[0].inputs, graphs[0].example)}] if not generates else [
-            {"input_ids": graphs[0].example[0].numpy(), "attention_mask": graphs[0].example[1].numpy(),
-             "decoder_input_ids": graphs[1].example[0].numpy()}]
+        return (
+            [{n: t.numpy() for n, t in zip(graphs[0].inputs, graphs[0].example)}]
+            if not generates
+            else [
+                {
+                    "input_ids": graphs[0].example[0].numpy(),
+                    "attention_mask": graphs[0].example[1].numpy(),
+                    "decoder_input_ids": graphs[1].example[0].numpy(),
+                }
+            ]
+        )
     if generates:  # teacher forcing on the reference targets
-        targets = list(split.labels[:handle.spec.parity_examples])
+        targets = list(split.labels[: handle.spec.parity_examples])
         for start, batch in zip(range(0, len(targets), 16), batches):
-            labels = handle.tokenizer(text_target=[str(t) for t in targets[start:start + 16]], padding=True, truncation=True,
-                                      max_length=int(handle.preprocessing.get("max_target_length", 128)),
-                                      return_tensors="pt")["input_ids"]
+            labels = handle.tokenizer(
+                text_target=[str(t) for t in targets[start : start + 16]],
+                padding=True,
+                truncation=True,
+                max_length=int(handle.preprocessing.get("max_target_length", 128)),
+                return_tensors="pt",
+            )["input_ids"]
             batch["decoder_input_ids"] = handle.module.prepare_decoder_input_ids_from_labels(labels=labels).numpy()
     return batches
 
@@ -115,12 +138,14 @@ def _torch_logits(handle: ModelHandle, graphs: list[Graph], batches: list[dict[s
     return out
 
 
-def _check_parity(name: str, reference: list[np.ndarray], exported: list[np.ndarray], lossy: bool,
-                  parity: dict[str, Any]) -> dict[str, Any]:
+def _check_parity(
+    name: str, reference: list[np.ndarray], exported: list[np.ndarray], lossy: bool, parity: dict[str, Any]
+) -> dict[str, Any]:
     ref = np.concatenate([r.reshape(-1, r.shape[-1]) for r in reference])
     out = np.concatenate([e.reshape(-1, e.shape[-1]) for e in exported])
     result = {
-        "model": name, "examples": int(sum(len(r) for r in reference)),
+        "model": name,
+        "examples": int(sum(len(r) for r in reference)),
         "max_abs_diff": float(np.max(np.abs(ref - out))),
         "label_agreement": agreement(ref, out),
         "snr_db": snr_db(ref, out),
@@ -129,7 +154,9 @@ def _check_parity(name: str, reference: list[np.ndarray], exported: list[np.ndar
         result["positions"] = int(len(ref))  # encoder-decoders: agreement is per target token
     if lossy:
         result["thresholds"] = {"min_agreement": parity["min_agreement"], "min_snr_db": parity["min_snr_db"]}
-        result["passed"] = result["label_agreement"] >= parity["min_agreement"] and result["snr_db"] >= parity["min_snr_db"]
+        result["passed"] = (
+            result["label_agreement"] >= parity["min_agreement"] and result["snr_db"] >= parity["min_snr_db"]
+        )
     else:
         tolerance = parity["fp32_atol"] + parity["fp32_rtol"] * float(np.max(np.abs(ref)))
         result["thresholds"] = {"max_abs_diff": tolerance}
@@ -164,29 +191,45 @@ def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dic
     try:
         qconfig = per_channel_dynamic_qconfig if quant["per_channel"] else default_dynamic_qconfig
         with quiet():
-            module = quantize_dynamic(copy.deepcopy(handle.module).eval(), {
-                torch.nn.Linear: qconfig, torch.nn.Embedding: float_qparams_weight_only_qconfig}, dtype=torch.qint8)
+            module = quantize_dynamic(
+                copy.deepcopy(handle.module).eval(),
+                {torch.nn.Linear: qconfig, torch.nn.Embedding: float_qparams_weight_only_qconfig},
+                dtype=torch.qint8,
+            )
         quantized = [type(m).__name__ for m in module.modules() if "quantized" in type(m).__module__]
         qhandle = dataclasses.replace(handle, module=module)
         for graph in graphs_for(qhandle):
             export_torchscript(graph, folder / f"{graph.name}.pt", handle.arch)
     finally:
         torch.backends.quantized.engine = previous
-    return {"mode": "dynamic", "engine": engine, "per_channel": bool(quant["per_channel"]), "weight_type": "int8",
-            "activation_type": "dynamic uint8", "quantized_linear_layers": quantized.count("Linear"),
-            "quantized_embeddings": quantized.count("Embedding"),
-            "note": "torch dynamic quantization covers Linear layers and embeddings; convolutions stay fp32"}
+    return {
+        "mode": "dynamic",
+        "engine": engine,
+        "per_channel": bool(quant["per_channel"]),
+        "weight_type": "int8",
+        "activation_type": "dynamic uint8",
+        "quantized_linear_layers": quantized.count("Linear"),
+        "quantized_embeddings": quantized.count("Embedding"),
+        "note": "torch dynamic quantization covers Linear layers and embeddings; convolutions stay fp32",
+    }
 
 
-def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict[str, Any], manifest: dict[str, Any],
-                calibration: list[dict[str, np.ndarray]]) -> list[tuple[str, Path, dict[str, Any], dict[str, Any]]]:
+def _onnx_lossy(
+    handle: ModelHandle,
+    fp32_dir: Path,
+    scratch: Path,
+    preset: dict[str, Any],
+    manifest: dict[str, Any],
+    calibration: list[dict[str, np.ndarray]],
+) -> list[tuple[str, Path, dict[str, Any], dict[str, Any]]]:
     """int8/fp16 candidates: the graph as exported, and (transformers) with onnxruntime's fusions.
     Returns [(variant, folder, quantization, notes)]."""
     convolutional = any(is_convolutional(p) for p in _files(fp32_dir, manifest))
     sources = {"plain": fp32_dir}
     notes: dict[str, dict[str, Any]] = {"plain": {}}
-    wants_fusion = (preset["optimize"] in ("auto", "fused", "timed") and handle.spec.transformer_fusions
-                    and not convolutional)
+    wants_fusion = (
+        preset["optimize"] in ("auto", "fused", "timed") and handle.spec.transformer_fusions and not convolutional
+    )
     if wants_fusion:
         fused_dir = _candidate(scratch, "fused-fp32", manifest)
         config = getattr(handle.module, "config", None)
@@ -196,8 +239,10 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
             sources["fused"] = fused_dir
             notes["fused"] = {"fused_ops": {k: v for s in stats for k, v in s.items()}}
         elif preset["optimize"] == "fused":
-            raise EdgekitError(f"onnxruntime's transformer optimizer found nothing to fuse in {handle.arch}; "
-                               "use a preset with optimize: auto or none")
+            raise EdgekitError(
+                f"onnxruntime's transformer optimizer found nothing to fuse in {handle.arch}; "
+                "use a preset with optimize: auto or none"
+            )
         if preset["optimize"] == "fused":
             sources.pop("plain")
     candidates = []
@@ -215,8 +260,10 @@ def _onnx_lossy(handle: ModelHandle, fp32_dir: Path, scratch: Path, preset: dict
             raise
         except Exception as exc:  # noqa: BLE001 - a fused graph the quantizer cannot read: keep the plain one
             if variant == "plain" or len(sources) == 1:
-                raise EdgekitError(f"cannot convert {handle.arch} to {preset['precision']}: "
-                                   f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
+                raise EdgekitError(
+                    f"cannot convert {handle.arch} to {preset['precision']}: "
+                    f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}"
+                ) from None
             notes["plain"]["fused_failed"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             continue
         candidates.append((variant, folder, quantization, notes[variant]))
@@ -242,13 +289,22 @@ def host_description(target_machine: str | None = None) -> dict[str, Any]:
 
     where = {"where": "host", "emulated": False, **here()}
     if target_machine and target_machine != where["machine"]:
-        where["note"] = (f"measured on this {where['machine']} host's kernels, not on the {target_machine} target's; "
-                         "build the emulated target (edgekit devices emulate rpi4) or pass --host to check there")
+        where["note"] = (
+            f"measured on this {where['machine']} host's kernels, not on the {target_machine} target's; "
+            "build the emulated target (edgekit devices emulate rpi4) or pass --host to check there"
+        )
     return where
 
 
-def _lossy_parity(precision: str, reference: list[np.ndarray], final: Path, batches: list[dict[str, np.ndarray]],
-                  scratch: Path, preset: dict[str, Any], targets: Sequence[Any]) -> dict[str, dict[str, Any]]:
+def _lossy_parity(
+    precision: str,
+    reference: list[np.ndarray],
+    final: Path,
+    batches: list[dict[str, np.ndarray]],
+    scratch: Path,
+    preset: dict[str, Any],
+    targets: Sequence[Any],
+) -> dict[str, dict[str, Any]]:
     """The lossy bundle's parity: on this host, and on each target. The gate (``precision``) is the
     worst target's when there are targets, else the host's."""
     from edgekit.targets import target_environment, validate_on
@@ -280,7 +336,9 @@ FUSED_MARGIN = 0.95  # a fused graph is kept only when it is at least 5% faster 
 TIMED = ("p50_ms", "p50_ms_max_length")  # batch 1: a task example, and (text) the same padded to max_length
 
 
-def _timing_inputs(batch: dict[str, np.ndarray], preprocessing: dict[str, Any]) -> dict[str, list[dict[str, np.ndarray]]]:
+def _timing_inputs(
+    batch: dict[str, np.ndarray], preprocessing: dict[str, Any]
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs candidates are timed on: one task example and, for text, that example padded to
     max_length (what a fixed-shape deployment feeds)."""
     first = {k: v[:1] for k, v in batch.items()}
@@ -289,12 +347,15 @@ def _timing_inputs(batch: dict[str, np.ndarray], preprocessing: dict[str, Any]) 
     if "input_ids" in first and first["input_ids"].ndim == 2 and first["input_ids"].shape[1] < length:
         pad = length - first["input_ids"].shape[1]
         values = {"input_ids": int(preprocessing.get("pad_id", 0))}
-        inputs["p50_ms_max_length"] = [{k: np.pad(v, ((0, 0), (0, pad)), constant_values=values.get(k, 0))
-                                        for k, v in first.items()}]
+        inputs["p50_ms_max_length"] = [
+            {k: np.pad(v, ((0, 0), (0, pad)), constant_values=values.get(k, 0)) for k, v in first.items()}
+        ]
     return inputs
 
 
-def _keep(candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False) -> tuple:
+def _keep(
+    candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False
+) -> tuple:
     """Which graph ships. By default (``optimize: auto``) a rule on deterministic measurements, so the
     same model and settings always give the same bundle: the fused graph when onnxruntime's fusions
     applied, it agrees with PyTorch on at least as many parity labels as the plain graph, its SNR is
@@ -345,9 +406,15 @@ def build_bundle(
     graphs = graphs_for(handle)
     suffix = writer.can("suffix")
     manifest: dict[str, Any] = {
-        "schema_version": 2, "format": fmt, "precision": precision, "preset": preset["name"],
+        "schema_version": 2,
+        "format": fmt,
+        "precision": precision,
+        "preset": preset["name"],
         "opset": int(preset["opset"]) if fmt == "onnx" else None,
-        "task": handle.task, "arch": handle.arch, "label_names": handle.label_names, "preprocessing": preprocessing,
+        "task": handle.task,
+        "arch": handle.arch,
+        "label_names": handle.label_names,
+        "preprocessing": preprocessing,
         "graphs": [g.describe(g.name + suffix) for g in graphs],
     }
     manifest["inputs"], manifest["outputs"] = manifest["graphs"][0]["inputs"], manifest["graphs"][-1]["outputs"]
@@ -363,11 +430,15 @@ def build_bundle(
         exporters = {}
         for graph in graphs:
             if fmt == "onnx":
-                exporters[graph.name] = export_onnx(graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch)
+                exporters[graph.name] = export_onnx(
+                    graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch
+                )
             else:
                 export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
                 exporters[graph.name] = "torch.jit.trace+freeze"
-        parity = {"fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset["parity"])}
+        parity = {
+            "fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset["parity"])
+        }
         parity["fp32"]["measured_on"] = host_description()
         if not parity["fp32"]["passed"] and not allow_drop:
             raise EdgekitError(
@@ -380,7 +451,9 @@ def build_bundle(
                 ts_dir = _candidate(scratch, "int8", manifest)
                 candidates = [("plain", ts_dir, _torch_int8(handle, preset["quantization"], ts_dir), {})]
             else:
-                calib = _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if spec.static_int8 else []
+                calib = (
+                    _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if spec.static_int8 else []
+                )
                 candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
             timed = preset["optimize"] == "timed"
             for variant, candidate, _, notes in candidates:
@@ -389,21 +462,26 @@ def build_bundle(
                     for key, feed in timing.items():
                         entry[key] = run_isolated(candidate, feed, scratch, time_runs=TIMING_RUNS)[1]
                 elif len(candidates) > 1:  # deterministic: how close each graph's outputs are to PyTorch's
-                    check = _check_parity(variant, reference, run_isolated(candidate, batches, scratch), True,
-                                          preset["parity"])
+                    check = _check_parity(
+                        variant, reference, run_isolated(candidate, batches, scratch), True, preset["parity"]
+                    )
                     entry["label_agreement"], entry["snr_db"] = check["label_agreement"], check["snr_db"]
                 optimization["variants"][variant] = entry
             best = _keep(candidates, optimization["variants"], manifest, timed)
             optimization["kept"], final, quantization = best[0], best[1], best[2]
             if len(candidates) > 1:
                 optimization["decided_by"] = (
-                    (f"timing (optimize: timed): p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
-                     f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
-                     f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller") if timed else
-                    "rule (optimize: auto): the fused graph when onnxruntime's fusions applied, it agrees with PyTorch "
+                    (
+                        f"timing (optimize: timed): p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
+                        f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
+                        f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller"
+                    )
+                    if timed
+                    else "rule (optimize: auto): the fused graph when onnxruntime's fusions applied, it agrees with PyTorch "
                     "on at least as many parity labels as the plain one, its SNR is at most 1 dB lower and it is at "
                     "most 5% larger; the same model and settings always give the same bundle (optimize: none or timed "
-                    "to change it)")
+                    "to change it)"
+                )
             parity.update(_lossy_parity(precision, reference, final, batches, scratch, preset, targets))
             if not parity[precision]["passed"] and not allow_drop:
                 p = parity[precision]
@@ -423,17 +501,25 @@ def build_bundle(
         graph["exporter"] = exporters[graph["name"]]
     import onnxruntime
 
-    manifest.update({
-        "quantization": quantization,
-        "graph_optimization": optimization if fmt == "onnx" else None,
-        "parameters": handle.parameter_count(),
-        "sizes": {"model_bytes": sum((folder / g["file"]).stat().st_size for g in manifest["graphs"]),
-                  "fp32_model_bytes": fp32_bytes},
-        "sha256": manifest["graphs"][0]["sha256"] if len(graphs) == 1 else None,
-        "parity": parity,
-        "lineage": lineage(source_stage),
-        "versions": {"edgekit": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version()},
-    })
+    manifest.update(
+        {
+            "quantization": quantization,
+            "graph_optimization": optimization if fmt == "onnx" else None,
+            "parameters": handle.parameter_count(),
+            "sizes": {
+                "model_bytes": sum((folder / g["file"]).stat().st_size for g in manifest["graphs"]),
+                "fp32_model_bytes": fp32_bytes,
+            },
+            "sha256": manifest["graphs"][0]["sha256"] if len(graphs) == 1 else None,
+            "parity": parity,
+            "lineage": lineage(source_stage),
+            "versions": {
+                "edgekit": __version__,
+                "torch": torch.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "python": platform.python_version(),
+            },
+        }
+    )
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -38,9 +38,12 @@ class Graph:
 
     def describe(self, file: str) -> dict[str, Any]:
         shapes = [[axes.get(i, int(t.shape[i])) for i in range(t.dim())] for t, axes in zip(self.example, self.axes)]
-        return {"name": self.name, "file": file,
-                "inputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in zip(self.inputs, self.dtypes, shapes)],
-                "outputs": [{"name": self.output, "dtype": "float32"}]}
+        return {
+            "name": self.name,
+            "file": file,
+            "inputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in zip(self.inputs, self.dtypes, shapes)],
+            "outputs": [{"name": self.output, "dtype": "float32"}],
+        }
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -73,8 +76,12 @@ class _Decoder(torch.nn.Module):
         self.model = model
 
     def forward(self, decoder_input_ids, hidden, attention_mask):
-        return self.model(encoder_outputs=(hidden,), attention_mask=attention_mask,
-                          decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        return self.model(
+            encoder_outputs=(hidden,),
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        ).logits
 
 
 def graphs_for(handle: ModelHandle) -> list[Graph]:
@@ -90,13 +97,32 @@ def classifier_graphs(handle: ModelHandle) -> list[Graph]:
     """One graph, ``model``: pixels or token ids in, logits out (batch and sequence dynamic)."""
     if handle.spec.modality == "image":
         example = handle.example_inputs(batch=2)
-        return [Graph("model", _LogitsOnly(handle), ["pixel_values"], "logits", (example["pixel_values"],),
-                      [{0: "batch"}], ["float32"])]
+        return [
+            Graph(
+                "model",
+                _LogitsOnly(handle),
+                ["pixel_values"],
+                "logits",
+                (example["pixel_values"],),
+                [{0: "batch"}],
+                ["float32"],
+            )
+        ]
     example = handle.example_inputs(batch=2, seq_len=16)
     example["attention_mask"][1, 12:] = 0  # a padded row, so no all-ones shortcut is baked into a trace
     names = handle.input_names
-    return [Graph("model", _LogitsOnly(handle), names, "logits", tuple(example[n] for n in names),
-                  [{0: "batch", 1: "sequence"} for _ in names], ["int64"] * len(names), legacy_first=True)]
+    return [
+        Graph(
+            "model",
+            _LogitsOnly(handle),
+            names,
+            "logits",
+            tuple(example[n] for n in names),
+            [{0: "batch", 1: "sequence"} for _ in names],
+            ["int64"] * len(names),
+            legacy_first=True,
+        )
+    ]
 
 
 def encoder_decoder_graphs(handle: ModelHandle) -> list[Graph]:
@@ -109,11 +135,25 @@ def encoder_decoder_graphs(handle: ModelHandle) -> list[Graph]:
         hidden = _Encoder(model)(ids, mask)
     decoder_ids = torch.randint(5, int(model.config.vocab_size), (2, 5))
     return [
-        Graph("encoder", _Encoder(model), ["input_ids", "attention_mask"], "hidden", (ids, mask),
-              [{0: "batch", 1: "source"}] * 2, ["int64", "int64"]),
-        Graph("decoder", _Decoder(model), ["decoder_input_ids", "hidden", "attention_mask"], "logits",
-              (decoder_ids, hidden, mask), [{0: "batch", 1: "target"}, {0: "batch", 1: "source"}, {0: "batch", 1: "source"}],
-              ["int64", "float32", "int64"], legacy_first=True),
+        Graph(
+            "encoder",
+            _Encoder(model),
+            ["input_ids", "attention_mask"],
+            "hidden",
+            (ids, mask),
+            [{0: "batch", 1: "source"}] * 2,
+            ["int64", "int64"],
+        ),
+        Graph(
+            "decoder",
+            _Decoder(model),
+            ["decoder_input_ids", "hidden", "attention_mask"],
+            "logits",
+            (decoder_ids, hidden, mask),
+            [{0: "batch", 1: "target"}, {0: "batch", 1: "source"}, {0: "batch", 1: "source"}],
+            ["int64", "float32", "int64"],
+            legacy_first=True,
+        ),
     ]
 
 
@@ -133,8 +173,10 @@ def quiet():
             lg.setLevel(level)
 
 
-_OP = re.compile(r"No ONNX function found for <OpOverload\(op='(aten[.:]+\w+)'|"
-                 r"(?:Exporting the operator|Unsupported: ONNX export of operator) '?(aten::\w+)")
+_OP = re.compile(
+    r"No ONNX function found for <OpOverload\(op='(aten[.:]+\w+)'|"
+    r"(?:Exporting the operator|Unsupported: ONNX export of operator) '?(aten::\w+)"
+)
 
 
 def unsupported_operator(exc: BaseException) -> str | None:
@@ -160,17 +202,33 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
                 dims[name] = torch.export.Dim(name, min=low, max=4096)
     shapes = tuple({i: dims[n] for i, n in axes.items()} for axes in graph.axes)
     first_error: BaseException | None = None
-    for dynamo in ((False, True) if graph.legacy_first else (True, False)):
+    for dynamo in (False, True) if graph.legacy_first else (True, False):
         try:
             with quiet():
                 if dynamo:
-                    torch.onnx.export(graph.module, graph.example, str(path), input_names=graph.inputs,
-                                      output_names=[graph.output], dynamic_shapes=shapes if len(shapes) > 1 else (shapes[0],),
-                                      opset_version=opset, dynamo=True, external_data=False, verbose=False)
+                    torch.onnx.export(
+                        graph.module,
+                        graph.example,
+                        str(path),
+                        input_names=graph.inputs,
+                        output_names=[graph.output],
+                        dynamic_shapes=shapes if len(shapes) > 1 else (shapes[0],),
+                        opset_version=opset,
+                        dynamo=True,
+                        external_data=False,
+                        verbose=False,
+                    )
                 else:
-                    torch.onnx.export(graph.module, graph.example, str(path), input_names=graph.inputs,
-                                      output_names=[graph.output], opset_version=min(opset, 18), dynamo=False,
-                                      dynamic_axes={n: a for n, a in zip(graph.inputs, graph.axes)})
+                    torch.onnx.export(
+                        graph.module,
+                        graph.example,
+                        str(path),
+                        input_names=graph.inputs,
+                        output_names=[graph.output],
+                        opset_version=min(opset, 18),
+                        dynamo=False,
+                        dynamic_axes={n: a for n, a in zip(graph.inputs, graph.axes)},
+                    )
             _drop_value_info(path)
             return "torch.export" if dynamo else "torchscript-trace"
         except Exception as exc:  # noqa: BLE001 - exporter errors have many types; reported below
@@ -179,10 +237,13 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
             if op is not None:
                 raise EdgekitError(
                     f"cannot export {arch} to ONNX opset {opset}: operator {op} has no ONNX conversion; replace it in "
-                    "the model (or export with --format torchscript), or try a newer torch/onnxscript") from None
+                    "the model (or export with --format torchscript), or try a newer torch/onnxscript"
+                ) from None
     message = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
-    raise EdgekitError(f"cannot export {arch} ({graph.name}) to ONNX opset {opset}: {message[:300]}; "
-                       "try --format torchscript or another --preset opset") from None
+    raise EdgekitError(
+        f"cannot export {arch} ({graph.name}) to ONNX opset {opset}: {message[:300]}; "
+        "try --format torchscript or another --preset opset"
+    ) from None
 
 
 def _drop_value_info(path: Path) -> None:
@@ -204,5 +265,11 @@ def export_torchscript(graph: Graph, path: Path, arch: str) -> None:
             torch.jit.save(torch.jit.freeze(traced), str(path))
     except Exception as exc:  # noqa: BLE001
         op = unsupported_operator(exc)
-        message = f"operator {op} cannot be traced" if op else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise EdgekitError(f"cannot export {arch} ({graph.name}) to TorchScript: {message}; try --format onnx") from None
+        message = (
+            f"operator {op} cannot be traced"
+            if op
+            else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        )
+        raise EdgekitError(
+            f"cannot export {arch} ({graph.name}) to TorchScript: {message}; try --format onnx"
+        ) from None

@@ -82,8 +82,9 @@ def first_conv(path: Path) -> list[str]:
     return []
 
 
-def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
-             calibration: list[dict[str, np.ndarray]] | None) -> dict[str, Any]:
+def quantize(
+    fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool, calibration: list[dict[str, np.ndarray]] | None
+) -> dict[str, Any]:
     """Quantize ``fp32`` to int8 at ``out``. Mode 'auto' picks static QDQ (per-channel, calibrated on
     task data) for convolutional graphs, where dynamic quantization barely helps, and dynamic
     quantization (weights int8, activations quantized at run time) for transformer graphs, where
@@ -107,19 +108,32 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
             if mode == "static":
                 if not calibration:
                     raise EdgekitError("static int8 needs calibration data; give training data or use dynamic mode")
-                methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                           "percentile": CalibrationMethod.Percentile}
+                methods = {
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile,
+                }
                 kept_fp32 = first_conv(prepared) if quant["first_conv_fp32"] else []
                 quantize_static(
-                    str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                    per_channel=quant["per_channel"], reduce_range=reduce_range,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[quant["calibrate_method"]], nodes_to_exclude=kept_fp32,
+                    str(prepared),
+                    str(out),
+                    _Calibration(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=quant["per_channel"],
+                    reduce_range=reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[quant["calibrate_method"]],
+                    nodes_to_exclude=kept_fp32,
                 )
             else:
                 quantize_dynamic(
-                    str(prepared), str(out), per_channel=quant["per_channel"], reduce_range=reduce_range,
-                    weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Attention", "Gather"],
+                    str(prepared),
+                    str(out),
+                    per_channel=quant["per_channel"],
+                    reduce_range=reduce_range,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul", "Gemm", "Attention", "Gather"],
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops lack shape inference
                 )
             shift = None
@@ -127,12 +141,17 @@ def quantize(fp32: Path, out: Path, quant: dict[str, Any], reduce_range: bool,
                 shift = correct_output_bias(prepared, out, calibration)
     finally:
         prepared.unlink(missing_ok=True)
-    return {"mode": mode, "per_channel": quant["per_channel"], "reduce_range": reduce_range,
-            "weight_type": "int8", "activation_type": "uint8",
-            "calibrate_method": quant["calibrate_method"] if mode == "static" else None,
-            "calibration_batches": len(calibration or []) if mode == "static" else 0,
-            "fp32_nodes": kept_fp32,
-            "output_bias_correction": None if shift is None else [round(float(v), 6) for v in shift]}
+    return {
+        "mode": mode,
+        "per_channel": quant["per_channel"],
+        "reduce_range": reduce_range,
+        "weight_type": "int8",
+        "activation_type": "uint8",
+        "calibrate_method": quant["calibrate_method"] if mode == "static" else None,
+        "calibration_batches": len(calibration or []) if mode == "static" else 0,
+        "fp32_nodes": kept_fp32,
+        "output_bias_correction": None if shift is None else [round(float(v), 6) for v in shift],
+    }
 
 
 def correct_output_bias(fp32: Path, quantized: Path, calibration: list[dict[str, np.ndarray]]) -> np.ndarray | None:
@@ -201,8 +220,14 @@ def fuse_transformer(fp32: Path, out: Path, num_heads: int = 0, hidden_size: int
 
     try:
         with quiet(), _scratch_directory():
-            model = optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
-                                   optimization_options=options)
+            model = optimize_model(
+                str(fp32),
+                model_type="bert",
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                opt_level=0,
+                optimization_options=options,
+            )
             fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
             if not any(k not in ("LayerNormalization",) for k in fused):
                 return None

@@ -16,12 +16,18 @@ FORMATS = ("onnx", "torchscript")
 PRECISIONS = ("int8", "fp16", "fp32")
 OPTIMIZE = ("auto", "fused", "none", "timed")
 ENGINES = ("auto", "x86", "fbgemm", "qnnpack")
-DEFAULT_PRESETS = {("onnx", "int8"): "cpu-int8", ("onnx", "fp32"): "onnx-fp32", ("onnx", "fp16"): "t4-fp16",
-                   ("torchscript", "int8"): "torchscript-int8", ("torchscript", "fp32"): "torchscript-fp32"}
+DEFAULT_PRESETS = {
+    ("onnx", "int8"): "cpu-int8",
+    ("onnx", "fp32"): "onnx-fp32",
+    ("onnx", "fp16"): "t4-fp16",
+    ("torchscript", "int8"): "torchscript-int8",
+    ("torchscript", "fp32"): "torchscript-fp32",
+}
 
 
-def load_preset(name: str | None, fmt: str | None = None, precision: str | None = None,
-                mode: str | None = None) -> dict[str, Any]:
+def load_preset(
+    name: str | None, fmt: str | None = None, precision: str | None = None, mode: str | None = None
+) -> dict[str, Any]:
     """A preset by name (or the default for ``fmt`` and ``precision``); explicit ``precision`` and
     quantization ``mode`` override the preset's."""
     if fmt is not None and fmt not in FORMATS:
@@ -31,8 +37,10 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
     if name is None:
         name = DEFAULT_PRESETS.get((fmt or "onnx", precision or "int8"))
         if name is None:
-            raise EdgekitError(f"{fmt} export has no {precision} mode (TorchScript on CPU: --int8 or --fp32); "
-                               "for fp16 use --format onnx --fp16")
+            raise EdgekitError(
+                f"{fmt} export has no {precision} mode (TorchScript on CPU: --int8 or --fp32); "
+                "for fp16 use --format onnx --fp16"
+            )
     preset = load_named_yaml("export", name, "export preset")
     legacy_int8 = preset.pop("int8", None)
     preset.setdefault("precision", "fp32" if legacy_int8 is False else "int8")
@@ -42,15 +50,19 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
     if preset["format"] not in FORMATS:
         raise EdgekitError(f"{where}: format {preset['format']!r} is not one of {', '.join(FORMATS)}")
     if fmt is not None and preset["format"] != fmt:
-        raise EdgekitError(f"{where} writes {preset['format']}, not {fmt}; use --preset "
-                           f"{DEFAULT_PRESETS.get((fmt, precision or 'int8'), 'torchscript-int8')} or drop --format")
+        raise EdgekitError(
+            f"{where} writes {preset['format']}, not {fmt}; use --preset "
+            f"{DEFAULT_PRESETS.get((fmt, precision or 'int8'), 'torchscript-int8')} or drop --format"
+        )
     if precision is not None:
         preset["precision"] = precision
     if preset["precision"] not in PRECISIONS:
         raise EdgekitError(f"{where}: precision {preset['precision']!r} is not one of {', '.join(PRECISIONS)}")
     if preset["format"] == "torchscript" and preset["precision"] == "fp16":
-        raise EdgekitError("TorchScript export has no fp16 mode (CPUs run it slower than fp32); "
-                           "for a GPU use --format onnx --fp16 (preset t4-fp16)")
+        raise EdgekitError(
+            "TorchScript export has no fp16 mode (CPUs run it slower than fp32); "
+            "for a GPU use --format onnx --fp16 (preset t4-fp16)"
+        )
     quant = preset.setdefault("quantization", {})
     quant.setdefault("mode", "auto")
     if mode is not None:
@@ -62,30 +74,49 @@ def load_preset(name: str | None, fmt: str | None = None, precision: str | None 
     quant.setdefault("bias_correction", True)  # static int8: the logits' mean int8 shift on calibration data removed
     quant.setdefault("engine", "auto")
     preset.setdefault("optimize", "auto")
-    for key, value, allowed in (("quantization.mode", quant["mode"], QUANT_MODES),
-                                ("quantization.engine", quant["engine"], ENGINES),
-                                ("optimize", preset["optimize"], OPTIMIZE)):
+    for key, value, allowed in (
+        ("quantization.mode", quant["mode"], QUANT_MODES),
+        ("quantization.engine", quant["engine"], ENGINES),
+        ("optimize", preset["optimize"], OPTIMIZE),
+    ):
         if value not in allowed:
             raise EdgekitError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
     for key in ("per_channel", "first_conv_fp32", "bias_correction"):
         if not isinstance(quant[key], bool):
             raise EdgekitError(f"{where}: quantization.{key} is {quant[key]!r}; write true or false")
     if preset["format"] == "torchscript" and preset["precision"] == "int8" and quant["mode"] == "static":
-        raise EdgekitError("TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static")
+        raise EdgekitError(
+            "TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static"
+        )
     target = preset.get("target")
     if target is not None:
-        if not isinstance(target, dict) or not isinstance(target.get("machine"), str) or not isinstance(
-                target.get("devices", []), list):
+        if (
+            not isinstance(target, dict)
+            or not isinstance(target.get("machine"), str)
+            or not isinstance(target.get("devices", []), list)
+        ):
             raise EdgekitError(f"{where}: target must be a mapping with machine (e.g. aarch64) and a list of devices")
     parity = preset.setdefault("parity", {})
     parity.setdefault("fp32_atol", 1e-3)
     parity.setdefault("fp32_rtol", 1e-3)
     parity.setdefault("min_agreement", 0.97)
     parity.setdefault("min_snr_db", 10.0)
-    for key, low, high in (("fp32_atol", 0, 1e6), ("fp32_rtol", 0, 1e6), ("min_agreement", 0, 1), ("min_snr_db", -1e3, 1e3)):
+    for key, low, high in (
+        ("fp32_atol", 0, 1e6),
+        ("fp32_rtol", 0, 1e6),
+        ("min_agreement", 0, 1),
+        ("min_snr_db", -1e3, 1e3),
+    ):
         value = parity[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-            raise EdgekitError(f"{where}: parity.{key} must be a finite number in [{low:g}, {high:g}], not {shown(value)}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise EdgekitError(
+                f"{where}: parity.{key} must be a finite number in [{low:g}, {high:g}], not {shown(value)}"
+            )
     opset = preset["opset"]
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 23:
         raise EdgekitError(f"{where}: opset must be a whole number from 13 to 23, not {shown(opset)}")

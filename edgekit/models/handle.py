@@ -55,8 +55,9 @@ class ModelHandle:
         if self.family == "torchvision":
             return self.module(inputs["pixel_values"])
         if self.spec.generates:  # teacher forcing: decoder logits for every target position
-            return self.module(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                               labels=inputs["labels"]).logits
+            return self.module(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+            ).logits
         return self.module(**{k: inputs[k] for k in self.input_names if k in inputs}).logits
 
     def head(self) -> torch.nn.Module:
@@ -93,9 +94,15 @@ class ModelHandle:
 
     def info(self) -> dict[str, Any]:
         return {
-            "family": self.family, "arch": self.arch, "task": self.task, "label_names": self.label_names,
-            "preprocessing": self.preprocessing, "source": self.source, "pretrained": self.pretrained,
-            "parameters": self.parameter_count(), **self.extra,
+            "family": self.family,
+            "arch": self.arch,
+            "task": self.task,
+            "label_names": self.label_names,
+            "preprocessing": self.preprocessing,
+            "source": self.source,
+            "pretrained": self.pretrained,
+            "parameters": self.parameter_count(),
+            **self.extra,
         }
 
     def save(self, stage_dir: Path) -> Path:

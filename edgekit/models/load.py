@@ -42,9 +42,16 @@ def load_model(
 
         module = build_torchvision(spec, len(label_names), pretrained)
         size = image_size or 224
-        return ModelHandle(module, "torchvision", spec, task, list(label_names),
-                           {"image_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-                           source=spec, pretrained=pretrained)
+        return ModelHandle(
+            module,
+            "torchvision",
+            spec,
+            task,
+            list(label_names),
+            {"image_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            source=spec,
+            pretrained=pretrained,
+        )
     if images and not path.exists() and "/" not in spec:
         raise EdgekitError(
             f"unknown model {spec!r}: not a torchvision model, a folder or a Hugging Face id (owner/name); "
@@ -52,15 +59,23 @@ def load_model(
         )
     from edgekit.models.hf import load_hf
 
-    return load_hf(spec, task=task, label_names=label_names, image_size=image_size, max_length=max_length,
-                   max_target_length=max_target_length)
+    return load_hf(
+        spec,
+        task=task,
+        label_names=label_names,
+        image_size=image_size,
+        max_length=max_length,
+        max_target_length=max_target_length,
+    )
 
 
 def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder: Path | None = None) -> ModelHandle:
     folder = folder or Path(stage_dir) / MODEL_SUBDIR
     info_path = folder / MODEL_INFO
     if not info_path.is_file():
-        raise EdgekitError(f"{stage_dir} holds no model ({MODEL_SUBDIR}/{MODEL_INFO} missing); pass a distill/finetune output folder")
+        raise EdgekitError(
+            f"{stage_dir} holds no model ({MODEL_SUBDIR}/{MODEL_INFO} missing); pass a distill/finetune output folder"
+        )
     from edgekit.artifacts import read_json
 
     info = read_json(info_path, "save the model again (re-run the stage that wrote it)")
@@ -80,17 +95,29 @@ def load_saved(stage_dir: Path, *, label_names: list[str] | None = None, folder:
             from edgekit.models.hf import _weights_error
 
             raise _weights_error(str(folder), exc) from None
-        handle = ModelHandle(module, "torchvision", info["arch"], info["task"], info["label_names"], info["preprocessing"],
-                             source=str(stage_dir), pretrained=True)
+        handle = ModelHandle(
+            module,
+            "torchvision",
+            info["arch"],
+            info["task"],
+            info["label_names"],
+            info["preprocessing"],
+            source=str(stage_dir),
+            pretrained=True,
+        )
         if info.get("structure"):
             handle.extra["structure"] = info["structure"]
         return handle
     from edgekit.models.hf import load_hf
 
-    handle = load_hf(str(folder), task=info["task"], label_names=info["label_names"],
-                     image_size=info["preprocessing"].get("image_size"),
-                     max_length=info["preprocessing"].get("max_length", 128),
-                     max_target_length=info["preprocessing"].get("max_target_length", 128))
+    handle = load_hf(
+        str(folder),
+        task=info["task"],
+        label_names=info["label_names"],
+        image_size=info["preprocessing"].get("image_size"),
+        max_length=info["preprocessing"].get("max_length", 128),
+        max_target_length=info["preprocessing"].get("max_target_length", 128),
+    )
     handle.source = str(stage_dir)
     if info.get("structure"):  # structurally pruned: from_pretrained re-initialised the shrunk layers
         try:

@@ -8,7 +8,9 @@ import torch
 from edgekit.errors import EdgekitError
 
 
-def fit_to_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], heads: dict[str, int] | None = None) -> None:
+def fit_to_state_dict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], heads: dict[str, int] | None = None
+) -> None:
     """Resize ``module``'s layers to the shapes in ``state`` (a pruned model's weights) and set the
     pruned attention modules' head counts, so ``load_state_dict(state)`` fits."""
     for name, layer in module.named_modules():
@@ -30,7 +32,9 @@ def fit_to_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], h
             layer.running_mean = torch.zeros(weight.shape[0])
             layer.running_var = torch.ones(weight.shape[0])
         else:
-            raise EdgekitError(f"cannot resize layer {name} ({type(layer).__name__}) to the saved shape {tuple(weight.shape)}")
+            raise EdgekitError(
+                f"cannot resize layer {name} ({type(layer).__name__}) to the saved shape {tuple(weight.shape)}"
+            )
         layer.weight = torch.nn.Parameter(torch.empty_like(weight))
         bias = state.get(prefix + "bias")
         if bias is not None and getattr(layer, "bias", None) is not None:

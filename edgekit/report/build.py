@@ -28,8 +28,11 @@ MB = 1e6
 
 
 def _model_bytes(meta: dict[str, Any]) -> int:
-    return sum(f["bytes"] for name, f in meta["files"].items()
-               if name.startswith("model/") and name.endswith((".safetensors", ".bin")))
+    return sum(
+        f["bytes"]
+        for name, f in meta["files"].items()
+        if name.startswith("model/") and name.endswith((".safetensors", ".bin"))
+    )
 
 
 def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -53,16 +56,32 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     else:
         t = next((m["teacher"] for m in [student, *cell_metas.values()] if m and m.get("teacher")), None)
         if t:
-            rows.append({"run": run, "stage": "teacher", "model": t["arch"], "runtime": "pytorch fp32",
-                         "accuracy": t["accuracy"], "parameters": t["parameters"], "size_mb": None, "p50_ms": None,
-                         "p90_ms": None, "peak_rss_mb": None, "device": None})
+            rows.append(
+                {
+                    "run": run,
+                    "stage": "teacher",
+                    "model": t["arch"],
+                    "runtime": "pytorch fp32",
+                    "accuracy": t["accuracy"],
+                    "parameters": t["parameters"],
+                    "size_mb": None,
+                    "p50_ms": None,
+                    "p90_ms": None,
+                    "peak_rss_mb": None,
+                    "device": None,
+                }
+            )
     if sweep:
         for cell in sweep["cells"]:
             if cell["name"] not in cell_metas:
                 continue
             folder = sweep_cell_folder(run_dir, cell["folder"])
-            tags = {"cell": cell["name"], "strategy": cell["strategy"], "student": cell["label"],
-                    "shipped": cell["name"] == sweep["shipped"]}
+            tags = {
+                "cell": cell["name"],
+                "strategy": cell["strategy"],
+                "student": cell["label"],
+                "shipped": cell["name"] == sweep["shipped"],
+            }
             meta = cell_metas[cell["name"]]
             rows.append({**_torch_row(run, cell["name"], meta), **tags})
             rows += [{**row, **tags} for row in _export_rows(run, cell["name"], folder, meta)]
@@ -98,15 +117,28 @@ def _export_rows(run: str, stage: str, folder: Path, student: dict | None) -> li
     precision = export.get("precision") or ("int8" if quant else "fp32")
     runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
     suffix = ".onnx" if fmt == "onnx" else ".pt"
-    base = {"run": run, "stage": stage, "model": f"{model_name(student) if student else 'model'}{suffix}",
-            "runtime": f"{runtime} {precision}" + (f" {quant}" if precision == "int8" and quant else ""),
-            "accuracy": accuracy, "parameters": export["parameters"], "size_mb": export["model_bytes"] / MB}
+    base = {
+        "run": run,
+        "stage": stage,
+        "model": f"{model_name(student) if student else 'model'}{suffix}",
+        "runtime": f"{runtime} {precision}" + (f" {quant}" if precision == "int8" and quant else ""),
+        "accuracy": accuracy,
+        "parameters": export["parameters"],
+        "size_mb": export["model_bytes"] / MB,
+    }
     rows = []
     for bench in benches or [None]:
         metrics = (bench or {}).get("metrics", {})
         lat = metrics.get("latency_ms") or {}
-        rows.append({**base, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "peak_rss_mb": metrics.get("peak_rss_mb"),
-                     "device": bench["config"]["device"] if bench else None})
+        rows.append(
+            {
+                **base,
+                "p50_ms": lat.get("p50"),
+                "p90_ms": lat.get("p90"),
+                "peak_rss_mb": metrics.get("peak_rss_mb"),
+                "device": bench["config"]["device"] if bench else None,
+            }
+        )
     return rows
 
 
@@ -125,10 +157,19 @@ def model_name(meta: dict) -> str:
 
 def _torch_row(run: str, stage: str, meta: dict[str, Any]) -> dict[str, Any]:
     lat = meta["metrics"].get("latency_ms") or {}
-    return {"run": run, "stage": stage, "model": model_name(meta), "runtime": "pytorch fp32",
-            "accuracy": meta["metrics"].get("accuracy"), "parameters": meta["parameters"],
-            "size_mb": _model_bytes(meta) / MB, "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
-            "peak_rss_mb": None, "device": "cpu (in process)" if lat else None}
+    return {
+        "run": run,
+        "stage": stage,
+        "model": model_name(meta),
+        "runtime": "pytorch fp32",
+        "accuracy": meta["metrics"].get("accuracy"),
+        "parameters": meta["parameters"],
+        "size_mb": _model_bytes(meta) / MB,
+        "p50_ms": lat.get("p50"),
+        "p90_ms": lat.get("p90"),
+        "peak_rss_mb": None,
+        "device": "cpu (in process)" if lat else None,
+    }
 
 
 def _pyplot():
@@ -166,8 +207,9 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> Path:
             if row.get(key) is None:
                 continue
             ax.scatter(row[key], row["accuracy"] * 100, s=60)
-            ax.annotate(_label(row), (row[key], row["accuracy"] * 100), fontsize=7, textcoords="offset points",
-                        xytext=(6, 4))
+            ax.annotate(
+                _label(row), (row[key], row["accuracy"] * 100), fontsize=7, textcoords="offset points", xytext=(6, 4)
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
@@ -178,21 +220,33 @@ def write_plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def write_params_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Parameters against accuracy, one line per distillation strategy (PyTorch students), the teacher as a star."""
-    students = [r for r in rows if r.get("strategy") and r["runtime"].startswith("pytorch") and r["accuracy"] is not None]
+    students = [
+        r for r in rows if r.get("strategy") and r["runtime"].startswith("pytorch") and r["accuracy"] is not None
+    ]
     if not students:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy in dict.fromkeys(r["strategy"] for r in students):
-        points = sorted((r["parameters"] / 1e6, r["accuracy"] * 100, r.get("student") or r["model"])
-                        for r in students if r["strategy"] == strategy)
+        points = sorted(
+            (r["parameters"] / 1e6, r["accuracy"] * 100, r.get("student") or r["model"])
+            for r in students
+            if r["strategy"] == strategy
+        )
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=strategy)
         for x, y, name in points:
             ax.annotate(name, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
     teacher = next((r for r in rows if r["stage"] == "teacher" and r["accuracy"] is not None), None)
     if teacher:
-        ax.scatter([teacher["parameters"] / 1e6], [teacher["accuracy"] * 100], marker="*", s=180, color="black",
-                   label=f"teacher ({teacher['model']})", zorder=3)
+        ax.scatter(
+            [teacher["parameters"] / 1e6],
+            [teacher["accuracy"] * 100],
+            marker="*",
+            s=180,
+            color="black",
+            label=f"teacher ({teacher['model']})",
+            zorder=3,
+        )
     ax.set_xlabel("parameters (M)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("parameters vs accuracy per strategy")
@@ -217,18 +271,29 @@ def write_pareto_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Accuracy against p50 latency of the exported bundles, one plot per bench device, the Pareto front drawn."""
     plt = _pyplot()
     paths = []
-    devices = dict.fromkeys(r["device"] for r in rows if r.get("device") and r["stage"] != "teacher"
-                            and not r["runtime"].startswith("pytorch"))
+    devices = dict.fromkeys(
+        r["device"]
+        for r in rows
+        if r.get("device") and r["stage"] != "teacher" and not r["runtime"].startswith("pytorch")
+    )
     for device in devices:
-        measured = [r for r in rows if r.get("device") == device and r["p50_ms"] is not None and r["accuracy"] is not None]
+        measured = [
+            r for r in rows if r.get("device") == device and r["p50_ms"] is not None and r["accuracy"] is not None
+        ]
         if not measured:
             continue
         points = [(r["p50_ms"], r["accuracy"] * 100) for r in measured]
         front = pareto(points)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=40, color="tab:gray", label="bundle")
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], marker="o", color="tab:red",
-                drawstyle="steps-post", label="Pareto front")
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            marker="o",
+            color="tab:red",
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
         for row, (x, y) in zip(measured, points):
             ax.annotate(row["stage"], (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel(f"p50 latency on {device}, batch 1 (ms)")
@@ -255,8 +320,15 @@ def write_confusion_plot(labels: list[str], matrix: list[list[int]], path: Path)
     if len(labels) <= 30:
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                        color="white" if value > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > peak / 2 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix of the shipped model")
@@ -297,8 +369,11 @@ def sweep_markdown(table: dict[str, Any], shipped: str | None) -> list[str]:
             if shipped == f"{s}-{entry['student']}":
                 text = f"**{text}** shipped"
             cells.append(text)
-        lines.append(f"| {entry['student']} | {_fmt(entry['parameters'] / 1e6 if entry['parameters'] else None, '.3f')} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {entry['student']} | {_fmt(entry['parameters'] / 1e6 if entry['parameters'] else None, '.3f')} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
@@ -325,31 +400,51 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     multi = len(run_dirs) > 1
     sections = {
         "runs": [str(Path(r)) for r in run_dirs],
-        "note": ("Accuracy is measured on the evaluation split (test when present); an exported row's accuracy is that "
-                 "of the exported file on its runtime. Latency is batch 1, steady state after warm-up; retention is "
-                 "accuracy / the teacher's, compression the teacher's parameters / the row's."),
+        "note": (
+            "Accuracy is measured on the evaluation split (test when present); an exported row's accuracy is that "
+            "of the exported file on its runtime. Latency is batch 1, steady state after warm-up; retention is "
+            "accuracy / the teacher's, compression the teacher's parameters / the row's."
+        ),
     }
-    text = ["# edgekit report", "", f"Runs: {', '.join(sections['runs'])}", "", sections["note"], "",
-            "## Stages", "", markdown(rows, with_run=multi), ""]
+    text = [
+        "# edgekit report",
+        "",
+        f"Runs: {', '.join(sections['runs'])}",
+        "",
+        sections["note"],
+        "",
+        "## Stages",
+        "",
+        markdown(rows, with_run=multi),
+        "",
+    ]
     if table:
         text += ["## Strategies × student sizes", ""]
         for run, s in sweeps:
             if s:
                 text += [f"{run}: shipped **{s['shipped']}**, {s['reason']}.", ""]
         text += [*sweep_markdown(table, shipped), ""]
-    text += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots.items()
-                                 if not title.startswith("confusion matrix")] + [""]  # that one: in its own section
+    text += (
+        ["## Plots", ""]
+        + [f"![{title}]({path.name})" for title, path in plots.items() if not title.startswith("confusion matrix")]
+        + [""]
+    )  # that one: in its own section
     for c in confusions:
         text += _confusion_markdown(c)
     write_text_atomic(out / REPORT_MD, "\n".join(text) + "\n")
     from edgekit.report.html import render
 
     write_text_atomic(out / REPORT_HTML, render(rows, table, sweeps, plots, confusions, sections, multi))
-    document = {"schema_version": 2, "runs": sections["runs"], "rows": rows,
-                "plots": [p.name for p in plots.values()], "sweep": table,
-                "shipped": [{"run": run, "cell": s["shipped"], "reason": s["reason"]} for run, s in sweeps if s],
-                "confusion_matrices": [{k: c[k] for k in ("run", "labels", "matrix", "plot")} for c in confusions],
-                "html": "report.html"}
+    document = {
+        "schema_version": 2,
+        "runs": sections["runs"],
+        "rows": rows,
+        "plots": [p.name for p in plots.values()],
+        "sweep": table,
+        "shipped": [{"run": run, "cell": s["shipped"], "reason": s["reason"]} for run, s in sweeps if s],
+        "confusion_matrices": [{k: c[k] for k in ("run", "labels", "matrix", "plot")} for c in confusions],
+        "html": "report.html",
+    }
     write_json_atomic(out / REPORT_JSON, document)
     return document
 
@@ -369,7 +464,11 @@ def _confusions(run_dirs: list[Path]) -> list[dict[str, Any]]:
 
 
 def _confusion_markdown(c: dict[str, Any]) -> list[str]:
-    lines = [f"## Confusion matrix of the shipped model ({c['run']}, rows: true, columns: predicted)", "",
-             "| true \\ predicted | " + " | ".join(c["labels"]) + " |", "|---|" + "---:|" * len(c["labels"])]
+    lines = [
+        f"## Confusion matrix of the shipped model ({c['run']}, rows: true, columns: predicted)",
+        "",
+        "| true \\ predicted | " + " | ".join(c["labels"]) + " |",
+        "|---|" + "---:|" * len(c["labels"]),
+    ]
     lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(c["labels"], c["matrix"])]
     return lines + ["", f"![confusion matrix]({c['plot']})", ""]

@@ -30,35 +30,53 @@ def _table(header: list[str], body: list[list[str]], numeric: list[bool], classe
     lines = []
     for i, row in enumerate(body):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        cells = "".join(f'<td class="num">{escape(c)}</td>' if num else f"<td>{escape(c)}</td>"
-                        for c, num in zip(row, numeric))
+        cells = "".join(
+            f'<td class="num">{escape(c)}</td>' if num else f"<td>{escape(c)}</td>" for c, num in zip(row, numeric)
+        )
         lines.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
 
 
 def _image(path: Path, title: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{escape(title)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{escape(title)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{escape(title)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{escape(title)}</figcaption></figure>"
+    )
 
 
-def render(rows: list[dict[str, Any]], table: dict[str, Any] | None, sweeps: list[tuple[str, dict | None]],
-           plots: dict[str, Path], confusions: list[dict[str, Any]], sections: dict[str, Any], multi: bool) -> str:
+def render(
+    rows: list[dict[str, Any]],
+    table: dict[str, Any] | None,
+    sweeps: list[tuple[str, dict | None]],
+    plots: dict[str, Path],
+    confusions: list[dict[str, Any]],
+    sections: dict[str, Any],
+    multi: bool,
+) -> str:
     header = (["run"] if multi else []) + [title for _, title, _, _ in COLUMNS]
     numeric = ([False] if multi else []) + [spec != "s" for _, _, spec, _ in COLUMNS]
     body = [([r["run"]] if multi else []) + table_cells(r) for r in rows]
     classes = ["shipped" if r.get("shipped") else "" for r in rows]
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             "<title>edgekit report</title>", f"<style>{STYLE}</style></head><body>",
-             "<h1>edgekit report</h1>", f"<p>Runs: {escape(', '.join(sections['runs']))}</p>",
-             f'<p class="note">{escape(sections["note"])}</p>',
-             "<h2>Stages</h2>", _table(header, body, numeric, classes)]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>edgekit report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>edgekit report</h1>",
+        f"<p>Runs: {escape(', '.join(sections['runs']))}</p>",
+        f'<p class="note">{escape(sections["note"])}</p>',
+        "<h2>Stages</h2>",
+        _table(header, body, numeric, classes),
+    ]
     if table:
         parts.append("<h2>Strategies × student sizes</h2>")
         for run, s in sweeps:
             if s:
-                parts.append(f"<p>{escape(run)}: shipped <strong>{escape(s['shipped'])}</strong>, {escape(s['reason'])}.</p>")
+                parts.append(
+                    f"<p>{escape(run)}: shipped <strong>{escape(s['shipped'])}</strong>, {escape(s['reason'])}.</p>"
+                )
         shipped = {s["shipped"] for _, s in sweeps if s}
         t_header = ["student", "params (M)"] + [f"{s} (%)" for s in table["strategies"]]
         t_body = []
@@ -76,9 +94,13 @@ def render(rows: list[dict[str, Any]], table: dict[str, Any] | None, sweeps: lis
     for c in confusions:
         parts.append(f"<h2>Confusion matrix of the shipped model ({escape(c['run'])})</h2>")
         parts.append('<p class="note">rows: true label, columns: predicted label</p>')
-        parts.append(_table(["true \\ predicted", *c["labels"]],
-                            [[label, *map(str, row)] for label, row in zip(c["labels"], c["matrix"])],
-                            [False] + [True] * len(c["labels"])))
+        parts.append(
+            _table(
+                ["true \\ predicted", *c["labels"]],
+                [[label, *map(str, row)] for label, row in zip(c["labels"], c["matrix"])],
+                [False] + [True] * len(c["labels"]),
+            )
+        )
         parts.append(_image(plots[f"confusion matrix ({c['run']})"], f"confusion matrix ({c['run']})"))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

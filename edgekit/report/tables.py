@@ -13,11 +13,18 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
 
 
 COLUMNS = [
-    ("stage", "stage", "s", ""), ("model", "model", "s", ""), ("runtime", "runtime", "s", ""),
-    ("accuracy", "accuracy (%)", ".2f", ""), ("retention", "vs teacher (%)", ".1f", ""),
-    ("parameters", "params (M)", ".3f", ""), ("compression", "compression (x)", ".1f", ""),
-    ("size_mb", "size (MB)", ".2f", ""), ("p50_ms", "p50 (ms)", ".3f", ""), ("p90_ms", "p90 (ms)", ".3f", ""),
-    ("peak_rss_mb", "peak RSS (MB)", ".1f", ""), ("device", "latency measured on", "s", ""),
+    ("stage", "stage", "s", ""),
+    ("model", "model", "s", ""),
+    ("runtime", "runtime", "s", ""),
+    ("accuracy", "accuracy (%)", ".2f", ""),
+    ("retention", "vs teacher (%)", ".1f", ""),
+    ("parameters", "params (M)", ".3f", ""),
+    ("compression", "compression (x)", ".1f", ""),
+    ("size_mb", "size (MB)", ".2f", ""),
+    ("p50_ms", "p50 (ms)", ".3f", ""),
+    ("p90_ms", "p90 (ms)", ".3f", ""),
+    ("peak_rss_mb", "peak RSS (MB)", ".1f", ""),
+    ("device", "latency measured on", "s", ""),
 ]
 
 
@@ -36,7 +43,12 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 def markdown(rows: list[dict[str, Any]], with_run: bool = False) -> str:
     titles = (["run"] if with_run else []) + [title for _, title, _, _ in COLUMNS]
     header = "| " + " | ".join(titles) + " |"
-    rule = "|" + ("---|" if with_run else "") + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in COLUMNS) + "|"
+    rule = (
+        "|"
+        + ("---|" if with_run else "")
+        + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in COLUMNS)
+        + "|"
+    )
     body = ["| " + " | ".join(([r["run"]] if with_run else []) + table_cells(r)) + " |" for r in rows]
     return "\n".join([header, rule, *body])
 

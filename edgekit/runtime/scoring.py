@@ -20,6 +20,8 @@ def generation_metrics_of(bundle, split) -> dict[str, Any]:
 
     predictions = bundle.generate(list(split.items), progress=True)
     metrics = generation_metrics(predictions, [str(t) for t in split.labels])
-    metrics["samples"] = [{"source": s, "prediction": p, "reference": str(r)}
-                          for s, p, r in list(zip(split.items, predictions, split.labels))[:5]]
+    metrics["samples"] = [
+        {"source": s, "prediction": p, "reference": str(r)}
+        for s, p, r in list(zip(split.items, predictions, split.labels))[:5]
+    ]
     return metrics

@@ -49,12 +49,17 @@ def run_isolated(folder: Path, batches: list[dict[str, np.ndarray]], workdir: Pa
     ``time_runs``, the pair (logits, median ms of that many runs of the first batch)."""
     inputs, outputs = Path(workdir) / "parity_inputs.npz", Path(workdir) / "parity_outputs.npz"
     np.savez(inputs, **{f"{i}__{name}": array for i, batch in enumerate(batches) for name, array in batch.items()})
-    proc = subprocess.run([sys.executable, "-m", "edgekit.runtime.validate", str(folder), str(inputs), str(outputs), str(time_runs)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.runtime.validate", str(folder), str(inputs), str(outputs), str(time_runs)],
+        capture_output=True,
+        text=True,
+    )
     try:
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            raise EdgekitError(f"the exported model failed to run in {Path(folder).name} (exit code {proc.returncode}): {tail[:300]}")
+            raise EdgekitError(
+                f"the exported model failed to run in {Path(folder).name} (exit code {proc.returncode}): {tail[:300]}"
+            )
         with np.load(outputs) as data:
             logits = [data[str(i)] for i in range(len(batches))]
             return (logits, float(data["p50_ms"])) if time_runs else logits

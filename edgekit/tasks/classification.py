@@ -14,7 +14,16 @@ _JOBS = {
     "bundle_metrics": "edgekit.runtime.scoring:classifier_metrics",
 }
 
-IMAGE = TaskSpec("image-classification", "image", "label an image (ViT, ResNet, MobileNet)",
-                 jobs={**_JOBS, "dataset": "edgekit.train.data:ImageSplitDataset.of"}, transformer_fusions=False)
-TEXT = TaskSpec("text-classification", "text", "label a text (BERT-like encoders)",
-                jobs={**_JOBS, "dataset": "edgekit.train.data:TextSplitDataset.of"})
+IMAGE = TaskSpec(
+    "image-classification",
+    "image",
+    "label an image (ViT, ResNet, MobileNet)",
+    jobs={**_JOBS, "dataset": "edgekit.train.data:ImageSplitDataset.of"},
+    transformer_fusions=False,
+)
+TEXT = TaskSpec(
+    "text-classification",
+    "text",
+    "label a text (BERT-like encoders)",
+    jobs={**_JOBS, "dataset": "edgekit.train.data:TextSplitDataset.of"},
+)

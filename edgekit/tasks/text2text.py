@@ -12,9 +12,17 @@ from edgekit.tasks.base import TaskSpec
 NAME = "text2text"
 
 SPEC = TaskSpec(
-    NAME, "text", "T5-style source -> target text (encoder-decoders)",
-    generates=True, score_key="bleu", headline_keys=("bleu", "rouge_l"), min_labels=0, times_model=False,
-    transformer_fusions=False, static_int8=False, parity_examples=64,
+    NAME,
+    "text",
+    "T5-style source -> target text (encoder-decoders)",
+    generates=True,
+    score_key="bleu",
+    headline_keys=("bleu", "rouge_l"),
+    min_labels=0,
+    times_model=False,
+    transformer_fusions=False,
+    static_int8=False,
+    parity_examples=64,
     jobs={
         "load_data": "edgekit.data.pairs:load_pairs",
         "load_eval_split": "edgekit.data.pairs:load_eval_pairs",

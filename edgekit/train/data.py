@@ -70,7 +70,9 @@ class TextSplitDataset(Dataset):
         inputs = {}
         for name in batch[0][1]:
             pad = self.pad_id if name == "input_ids" else 0
-            inputs[name] = torch.tensor([b[1][name] + [pad] * (longest - len(b[1][name])) for b in batch], dtype=torch.long)
+            inputs[name] = torch.tensor(
+                [b[1][name] + [pad] * (longest - len(b[1][name])) for b in batch], dtype=torch.long
+            )
         return indices, inputs, labels
 
 
@@ -86,15 +88,22 @@ def make_dataset(handle, split: Split) -> Dataset:
     return task_spec(handle.task).job("dataset")(handle, split)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                batches: list[list[int]] | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, batches: list[list[int]] | None = None
+) -> DataLoader:
     """Batches in order, shuffled by ``seed``, or exactly the index lists ``batches``."""
     collate = getattr(dataset, "collate", _image_collate)
     if batches is not None:
         # its own generator: creating the iterator must not draw from the global RNG (dropout's), or a
         # run resumed mid-epoch would see other dropout masks than one never stopped
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0,
-                          generator=torch.Generator().manual_seed(seed))
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(seed),
+        )
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
-                      num_workers=0)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator, num_workers=0
+    )

@@ -88,8 +88,14 @@ class Checkpointing:
         return Path(self.folder) / CHECKPOINT_FILE
 
 
-def predict_logits(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None,
-                   device: torch.device | None = None, features: bool = False):
+def predict_logits(
+    handle: ModelHandle,
+    split: Split,
+    batch_size: int = 128,
+    desc: str | None = None,
+    device: torch.device | None = None,
+    features: bool = False,
+):
     """Logits of ``handle`` for every example of ``split``, in split order; with ``features`` also
     the input of the classification head (``(logits, features)``)."""
     device = device or pick_device()
@@ -103,7 +109,9 @@ def evaluate(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str
     return task_spec(handle.task).job("evaluate_model")(handle, split, batch_size, desc)
 
 
-def evaluate_classifier(handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None) -> dict[str, Any]:
+def evaluate_classifier(
+    handle: ModelHandle, split: Split, batch_size: int = 128, desc: str | None = None
+) -> dict[str, Any]:
     logits = predict_logits(handle, split, batch_size, desc)
     return classification_metrics(split.labels, logits.argmax(-1), handle.label_names)
 
@@ -145,7 +153,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     if world > 1:  # every process takes the same number of steps (DDP all-reduces each one)
         order = order[: len(order) - len(order) % world] if len(order) >= world else order
         order = order[rank::world]
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class _HeadInput:
@@ -226,8 +234,10 @@ def _save_checkpoint(ckpt: Checkpointing, state: dict[str, Any]) -> None:
         import shutil
 
         free = shutil.disk_usage(ckpt.folder).free
-        raise EdgekitError(f"cannot write the checkpoint {ckpt.path} ({free / 1e6:.0f} MB free there: "
-                           f"{(str(exc).splitlines() or [type(exc).__name__])[0][:80]}); free some space or use another --out") from None
+        raise EdgekitError(
+            f"cannot write the checkpoint {ckpt.path} ({free / 1e6:.0f} MB free there: "
+            f"{(str(exc).splitlines() or [type(exc).__name__])[0][:80]}); free some space or use another --out"
+        ) from None
     except BaseException:  # an interrupt: no half-written checkpoint.pt.tmp stays behind
         tmp.unlink(missing_ok=True)
         raise
@@ -239,10 +249,14 @@ def load_checkpoint(ckpt: Checkpointing) -> dict[str, Any] | None:
     try:
         state = torch.load(ckpt.path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise EdgekitError(f"cannot read checkpoint {ckpt.path} ({str(exc).splitlines()[0]}); delete it to start over") from None
+        raise EdgekitError(
+            f"cannot read checkpoint {ckpt.path} ({str(exc).splitlines()[0]}); delete it to start over"
+        ) from None
     if state.get("tag") != ckpt.tag:
-        raise EdgekitError(f"checkpoint {ckpt.path} was written by a run with other settings; "
-                           "rerun with the same settings, or delete it (or drop --resume) to start over")
+        raise EdgekitError(
+            f"checkpoint {ckpt.path} was written by a run with other settings; "
+            "rerun with the same settings, or delete it (or drop --resume) to start over"
+        )
     return state
 
 
@@ -277,15 +291,18 @@ def train(
 
     lr = cfg.lr or default_lr(handle)
     objective.to(device)
-    params = [p for p in handle.module.parameters() if p.requires_grad] + \
-             [p for p in objective.parameters() if p.requires_grad]
+    params = [p for p in handle.module.parameters() if p.requires_grad] + [
+        p for p in objective.parameters() if p.requires_grad
+    ]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     module, optimizer = acc.prepare(handle.module, optimizer)
     raw_module = acc.unwrap_model(module)
     train_dataset = make_dataset(handle, data.train)
     val_dataset = make_dataset(handle, data.val)
     handle.module.to(device)  # prepare() moved the wrapped copy; generation-based validation uses this one
-    batches_per_epoch = len(epoch_batches(len(train_dataset), cfg.batch_size, seed, 1, acc.process_index, acc.num_processes))
+    batches_per_epoch = len(
+        epoch_batches(len(train_dataset), cfg.batch_size, seed, 1, acc.process_index, acc.num_processes)
+    )
     scheduler = _schedule(optimizer, cfg.epochs * batches_per_epoch, cfg.warmup_fraction)
     head_input = _HeadInput(handle.head()) if objective.needs_features else None
 
@@ -302,30 +319,47 @@ def train(
         start_epoch, start_step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
         elapsed = float(saved["elapsed"])
         result.history = json.loads(saved["history"])
-        result.best_epoch, result.best_val_score = saved["best_epoch"], float(saved.get("best_val_score", saved.get("best_val_accuracy", -1.0)))
+        result.best_epoch, result.best_val_score = (
+            saved["best_epoch"],
+            float(saved.get("best_val_score", saved.get("best_val_accuracy", -1.0))),
+        )
         best_state = saved.get("best_state") or None
         result.resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
-        log.info(f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}")
+        log.info(
+            f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}"
+        )
 
     def snapshot(epoch: int, step_in_epoch: int) -> None:
         if checkpoint is None or not acc.is_main_process:
             return
-        _save_checkpoint(checkpoint, {
-            "tag": checkpoint.tag, "module": _trainable_state(raw_module),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "objective": objective.state_dict(), "rng": _rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": global_step, "elapsed": elapsed + (time.perf_counter() - start),
-            "history": json.dumps(result.history), "best_epoch": result.best_epoch,
-            "best_val_score": result.best_val_score, "best_state": best_state or {},
-        })
+        _save_checkpoint(
+            checkpoint,
+            {
+                "tag": checkpoint.tag,
+                "module": _trainable_state(raw_module),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "objective": objective.state_dict(),
+                "rng": _rng_state(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "elapsed": elapsed + (time.perf_counter() - start),
+                "history": json.dumps(result.history),
+                "best_epoch": result.best_epoch,
+                "best_val_score": result.best_val_score,
+                "best_state": best_state or {},
+            },
+        )
 
     start = time.perf_counter()
     try:
         with _StopFlag() as stop:
             for epoch in range(start_epoch, cfg.epochs + 1):
                 module.train()
-                batches = epoch_batches(len(train_dataset), cfg.batch_size, seed, epoch, acc.process_index,
-                                        acc.num_processes)
+                batches = epoch_batches(
+                    len(train_dataset), cfg.batch_size, seed, epoch, acc.process_index, acc.num_processes
+                )
                 first = start_step if epoch == start_epoch else 0
                 if first == 0:
                     epoch_loss, seen, epoch_seconds = 0.0, 0, 0.0
@@ -335,8 +369,15 @@ def train(
                     epoch_seconds = partial.get("epoch_seconds", 0.0)
                 epoch_start = time.perf_counter()
                 loader = make_loader(train_dataset, cfg.batch_size, shuffle=False, batches=batches[first:])
-                bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                           initial=first, total=len(batches), disable=None)
+                bar = tqdm(
+                    loader,
+                    desc=f"{desc} epoch {epoch}/{cfg.epochs}",
+                    leave=False,
+                    file=sys.stderr,
+                    initial=first,
+                    total=len(batches),
+                    disable=None,
+                )
                 for step_in_epoch, (indices, inputs, labels) in enumerate(bar, start=first + 1):
                     inputs = {k: v.to(device) for k, v in inputs.items()}
                     labels = labels.to(device)
@@ -346,11 +387,16 @@ def train(
                     objective.see_batch(inputs)  # objectives that run a teacher on the batch keep its inputs
                     loss = objective.loss(logits.float(), features, indices, labels)
                     if not torch.isfinite(loss.detach()).item():  # stop before a NaN reaches the weights
-                        kept = (f"; the last good checkpoint is kept in {checkpoint.path}"
-                                if checkpoint is not None and checkpoint.path.is_file() else "")
-                        raise EdgekitError(f"{desc}: the training loss became {loss.item()} at epoch {epoch}, step "
-                                           f"{step_in_epoch} (step {global_step + 1} overall){kept}; lower the learning "
-                                           "rate (--lr) or check the data and settings for NaN/inf")
+                        kept = (
+                            f"; the last good checkpoint is kept in {checkpoint.path}"
+                            if checkpoint is not None and checkpoint.path.is_file()
+                            else ""
+                        )
+                        raise EdgekitError(
+                            f"{desc}: the training loss became {loss.item()} at epoch {epoch}, step "
+                            f"{step_in_epoch} (step {global_step + 1} overall){kept}; lower the learning "
+                            "rate (--lr) or check the data and settings for NaN/inf"
+                        )
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(loss)
                     acc.clip_grad_norm_(params, 1.0)
@@ -362,25 +408,45 @@ def train(
                     bar.set_postfix(loss=f"{epoch_loss / seen:.4f}")
                     stopping = stop.set
                     if stopping or (checkpoint is not None and global_step % checkpoint.every_steps == 0):
-                        result.history.append({"partial": True, "loss_sum": epoch_loss, "seen": seen,
-                                               "epoch_seconds": epoch_seconds + time.perf_counter() - epoch_start})
+                        result.history.append(
+                            {
+                                "partial": True,
+                                "loss_sum": epoch_loss,
+                                "seen": seen,
+                                "epoch_seconds": epoch_seconds + time.perf_counter() - epoch_start,
+                            }
+                        )
                         snapshot(epoch, step_in_epoch)
                         result.history.pop()
                     if stopping:
                         where = f" in {checkpoint.path}" if checkpoint is not None else ""
-                        interrupted = Interrupted(f"{'interrupted' if stop.signum != signal.SIGTERM else 'terminated (SIGTERM)'} "
-                                                  f"at epoch {epoch}, step {step_in_epoch}; checkpoint saved{where}; "
-                                                  "rerun the same command with --resume to continue")
+                        interrupted = Interrupted(
+                            f"{'interrupted' if stop.signum != signal.SIGTERM else 'terminated (SIGTERM)'} "
+                            f"at epoch {epoch}, step {step_in_epoch}; checkpoint saved{where}; "
+                            "rerun the same command with --resume to continue"
+                        )
                         interrupted.exit_code = 143 if stop.signum == signal.SIGTERM else 130
                         raise interrupted
                 bar.close()
                 epoch_seconds += time.perf_counter() - epoch_start
                 metric, val_acc = validation_score(handle, val_dataset, data.val, cfg.batch_size, device)
-                result.history.append({"epoch": epoch, "train_loss": epoch_loss / max(seen, 1), metric: val_acc,
-                                       "epoch_seconds": epoch_seconds})
-                shown = f"val accuracy {val_acc:.2%}" if metric == "val_accuracy" else f"{metric.replace('_', ' ')} {val_acc:.2f}"
-                log.info(f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
-                         f"{shown}, {epoch_seconds:.1f} s")
+                result.history.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": epoch_loss / max(seen, 1),
+                        metric: val_acc,
+                        "epoch_seconds": epoch_seconds,
+                    }
+                )
+                shown = (
+                    f"val accuracy {val_acc:.2%}"
+                    if metric == "val_accuracy"
+                    else f"{metric.replace('_', ' ')} {val_acc:.2f}"
+                )
+                log.info(
+                    f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
+                    f"{shown}, {epoch_seconds:.1f} s"
+                )
                 if val_acc > result.best_val_score:
                     result.best_val_score, result.best_epoch = val_acc, epoch
                     best_state = _trainable_state(raw_module)
@@ -422,15 +488,18 @@ def validation_score(handle: ModelHandle, dataset, split: Split, batch_size: int
 
 
 @torch.no_grad()
-def _predict_dataset(handle: ModelHandle, dataset, batch_size: int, device, desc: str | None = None,
-                     features: bool = False):
+def _predict_dataset(
+    handle: ModelHandle, dataset, batch_size: int, device, desc: str | None = None, features: bool = False
+):
     handle.module.eval()
     loader = make_loader(dataset, batch_size, shuffle=False)
     outputs = np.zeros((len(dataset), len(handle.label_names)), dtype=np.float32)
     head_input = _HeadInput(handle.head()) if features else None
     feature_rows = None
     try:
-        for indices, inputs, _ in tqdm(loader, desc=desc, leave=False, disable=True if desc is None else None, file=sys.stderr):
+        for indices, inputs, _ in tqdm(
+            loader, desc=desc, leave=False, disable=True if desc is None else None, file=sys.stderr
+        ):
             outputs[indices.numpy()] = handle.logits({k: v.to(device) for k, v in inputs.items()}).float().cpu().numpy()
             if head_input is not None:
                 value = head_input.value.float().reshape(len(indices), -1).cpu().numpy()

@@ -22,8 +22,9 @@ class Objective(torch.nn.Module):
 
     needs_features = False
 
-    def loss(self, logits: torch.Tensor, features: torch.Tensor | None, indices: torch.Tensor,
-             labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, features: torch.Tensor | None, indices: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         return F.cross_entropy(logits, labels)
 
     def see_batch(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -38,21 +39,32 @@ class LogitKD(Objective):
     head input is projected (a learned linear map when widths differ) onto the teacher's and
     matched by mean squared error, weighted by ``feature_weight``."""
 
-    def __init__(self, teacher_logits: np.ndarray, temperature: float, alpha: float,
-                 teacher_features: np.ndarray | None = None, student_width: int | None = None,
-                 feature_weight: float = 0.0):
+    def __init__(
+        self,
+        teacher_logits: np.ndarray,
+        temperature: float,
+        alpha: float,
+        teacher_features: np.ndarray | None = None,
+        student_width: int | None = None,
+        feature_weight: float = 0.0,
+    ):
         super().__init__()
-        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32)),
-                             persistent=False)
+        self.register_buffer(
+            "table", torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32)), persistent=False
+        )
         self.temperature, self.alpha = temperature, alpha
         self.feature_weight = feature_weight if teacher_features is not None else 0.0
         self.projection = None
         if self.feature_weight > 0:
-            self.register_buffer("feature_table", torch.from_numpy(np.ascontiguousarray(teacher_features, dtype=np.float32)),
-                                 persistent=False)
+            self.register_buffer(
+                "feature_table",
+                torch.from_numpy(np.ascontiguousarray(teacher_features, dtype=np.float32)),
+                persistent=False,
+            )
             teacher_width = teacher_features.shape[1]
-            self.projection = (torch.nn.Identity() if student_width == teacher_width
-                               else torch.nn.Linear(student_width, teacher_width))
+            self.projection = (
+                torch.nn.Identity() if student_width == teacher_width else torch.nn.Linear(student_width, teacher_width)
+            )
             self.needs_features = True
 
     def teacher(self, indices: torch.Tensor) -> torch.Tensor:
@@ -84,8 +96,15 @@ class MultiTeacherKD(LogitKD):
     ensemble detached, so the student cannot pull the weights toward whatever it already predicts).
     """
 
-    def __init__(self, teacher_logits: list[np.ndarray], weights: list[float] | None, learn: bool,
-                 temperature: float, alpha: float, **features):
+    def __init__(
+        self,
+        teacher_logits: list[np.ndarray],
+        weights: list[float] | None,
+        learn: bool,
+        temperature: float,
+        alpha: float,
+        **features,
+    ):
         stacked = np.stack([np.asarray(t, dtype=np.float32) for t in teacher_logits])  # [teachers, N, classes]
         super().__init__(stacked[0], temperature, alpha, **features)
         self.register_buffer("table", torch.from_numpy(stacked), persistent=False)
@@ -109,5 +128,8 @@ class MultiTeacherKD(LogitKD):
         return loss + self.feature_loss(features, indices)
 
     def report(self) -> dict[str, Any]:
-        return {**super().report(), "teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],
-                "teacher_weights_learned": self.learn}
+        return {
+            **super().report(),
+            "teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],
+            "teacher_weights_learned": self.learn,
+        }

@@ -37,8 +37,12 @@ class Seq2SeqSplitDataset(Dataset):
 
     @classmethod
     def of(cls, handle, split) -> Seq2SeqSplitDataset:
-        return cls(split, handle.tokenizer, handle.preprocessing["max_length"],
-                   handle.preprocessing.get("max_target_length", 128))
+        return cls(
+            split,
+            handle.tokenizer,
+            handle.preprocessing["max_length"],
+            handle.preprocessing.get("max_target_length", 128),
+        )
 
     def __len__(self) -> int:
         return len(self.split)
@@ -78,8 +82,9 @@ class Seq2SeqKD(Objective):
             teacher.to(logits.device).eval()
             t_logits = teacher(**self.inputs).logits.float()
         t = self.temperature
-        kl = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(t_logits / t, dim=-1),
-                      reduction="none", log_target=True).sum(-1)
+        kl = F.kl_div(
+            F.log_softmax(logits / t, dim=-1), F.log_softmax(t_logits / t, dim=-1), reduction="none", log_target=True
+        ).sum(-1)
         soft = (kl * mask).sum() / mask.sum().clamp(min=1) * (t * t)
         return (1 - self.alpha) * hard + self.alpha * soft
 
@@ -95,8 +100,10 @@ def kd_objective(cfg, teachers, student, data) -> Seq2SeqKD:
 
     if not registry.get("strategy", cfg.strategy).can("seq2seq") or cfg.feature_weight > 0:
         allowed = ", ".join(registry.names("strategy", seq2seq=True))
-        raise EdgekitError(f"encoder-decoder distillation supports the {allowed} strategies without feature KD; "
-                           f"{cfg.strategy}{' with --feature-weight' if cfg.feature_weight else ''} is for classifiers")
+        raise EdgekitError(
+            f"encoder-decoder distillation supports the {allowed} strategies without feature KD; "
+            f"{cfg.strategy}{' with --feature-weight' if cfg.feature_weight else ''} is for classifiers"
+        )
     check_vocabularies(teachers[0], student)
     return Seq2SeqKD(teachers[0].module, cfg.temperature, cfg.alpha)
 
@@ -104,14 +111,22 @@ def kd_objective(cfg, teachers, student, data) -> Seq2SeqKD:
 def check_vocabularies(teacher, student) -> None:
     tv = getattr(teacher.module.config, "vocab_size", None)
     sv = getattr(student.module.config, "vocab_size", None)
-    same_vocab = teacher.tokenizer is None or student.tokenizer is None or teacher.tokenizer.get_vocab() == student.tokenizer.get_vocab()
+    same_vocab = (
+        teacher.tokenizer is None
+        or student.tokenizer is None
+        or teacher.tokenizer.get_vocab() == student.tokenizer.get_vocab()
+    )
     if tv != sv or not same_vocab:
-        raise EdgekitError(f"teacher and student tokenizers differ (vocabulary {tv} vs {sv} tokens); token-level KD needs "
-                           "one tokenizer: pick a student of the teacher's family, or derive it with --student-layers")
+        raise EdgekitError(
+            f"teacher and student tokenizers differ (vocabulary {tv} vs {sv} tokens); token-level KD needs "
+            "one tokenizer: pick a student of the teacher's family, or derive it with --student-layers"
+        )
 
 
 @torch.no_grad()
-def generate(handle, split, batch_size: int = 32, max_new_tokens: int | None = None, desc: str | None = None) -> list[str]:
+def generate(
+    handle, split, batch_size: int = 32, max_new_tokens: int | None = None, desc: str | None = None
+) -> list[str]:
     from edgekit.train.data import make_dataset, make_loader
 
     device = next(handle.module.parameters()).device
@@ -120,9 +135,16 @@ def generate(handle, split, batch_size: int = 32, max_new_tokens: int | None = N
     loader = make_loader(dataset, batch_size, shuffle=False)
     max_new = max_new_tokens or int(handle.preprocessing.get("max_target_length", 128))
     outputs: list[str] = [""] * len(dataset)
-    for indices, inputs, _ in tqdm(loader, desc=desc, leave=False, disable=True if desc is None else None, file=sys.stderr):
-        ids = handle.module.generate(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
-                                     max_new_tokens=max_new, num_beams=1, do_sample=False)
+    for indices, inputs, _ in tqdm(
+        loader, desc=desc, leave=False, disable=True if desc is None else None, file=sys.stderr
+    ):
+        ids = handle.module.generate(
+            input_ids=inputs["input_ids"].to(device),
+            attention_mask=inputs["attention_mask"].to(device),
+            max_new_tokens=max_new,
+            num_beams=1,
+            do_sample=False,
+        )
         for i, text in zip(indices.tolist(), handle.tokenizer.batch_decode(ids, skip_special_tokens=True)):
             outputs[i] = text.strip()
     return outputs
@@ -135,6 +157,8 @@ def evaluate_seq2seq(handle, split, batch_size: int = 32, desc: str | None = Non
     handle.module.to(pick_device())
     predictions = generate(handle, split, min(batch_size, 64), desc=desc)
     metrics = generation_metrics(predictions, [str(t) for t in split.labels])
-    metrics["samples"] = [{"source": s, "prediction": p, "reference": str(r)}
-                          for s, p, r in list(zip(split.items, predictions, split.labels))[:5]]
+    metrics["samples"] = [
+        {"source": s, "prediction": p, "reference": str(r)}
+        for s, p, r in list(zip(split.items, predictions, split.labels))[:5]
+    ]
     return metrics

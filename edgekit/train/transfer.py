@@ -82,8 +82,14 @@ def _read_entry(path: Path, key: str, examples: int, features: bool):
             arrays = {name: stored[name] for name in stored.files if name != "meta"}
     except Exception:  # noqa: BLE001 - unreadable, truncated, not an npz: recomputed and replaced
         return None
-    if (meta.get("key") != key or meta.get("examples") != examples or meta.get("sha256") != _arrays_digest(arrays)
-            or "logits" not in arrays or len(arrays["logits"]) != examples or (features and "features" not in arrays)):
+    if (
+        meta.get("key") != key
+        or meta.get("examples") != examples
+        or meta.get("sha256") != _arrays_digest(arrays)
+        or "logits" not in arrays
+        or len(arrays["logits"]) != examples
+        or (features and "features" not in arrays)
+    ):
         return None
     if not np.isfinite(arrays["logits"]).all():
         return None
@@ -100,26 +106,44 @@ class TransferSet:
     seconds: float
 
 
-def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = True, batch_size: int = 128,
-                 desc: str = "teacher logits") -> TransferSet:
+def transfer_set(
+    handle,
+    split: Split,
+    *,
+    features: bool = False,
+    cache: bool = True,
+    batch_size: int = 128,
+    desc: str = "teacher logits",
+) -> TransferSet:
     """The teacher ``handle``'s logits (and head-input features) on ``split``, from the cache when
     the same teacher already saw the same examples."""
     from edgekit.train.loop import predict_logits
 
     start = time.perf_counter()
-    key = hashlib.sha256(json.dumps({
-        "format": FORMAT, "weights": weights_digest(handle.module), "arch": handle.arch, "family": handle.family,
-        "preprocessing": handle.preprocessing, "labels": handle.label_names, "data": split_digest(split, handle.task),
-        "features": features,
-    }, sort_keys=True).encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "weights": weights_digest(handle.module),
+                "arch": handle.arch,
+                "family": handle.family,
+                "preprocessing": handle.preprocessing,
+                "labels": handle.label_names,
+                "data": split_digest(split, handle.task),
+                "features": features,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
     path = cache_root() / "transfer" / f"{key}.npz" if cache else None
     if path is not None and path.is_file():
         cached = _read_entry(path, key, len(split), features)
         if cached is not None:
             log.info(f"  {desc}: {len(split)} examples from cache {path}")
             return TransferSet(cached[0], cached[1], key, path, True, time.perf_counter() - start)
-        log.warning(f"warning: cache entry {path} is damaged or not edgekit's (checksum or shape mismatch); "
-                    "recomputing it")
+        log.warning(
+            f"warning: cache entry {path} is damaged or not edgekit's (checksum or shape mismatch); recomputing it"
+        )
     if features:
         logits, feats = predict_logits(handle, split, batch_size, desc=desc, features=True)
     else:
@@ -130,7 +154,10 @@ def transfer_set(handle, split: Split, *, features: bool = False, cache: bool = 
         fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npz", dir=path.parent)
         os.close(fd)
         arrays = {"logits": logits, **({"features": feats} if feats is not None else {})}
-        np.savez(tmp, **arrays, meta=np.asarray(json.dumps({"key": key, "examples": len(split),
-                                                             "sha256": _arrays_digest(arrays)})))
+        np.savez(
+            tmp,
+            **arrays,
+            meta=np.asarray(json.dumps({"key": key, "examples": len(split), "sha256": _arrays_digest(arrays)})),
+        )
         os.replace(tmp, path)
     return TransferSet(logits, feats, key, path, False, time.perf_counter() - start)
