@@ -285,3 +285,15 @@ def test_every_module_says_what_it_is(name):
     if not tree.body:  # an empty __init__ is a namespace
         return
     assert ast.get_docstring(tree), f"{name} has no module docstring"
+
+
+def test_ruff_lint_and_format_pass():
+    """The linter and formatter configured in pyproject.toml (run here, so CI's one test command runs them)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    for args in (["check", "."], ["format", "--check", "."]):
+        proc = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, f"ruff {' '.join(args)}:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}"
