@@ -1,0 +1,220 @@
+"""The registry drives the CLI, the recipe and dispatch: every entry is tested by being registered.
+The losses and objectives against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli
+from edgekit import registry
+from edgekit.errors import EdgekitError
+
+KINDS = [
+    "task",
+    "strategy",
+    "sweep-strategy",
+    "loss",
+    "pruner",
+    "quant-mode",
+    "precision",
+    "format",
+    "runner",
+    "profile",
+    "preset",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_lists_names(kind):
+    names = registry.names(kind)
+    assert names and len(set(names)) == len(names)
+    assert registry.choices(kind).count(" or ") == (1 if len(names) > 1 else 0)
+
+
+@pytest.mark.parametrize(
+    "entry", [e for k in KINDS for e in registry.entries(k) if e.target], ids=lambda e: f"{e.kind}:{e.name}"
+)
+def test_every_target_imports(entry):
+    assert entry.load() is not None
+
+
+@pytest.mark.parametrize("name", registry.names("task"))
+def test_every_task_spec_names_its_jobs_and_they_import(name):
+    from edgekit.tasks import task_spec
+    from edgekit.tasks.base import JOBS
+
+    spec = task_spec(name)
+    assert spec.name == name and spec.modality in ("image", "text")
+    assert set(spec.jobs) == set(JOBS), f"{name} lacks {set(JOBS) - set(spec.jobs)}"
+    for job in spec.jobs:
+        assert callable(spec.job(job)), job
+    assert spec.score({spec.score_key: 0.5}) == 0.5
+    assert set(spec.headline({k: 1 for k in spec.headline_keys})) == set(spec.headline_keys)
+
+
+def test_unknown_names_are_one_line_naming_the_choices():
+    with pytest.raises(EdgekitError, match=r"--method 'magic' is not one of l1-unstructured, heads, ffn, channels"):
+        registry.get("pruner", "magic", option="--method")
+    with pytest.raises(EdgekitError, match="task 'poetry' is not one of"):
+        from edgekit.tasks import task_spec
+
+        task_spec("poetry")
+
+
+@pytest.mark.parametrize(
+    "kind,field",
+    [
+        ("strategy", "distill.strategy"),
+        ("pruner", "prune.method"),
+        ("format", "export.format"),
+        ("precision", "export.precision"),
+        ("quant-mode", "export.mode"),
+        ("task", "task"),
+        ("sweep-strategy", "sweep.strategies"),
+    ],
+)
+def test_recipe_validation_reads_the_registry(kind, field):
+    from edgekit.recipe import RecipeError, recipe_from_dict
+
+    def value(name):
+        return f"[{name}]" if field == "sweep.strategies" else name
+
+    extra = ["sweep.students=[1]"] if field == "sweep.strategies" else []
+    extra += ["distill.teachers=[x]"] if field == "distill.strategy" else []
+    for name in registry.names(kind):
+        sets = [f"{field}={value(name)}", *extra]
+        if field == "distill.strategy" and registry.get("strategy", name).can("teachers") != "many":
+            sets.remove("distill.teachers=[x]")
+        recipe_from_dict({}, sets)
+    with pytest.raises(RecipeError, match="is not one of"):
+        recipe_from_dict({}, [f"{field}={value('not-a-' + kind)}", *extra])
+    # a newly registered name is accepted at once, and refused again once it is gone
+    keep = [e for e in extra if not e.startswith("distill.teachers")]
+    registry.register(kind, "brand-new", summary="test entry", teachers="one", student="model")
+    try:
+        recipe_from_dict({}, [f"{field}={value('brand-new')}", *keep])
+    finally:
+        registry.unregister(kind, "brand-new")
+    with pytest.raises(RecipeError):
+        recipe_from_dict({}, [f"{field}={value('brand-new')}", *keep])
+
+
+def test_cli_help_lists_what_the_registry_has():
+    for command, kind in (("prune", "pruner"), ("distill", "strategy"), ("export", "format"), ("bench", "profile")):
+        text = " ".join(run_cli(command, "--help").stdout.split())
+        for name in registry.names(kind):
+            assert name in text, (command, name)
+
+
+def test_a_missing_extra_is_one_line_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(registry.EXTRAS, "train", ("surely_not_installed_module",))
+    entry = registry.get("pruner", "heads")
+    with pytest.raises(registry.MissingExtra, match=r"pip install 'edgekit\[train\]'"):
+        entry.load()
+
+
+def test_pruners_declare_the_families_they_handle():
+    assert set(registry.names("pruner", families="torchvision")) == {"l1-unstructured", "channels"}
+    assert set(registry.names("pruner", families="hf")) == {"l1-unstructured", "heads", "ffn"}
+
+
+# --------------------------------------------------------------------------------------------------
+# losses and objectives, against hand-computed values
+
+
+def _hand_kd(student, teacher, label, t, alpha):
+    """(1 - alpha) CE + alpha T^2 KL(p_T || q_T) for one example, in plain Python."""
+
+    def softmax(z, temp):
+        e = [math.exp(v / temp) for v in z]
+        return [v / sum(e) for v in e]
+
+    ce = -math.log(softmax(student, 1.0)[label])
+    p, q = softmax(teacher, t), softmax(student, t)
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+@pytest.mark.parametrize("t,alpha", [(1.0, 0.5), (4.0, 0.3), (2.0, 1.0), (4.0, 0.0)])
+def test_kd_loss_matches_the_formula(t, alpha):
+    from edgekit.train.losses import kd_loss
+
+    student = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]
+    teacher = [[1.5, 1.0, -0.5], [-1.0, 2.0, 0.0]]
+    labels = [0, 2]
+    got = kd_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), t, alpha).item()
+    want = sum(_hand_kd(s, te, y, t, alpha) for s, te, y in zip(student, teacher, labels)) / 2
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_kd_loss_t_squared_keeps_soft_gradients_on_scale():
+    """Hinton's T^2: the soft term's gradient magnitude stays about the same as T grows (it would
+    shrink as 1/T^2 without it)."""
+    from edgekit.train.losses import kd_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(64, 10)
+    labels = torch.randint(0, 10, (64,))
+    norms = []
+    for t in (4.0, 16.0):
+        student = (torch.randn(64, 10) * 0.01).requires_grad_()
+        kd_loss(student, teacher, labels, t, 1.0).backward()
+        norms.append(student.grad.norm().item())
+    # d/dz T^2 KL = T (q_T - p_T) ~ (z - v) / classes at high T: the same at both temperatures;
+    # without the T^2 factor the second would be 16x smaller
+    assert 0.8 < norms[1] / norms[0] < 1.25, norms
+
+
+def test_kd_loss_without_a_teacher_is_cross_entropy():
+    from edgekit.train.losses import kd_loss
+
+    logits, labels = torch.tensor([[1.0, 2.0], [0.5, -0.5]]), torch.tensor([1, 0])
+    assert kd_loss(logits, None, labels, 4.0, 0.7).item() == pytest.approx(F.cross_entropy(logits, labels).item())
+
+
+def test_multi_teacher_fixed_weights_are_normalised_and_mix_logits():
+    from edgekit.train.objectives import MultiTeacherKD
+
+    a = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    b = np.array([[0.0, 3.0], [3.0, 0.0]], dtype=np.float32)
+    objective = MultiTeacherKD([a, b], weights=[3.0, 1.0], learn=False, temperature=2.0, alpha=0.5)
+    assert objective.betas().tolist() == pytest.approx([0.75, 0.25])
+    mixed = objective.teacher(torch.tensor([0, 1]))
+    assert mixed.numpy() == pytest.approx(0.75 * a + 0.25 * b)
+    assert objective.report()["teacher_weights"] == pytest.approx([0.75, 0.25])
+    assert not objective.weight_logits.requires_grad
+
+
+def test_learned_teacher_weights_move_toward_the_teacher_that_is_right():
+    from edgekit.train.objectives import MultiTeacherKD
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 256)
+    good = np.eye(4, dtype=np.float32)[labels] * 4  # confident and right
+    bad = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 4  # confident and wrong
+    objective = MultiTeacherKD([bad, good], weights=None, learn=True, temperature=4.0, alpha=0.5)
+    optimizer = torch.optim.SGD([objective.weight_logits], lr=0.5)
+    indices, y = torch.arange(256), torch.from_numpy(labels)
+    for _ in range(50):
+        optimizer.zero_grad()
+        objective.loss(torch.zeros(256, 4), None, indices, y).backward()
+        optimizer.step()
+    betas = objective.betas().tolist()
+    assert betas[1] > 0.9 > 0.1 > betas[0], betas
+
+
+def test_logit_kd_feature_term_projects_widths_and_reports_it():
+    from edgekit.train.objectives import LogitKD
+
+    teacher_logits = np.zeros((4, 3), dtype=np.float32)
+    features = np.ones((4, 8), dtype=np.float32)
+    objective = LogitKD(teacher_logits, 4.0, 0.5, teacher_features=features, student_width=5, feature_weight=2.0)
+    assert objective.needs_features and objective.report() == {"feature_projection": "linear 5 -> 8"}
+    loss = objective.feature_loss(torch.zeros(2, 5), torch.tensor([0, 1]))
+    bias = objective.projection.bias.detach()
+    assert loss.item() == pytest.approx(2.0 * F.mse_loss(bias.expand(2, 8), torch.ones(2, 8)).item(), rel=1e-5)
