@@ -206,6 +206,7 @@ class PruneConfig:
 @dataclass
 class DistillConfig:
     """Hinton KD: loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T).
+    ``loss`` names the logit loss of classifier KD (a registry entry of kind ``loss``; ``hinton``).
 
     Strategies: ``straightforward`` (one teacher), ``successive`` (a chain of students, each
     teaching the next; see student.layers), ``multi-teacher`` (a weighted ensemble of the teacher
@@ -216,6 +217,7 @@ class DistillConfig:
     """
 
     strategy: str = "straightforward"
+    loss: str = "hinton"
     temperature: float = 4.0
     alpha: float = 0.3
     teachers: list[str] = field(default_factory=list)
@@ -231,6 +233,7 @@ class DistillConfig:
 
     def validate(self, path: str) -> None:
         _check_choice(f"{path}.strategy", self.strategy, "strategy")
+        _check_choice(f"{path}.loss", self.loss, "loss")
         _check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
         _check_range(f"{path}.alpha", self.alpha, 0, 1)
         _check_range(f"{path}.feature_weight", self.feature_weight, 0, 1000)

@@ -101,6 +101,7 @@ def distill(
         "teacher_weights": cfg.teacher_weights,
         "learn_teacher_weights": cfg.learn_teacher_weights,
         "feature_weight": cfg.feature_weight,
+        **({"loss": cfg.loss} if cfg.loss != "hinton" else {}),  # (fingerprints of hinton runs stay as they were)
         "baseline": cfg.baseline,
         "lora": asdict(cfg.lora) if self_copy else None,
         "train": asdict(cfg.train),
@@ -351,6 +352,7 @@ def logit_objective(cfg, teachers, student, data):
     if want_features:
         width = student.head().in_features
         features = dict(teacher_features=sets[0].features, student_width=width, feature_weight=cfg.feature_weight)
+    features["loss_fn"] = registry.load("loss", cfg.loss, option="distill.loss")
     if registry.get("strategy", cfg.strategy).can("teachers") == "many":
         return MultiTeacherKD(
             [s.logits for s in sets],

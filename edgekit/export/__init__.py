@@ -1,1 +1,3 @@
-"""Export trained models to parity-checked ONNX bundles."""
+"""Export trained models to parity-checked bundles: ONNX (fp32, int8 dynamic/static, fp16) and
+TorchScript (fp32, int8 dynamic). Formats are registry entries (kind ``format``); presets live in
+the top-level ``export/`` folder."""

@@ -35,7 +35,8 @@ class Objective(torch.nn.Module):
 
 
 class LogitKD(Objective):
-    """Hinton KD against one table of teacher logits, with optional feature KD: the student's
+    """Logit KD (Hinton's by default; ``loss_fn`` any registered logit loss) against one table of
+    teacher logits, with optional feature KD: the student's
     head input is projected (a learned linear map when widths differ) onto the teacher's and
     matched by mean squared error, weighted by ``feature_weight``."""
 
@@ -47,12 +48,14 @@ class LogitKD(Objective):
         teacher_features: np.ndarray | None = None,
         student_width: int | None = None,
         feature_weight: float = 0.0,
+        loss_fn=kd_loss,
     ):
         super().__init__()
         self.register_buffer(
             "table", torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32)), persistent=False
         )
         self.temperature, self.alpha = temperature, alpha
+        self.loss_fn = loss_fn  # a registered logit loss: (student, teacher, labels, T, alpha) -> loss
         self.feature_weight = feature_weight if teacher_features is not None else 0.0
         self.projection = None
         if self.feature_weight > 0:
@@ -84,7 +87,7 @@ class LogitKD(Objective):
         return self.feature_weight * F.mse_loss(self.projection(features.float()), target)
 
     def loss(self, logits, features, indices, labels):
-        loss = kd_loss(logits, self.teacher(indices).to(logits.device), labels, self.temperature, self.alpha)
+        loss = self.loss_fn(logits, self.teacher(indices).to(logits.device), labels, self.temperature, self.alpha)
         return loss + self.feature_loss(features, indices)
 
 
@@ -122,7 +125,7 @@ class MultiTeacherKD(LogitKD):
 
     def loss(self, logits, features, indices, labels):
         ensemble = self.teacher(indices).to(logits.device)
-        loss = kd_loss(logits, ensemble.detach(), labels, self.temperature, self.alpha)
+        loss = self.loss_fn(logits, ensemble.detach(), labels, self.temperature, self.alpha)
         if self.learn:
             loss = loss + F.cross_entropy(ensemble, labels)
         return loss + self.feature_loss(features, indices)
