@@ -1,10 +1,12 @@
-"""The Typer app: one function per command, each a thin layer over edgekit.stages."""
+"""The Typer app: one function per command (in training, shipping and devices), each a thin layer over
+edgekit.stages."""
 
 from __future__ import annotations
 
 import typer
 
-from edgekit.cli import commands
+from edgekit.cli import devices as device_commands
+from edgekit.cli import shipping, training
 
 
 def build_app():
@@ -17,22 +19,22 @@ def build_app():
         rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    app.command("run")(commands.run)
-    app.command("distill")(commands.distill)
-    app.command("finetune")(commands.finetune)
-    app.command("prune")(commands.prune)
-    app.command("export")(commands.export)
-    app.command("eval")(commands.evaluate)
-    app.command("bench")(commands.bench)
-    app.command("report")(commands.report)
-    app.command("validate-bundle", hidden=True)(commands.validate_bundle)
+    app.command("run")(training.run)
+    app.command("distill")(training.distill)
+    app.command("finetune")(training.finetune)
+    app.command("prune")(training.prune)
+    app.command("export")(shipping.export)
+    app.command("eval")(shipping.evaluate)
+    app.command("bench")(shipping.bench)
+    app.command("report")(shipping.report)
+    app.command("validate-bundle", hidden=True)(shipping.validate_bundle)
     devices = typer.Typer(
         help="List and show device profiles, describe this machine, build an emulated device.", no_args_is_help=True
     )
-    devices.command("list")(commands.devices_list)
-    devices.command("show")(commands.devices_show)
-    devices.command("here")(commands.devices_here)
-    devices.command("emulate")(commands.devices_emulate)
+    devices.command("list")(device_commands.devices_list)
+    devices.command("show")(device_commands.devices_show)
+    devices.command("here")(device_commands.devices_here)
+    devices.command("emulate")(device_commands.devices_emulate)
     app.add_typer(devices, name="devices")
-    app.callback(invoke_without_command=True)(commands.root)
+    app.callback(invoke_without_command=True)(training.root)
     return typer.main.get_command(app)

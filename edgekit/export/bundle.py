@@ -214,6 +214,16 @@ def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dic
     }
 
 
+@dataclasses.dataclass
+class Candidate:
+    """A lossy graph that may ship: its variant (plain, fused), its folder, how it was quantized, and notes."""
+
+    variant: str
+    folder: Path
+    quantization: dict[str, Any]
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 def _onnx_lossy(
     handle: ModelHandle,
     fp32_dir: Path,
@@ -221,9 +231,9 @@ def _onnx_lossy(
     preset: dict[str, Any],
     manifest: dict[str, Any],
     calibration: list[dict[str, np.ndarray]],
-) -> list[tuple[str, Path, dict[str, Any], dict[str, Any]]]:
+) -> list[Candidate]:
     """int8/fp16 candidates: the graph as exported, and (transformers) with onnxruntime's fusions.
-    Returns [(variant, folder, quantization, notes)]."""
+    Returns one :class:`Candidate` per graph that quantized."""
     convolutional = any(is_convolutional(p) for p in _files(fp32_dir, manifest))
     sources = {"plain": fp32_dir}
     notes: dict[str, dict[str, Any]] = {"plain": {}}
@@ -266,7 +276,7 @@ def _onnx_lossy(
                 ) from None
             notes["plain"]["fused_failed"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             continue
-        candidates.append((variant, folder, quantization, notes[variant]))
+        candidates.append(Candidate(variant, folder, quantization, notes[variant]))
     return candidates
 
 
@@ -354,19 +364,19 @@ def _timing_inputs(
 
 
 def _keep(
-    candidates: list, variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False
-) -> tuple:
+    candidates: list[Candidate], variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False
+) -> Candidate:
     """Which graph ships. By default (``optimize: auto``) a rule on deterministic measurements, so the
     same model and settings always give the same bundle: the fused graph when onnxruntime's fusions
     applied, it agrees with PyTorch on at least as many parity labels as the plain graph, its SNR is
     at most 1 dB lower, and it is no more than 5% larger. ``optimize: timed`` decides by timing on this CPU instead: fused
     only when clearly faster (>= 5%) and no larger, or as fast (within 5%) and smaller; timings move
     from run to run, so two timed exports of one model can differ."""
-    plain = next((c for c in candidates if c[0] == "plain"), None)
-    fused = next((c for c in candidates if c[0] == "fused"), None)
+    plain = next((c for c in candidates if c.variant == "plain"), None)
+    fused = next((c for c in candidates if c.variant == "fused"), None)
     if plain is None or fused is None:
         return candidates[0]
-    size = {c[0]: sum(p.stat().st_size for p in _files(c[1], manifest)) for c in (plain, fused)}
+    size = {c.variant: sum(p.stat().st_size for p in _files(c.folder, manifest)) for c in (plain, fused)}
     for name in size:
         variants[name]["model_bytes"] = size[name]
     if not timed:
@@ -399,7 +409,7 @@ def build_bundle(
     folder = Path(folder)
     fmt, precision = preset["format"], preset["precision"]
     spec, writer = handle.spec, registry.get("format", fmt, option="--format")
-    fmt_name = writer.can("title")
+    fmt_name, onnx = writer.can("title"), writer.can("runtime") == "onnxruntime"
     if not spec.static_int8 and precision == "int8" and preset["quantization"]["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
@@ -410,7 +420,7 @@ def build_bundle(
         "format": fmt,
         "precision": precision,
         "preset": preset["name"],
-        "opset": int(preset["opset"]) if fmt == "onnx" else None,
+        "opset": int(preset["opset"]) if onnx else None,
         "task": handle.task,
         "arch": handle.arch,
         "label_names": handle.label_names,
@@ -429,7 +439,7 @@ def build_bundle(
         fp32_dir = _candidate(scratch, "fp32", manifest)
         exporters = {}
         for graph in graphs:
-            if fmt == "onnx":
+            if onnx:
                 exporters[graph.name] = export_onnx(
                     graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch
                 )
@@ -447,17 +457,17 @@ def build_bundle(
             )
         quantization, optimization, final = None, {"variants": {}, "kept": "plain"}, fp32_dir
         if precision != "fp32":
-            if fmt == "torchscript":
+            if not onnx:  # TorchScript: torch's dynamic int8
                 ts_dir = _candidate(scratch, "int8", manifest)
-                candidates = [("plain", ts_dir, _torch_int8(handle, preset["quantization"], ts_dir), {})]
+                candidates = [Candidate("plain", ts_dir, _torch_int8(handle, preset["quantization"], ts_dir))]
             else:
                 calib = (
                     _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if spec.static_int8 else []
                 )
                 candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
             timed = preset["optimize"] == "timed"
-            for variant, candidate, _, notes in candidates:
-                entry = dict(notes)
+            for c in candidates:
+                variant, candidate, entry = c.variant, c.folder, dict(c.notes)
                 if len(candidates) > 1 and timed:  # measured on this CPU, batch 1, by the shipping runtime
                     for key, feed in timing.items():
                         entry[key] = run_isolated(candidate, feed, scratch, time_runs=TIMING_RUNS)[1]
@@ -468,7 +478,7 @@ def build_bundle(
                     entry["label_agreement"], entry["snr_db"] = check["label_agreement"], check["snr_db"]
                 optimization["variants"][variant] = entry
             best = _keep(candidates, optimization["variants"], manifest, timed)
-            optimization["kept"], final, quantization = best[0], best[1], best[2]
+            optimization["kept"], final, quantization = best.variant, best.folder, best.quantization
             if len(candidates) > 1:
                 optimization["decided_by"] = (
                     (
@@ -504,7 +514,7 @@ def build_bundle(
     manifest.update(
         {
             "quantization": quantization,
-            "graph_optimization": optimization if fmt == "onnx" else None,
+            "graph_optimization": optimization if onnx else None,
             "parameters": handle.parameter_count(),
             "sizes": {
                 "model_bytes": sum((folder / g["file"]).stat().st_size for g in manifest["graphs"]),
