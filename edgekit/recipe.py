@@ -217,7 +217,6 @@ class DistillConfig:
     """
 
     strategy: str = "straightforward"
-    loss: str = "hinton"
     temperature: float = 4.0
     alpha: float = 0.3
     teachers: list[str] = field(default_factory=list)
@@ -228,6 +227,7 @@ class DistillConfig:
     cache: bool = True
     checkpoint_every: int = 200
     deterministic: bool = True
+    loss: str = "hinton"
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -12,7 +12,7 @@ also trained on labels only for the same budget, so the gain of KD is measured.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,30 @@ def plan_links(recipe) -> list[dict[str, Any]]:
 def distill(
     recipe, teachers: list[str], out: Path, *, data=None, force: bool = False, reuse: bool = False, resume: bool = False
 ) -> dict:
-    from edgekit.models import load_model
-    from edgekit.train.loop import Checkpointing, copy_handle, evaluate, model_metrics, train
-
+    """Distil ``teachers`` into the recipe's student(s) as one stage folder ``out`` (see the module docstring)."""
     cfg = recipe.distill
     strategy = registry.get("strategy", cfg.strategy, option="--strategy")
-    ensemble, self_copy = strategy.can("teachers") == "many", strategy.can("student") == "self"
-    teachers = [teachers] if isinstance(teachers, str) else list(teachers)
+    teachers = _check_teachers(cfg, strategy, [teachers] if isinstance(teachers, str) else list(teachers))
+    links = plan_links(recipe)
+    teacher_stage = Path(teachers[0]) if is_stage(Path(teachers[0])) else None
+    stage = Stage("distill", out, _config(recipe, teachers, strategy), parent=teacher_stage)
+    if (meta := stage.reused(reuse)) is not None:
+        return meta
+    data = data or load_data(recipe)
+    run = _Run(recipe, cfg, strategy, data, task_spec(data.task), stage, checkpoint_folder(out), resume)
+    handles = run.load_teachers(teachers, links)
+    if not resume and run.ckpt_root.exists():
+        shutil.rmtree(run.ckpt_root)
+    with stage.folder(force) as folder:
+        meta = run.train_links(folder, links, teachers, handles)
+    shutil.rmtree(run.ckpt_root, ignore_errors=True)
+    return meta
+
+
+def _check_teachers(cfg, strategy, teachers: list[str]) -> list[str]:
+    """The teachers (given and ``distill.teachers``), or one clear line for a count or name that cannot work."""
     teachers = teachers + [str(t) for t in cfg.teachers]
+    ensemble = strategy.can("teachers") == "many"
     if ensemble and len(teachers) < 2:
         raise EdgekitError(
             f"the {cfg.strategy} strategy needs two or more teachers: repeat --teacher (distill.teachers)"
@@ -85,15 +101,18 @@ def distill(
             f"--teacher-weights has {len(cfg.teacher_weights)} values for {len(teachers)} teachers; "
             "give one weight per teacher"
         )
-    links = plan_links(recipe)
     for t in teachers:
         if not Path(t).exists() and "/" not in t and not _is_torchvision(t):
             raise EdgekitError(
                 f"teacher {t!r} is not a folder, a torchvision name or a Hugging Face id; check the path"
             )
+    return teachers
 
-    teacher_stage = Path(teachers[0]) if is_stage(Path(teachers[0])) else None
-    config = {
+
+def _config(recipe, teachers: list[str], strategy) -> dict[str, Any]:
+    """What the stage's fingerprint covers."""
+    cfg = recipe.distill
+    return {
         "strategy": cfg.strategy,
         "temperature": cfg.temperature,
         "alpha": cfg.alpha,
@@ -103,7 +122,7 @@ def distill(
         "feature_weight": cfg.feature_weight,
         **({"loss": cfg.loss} if cfg.loss != "hinton" else {}),  # (fingerprints of hinton runs stay as they were)
         "baseline": cfg.baseline,
-        "lora": asdict(cfg.lora) if self_copy else None,
+        "lora": asdict(cfg.lora) if strategy.can("student") == "self" else None,
         "train": asdict(cfg.train),
         "student": asdict(recipe.student),
         "data": asdict(recipe.data),
@@ -111,168 +130,215 @@ def distill(
         "seed": recipe.seed,
         "teacher_prints": [read_meta(Path(t)).get("fingerprint") for t in teachers if is_stage(Path(t))],
     }
-    stage = Stage("distill", out, config, parent=teacher_stage)
-    print_ = stage.fingerprint
-    if (meta := stage.reused(reuse)) is not None:
-        return meta
-    data = data or load_data(recipe)
-    spec = task_spec(data.task)
-    kwargs = dict(
-        task=data.task,
-        label_names=data.label_names,
-        image_size=recipe.data.image_size,
-        max_length=recipe.data.max_length,
-        max_target_length=recipe.data.max_target_length,
-    )
-    from edgekit.train.loop import seed_everything
 
-    seed_everything(recipe.seed)  # the initial weights of students built from scratch
-    teacher_handles = [load_model(t, **kwargs) for t in teachers]
-    for t, h in zip(teachers, teacher_handles):
-        if h.task != data.task:
-            raise EdgekitError(f"teacher {t} does {h.task} but the data is {data.task}")
-    if "layers" in links[0]:  # a chain that cannot be cut from this teacher fails before any training
-        from edgekit.distill.derive import kept_layers, layer_count
 
-        n = layer_count(teacher_handles[0])
-        for link in links:
-            kept_layers(n, link["layers"])
-    ckpt_root = checkpoint_folder(out)
-    if not resume and ckpt_root.exists():
-        shutil.rmtree(ckpt_root)
+@dataclass
+class _Run:
+    """One distill stage in progress: what every link shares."""
 
-    with stage.folder(force) as folder:
-        teacher = teacher_handles[0]
-        teacher_metrics = [
-            evaluate(h, data.eval_split, desc=f"evaluate teacher {i + 1}") for i, h in enumerate(teacher_handles)
-        ]
-        for h in teacher_handles:
-            h.module.cpu()
-        link_rows: list[dict[str, Any]] = []
-        previous_score = spec.score(teacher_metrics[0])  # the score of the current link's teacher
-        student = result = objective = metrics = None
-        baseline_metrics = None
-        extra: dict[str, Any] = {}
-        for index, link in enumerate(links, start=1):
-            last = index == len(links)
-            name = _link_name(index, link)
-            link_ckpt = ckpt_root / name
-            done = link_ckpt / "stage"
-            if not last and resume and is_stage(done):
-                from edgekit.models.load import load_saved
+    recipe: Any
+    cfg: Any
+    strategy: Any
+    data: Any
+    spec: Any
+    stage: Stage
+    ckpt_root: Path
+    resume: bool
 
-                log(f"distill: link {index}/{len(links)} ({name}) finished before; reusing {done}")
-                student = load_saved(done, label_names=data.label_names)
-                link_rows.append(read_meta(done)["link_row"])
-                previous_score = spec.score(link_rows[-1])
-                teacher = student
-                continue
-            student = _build_student(link, teacher, recipe, kwargs)
-            _check_compatible(teacher, student)
-            objective = spec.job("kd_objective")(cfg, teacher_handles if ensemble else [teacher], student, data)
-            initial = copy_handle(student) if cfg.baseline and last and not self_copy else None
-            log(
-                f"distill [{cfg.strategy}] link {index}/{len(links)}: {_describe(teacher)} -> {_describe(student)}, "
-                f"T={cfg.temperature}, alpha={cfg.alpha}"
-            )
-            result = train(
-                student,
-                data,
-                cfg.train,
-                seed=recipe.seed,
-                objective=objective,
-                desc=f"student {name}",
-                checkpoint=Checkpointing(
-                    link_ckpt, tag=f"{print_}:{index}", every_steps=cfg.checkpoint_every, resume=resume
-                ),
-                deterministic=cfg.deterministic,
-            )
-            if self_copy:
-                from edgekit.compress.lora import merge_checked
-
-                student, extra["merge"] = merge_checked(student, teacher, data, folder)
-            metrics = model_metrics(student, data)
-            metrics.update(
-                best_epoch=result.best_epoch,
-                train_seconds=result.seconds,
-                lr=result.lr,
-                teacher_score=previous_score,
-                **result.objective,
-            )
-            link_rows.append(
-                {
-                    "name": name,
-                    "parameters": student.parameter_count(),
-                    **spec.headline(metrics),
-                    "teacher_score": previous_score,
-                    "train_seconds": result.seconds,
-                    **result.objective,
-                }
-            )
-            previous_score = spec.score(metrics)
-            if not last:
-                _save_link(done, student, recipe, config, metrics, result, print_, index, link_rows[-1])
-            if initial is not None:
-                log(f"distill: baseline — the same {_describe(initial)} on labels only, {cfg.train.epochs} epochs")
-                base = train(
-                    initial,
-                    data,
-                    cfg.train,
-                    seed=recipe.seed,
-                    desc=f"baseline {name}",
-                    checkpoint=Checkpointing(
-                        ckpt_root / "baseline",
-                        tag=f"{print_}:baseline",
-                        every_steps=cfg.checkpoint_every,
-                        resume=resume,
-                    ),
-                    deterministic=cfg.deterministic,
-                )
-                baseline_metrics = model_metrics(initial, data)
-                baseline_metrics.update(best_epoch=base.best_epoch, train_seconds=base.seconds, history=base.history)
-            teacher = student
-        for row in link_rows[:-1]:  # the successive chain's earlier links, each a stage folder
-            shutil.copytree(ckpt_root / row["name"] / "stage", folder / "links" / row["name"])
-        # the last link's metrics, against the original teacher
-        metrics.update(
-            teacher_score=spec.score(teacher_metrics[0]),
-            compression_ratio=teacher_handles[0].parameter_count() / student.parameter_count(),
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        d = self.recipe.data
+        return dict(
+            task=self.data.task,
+            label_names=self.data.label_names,
+            image_size=d.image_size,
+            max_length=d.max_length,
+            max_target_length=d.max_target_length,
         )
-        if baseline_metrics is not None:
-            gain = spec.score(metrics) - spec.score(baseline_metrics)
+
+    def checkpointing(self, name: str, tag: str):
+        from edgekit.train.loop import Checkpointing
+
+        return Checkpointing(
+            self.ckpt_root / name,
+            tag=f"{self.stage.fingerprint}:{tag}",
+            every_steps=self.cfg.checkpoint_every,
+            resume=self.resume,
+        )
+
+    def load_teachers(self, teachers: list[str], links: list[dict]) -> list:
+        """The teachers' models, checked against the data and the chain, before any folder is made."""
+        from edgekit.models import load_model
+        from edgekit.train.loop import seed_everything
+
+        seed_everything(self.recipe.seed)  # the initial weights of students built from scratch
+        handles = [load_model(t, **self.model_kwargs) for t in teachers]
+        for t, h in zip(teachers, handles):
+            if h.task != self.data.task:
+                raise EdgekitError(f"teacher {t} does {h.task} but the data is {self.data.task}")
+        if "layers" in links[0]:  # a chain that cannot be cut from this teacher fails before any training
+            from edgekit.distill.derive import kept_layers, layer_count
+
+            n = layer_count(handles[0])
+            for link in links:
+                kept_layers(n, link["layers"])
+        return handles
+
+    def train_links(self, folder: Path, links: list[dict], teachers: list[str], handles: list) -> dict:
+        """Every link in order (each taught by the one before), the last saved in ``folder``."""
+        from edgekit.train.loop import evaluate
+
+        spec = self.spec
+        teacher_metrics = [
+            evaluate(h, self.data.eval_split, desc=f"evaluate teacher {i + 1}") for i, h in enumerate(handles)
+        ]
+        for h in handles:
+            h.module.cpu()
+        rows: list[dict[str, Any]] = []
+        teacher, score, extra, baseline = handles[0], spec.score(teacher_metrics[0]), {}, None
+        for index, link in enumerate(links, start=1):
+            name, last = _link_name(index, link), index == len(links)
+            done = self.ckpt_root / name / "stage"
+            if not last and self.resume and is_stage(done):
+                teacher = self._reuse_link(done, index, len(links), name, rows)
+            else:
+                teacher, metrics, result, baseline = self._train_link(
+                    folder, link, index, len(links), teacher, handles, score, rows, extra
+                )
+                if not last:
+                    _save_link(
+                        done,
+                        teacher,
+                        self.recipe,
+                        self.stage.config,
+                        metrics,
+                        result,
+                        self.stage.fingerprint,
+                        index,
+                        rows[-1],
+                    )
+            score = spec.score(rows[-1])
+        for row in rows[:-1]:  # the successive chain's earlier links, each a stage folder
+            shutil.copytree(self.ckpt_root / row["name"] / "stage", folder / "links" / row["name"])
+        student = teacher
+        self._against_teacher(metrics, student, handles[0], teacher_metrics[0], baseline)
+        student.save(folder)
+        (folder / RECIPE_FILE).write_text(self.recipe.to_yaml())
+        extra.update(_summary(links, rows, student, result, teachers, handles, teacher_metrics, spec))
+        if baseline is not None:
+            extra["baseline_metrics"] = baseline
+        return self.stage.finish(metrics=metrics, parameters=student.parameter_count(), extra=extra)
+
+    def _reuse_link(self, done: Path, index: int, count: int, name: str, rows: list) -> Any:
+        from edgekit.models.load import load_saved
+
+        log(f"distill: link {index}/{count} ({name}) finished before; reusing {done}")
+        rows.append(read_meta(done)["link_row"])
+        return load_saved(done, label_names=self.data.label_names)
+
+    def _train_link(self, folder, link, index, count, teacher, handles, score, rows, extra):
+        """Build, train and measure one link; returns (student, metrics, train result, baseline metrics)."""
+        from edgekit.train.loop import copy_handle, model_metrics, train
+
+        cfg, data, name = self.cfg, self.data, _link_name(index, link)
+        ensemble, self_copy = self.strategy.can("teachers") == "many", self.strategy.can("student") == "self"
+        student = _build_student(link, teacher, self.recipe, self.model_kwargs)
+        _check_compatible(teacher, student)
+        objective = self.spec.job("kd_objective")(cfg, handles if ensemble else [teacher], student, data)
+        initial = copy_handle(student) if cfg.baseline and index == count and not self_copy else None
+        log(
+            f"distill [{cfg.strategy}] link {index}/{count}: {_describe(teacher)} -> {_describe(student)}, "
+            f"T={cfg.temperature}, alpha={cfg.alpha}"
+        )
+        result = train(
+            student,
+            data,
+            cfg.train,
+            seed=self.recipe.seed,
+            objective=objective,
+            desc=f"student {name}",
+            checkpoint=self.checkpointing(name, str(index)),
+            deterministic=cfg.deterministic,
+        )
+        if self_copy:
+            from edgekit.compress.lora import merge_checked
+
+            student, extra["merge"] = merge_checked(student, teacher, data, folder)
+        metrics = model_metrics(student, data)
+        metrics.update(
+            best_epoch=result.best_epoch,
+            train_seconds=result.seconds,
+            lr=result.lr,
+            teacher_score=score,
+            **result.objective,
+        )
+        rows.append(
+            {
+                "name": name,
+                "parameters": student.parameter_count(),
+                **self.spec.headline(metrics),
+                "teacher_score": score,
+                "train_seconds": result.seconds,
+                **result.objective,
+            }
+        )
+        baseline = self._baseline(initial, name) if initial is not None else None
+        return student, metrics, result, baseline
+
+    def _baseline(self, initial, name: str) -> dict[str, Any]:
+        """The same initial student on labels only, for the same budget: what KD gained."""
+        from edgekit.train.loop import model_metrics, train
+
+        cfg = self.cfg
+        log(f"distill: baseline — the same {_describe(initial)} on labels only, {cfg.train.epochs} epochs")
+        base = train(
+            initial,
+            self.data,
+            cfg.train,
+            seed=self.recipe.seed,
+            desc=f"baseline {name}",
+            checkpoint=self.checkpointing("baseline", "baseline"),
+            deterministic=cfg.deterministic,
+        )
+        metrics = model_metrics(initial, self.data)
+        metrics.update(best_epoch=base.best_epoch, train_seconds=base.seconds, history=base.history)
+        return metrics
+
+    def _against_teacher(self, metrics, student, teacher, teacher_metrics, baseline) -> None:
+        """The last link's metrics against the original teacher (and the labels-only baseline)."""
+        spec = self.spec
+        metrics.update(
+            teacher_score=spec.score(teacher_metrics),
+            compression_ratio=teacher.parameter_count() / student.parameter_count(),
+        )
+        if baseline is not None:
+            gain = spec.score(metrics) - spec.score(baseline)
             if spec.score_key == "accuracy":
                 metrics["kd_gain_points"] = 100 * gain
             else:
                 metrics[f"kd_gain_{spec.score_key}"] = gain
-        student.save(folder)
-        (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        extra.update(
-            {
-                "student_model": (
-                    str(links[-1]["model"])
-                    if "model" in links[-1]
-                    else f"{student.arch}-{link_rows[-1]['name'].split('-', 1)[1]}"
-                ),
-                "history": result.history,
-                "resumed_from": result.resumed_from,
-                "links": link_rows,
-                "teachers": [
-                    {"source": str(t), "arch": h.arch, "parameters": h.parameter_count(), **spec.headline(m)}
-                    for t, h, m in zip(teachers, teacher_handles, teacher_metrics)
-                ],
-                "teacher": {
-                    "source": str(teachers[0]),
-                    "arch": teacher_handles[0].arch,
-                    "parameters": teacher_handles[0].parameter_count(),
-                    **spec.headline(teacher_metrics[0]),
-                },
-            }
-        )
-        if baseline_metrics is not None:
-            extra["baseline_metrics"] = baseline_metrics
-        meta = stage.finish(metrics=metrics, parameters=student.parameter_count(), extra=extra)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    return meta
+
+
+def _summary(links, rows, student, result, teachers, handles, teacher_metrics, spec) -> dict[str, Any]:
+    """meta.json's description of the chain and the teachers."""
+    return {
+        "student_model": (
+            str(links[-1]["model"]) if "model" in links[-1] else f"{student.arch}-{rows[-1]['name'].split('-', 1)[1]}"
+        ),
+        "history": result.history,
+        "resumed_from": result.resumed_from,
+        "links": rows,
+        "teachers": [
+            {"source": str(t), "arch": h.arch, "parameters": h.parameter_count(), **spec.headline(m)}
+            for t, h, m in zip(teachers, handles, teacher_metrics)
+        ],
+        "teacher": {
+            "source": str(teachers[0]),
+            "arch": handles[0].arch,
+            "parameters": handles[0].parameter_count(),
+            **spec.headline(teacher_metrics[0]),
+        },
+    }
 
 
 def _is_torchvision(name: str) -> bool:

@@ -307,24 +307,10 @@ def train(
     head_input = _HeadInput(handle.head()) if objective.needs_features else None
 
     result = TrainResult(best_epoch=0, best_val_score=-1.0, lr=lr)
-    best_state = None
-    start_epoch, start_step, global_step, elapsed = 1, 0, 0, 0.0
-    saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.resume else None
-    if saved is not None:
-        raw_module.load_state_dict(saved["module"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        objective.load_state_dict(saved["objective"], strict=False)
-        _set_rng_state(saved["rng"])
-        start_epoch, start_step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
-        elapsed = float(saved["elapsed"])
-        result.history = json.loads(saved["history"])
-        result.best_epoch, result.best_val_score = (
-            saved["best_epoch"],
-            float(saved.get("best_val_score", saved.get("best_val_accuracy", -1.0))),
-        )
-        best_state = saved.get("best_state") or None
-        result.resumed_from = {"epoch": start_epoch, "step_in_epoch": start_step, "global_step": global_step}
+    start_epoch, start_step, global_step, elapsed, best_state = _restore(
+        checkpoint, raw_module, optimizer, scheduler, objective, result
+    )
+    if result.resumed_from:
         log.info(
             f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}"
         )
@@ -361,12 +347,7 @@ def train(
                     len(train_dataset), cfg.batch_size, seed, epoch, acc.process_index, acc.num_processes
                 )
                 first = start_step if epoch == start_epoch else 0
-                if first == 0:
-                    epoch_loss, seen, epoch_seconds = 0.0, 0, 0.0
-                else:  # the partial epoch's running totals were saved in the history's tail
-                    partial = result.history.pop() if result.history and result.history[-1].get("partial") else {}
-                    epoch_loss, seen = partial.get("loss_sum", 0.0), partial.get("seen", 0)
-                    epoch_seconds = partial.get("epoch_seconds", 0.0)
+                epoch_loss, seen, epoch_seconds = _epoch_totals(result, first)
                 epoch_start = time.perf_counter()
                 loader = make_loader(train_dataset, cfg.batch_size, shuffle=False, batches=batches[first:])
                 bar = tqdm(
@@ -386,17 +367,7 @@ def train(
                     features = head_input.value if head_input is not None else None
                     objective.see_batch(inputs)  # objectives that run a teacher on the batch keep its inputs
                     loss = objective.loss(logits.float(), features, indices, labels)
-                    if not torch.isfinite(loss.detach()).item():  # stop before a NaN reaches the weights
-                        kept = (
-                            f"; the last good checkpoint is kept in {checkpoint.path}"
-                            if checkpoint is not None and checkpoint.path.is_file()
-                            else ""
-                        )
-                        raise EdgekitError(
-                            f"{desc}: the training loss became {loss.item()} at epoch {epoch}, step "
-                            f"{step_in_epoch} (step {global_step + 1} overall){kept}; lower the learning "
-                            "rate (--lr) or check the data and settings for NaN/inf"
-                        )
+                    _check_finite(loss, desc, epoch, step_in_epoch, global_step, checkpoint)
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(loss)
                     acc.clip_grad_norm_(params, 1.0)
@@ -419,14 +390,7 @@ def train(
                         snapshot(epoch, step_in_epoch)
                         result.history.pop()
                     if stopping:
-                        where = f" in {checkpoint.path}" if checkpoint is not None else ""
-                        interrupted = Interrupted(
-                            f"{'interrupted' if stop.signum != signal.SIGTERM else 'terminated (SIGTERM)'} "
-                            f"at epoch {epoch}, step {step_in_epoch}; checkpoint saved{where}; "
-                            "rerun the same command with --resume to continue"
-                        )
-                        interrupted.exit_code = 143 if stop.signum == signal.SIGTERM else 130
-                        raise interrupted
+                        raise _interrupted(stop.signum, epoch, step_in_epoch, checkpoint)
                 bar.close()
                 epoch_seconds += time.perf_counter() - epoch_start
                 metric, val_acc = validation_score(handle, val_dataset, data.val, cfg.batch_size, device)
@@ -438,14 +402,10 @@ def train(
                         "epoch_seconds": epoch_seconds,
                     }
                 )
-                shown = (
-                    f"val accuracy {val_acc:.2%}"
-                    if metric == "val_accuracy"
-                    else f"{metric.replace('_', ' ')} {val_acc:.2f}"
-                )
+                shown = f"val accuracy {val_acc:.2%}" if metric == "val_accuracy" else f"{metric} {val_acc:.2f}"
                 log.info(
                     f"  {desc} epoch {epoch}/{cfg.epochs}: loss {epoch_loss / max(seen, 1):.4f}, "
-                    f"{shown}, {epoch_seconds:.1f} s"
+                    f"{shown.replace('_', ' ')}, {epoch_seconds:.1f} s"
                 )
                 if val_acc > result.best_val_score:
                     result.best_val_score, result.best_epoch = val_acc, epoch
@@ -465,6 +425,61 @@ def train(
     result.seconds = elapsed + time.perf_counter() - start
     result.objective = objective.report()
     return result
+
+
+def _restore(checkpoint, module, optimizer, scheduler, objective, result: TrainResult):
+    """Continue from ``checkpoint`` when asked and one exists: the weights, optimizer, schedule,
+    objective and RNG state, and the history so far. Returns (epoch, step in it, global step,
+    seconds spent, best epoch's weights)."""
+    saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.resume else None
+    if saved is None:
+        return 1, 0, 0, 0.0, None
+    module.load_state_dict(saved["module"], strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    objective.load_state_dict(saved["objective"], strict=False)
+    _set_rng_state(saved["rng"])
+    epoch, step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
+    result.history = json.loads(saved["history"])
+    result.best_epoch = saved["best_epoch"]
+    result.best_val_score = float(saved.get("best_val_score", saved.get("best_val_accuracy", -1.0)))
+    result.resumed_from = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step}
+    return epoch, step, global_step, float(saved["elapsed"]), saved.get("best_state") or None
+
+
+def _epoch_totals(result: TrainResult, first: int) -> tuple[float, int, float]:
+    """(loss sum, examples seen, seconds) of the epoch so far: zeros, or what a checkpoint taken mid-
+    epoch saved in the history's tail."""
+    if first == 0:
+        return 0.0, 0, 0.0
+    partial = result.history.pop() if result.history and result.history[-1].get("partial") else {}
+    return partial.get("loss_sum", 0.0), partial.get("seen", 0), partial.get("epoch_seconds", 0.0)
+
+
+def _check_finite(loss, desc: str, epoch: int, step: int, global_step: int, checkpoint) -> None:
+    """Stop before a NaN or inf loss reaches the weights, naming where and what to change."""
+    if torch.isfinite(loss.detach()).item():
+        return
+    kept = (
+        f"; the last good checkpoint is kept in {checkpoint.path}"
+        if checkpoint is not None and checkpoint.path.is_file()
+        else ""
+    )
+    raise EdgekitError(
+        f"{desc}: the training loss became {loss.item()} at epoch {epoch}, step {step} "
+        f"(step {global_step + 1} overall){kept}; lower the learning rate (--lr) or check the data and "
+        "settings for NaN/inf"
+    )
+
+
+def _interrupted(signum, epoch: int, step: int, checkpoint) -> Interrupted:
+    where = f" in {checkpoint.path}" if checkpoint is not None else ""
+    interrupted = Interrupted(
+        f"{'interrupted' if signum != signal.SIGTERM else 'terminated (SIGTERM)'} "
+        f"at epoch {epoch}, step {step}; checkpoint saved{where}; rerun the same command with --resume to continue"
+    )
+    interrupted.exit_code = 143 if signum == signal.SIGTERM else 130
+    return interrupted
 
 
 def handle_logits(handle: ModelHandle, module, inputs):
