@@ -7,13 +7,11 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edgekit import registry
 from edgekit.errors import EdgekitError
 from edgekit.recipe import shown
 from edgekit.resources import load_named_yaml
 
-QUANT_MODES = ("auto", "dynamic", "static")
-FORMATS = ("onnx", "torchscript")
-PRECISIONS = ("int8", "fp16", "fp32")
 OPTIMIZE = ("auto", "fused", "none", "timed")
 ENGINES = ("auto", "x86", "fbgemm", "qnnpack")
 DEFAULT_PRESETS = {
@@ -30,10 +28,11 @@ def load_preset(
 ) -> dict[str, Any]:
     """A preset by name (or the default for ``fmt`` and ``precision``); explicit ``precision`` and
     quantization ``mode`` override the preset's."""
-    if fmt is not None and fmt not in FORMATS:
-        raise EdgekitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise EdgekitError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    formats, precisions = registry.names("format"), registry.names("precision")
+    if fmt is not None and fmt not in formats:
+        raise EdgekitError(f"--format {fmt!r} is not one of {', '.join(formats)}")
+    if precision is not None and precision not in precisions:
+        raise EdgekitError(f"precision {precision!r} is not one of {', '.join(precisions)}")
     if name is None:
         name = DEFAULT_PRESETS.get((fmt or "onnx", precision or "int8"))
         if name is None:
@@ -47,8 +46,8 @@ def load_preset(
     preset.setdefault("opset", 18)
     preset.setdefault("format", "onnx")
     where = f"export preset {preset['name']}"
-    if preset["format"] not in FORMATS:
-        raise EdgekitError(f"{where}: format {preset['format']!r} is not one of {', '.join(FORMATS)}")
+    if preset["format"] not in formats:
+        raise EdgekitError(f"{where}: format {preset['format']!r} is not one of {', '.join(formats)}")
     if fmt is not None and preset["format"] != fmt:
         raise EdgekitError(
             f"{where} writes {preset['format']}, not {fmt}; use --preset "
@@ -56,8 +55,8 @@ def load_preset(
         )
     if precision is not None:
         preset["precision"] = precision
-    if preset["precision"] not in PRECISIONS:
-        raise EdgekitError(f"{where}: precision {preset['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    if preset["precision"] not in precisions:
+        raise EdgekitError(f"{where}: precision {preset['precision']!r} is not one of {', '.join(precisions)}")
     if preset["format"] == "torchscript" and preset["precision"] == "fp16":
         raise EdgekitError(
             "TorchScript export has no fp16 mode (CPUs run it slower than fp32); "
@@ -75,7 +74,7 @@ def load_preset(
     quant.setdefault("engine", "auto")
     preset.setdefault("optimize", "auto")
     for key, value, allowed in (
-        ("quantization.mode", quant["mode"], QUANT_MODES),
+        ("quantization.mode", quant["mode"], registry.names("quant-mode")),
         ("quantization.engine", quant["engine"], ENGINES),
         ("optimize", preset["optimize"], OPTIMIZE),
     ):
