@@ -77,11 +77,16 @@ class Entry:
         if self.target is None:
             raise EdgekitError(f"{KIND_WORDS.get(self.kind, self.kind)} {self.name!r} has no implementation to load")
         require_extra(self.extra, f"the {KIND_WORDS.get(self.kind, self.kind)} {self.name!r}")
-        module, _, attribute = self.target.partition(":")
-        value = importlib.import_module(module)
-        for part in filter(None, attribute.split(".")):
-            value = getattr(value, part)
-        return value
+        return resolve(self.target)
+
+
+def resolve(target: str) -> Any:
+    """The object a dotted ``package.module:attribute.attribute`` string names, importing the module now."""
+    module, _, attribute = target.partition(":")
+    value = importlib.import_module(module)
+    for part in filter(None, attribute.split(".")):
+        value = getattr(value, part)
+    return value
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {}

@@ -11,16 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from edgekit import log as _log
 from edgekit.artifacts import RECIPE_FILE, is_stage, write_json_atomic
 from edgekit.errors import EdgekitError
+from edgekit.log import info as log
 from edgekit.recipe import Recipe
 from edgekit.stage_runner import Stage, load_data, task_of
 from edgekit.tasks import task_spec
-
-
-def log(message: str) -> None:
-    _log.info(message)
 
 
 def save_model_stage(

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from edgekit.registry import EXTRAS, MissingExtra, missing_modules
+from edgekit.registry import EXTRAS, MissingExtra, require_extra
 
 # What each command needs beyond the core install (a Raspberry Pi has only the core): the extra to
 # install (its modules: edgekit.registry.EXTRAS), checked before the command starts.
@@ -49,11 +49,9 @@ def missing_extra(args: list[str]) -> str | None:
     """The one-line error for a command whose extra is not installed (None when it is, or for --help)."""
     command = _command_of(args)
     extra = COMMAND_EXTRAS.get(command)
-    if extra is None or "--help" in args or "-h" in args or not missing_modules(extra):
+    if extra is None or "--help" in args or "-h" in args:
         return None
     try:
-        from edgekit.registry import require_extra
-
         require_extra(extra, f"edgekit {command}")
     except MissingExtra as exc:
         return str(exc)

@@ -16,17 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit import log as _log
 from edgekit import registry
 from edgekit.artifacts import RECIPE_FILE, is_stage, read_meta, stage_folder, write_meta
 from edgekit.errors import EdgekitError
 from edgekit.layout import checkpoint_folder
+from edgekit.log import info as log
 from edgekit.stage_runner import Stage, load_data
 from edgekit.tasks import task_spec
-
-
-def log(message: str) -> None:
-    _log.info(message)
 
 
 def plan_links(recipe) -> list[dict[str, Any]]:

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from edgekit import __version__, registry
-from edgekit import log as _log
 from edgekit.artifacts import read_meta, sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
 from edgekit.export.graphs import Graph, export_onnx, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
 from edgekit.export.presets import resolve_engine, resolve_reduce_range
+from edgekit.log import info as log
 from edgekit.metrics import agreement, snr_db
 from edgekit.models.handle import ModelHandle
 from edgekit.runtime.bundle import MANIFEST, TOKENIZER_FILE, Encoder
@@ -335,10 +335,6 @@ def _lossy_parity(
         results[f"{precision}@{where.get('device') or where['machine']}"] = entry
     worst = min(results.values(), key=lambda e: (e["passed"], e["label_agreement"], e["snr_db"]))
     return {precision: dict(worst), **(results if len(results) > 1 else {}), f"{precision}@host": host}
-
-
-def log(message: str) -> None:
-    _log.info(message)
 
 
 FUSED_SNR_SLACK_DB = 1.0  # the fused graph may be this much noisier (dB) than the plain one, never less accurate

@@ -8,7 +8,6 @@ training code, and training code can read one without importing the runtime.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,11 +44,9 @@ class TaskSpec:
         """The function doing ``name`` for this task (imported now)."""
         if name not in self.jobs:
             raise KeyError(f"task {self.name} has no {name!r} job")
-        module, _, attribute = self.jobs[name].partition(":")
-        value = importlib.import_module(module)
-        for part in attribute.split("."):
-            value = getattr(value, part)
-        return value
+        from edgekit.registry import resolve
+
+        return resolve(self.jobs[name])
 
     def score(self, metrics: Mapping[str, Any]) -> float:
         return float(metrics[self.score_key])
