@@ -76,6 +76,7 @@ def test_unknown_names_are_one_line_naming_the_choices():
         ("quant-mode", "export.mode"),
         ("task", "task"),
         ("sweep-strategy", "sweep.strategies"),
+        ("loss", "distill.loss"),
     ],
 )
 def test_recipe_validation_reads_the_registry(kind, field):
@@ -218,3 +219,14 @@ def test_logit_kd_feature_term_projects_widths_and_reports_it():
     loss = objective.feature_loss(torch.zeros(2, 5), torch.tensor([0, 1]))
     bias = objective.projection.bias.detach()
     assert loss.item() == pytest.approx(2.0 * F.mse_loss(bias.expand(2, 8), torch.ones(2, 8)).item(), rel=1e-5)
+
+
+def test_an_unknown_logit_loss_is_one_line_before_anything_is_written(tmp_path):
+    out = tmp_path / "student"
+    proc = run_cli(
+        "distill", "--teacher", "resnet18", "--student", "mobilenet_v2", "--out", out, "--set", "distill.loss=nope"
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "distill.loss: 'nope' is not one of hinton" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
