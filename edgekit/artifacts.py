@@ -1,4 +1,4 @@
-"""Stage folders: every stage writes one folder with a ``meta.json``.
+"""Stage folders: every stage writes one folder with a ``meta.json`` (its record: :mod:`edgekit.records`).
 
 Writes are atomic: a stage is built in a hidden temporary folder beside its
 destination and renamed into place only when complete, so a failure never leaves a
@@ -13,17 +13,14 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.errors import EdgekitError
 
 META_FILE = "meta.json"
 RECIPE_FILE = "recipe.yaml"
-SCHEMA_VERSION = 1
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -186,59 +183,6 @@ def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
     finally:
         if locked_here:  # a lock the command took up front stays until the command ends
             release_lock(out)
-
-
-def write_meta(
-    folder: Path,
-    *,
-    stage: str,
-    config: dict[str, Any],
-    parent: Path | None = None,
-    metrics: dict[str, Any] | None = None,
-    parameters: int | None = None,
-    extra: dict[str, Any] | None = None,
-    fingerprint_value: str | None = None,
-) -> dict[str, Any]:
-    """Write ``meta.json`` describing a finished stage folder and return it."""
-    folder = Path(folder)
-    parent_meta = read_meta(parent) if parent is not None and (Path(parent) / META_FILE).exists() else None
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "stage": stage,
-        "producer": {"tool": "edgekit", "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "parent": None
-        if parent is None
-        else {
-            "path": str(Path(parent).resolve()),
-            "stage": parent_meta.get("stage") if parent_meta else None,
-            "fingerprint": parent_meta.get("fingerprint") if parent_meta else None,
-        },
-        "fingerprint": fingerprint_value,
-        "config": config,
-        "metrics": metrics or {},
-        "parameters": parameters,
-        "files": file_table(folder),
-    }
-    if extra:
-        meta.update(extra)
-    meta["size_bytes"] = sum(entry["bytes"] for entry in meta["files"].values())
-    write_json_atomic(folder / META_FILE, meta)
-    return meta
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / META_FILE
-    if not path.is_file():
-        raise EdgekitError(
-            f"{folder} is not an edgekit stage folder (no {META_FILE}); pass a folder written by an edgekit command"
-        )
-    meta = read_json(path, "re-run the stage that wrote it")
-    check_fields(meta, {"stage": str, "config": dict, "metrics": dict}, path)
-    if meta.get("parameters") is not None and (
-        isinstance(meta["parameters"], bool) or not isinstance(meta["parameters"], int)
-    ):
-        raise EdgekitError(f"{path}: parameters must be a whole number; re-run the stage that wrote it")
-    return meta
 
 
 def check_fields(data: Any, wanted: dict[str, type], path: Path) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import layout, log, stages
-from edgekit.artifacts import read_meta, write_json_atomic, write_text_atomic
+from edgekit.artifacts import write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.recipe import Recipe
+from edgekit.records import StageMeta, read_meta
 from edgekit.stage_runner import Stage, load_data, task_of
 from edgekit.tasks import task_spec
 
@@ -190,7 +191,7 @@ def run_sweep(recipe: Recipe, teacher: str, out: Path, data, reuse: bool, n_teac
     return shipped.stage
 
 
-def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: bool) -> dict[str, Any]:
+def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: bool) -> StageMeta:
     from edgekit.bench.run import bench_bundles, markdown_table
 
     config = {"device": device, "runs": recipe.bench.runs, "batch_size": recipe.bench.batch_size}

@@ -24,17 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import log
-from edgekit.artifacts import fingerprint, is_stage, read_meta, stage_folder, write_meta
+from edgekit.artifacts import fingerprint, is_stage, stage_folder
+from edgekit.records import StageMeta, read_meta, write_meta
 
 
 def stage_fingerprint(stage: str, config: dict[str, Any], parent: Path | None) -> str:
     """A stage's identity: its name, its config and its parent's fingerprint."""
-    parent_print = read_meta(parent).get("fingerprint") if parent is not None and is_stage(parent) else None
+    parent_print = read_meta(parent).fingerprint if parent is not None and is_stage(parent) else None
     return fingerprint(stage, config, parent_print)
 
 
 def reusable(out: Path, print_: str) -> bool:
-    return is_stage(out) and read_meta(out).get("fingerprint") == print_
+    return is_stage(out) and read_meta(out).fingerprint == print_
 
 
 def task_of(recipe) -> str:
@@ -64,7 +65,7 @@ class Stage:
         self.parent = Path(self.parent) if self.parent is not None else None
         self.fingerprint = stage_fingerprint(self.name, self.config, self.parent)
 
-    def reused(self, reuse: bool) -> dict[str, Any] | None:
+    def reused(self, reuse: bool) -> StageMeta | None:
         """The finished stage's meta when ``reuse`` and ``out`` holds this very fingerprint, else None."""
         if reuse and reusable(self.out, self.fingerprint):
             log.info(f"{self.name}: reused {self.out}")
@@ -89,7 +90,7 @@ class Stage:
         extra: dict[str, Any] | None = None,
         stage: str | None = None,
         config: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> StageMeta:
         """Write meta.json (inside :meth:`folder`) and return it."""
         if self._folder is None:
             raise RuntimeError("Stage.finish() is called inside 'with stage.folder(...)'")

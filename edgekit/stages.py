@@ -11,17 +11,19 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from edgekit import registry
 from edgekit.artifacts import RECIPE_FILE, is_stage, write_json_atomic
 from edgekit.errors import EdgekitError
 from edgekit.log import info as log
 from edgekit.recipe import Recipe
+from edgekit.records import StageMeta
 from edgekit.stage_runner import Stage, load_data, task_of
 from edgekit.tasks import task_spec
 
 
 def save_model_stage(
     stage: Stage, folder: Path, handle, recipe: Recipe, metrics: dict, extra: dict | None = None, **fields
-) -> dict:
+) -> StageMeta:
     """A model stage's files: the model (safetensors), the recipe that made it, meta.json."""
     handle.save(folder)
     (folder / RECIPE_FILE).write_text(recipe.to_yaml())
@@ -37,7 +39,7 @@ def finetune(
     resume: bool = False,
     model: str | None = None,
     lora=None,
-) -> dict:
+) -> StageMeta:
     """Train ``model`` (default: the recipe's teacher) on the task and save it as a stage: a full
     fine-tune, or with ``lora`` (a :class:`edgekit.recipe.LoraStageConfig`) LoRA adapters, over an
     NF4 base when ``lora.qlora``, merged back into a plain model (see :mod:`edgekit.compress.lora`)."""
@@ -129,7 +131,7 @@ def finetune(
 
 def distill(
     recipe: Recipe, teacher, out: Path, force: bool = False, data=None, reuse: bool = False, resume: bool = False
-) -> dict:
+) -> StageMeta:
     """Distil ``teacher`` (a stage folder or a model that already knows the task; a list for the
     multi-teacher strategy) into the recipe's student(s). See :mod:`edgekit.distill.engine`."""
     from edgekit.distill.engine import distill as run_distill
@@ -153,7 +155,7 @@ def export(
     reuse: bool = False,
     devices: list[str] | None = None,
     ssh=None,
-) -> dict:
+) -> StageMeta:
     """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle.
 
     A lossy bundle's parity is judged on ``devices`` (emulated) or over ``ssh`` on the device, and for a
@@ -165,12 +167,12 @@ def export(
 
     preset = load_preset(preset_name, fmt, precision, mode)
     if calib_samples:
-        preset["calib_samples"] = calib_samples
+        preset.calib_samples = calib_samples
     if min_agreement is not None:
-        preset["parity"]["min_agreement"] = min_agreement
+        preset.parity["min_agreement"] = min_agreement
     from edgekit.targets import parity_targets
 
-    targets, warning = parity_targets(preset, devices or [], ssh) if preset["precision"] != "fp32" else ([], None)
+    targets, warning = parity_targets(preset, devices or [], ssh) if preset.precision != "fp32" else ([], None)
     if warning:
         log(warning)
     source = Path(model_dir)
@@ -178,7 +180,7 @@ def export(
         from edgekit.recipe import load_recipe
 
         recipe = load_recipe(source / RECIPE_FILE)
-    config = {"source": str(model_dir), "preset": {k: v for k, v in preset.items() if not k.startswith("_")}}
+    config = {"source": str(model_dir), "preset": preset.to_json()}
     run = Stage("export", out, config, parent=source if is_stage(source) else None)
     if (meta := run.reused(reuse)) is not None:
         return meta
@@ -194,8 +196,9 @@ def export(
     if data is not None and data.label_names != handle.label_names:
         raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
     with run.folder(force) as folder:
-        target = f"ONNX opset {preset['opset']}" if preset["format"] == "onnx" else "TorchScript"
-        log(f"export: {handle.arch} -> {target} {preset['precision']} (preset {preset['name']})")
+        writer = registry.get("format", preset.format)
+        target = f"ONNX opset {preset.opset}" if writer.can("runtime") == "onnxruntime" else writer.can("title")
+        log(f"export: {handle.arch} -> {target} {preset.precision} (preset {preset.name})")
         manifest = build_bundle(
             handle,
             folder,
@@ -208,17 +211,17 @@ def export(
         )
         if recipe is not None:
             (folder / RECIPE_FILE).write_text(recipe.to_yaml())
-        metrics = {"parity_" + k: v["label_agreement"] for k, v in manifest["parity"].items()}
+        metrics = {"parity_" + k: v["label_agreement"] for k, v in manifest.parity.items()}
         meta = run.finish(
             metrics=metrics,
-            parameters=manifest["parameters"],
+            parameters=manifest.parameters,
             extra={
-                "model_bytes": manifest["sizes"]["model_bytes"],
-                "fp32_model_bytes": manifest["sizes"]["fp32_model_bytes"],
-                "quantization": manifest["quantization"],
-                "format": manifest["format"],
-                "precision": manifest["precision"],
-                "graph_optimization": (manifest.get("graph_optimization") or {}).get("kept"),
+                "model_bytes": manifest.sizes["model_bytes"],
+                "fp32_model_bytes": manifest.sizes["fp32_model_bytes"],
+                "quantization": manifest.quantization,
+                "format": manifest.format,
+                "precision": manifest.precision,
+                "graph_optimization": (manifest.graph_optimization or {}).get("kept"),
             },
         )
     return meta
@@ -235,8 +238,8 @@ def evaluate_bundle(
 ) -> dict:
     """Accuracy, F1 and confusion matrix of the exported file itself, on onnxruntime (torch-free).
     ``metrics`` measured elsewhere (on a device, or emulated) are recorded instead of computed here."""
+    from edgekit.records import read_manifest
     from edgekit.runtime import Bundle
-    from edgekit.runtime.bundle import read_manifest
 
     if metrics is None:
         bundle = Bundle(bundle_dir, threads=threads)
@@ -248,7 +251,7 @@ def evaluate_bundle(
             write_json_atomic(folder / "metrics.json", metrics)
             run.finish(
                 metrics=metrics,
-                parameters=read_manifest(bundle_dir).get("parameters"),
+                parameters=read_manifest(bundle_dir).parameters,
                 config=config or {"bundle": str(bundle_dir)},
             )
     return metrics

@@ -19,6 +19,7 @@ from typing import Any
 from edgekit.errors import EdgekitError
 from edgekit.layout import STUDENT, sweep_root
 from edgekit.recipe import Recipe, SweepConfig, student_label, sweep_cell
+from edgekit.records import StageMeta
 
 
 @dataclass
@@ -183,18 +184,18 @@ def resolve_teacher(name: str, cells: dict[str, Cell], teacher: str) -> str:
     return name  # distill.teachers: a folder, a torchvision name or a Hugging Face id
 
 
-def choose(sweep: SweepConfig, cells: list[Cell], metas: dict[str, dict], spec) -> tuple[Cell, str]:
+def choose(sweep: SweepConfig, cells: list[Cell], metas: dict[str, StageMeta], spec) -> tuple[Cell, str]:
     """The cell to ship and why (``spec``: the task's, whose validation score ranks the cells)."""
     key = spec.validation_key
 
-    def score(meta: dict[str, Any]) -> float:
-        return float(meta["metrics"].get(key, 0.0))
+    def score(meta: StageMeta) -> float:
+        return float(meta.metrics.get(key, 0.0))
 
     table = [c for c in cells if c.in_table]
     if sweep.ship != "best":
         cell = next(c for c in table if c.name == sweep.ship)
         return cell, f"named by sweep.ship ({cell.name})"
-    best = max(table, key=lambda c: (score(metas[c.name]), -metas[c.name]["parameters"]))
+    best = max(table, key=lambda c: (score(metas[c.name]), -(metas[c.name].parameters or 0)))
     value = score(metas[best.name])
     shown = f"{value:.2%}" if spec.score_key == "accuracy" else f"{value:.2f}"
     return best, f"highest validation score ({key} {shown}; the smaller student on a tie)"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit import registry
 from edgekit.errors import EdgekitError
 
 
@@ -49,10 +50,11 @@ def _run_checked(session: Session, words: Sequence[str], timeout: float, what: s
     return proc
 
 
-def _profile_file(profile: dict[str, Any], folder: Path, emulated: bool) -> Path:
+def _profile_file(profile, folder: Path, emulated: bool) -> Path:
+    """``profile`` (a :class:`edgekit.bench.profiles.Profile`) as a file to send to the device."""
     import yaml
 
-    settings = {k: v for k, v in profile.items() if not k.startswith("_")}
+    settings = profile.to_json()
     if emulated:
         settings["cooldown_seconds"] = 0  # nothing heats up under emulation
     path = folder / "profile.yaml"
@@ -63,7 +65,7 @@ def _profile_file(profile: dict[str, Any], folder: Path, emulated: bool) -> Path
 def bench_on(
     session: Session,
     bundles: Sequence[Path],
-    profile: dict[str, Any],
+    profile,
     *,
     extra_args: Sequence[str] = (),
     timeout: float = 1800,
@@ -178,7 +180,7 @@ class SshDevice:
         return {"where": "device", "emulated": False, "device": self.device, "host": self.ssh.host}
 
 
-def parity_targets(preset: dict[str, Any], devices: Sequence[str] = (), ssh=None) -> tuple[list[Any], str | None]:
+def parity_targets(preset, devices: Sequence[str] = (), ssh=None) -> tuple[list[Any], str | None]:
     """Where a lossy export's parity is judged, and a warning when it can only be this host.
 
     ``ssh`` (with one ``devices`` entry or the preset's first) checks on the real device; explicit
@@ -186,7 +188,7 @@ def parity_targets(preset: dict[str, Any], devices: Sequence[str] = (), ssh=None
     host's is checked on the emulated targets of its devices that are built."""
     import platform
 
-    target = preset.get("target") or {}
+    target = preset.target or {}  # preset: an edgekit.export.presets.Preset
     machine = target.get("machine")
     wanted = list(devices) or list(target.get("devices") or [])
     if ssh is not None:
@@ -194,9 +196,9 @@ def parity_targets(preset: dict[str, Any], devices: Sequence[str] = (), ssh=None
     foreign = bool(machine) and machine != platform.machine()
     if not devices and not foreign:
         return [], None
-    if preset["format"] != "onnx":
+    if not registry.get("format", preset.format).can("torch_free"):
         return [], (
-            f"warning: parity of this {machine or 'target'} {preset['format']} bundle is measured on this "
+            f"warning: parity of this {machine or 'target'} {preset.format} bundle is measured on this "
             f"{platform.machine()} host only: the emulated target has edgekit's core install (no torch)"
         )
     from edgekit.bench.profiles import load_profile

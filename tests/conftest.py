@@ -119,7 +119,7 @@ def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int, 
 
 def write_stage(folder, handle, recipe: str):
     """A model stage folder as finetune would write it (weights, meta.json, the recipe with the data)."""
-    from edgekit.artifacts import write_meta
+    from edgekit.records import write_meta
 
     handle.save(folder)
     write_meta(folder, stage="finetune", config={"model": handle.arch}, metrics={}, parameters=handle.parameter_count())

@@ -23,6 +23,7 @@ CORE = {
     "edgekit",
     "edgekit.errors",
     "edgekit.artifacts",
+    "edgekit.records",
     "edgekit.resources",
     "edgekit.registry",
     "edgekit.layout",

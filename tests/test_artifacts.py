@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
-from edgekit.artifacts import check_output, fingerprint, read_meta, sha256_file, stage_folder, write_meta
+from edgekit.artifacts import check_output, fingerprint, sha256_file, stage_folder
 from edgekit.errors import EdgekitError
+from edgekit.records import read_meta, write_meta
 
 
 def test_stage_folder_is_atomic_on_failure(tmp_path):
@@ -39,13 +42,16 @@ def test_meta_records_files_with_sha256(tmp_path):
             parameters=12,
             fingerprint_value=fingerprint("distill", {"alpha": 0.3}),
         )
-    meta = read_meta(tmp_path / "s")
-    assert meta["stage"] == "distill" and meta["metrics"]["accuracy"] == 0.9 and meta["parameters"] == 12
-    entry = meta["files"]["model/w.bin"]
+    meta = read_meta(tmp_path / "s")  # the typed record; the file is checked as JSON below
+    assert meta.stage == "distill" and meta.metrics["accuracy"] == 0.9 and meta.parameters == 12
+    entry = meta.files["model/w.bin"]
     assert entry["bytes"] == 3
     assert entry["sha256"] == sha256_file(tmp_path / "s" / "model" / "w.bin")
     assert entry["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert meta["producer"]["tool"] == "edgekit"
+    assert meta.producer["tool"] == "edgekit"
+    on_disk = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert on_disk["stage"] == "distill" and on_disk["metrics"]["accuracy"] == 0.9 and on_disk["parameters"] == 12
+    assert on_disk["files"]["model/w.bin"] == entry and on_disk["schema_version"] == 1
 
 
 def test_corrupt_meta_is_a_user_error(tmp_path):

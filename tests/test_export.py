@@ -371,8 +371,9 @@ def test_output_bias_correction_removes_the_mean_int8_shift(models, tmp_path):
 )
 def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain, fused, plain_mb, fused_mb, kept):
     from edgekit.export.bundle import Candidate, _keep
+    from edgekit.records import Manifest, ModelFile
 
-    manifest = {"graphs": [{"file": "model.onnx"}]}
+    manifest = Manifest("image-classification", ["a", "b"], {}, [ModelFile("model", "model.onnx", [], [])])
     candidates, variants = [], {}
     for name, times, mb in (("plain", plain, plain_mb), ("fused", fused, fused_mb)):
         (tmp_path / name).mkdir()

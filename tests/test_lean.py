@@ -49,13 +49,13 @@ def test_shipped_profiles_and_presets_load():
 
     assert {"cpu", "rpi4", "rpi5", "t4"} <= set(list_profiles())
     for name in list_profiles():
-        assert load_profile(name)["providers"]
+        assert load_profile(name).providers
     for name in list_named("export"):
         preset = load_preset(name)
-        assert preset["format"] in ("onnx", "torchscript")
-        assert preset["precision"] in ("int8", "fp16", "fp32")
-        if preset["precision"] == "int8":
-            assert preset["quantization"]["mode"] in ("auto", "dynamic", "static")
+        assert preset.format in ("onnx", "torchscript")
+        assert preset.precision in ("int8", "fp16", "fp32")
+        if preset.precision == "int8":
+            assert preset.quantization["mode"] in ("auto", "dynamic", "static")
 
 
 def test_unknown_profile_setting_is_rejected(tmp_path):

@@ -12,8 +12,8 @@ from typing import Any
 
 from edgekit import log
 from edgekit.bench import env
-from edgekit.bench.profiles import check_providers, load_profile
-from edgekit.runtime.bundle import graphs_of, read_manifest
+from edgekit.bench.profiles import Profile, check_providers, load_profile
+from edgekit.records import read_manifest
 
 SCHEMA_VERSION = 1
 MB = 1e6
@@ -40,15 +40,15 @@ def bench_bundles(
         read_manifest(bundle)  # fail before measuring anything
     results = []
     for index, bundle in enumerate(bundles):
-        if index and profile["cooldown_seconds"]:
-            log.info(f"bench: cooling down {profile['cooldown_seconds']} s")
-            time.sleep(profile["cooldown_seconds"])
-        log.info(f"bench: {bundle} on {profile['name']}")
+        if index and profile.cooldown_seconds:
+            log.info(f"bench: cooling down {profile.cooldown_seconds} s")
+            time.sleep(profile.cooldown_seconds)
+        log.info(f"bench: {bundle} on {profile.name}")
         results.append(_bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s))
     document = {
         "schema_version": SCHEMA_VERSION,
-        "device": profile["name"],
-        "profile": {k: v for k, v in profile.items() if not k.startswith("_")},
+        "device": profile.name,
+        "profile": profile.to_json(),
         "valid": all(r["valid"] for r in results),
         "results": results,
     }
@@ -56,9 +56,9 @@ def bench_bundles(
 
 
 def _bench_one(
-    bundle: Path, profile: dict, providers: list[str], items, runs, batch_sizes, timeout_s
+    bundle: Path, profile: Profile, providers: list[str], items, runs, batch_sizes, timeout_s
 ) -> dict[str, Any]:
-    sensors = profile.get("thermal_sensors") or []
+    sensors = list(profile.thermal_sensors)
     before = env.capture(sensors)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         config_path = Path(scratch) / "config.json"
@@ -66,7 +66,7 @@ def _bench_one(
             json.dumps(
                 {
                     "bundle": str(bundle.resolve()),
-                    "profile": profile,
+                    "profile": profile.to_json(),
                     "providers": providers,
                     "items": items,
                     "runs": runs,
@@ -90,19 +90,19 @@ def _bench_one(
             raw = {"error": f"benchmark process printed no result (exit code {proc.returncode})"}
     after = env.capture(sensors)
     manifest = read_manifest(bundle)
-    result = {"bundle": str(bundle), "device": profile["name"], "name": bundle.name}
+    result = {"bundle": str(bundle), "device": profile.name, "name": bundle.name}
     if "error" in raw:
         result.update(valid=False, error=raw["error"], invalid_reasons=[raw["error"]])
     else:
         result.update(raw)
         result["valid"] = not raw["invalid_reasons"]
         result["size_mb"] = raw["size_bytes"] / MB
-        result["compressed_size_mb"] = sum(_compressed_bytes(bundle / g["file"]) for g in graphs_of(manifest)) / MB
+        result["compressed_size_mb"] = sum(_compressed_bytes(bundle / g.file) for g in manifest.graphs) / MB
         result["peak_rss_mb"] = raw["peak_rss_bytes"] / MB
         result["model_memory_mb"] = raw["model_memory_bytes"] / MB
-    result["quantization"] = (manifest.get("quantization") or {}).get("mode", "none")
-    result["format"], result["precision"] = manifest.get("format", "onnx"), manifest.get("precision")
-    result["parameters"] = manifest.get("parameters")
+    result["quantization"] = manifest.quant_mode
+    result["format"], result["precision"] = manifest.format, manifest.precision
+    result["parameters"] = manifest.parameters
     result["environment"] = {
         **before,
         "temperatures_after_c": after["temperatures_c"],

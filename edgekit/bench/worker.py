@@ -36,7 +36,7 @@ def current_rss_bytes() -> int:
 def synthetic_inputs(bundle, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     if bundle.encode.spec.modality == "image":
-        size = int(bundle.manifest["preprocessing"]["image_size"])
+        size = int(bundle.manifest.preprocessing["image_size"])
         return {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
     vocab = bundle.encode.tokenizer.get_vocab_size()
     ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(batch, seq_len), dtype=np.int64)
@@ -53,18 +53,18 @@ def real_inputs(bundle, items: list[Any], batch: int) -> list[dict[str, np.ndarr
 def measure(config: dict[str, Any]) -> dict[str, Any]:
     from edgekit.artifacts import sha256_file
     from edgekit.bench.harness import time_loop
+    from edgekit.bench.profiles import Profile
     from edgekit.runtime import Bundle
-    from edgekit.runtime.bundle import graphs_of, model_bytes
 
-    profile = config["profile"]
+    profile = Profile.from_json(config["profile"])
     folder = Path(config["bundle"])
     rss_before = current_rss_bytes()
     t0 = time.perf_counter()
     bundle = Bundle(
         folder,
         providers=config["providers"],
-        threads=profile["threads"],
-        graph_optimization=profile["graph_optimization"],
+        threads=profile.threads,
+        graph_optimization=profile.graph_optimization,
     )
     load_ms = (time.perf_counter() - t0) * 1e3
     if bundle.encode.spec.generates:
@@ -76,13 +76,13 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         )
     rss_loaded = current_rss_bytes()
     items = config.get("items")
-    batch_sizes = config.get("batch_sizes") or profile["batch_sizes"]
-    runs = config.get("runs") or profile["runs"]
+    batch_sizes = config.get("batch_sizes") or profile.batch_sizes
+    runs = config.get("runs") or profile.runs
 
     def feeds_for(batch: int) -> list[dict[str, np.ndarray]]:
         if items:
             return real_inputs(bundle, items, batch)
-        return [synthetic_inputs(bundle, batch, profile["sequence_length"])]
+        return [synthetic_inputs(bundle, batch, profile.sequence_length)]
 
     throughput = {}
     latency = None
@@ -96,10 +96,10 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
 
         stats = time_loop(
             step,
-            warmup=profile["warmup"],
+            warmup=profile.warmup,
             runs=runs,
-            min_seconds=profile["min_seconds"],
-            max_seconds=profile["max_seconds"],
+            min_seconds=profile.min_seconds,
+            max_seconds=profile.max_seconds,
         )
         throughput[str(batch)] = {
             "items_per_second": batch * 1e3 / stats["mean"] if stats["mean"] else None,
@@ -108,11 +108,11 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         }
         if latency is None:
             latency = {**stats, "batch_size": batch}
-    files = [folder / g["file"] for g in graphs_of(bundle.manifest)]
+    files = [folder / g.file for g in bundle.manifest.graphs]
     return {
         "bundle": str(folder),
         "model_sha256": sha256_file(files[0]) if len(files) == 1 else {p.name: sha256_file(p) for p in files},
-        "size_bytes": model_bytes(folder, bundle.manifest),
+        "size_bytes": bundle.manifest.model_bytes(folder),
         "load_ms": load_ms,
         "first_inference_ms": latency["first_inference_ms"],
         "latency_ms": {k: latency[k] for k in ("p50", "p90", "p99", "mean", "std", "min", "max")},
@@ -121,7 +121,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "warmup": {"runs": latency["warmup_runs"], "mean_ms": latency["warmup_mean_ms"]},
         "invalid_reasons": latency["invalid_reasons"]
         + (
-            [f"stopped at max_seconds={profile['max_seconds']} before {runs} runs"]
+            [f"stopped at max_seconds={profile.max_seconds} before {runs} runs"]
             if latency["stopped_by_time_limit"]
             else []
         )
@@ -138,7 +138,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "model_memory_bytes": rss_loaded - rss_before,
         "providers": bundle.session.get_providers(),
-        "threads": profile["threads"],
+        "threads": profile.threads,
     }
 
 

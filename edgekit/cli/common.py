@@ -98,20 +98,20 @@ def _train_overrides(section: str, epochs, lr, batch_size) -> list[str]:
     return [f"{section}.{k}={v}" for k, v in values.items() if v is not None]
 
 
-def _print_model_summary(meta: dict, out: Path) -> None:
-    m = meta["metrics"]
-    config = meta["config"]
+def _print_model_summary(meta, out: Path) -> None:
+    """``meta``: the stage's :class:`edgekit.records.StageMeta`."""
+    m, config, details = meta.metrics, meta.config, meta.details
     name = f"{config['strategy']} student" if "strategy" in config else config.get("model", "model")
     seq2seq = "accuracy" not in m
     key, key2, unit = ("bleu", "rouge_l", "BLEU") if seq2seq else ("accuracy", "macro_f1", "accuracy (%)")
     scale = 1 if seq2seq else 100
-    links = meta.get("links") or []
-    if len(links) > 1 or meta.get("baseline_metrics"):
-        rows = [("teacher", meta["teacher"]["parameters"], meta["teacher"][key], None)]
+    links = details.get("links") or []
+    if len(links) > 1 or details.get("baseline_metrics"):
+        rows = [("teacher", details["teacher"]["parameters"], details["teacher"][key], None)]
         rows += [(f"link {r['name']}", r["parameters"], r[key], r.get(key2)) for r in links]
-        if meta.get("baseline_metrics"):
-            b = meta["baseline_metrics"]
-            rows.append(("labels-only baseline", meta["parameters"], b[key], b[key2]))
+        if details.get("baseline_metrics"):
+            b = details["baseline_metrics"]
+            rows.append(("labels-only baseline", meta.parameters, b[key], b[key2]))
         print(f"{'model':<24} {'parameters (M)':>14} {unit:>12} {'ROUGE-L' if seq2seq else 'macro F1':>9}")
         for label, params, value, second in rows:
             print(
@@ -124,8 +124,8 @@ def _print_model_summary(meta: dict, out: Path) -> None:
         print(f"KD gain over labels only: {m['kd_gain_points']:+.2f} accuracy points")
     if "kd_gain_bleu" in m:
         print(f"KD gain over labels only: {m['kd_gain_bleu']:+.2f} BLEU")
-    if meta.get("merge"):
-        g = meta["merge"]
+    if details.get("merge"):
+        g = details["merge"]
         print(
             f"adapters merged to full precision: max |logit diff| {g['max_abs_logit_diff']:.2e}, label agreement "
             f"{g['label_agreement']:.2%} vs the {g['against']} model (its accuracy {g['adapted_accuracy']:.2%})"
@@ -133,14 +133,14 @@ def _print_model_summary(meta: dict, out: Path) -> None:
     if seq2seq:
         print(
             f"{name}: BLEU {m['bleu']:.2f}, ROUGE-L {m['rouge_l']:.3f}, exact match {m['exact_match']:.2%} on "
-            f"{m['split']} ({m['examples']} examples), {meta['parameters'] / 1e6:.3f} M parameters; wrote {out}"
+            f"{m['split']} ({m['examples']} examples), {meta.parameters / 1e6:.3f} M parameters; wrote {out}"
         )
         return
     _print_metrics(m)
     lat = m.get("latency_ms") or {}
     print(
         f"{name}: accuracy {m['accuracy']:.2%} on {m['split']} ({m['examples']} examples), "
-        f"macro F1 {m['macro_f1']:.3f}, {meta['parameters'] / 1e6:.3f} M parameters, "
+        f"macro F1 {m['macro_f1']:.3f}, {meta.parameters / 1e6:.3f} M parameters, "
         f"p50 {lat.get('p50', float('nan')):.3f} ms (PyTorch CPU, batch 1); wrote {out}"
     )
 

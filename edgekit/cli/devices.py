@@ -14,7 +14,7 @@ def devices_list() -> None:
 
     for name in list_profiles():
         profile = load_profile(name)
-        print(f"{name:8s} {profile.get('description', '')}")
+        print(f"{name:8s} {profile.description}")
 
 
 def devices_show(name: Annotated[str, typer.Argument(help="Profile name or .yaml file.")]) -> None:
@@ -24,7 +24,7 @@ def devices_show(name: Annotated[str, typer.Argument(help="Profile name or .yaml
     from edgekit.bench.profiles import load_profile
 
     profile = load_profile(name)
-    print(yaml.safe_dump({k: v for k, v in profile.items() if not k.startswith("_")}, sort_keys=False).rstrip())
+    print(yaml.safe_dump(profile.to_json(), sort_keys=False).rstrip())
 
 
 def devices_emulate(
@@ -48,13 +48,13 @@ def devices_emulate(
         where = target_environment(session)
     size = sum(p.stat().st_size for p in (folder / "root").rglob("*") if p.is_file() and not p.is_symlink())
     print(
-        f"emulated {profile['name']}: {where['machine']}, {cpu} (ISA flags: {', '.join(where['isa_flags']) or 'none'}), "
+        f"emulated {profile.name}: {where['machine']}, {cpu} (ISA flags: {', '.join(where['isa_flags']) or 'none'}), "
         f"onnxruntime {where['onnxruntime']}, edgekit {where['edgekit']}, Python {where['python']}; "
         f"root {size / 1e6:.0f} MB in {folder}"
     )
     print(
-        f"use it: edgekit bench BUNDLE --device {profile['name']} --emulate; "
-        f"edgekit eval BUNDLE --data FILE --device {profile['name']} --emulate"
+        f"use it: edgekit bench BUNDLE --device {profile.name} --emulate; "
+        f"edgekit eval BUNDLE --data FILE --device {profile.name} --emulate"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -125,7 +124,7 @@ def export(
 
         loaded = load_recipe(recipe)
     precision = chosen[0] if chosen else ("int8" if static or dynamic else None)
-    meta = stages.export(
+    stages.export(
         model,
         out,
         preset_name=preset,
@@ -140,8 +139,10 @@ def export(
         devices=list(device or []),
         ssh=ssh,
     )
-    manifest = json.loads((out / "manifest.json").read_text())
-    for name, p in manifest["parity"].items():
+    from edgekit.records import read_manifest
+
+    manifest = read_manifest(out)
+    for name, p in manifest.parity.items():
         where = p.get("measured_on") or {}
         place = (
             (
@@ -155,7 +156,7 @@ def export(
             f"parity {name} (on {place}): label agreement {p['label_agreement']:.2%}, SNR {p['snr_db']:.1f} dB, "
             f"max |diff| {p['max_abs_diff']:.3g} on {p['examples']} examples: {'passed' if p['passed'] else 'FAILED'}"
         )
-    optimization = manifest.get("graph_optimization") or {}
+    optimization = manifest.graph_optimization or {}
     variants = optimization.get("variants", {})
     if len(variants) > 1 and all("p50_ms" in v for v in variants.values()):
         timings = ", ".join(f"{k} {v['p50_ms']:.3f} ms" for k, v in variants.items())
@@ -166,10 +167,10 @@ def export(
         print(
             f"graph: kept {optimization['kept']} ({sizes}; agreement/SNR {close}; by rule, not timing: the same export gives the same file)"
         )
-    files = ", ".join(g["file"] for g in manifest["graphs"])
+    files = ", ".join(g.file for g in manifest.graphs)
     print(
-        f"{files}: {meta['model_bytes'] / 1e6:.2f} MB {manifest['format']} {manifest['precision']} "
-        f"(fp32 {meta['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}"
+        f"{files}: {manifest.sizes['model_bytes'] / 1e6:.2f} MB {manifest.format} {manifest.precision} "
+        f"(fp32 {manifest.sizes['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}"
     )
 
 
@@ -209,7 +210,7 @@ def evaluate(
     from edgekit.artifacts import check_output, is_stage
     from edgekit.data.splits import load_eval_split
     from edgekit.recipe import DataConfig
-    from edgekit.runtime.bundle import MANIFEST, read_manifest
+    from edgekit.records import MANIFEST, read_manifest
 
     if is_stage(target) and not (Path(target) / MANIFEST).is_file():  # a model stage: its PyTorch model
         if emulate or host:
@@ -240,9 +241,9 @@ def evaluate(
         test=test,
         text_column=text_column or "text",
         label_column=label_column or "label",
-        image_size=manifest["preprocessing"].get("image_size"),
+        image_size=manifest.preprocessing.get("image_size"),
     )
-    data_split = load_eval_split(cfg, manifest["task"], manifest["label_names"], split)
+    data_split = load_eval_split(cfg, manifest.task, manifest.label_names, split)
     from edgekit.stages import evaluate_bundle
 
     measured = None
@@ -251,7 +252,7 @@ def evaluate(
     if emulate:
         from edgekit.emulate.run import eval_emulated
 
-        measured = eval_emulated(target, data_split, manifest["task"], manifest["label_names"], device)
+        measured = eval_emulated(target, data_split, manifest.task, manifest.label_names, device)
     elif host:
         from edgekit.bench.ssh import ssh_session
         from edgekit.targets import eval_on, target_environment
@@ -259,7 +260,7 @@ def evaluate(
         ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
         print(f"eval: {target} on {host}", file=sys.stderr)
         with ssh_session(ssh) as session:
-            measured = eval_on(session, target, data_split, manifest["task"], manifest["label_names"])
+            measured = eval_on(session, target, data_split, manifest.task, manifest.label_names)
             measured["measured_on"] = {
                 "where": "device",
                 "emulated": False,
@@ -320,7 +321,7 @@ def bench(
 ) -> None:
     """Measure size, latency and memory of bundles on a device profile (torch-free), here, over SSH or emulated."""
     from edgekit.bench.run import bench_bundles, markdown_table
-    from edgekit.runtime.bundle import read_manifest
+    from edgekit.records import read_manifest
 
     if runs is not None and runs < 1:
         raise EdgekitError("--runs must be at least 1")
@@ -438,7 +439,7 @@ def _bench_over_ssh(
     data,
 ) -> dict:
     from edgekit.bench.ssh import bench_remote
-    from edgekit.runtime.bundle import read_manifest
+    from edgekit.records import read_manifest
 
     if data is not None:
         raise EdgekitError(
@@ -458,9 +459,9 @@ def _bench_over_ssh(
 def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) -> list:
     from edgekit.data.images import read_image_folder
     from edgekit.data.tables import read_table
-    from edgekit.runtime.bundle import read_manifest
+    from edgekit.records import read_manifest
     from edgekit.tasks import task_spec
 
-    images = task_spec(read_manifest(bundle)["task"]).modality == "image"
+    images = task_spec(read_manifest(bundle).task).modality == "image"
     items = read_image_folder(data)[0] if images else read_table(data, text_column, label_column)[0]
     return items[:2000]

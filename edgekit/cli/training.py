@@ -179,13 +179,13 @@ def finetune(
     write_recipe_file(loaded, write_recipe)
     meta = stages.finetune(loaded, out, force=force, resume=resume, lora=loaded.lora if loaded.lora.active else None)
     _print_model_summary(meta, out)
-    before = meta.get("metrics_before")
+    before = meta.details.get("metrics_before")
     if before and "accuracy" in before:
-        nf4 = meta.get("metrics_nf4_base")
+        nf4 = meta.details.get("metrics_nf4_base")
         print(
-            f"accuracy before {meta['stage']}: {before['accuracy']:.2%}"
+            f"accuracy before {meta.stage}: {before['accuracy']:.2%}"
             + (f", NF4 base before training: {nf4['accuracy']:.2%}" if nf4 else "")
-            + f", after (merged): {meta['metrics']['accuracy']:.2%}"
+            + f", after (merged): {meta.metrics['accuracy']:.2%}"
         )
 
 
@@ -346,19 +346,19 @@ def prune(
         force=force,
         resume=resume,
     )
-    m = meta["metrics"]
+    m, before = meta.metrics, meta.details
     print(f"{'':<22} {'parameters (M)':>14} {'non-zero (M)':>12} {'accuracy (%)':>12}")
     print(
-        f"{'before':<22} {meta['parameters_before'] / 1e6:14.3f} {meta['nonzero_parameters_before'] / 1e6:12.3f} "
+        f"{'before':<22} {before['parameters_before'] / 1e6:14.3f} {before['nonzero_parameters_before'] / 1e6:12.3f} "
         f"{100 * m['accuracy_before']:12.2f}"
     )
     print(
-        f"{'pruned':<22} {meta['parameters'] / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
+        f"{'pruned':<22} {meta.parameters / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
         f"{100 * m['accuracy_pruned']:12.2f}"
     )
     if recover_epochs:
         print(
-            f"{'recovered (' + recover + ')':<22} {meta['parameters'] / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
+            f"{'recovered (' + recover + ')':<22} {meta.parameters / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
             f"{100 * m['accuracy']:12.2f}"
         )
     removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (m.get("removed") or {}).items())

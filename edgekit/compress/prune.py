@@ -22,6 +22,7 @@ import torch
 from edgekit import log, registry
 from edgekit.artifacts import RECIPE_FILE, is_stage
 from edgekit.errors import EdgekitError
+from edgekit.records import StageMeta
 from edgekit.stage_runner import Stage, load_data
 from edgekit.tasks import task_spec
 
@@ -78,7 +79,7 @@ def prune_stage(
     force: bool = False,
     reuse: bool = False,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> StageMeta:
     from edgekit.layout import checkpoint_folder
     from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe

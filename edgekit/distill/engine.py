@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import registry
-from edgekit.artifacts import RECIPE_FILE, is_stage, read_meta, stage_folder, write_meta
+from edgekit.artifacts import RECIPE_FILE, is_stage, stage_folder
 from edgekit.errors import EdgekitError
 from edgekit.layout import checkpoint_folder
 from edgekit.log import info as log
+from edgekit.records import StageMeta, read_meta, write_meta
 from edgekit.stage_runner import Stage, load_data
 from edgekit.tasks import task_spec
 
@@ -60,7 +61,7 @@ def plan_links(recipe) -> list[dict[str, Any]]:
 
 def distill(
     recipe, teachers: list[str], out: Path, *, data=None, force: bool = False, reuse: bool = False, resume: bool = False
-) -> dict:
+) -> StageMeta:
     """Distil ``teachers`` into the recipe's student(s) as one stage folder ``out`` (see the module docstring)."""
     cfg = recipe.distill
     strategy = registry.get("strategy", cfg.strategy, option="--strategy")
@@ -124,7 +125,7 @@ def _config(recipe, teachers: list[str], strategy) -> dict[str, Any]:
         "data": asdict(recipe.data),
         "task": recipe.task,
         "seed": recipe.seed,
-        "teacher_prints": [read_meta(Path(t)).get("fingerprint") for t in teachers if is_stage(Path(t))],
+        "teacher_prints": [read_meta(Path(t)).fingerprint for t in teachers if is_stage(Path(t))],
     }
 
 
@@ -180,7 +181,7 @@ class _Run:
                 kept_layers(n, link["layers"])
         return handles
 
-    def train_links(self, folder: Path, links: list[dict], teachers: list[str], handles: list) -> dict:
+    def train_links(self, folder: Path, links: list[dict], teachers: list[str], handles: list) -> StageMeta:
         """Every link in order (each taught by the one before), the last saved in ``folder``."""
         from edgekit.train.loop import evaluate
 
@@ -229,7 +230,7 @@ class _Run:
         from edgekit.models.load import load_saved
 
         log(f"distill: link {index}/{count} ({name}) finished before; reusing {done}")
-        rows.append(read_meta(done)["link_row"])
+        rows.append(read_meta(done).details["link_row"])
         return load_saved(done, label_names=self.data.label_names)
 
     def _train_link(self, folder, link, index, count, teacher, handles, score, rows, extra):

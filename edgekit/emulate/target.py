@@ -13,24 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.profiles import Profile
 from edgekit.emulate.chroot import CORES, _command, _cpuinfo_file, _kill_group, check_cpu, isa_flags
 from edgekit.emulate.rootfs import check_host, install_edgekit, is_built, qemu_version, root_folder
 from edgekit.errors import EdgekitError
 
 
-def emulated_cpu(profile: dict[str, Any]) -> str:
+def emulated_cpu(profile: Profile) -> str:
     """The QEMU CPU model a device profile is emulated with (its ``emulate: {cpu: ...}``)."""
     from edgekit.bench.profiles import list_profiles, load_profile
 
-    spec = profile.get("emulate")
+    spec = profile.emulate
     if not spec:
-        emulable = [n for n in list_profiles() if load_profile(n).get("emulate")]
+        emulable = [n for n in list_profiles() if load_profile(n).emulate]
         raise EdgekitError(
-            f"device profile {profile['name']} cannot be emulated (it has no 'emulate' section); "
+            f"device profile {profile.name} cannot be emulated (it has no 'emulate' section); "
             f"emulated targets: {', '.join(emulable)}"
         )
     cpu = spec.get("cpu") if isinstance(spec, dict) else None
-    check_cpu(str(cpu), f"device profile {profile['name']}")
+    check_cpu(str(cpu), f"device profile {profile.name}")
     return str(cpu)
 
 
@@ -44,7 +45,7 @@ def target_for(device: str):
 def not_valid_reason(target) -> str:
     return (
         f"emulated: {target.cpu} under QEMU on this {target.host['machine']} host; the latency is not "
-        f"the {target.profile['name']}'s (labels and accuracy are exact)"
+        f"the {target.profile.name}'s (labels and accuracy are exact)"
     )
 
 
@@ -52,7 +53,7 @@ def not_valid_reason(target) -> str:
 class EmulatedTarget:
     """A device profile's CPU, emulated: ``session()`` gives a work folder inside the root."""
 
-    profile: dict[str, Any]
+    profile: Profile
     folder: Path = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -61,8 +62,8 @@ class EmulatedTarget:
         self.folder = self.folder or root_folder()
         if not is_built(self.folder):
             raise EdgekitError(
-                f"the emulated {self.profile['name']} target is not built yet; build it once with "
-                f"'edgekit devices emulate {self.profile['name']}' (about 10 minutes, needs root)"
+                f"the emulated {self.profile.name} target is not built yet; build it once with "
+                f"'edgekit devices emulate {self.profile.name}' (about 10 minutes, needs root)"
             )
         install_edgekit(self.folder)
         self.root = self.folder / "root"
@@ -70,13 +71,13 @@ class EmulatedTarget:
 
     @property
     def name(self) -> str:
-        return f"emulated {self.profile['name']} ({self.cpu} under QEMU)"
+        return f"emulated {self.profile.name} ({self.cpu} under QEMU)"
 
     def describe(self) -> dict[str, Any]:
         return {
             "where": "emulated",
             "emulated": True,
-            "device": self.profile["name"],
+            "device": self.profile.name,
             "machine": "aarch64",
             "cpu_model": CORES[self.cpu]["model"],
             "qemu_cpu": self.cpu,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -25,16 +24,17 @@ import numpy as np
 import torch
 
 from edgekit import __version__, registry
-from edgekit.artifacts import read_meta, sha256_file
+from edgekit.artifacts import sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
 from edgekit.export.graphs import Graph, export_onnx, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
-from edgekit.export.presets import resolve_engine, resolve_reduce_range
+from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
 from edgekit.log import info as log
 from edgekit.metrics import agreement, snr_db
 from edgekit.models.handle import ModelHandle
-from edgekit.runtime.bundle import MANIFEST, TOKENIZER_FILE, Encoder
+from edgekit.records import Manifest, ModelFile, read_meta
+from edgekit.runtime.bundle import TOKENIZER_FILE, Encoder
 from edgekit.runtime.validate import run_isolated
 
 TIMING_RUNS = 30
@@ -49,15 +49,14 @@ def lineage(stage_dir: Path | None) -> list[dict[str, Any]]:
         meta = read_meta(current)
         chain.append(
             {
-                "stage": meta.get("stage"),
+                "stage": meta.stage,
                 "path": str(current.resolve()),
-                "fingerprint": meta.get("fingerprint"),
-                "model": meta.get("config", {}).get("model"),
-                "metrics": {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float))},
+                "fingerprint": meta.fingerprint,
+                "model": meta.config.get("model"),
+                "metrics": {k: v for k, v in meta.metrics.items() if isinstance(v, (int, float))},
             }
         )
-        parents = [p for p in (meta.get("parent"), *(meta.get("teachers") or [])) if p]
-        current = Path(parents[0]["path"]) if parents else None
+        current = Path(meta.parent.path) if meta.parent else None
     return chain
 
 
@@ -164,16 +163,16 @@ def _check_parity(
     return result
 
 
-def _candidate(scratch: Path, name: str, manifest: dict[str, Any]) -> Path:
+def _candidate(scratch: Path, name: str, manifest: Manifest) -> Path:
     """A bundle folder in the scratch space the validator can open (manifest without tokenizer)."""
     folder = scratch / name
     folder.mkdir()
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    manifest.write(folder)
     return folder
 
 
-def _files(folder: Path, manifest: dict[str, Any]) -> list[Path]:
-    return [folder / g["file"] for g in manifest["graphs"]]
+def _files(folder: Path, manifest: Manifest) -> list[Path]:
+    return [folder / g.file for g in manifest.graphs]
 
 
 def _torch_int8(handle: ModelHandle, quant: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -228,8 +227,8 @@ def _onnx_lossy(
     handle: ModelHandle,
     fp32_dir: Path,
     scratch: Path,
-    preset: dict[str, Any],
-    manifest: dict[str, Any],
+    preset: Preset,
+    manifest: Manifest,
     calibration: list[dict[str, np.ndarray]],
 ) -> list[Candidate]:
     """int8/fp16 candidates: the graph as exported, and (transformers) with onnxruntime's fusions.
@@ -238,7 +237,7 @@ def _onnx_lossy(
     sources = {"plain": fp32_dir}
     notes: dict[str, dict[str, Any]] = {"plain": {}}
     wants_fusion = (
-        preset["optimize"] in ("auto", "fused", "timed") and handle.spec.transformer_fusions and not convolutional
+        preset.optimize in ("auto", "fused", "timed") and handle.spec.transformer_fusions and not convolutional
     )
     if wants_fusion:
         fused_dir = _candidate(scratch, "fused-fp32", manifest)
@@ -248,30 +247,30 @@ def _onnx_lossy(
         if all(s is not None for s in stats):
             sources["fused"] = fused_dir
             notes["fused"] = {"fused_ops": {k: v for s in stats for k, v in s.items()}}
-        elif preset["optimize"] == "fused":
+        elif preset.optimize == "fused":
             raise EdgekitError(
                 f"onnxruntime's transformer optimizer found nothing to fuse in {handle.arch}; "
                 "use a preset with optimize: auto or none"
             )
-        if preset["optimize"] == "fused":
+        if preset.optimize == "fused":
             sources.pop("plain")
     candidates = []
-    reduce_range = resolve_reduce_range(preset["quantization"]["reduce_range"])
+    reduce_range = resolve_reduce_range(preset.quantization["reduce_range"])
     for variant, source in sources.items():
-        folder = _candidate(scratch, f"{variant}-{preset['precision']}", manifest)
+        folder = _candidate(scratch, f"{variant}-{preset.precision}", manifest)
         try:
             quantization: dict[str, Any] = {}
             for src in _files(source, manifest):
-                if preset["precision"] == "fp16":
+                if preset.precision == "fp16":
                     quantization = to_fp16(src, folder / src.name)
                 else:
-                    quantization = quantize(src, folder / src.name, preset["quantization"], reduce_range, calibration)
+                    quantization = quantize(src, folder / src.name, preset.quantization, reduce_range, calibration)
         except EdgekitError:
             raise
         except Exception as exc:  # noqa: BLE001 - a fused graph the quantizer cannot read: keep the plain one
             if variant == "plain" or len(sources) == 1:
                 raise EdgekitError(
-                    f"cannot convert {handle.arch} to {preset['precision']}: "
+                    f"cannot convert {handle.arch} to {preset.precision}: "
                     f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}"
                 ) from None
             notes["plain"]["fused_failed"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -312,15 +311,15 @@ def _lossy_parity(
     final: Path,
     batches: list[dict[str, np.ndarray]],
     scratch: Path,
-    preset: dict[str, Any],
+    preset: Preset,
     targets: Sequence[Any],
 ) -> dict[str, dict[str, Any]]:
     """The lossy bundle's parity: on this host, and on each target. The gate (``precision``) is the
     worst target's when there are targets, else the host's."""
     from edgekit.targets import target_environment, validate_on
 
-    target_machine = (preset.get("target") or {}).get("machine")
-    host = _check_parity(precision, reference, run_isolated(final, batches, scratch), True, preset["parity"])
+    target_machine = preset.target_machine
+    host = _check_parity(precision, reference, run_isolated(final, batches, scratch), True, preset.parity)
     host["measured_on"] = host_description(target_machine)
     if not targets:
         return {precision: host}
@@ -330,7 +329,7 @@ def _lossy_parity(
         with target.session() as session:
             outputs = validate_on(session, final, batches)
             where = {**target.describe(), **target_environment(session)}
-        entry = _check_parity(precision, reference, outputs, True, preset["parity"])
+        entry = _check_parity(precision, reference, outputs, True, preset.parity)
         entry["measured_on"] = where
         results[f"{precision}@{where.get('device') or where['machine']}"] = entry
     worst = min(results.values(), key=lambda e: (e["passed"], e["label_agreement"], e["snr_db"]))
@@ -360,7 +359,7 @@ def _timing_inputs(
 
 
 def _keep(
-    candidates: list[Candidate], variants: dict[str, dict[str, Any]], manifest: dict[str, Any], timed: bool = False
+    candidates: list[Candidate], variants: dict[str, dict[str, Any]], manifest: Manifest, timed: bool = False
 ) -> Candidate:
     """Which graph ships. By default (``optimize: auto``) a rule on deterministic measurements, so the
     same model and settings always give the same bundle: the fused graph when onnxruntime's fusions
@@ -390,7 +389,7 @@ def _keep(
 def build_bundle(
     handle: ModelHandle,
     folder: Path,
-    preset: dict[str, Any],
+    preset: Preset,
     *,
     calibration: Split | None,
     parity_split: Split | None,
@@ -403,32 +402,29 @@ def build_bundle(
     ``targets`` (emulated or SSH, see :mod:`edgekit.targets`) are where a lossy bundle's parity is
     judged: on the target's own int8 kernels. Without them it is judged on this host, and labelled so."""
     folder = Path(folder)
-    fmt, precision = preset["format"], preset["precision"]
+    fmt, precision = preset.format, preset.precision
     spec, writer = handle.spec, registry.get("format", fmt, option="--format")
     fmt_name, onnx = writer.can("title"), writer.can("runtime") == "onnxruntime"
-    if not spec.static_int8 and precision == "int8" and preset["quantization"]["mode"] == "static":
+    if not spec.static_int8 and precision == "int8" and preset.quantization["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
     graphs = graphs_for(handle)
     suffix = writer.can("suffix")
-    manifest: dict[str, Any] = {
-        "schema_version": 2,
-        "format": fmt,
-        "precision": precision,
-        "preset": preset["name"],
-        "opset": int(preset["opset"]) if onnx else None,
-        "task": handle.task,
-        "arch": handle.arch,
-        "label_names": handle.label_names,
-        "preprocessing": preprocessing,
-        "graphs": [g.describe(g.name + suffix) for g in graphs],
-    }
-    manifest["inputs"], manifest["outputs"] = manifest["graphs"][0]["inputs"], manifest["graphs"][-1]["outputs"]
-    manifest["model_file"] = manifest["graphs"][0]["file"]
+    manifest = Manifest(
+        task=handle.task,
+        label_names=handle.label_names,
+        preprocessing=preprocessing,
+        graphs=[ModelFile(**g.describe(g.name + suffix)) for g in graphs],
+        format=fmt,
+        precision=precision,
+        preset=preset.name,
+        opset=int(preset.opset) if onnx else None,
+        arch=handle.arch,
+    )
     encoder = Encoder(folder, manifest)
     batches = _parity_batches(handle, graphs, encoder, parity_split)
     reference = _torch_logits(handle, graphs, batches)
-    timing = _timing_inputs(batches[0], manifest["preprocessing"]) if not spec.generates else {}
+    timing = _timing_inputs(batches[0], manifest.preprocessing) if not spec.generates else {}
     _remove_dead_scratch()
     with tempfile.TemporaryDirectory(prefix=f"edgekit-export-{os.getpid()}-") as scratch:
         scratch = Path(scratch)
@@ -437,13 +433,13 @@ def build_bundle(
         for graph in graphs:
             if onnx:
                 exporters[graph.name] = export_onnx(
-                    graph, fp32_dir / (graph.name + suffix), int(preset["opset"]), handle.arch
+                    graph, fp32_dir / (graph.name + suffix), int(preset.opset), handle.arch
                 )
             else:
                 export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
                 exporters[graph.name] = "torch.jit.trace+freeze"
         parity = {
-            "fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset["parity"])
+            "fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset.parity)
         }
         parity["fp32"]["measured_on"] = host_description()
         if not parity["fp32"]["passed"] and not allow_drop:
@@ -455,13 +451,11 @@ def build_bundle(
         if precision != "fp32":
             if not onnx:  # TorchScript: torch's dynamic int8
                 ts_dir = _candidate(scratch, "int8", manifest)
-                candidates = [Candidate("plain", ts_dir, _torch_int8(handle, preset["quantization"], ts_dir))]
+                candidates = [Candidate("plain", ts_dir, _torch_int8(handle, preset.quantization, ts_dir))]
             else:
-                calib = (
-                    _batches(encoder, calibration, int(preset.get("calib_samples", 256))) if spec.static_int8 else []
-                )
+                calib = _batches(encoder, calibration, preset.calib_samples) if spec.static_int8 else []
                 candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
-            timed = preset["optimize"] == "timed"
+            timed = preset.optimize == "timed"
             for c in candidates:
                 variant, candidate, entry = c.variant, c.folder, dict(c.notes)
                 if len(candidates) > 1 and timed:  # measured on this CPU, batch 1, by the shipping runtime
@@ -469,7 +463,7 @@ def build_bundle(
                         entry[key] = run_isolated(candidate, feed, scratch, time_runs=TIMING_RUNS)[1]
                 elif len(candidates) > 1:  # deterministic: how close each graph's outputs are to PyTorch's
                     check = _check_parity(
-                        variant, reference, run_isolated(candidate, batches, scratch), True, preset["parity"]
+                        variant, reference, run_isolated(candidate, batches, scratch), True, preset.parity
                     )
                     entry["label_agreement"], entry["snr_db"] = check["label_agreement"], check["snr_db"]
                 optimization["variants"][variant] = entry
@@ -502,30 +496,22 @@ def build_bundle(
         for path in _files(final, manifest):
             shutil.copy(path, folder / path.name)
         fp32_bytes = sum(p.stat().st_size for p in _files(fp32_dir, manifest))
-    for graph in manifest["graphs"]:
-        graph["sha256"] = sha256_file(folder / graph["file"])
-        graph["exporter"] = exporters[graph["name"]]
+    for graph in manifest.graphs:
+        graph.sha256 = sha256_file(folder / graph.file)
+        graph.exporter = exporters[graph.name]
     import onnxruntime
 
-    manifest.update(
-        {
-            "quantization": quantization,
-            "graph_optimization": optimization if onnx else None,
-            "parameters": handle.parameter_count(),
-            "sizes": {
-                "model_bytes": sum((folder / g["file"]).stat().st_size for g in manifest["graphs"]),
-                "fp32_model_bytes": fp32_bytes,
-            },
-            "sha256": manifest["graphs"][0]["sha256"] if len(graphs) == 1 else None,
-            "parity": parity,
-            "lineage": lineage(source_stage),
-            "versions": {
-                "edgekit": __version__,
-                "torch": torch.__version__,
-                "onnxruntime": onnxruntime.__version__,
-                "python": platform.python_version(),
-            },
-        }
-    )
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+    manifest.quantization = quantization
+    manifest.graph_optimization = optimization if onnx else None
+    manifest.parameters = handle.parameter_count()
+    manifest.sizes = {"model_bytes": manifest.model_bytes(folder), "fp32_model_bytes": fp32_bytes}
+    manifest.sha256 = manifest.graphs[0].sha256 if len(graphs) == 1 else None
+    manifest.parity = parity
+    manifest.lineage = lineage(source_stage)
+    manifest.versions = {
+        "edgekit": __version__,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+    return manifest.write(folder)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,49 @@ DEFAULT_PRESETS = {
 }
 
 
+SCHEMA_VERSION = 1
+PARITY_DEFAULTS = {"fp32_atol": 1e-3, "fp32_rtol": 1e-3, "min_agreement": 0.97, "min_snr_db": 10.0}
+QUANT_DEFAULTS = {
+    "mode": "auto",
+    "per_channel": True,
+    "reduce_range": "auto",
+    "calibrate_method": "minmax",
+    "first_conv_fp32": True,  # static int8: the convolution reading the image stays fp32
+    "bias_correction": True,  # static int8: the logits' mean int8 shift on calibration data removed
+    "engine": "auto",
+}
+
+
+@dataclass
+class Preset:
+    """An export preset, validated: the format, precision, quantization and parity gate of a bundle.
+    ``quantization`` and ``parity`` are complete sections (every key present, checked)."""
+
+    name: str
+    format: str = "onnx"
+    precision: str = "int8"
+    opset: int = 18
+    optimize: str = "auto"
+    quantization: dict[str, Any] = field(default_factory=lambda: dict(QUANT_DEFAULTS))
+    parity: dict[str, float] = field(default_factory=lambda: dict(PARITY_DEFAULTS))
+    calib_samples: int = 256
+    target: dict[str, Any] | None = None  # {machine: aarch64, devices: [rpi4, rpi5]}: where its int8 runs
+    description: str = ""
+    schema_version: int = SCHEMA_VERSION
+    path: str | None = field(default=None, compare=False)  # the YAML file it was read from
+
+    @property
+    def target_machine(self) -> str | None:
+        return (self.target or {}).get("machine")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings (what an export stage's config records, and fingerprints)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "path"}
+
+
 def load_preset(
     name: str | None, fmt: str | None = None, precision: str | None = None, mode: str | None = None
-) -> dict[str, Any]:
+) -> Preset:
     """A preset by name (or the default for ``fmt`` and ``precision``); explicit ``precision`` and
     quantization ``mode`` override the preset's."""
     formats, precisions = registry.names("format"), registry.names("precision")
@@ -40,73 +82,95 @@ def load_preset(
                 f"{fmt} export has no {precision} mode (TorchScript on CPU: --int8 or --fp32); "
                 "for fp16 use --format onnx --fp16"
             )
-    preset = load_named_yaml("export", name, "export preset")
-    legacy_int8 = preset.pop("int8", None)
-    preset.setdefault("precision", "fp32" if legacy_int8 is False else "int8")
-    preset.setdefault("opset", 18)
-    preset.setdefault("format", "onnx")
-    where = f"export preset {preset['name']}"
-    if preset["format"] not in formats:
-        raise EdgekitError(f"{where}: format {preset['format']!r} is not one of {', '.join(formats)}")
-    if fmt is not None and preset["format"] != fmt:
+    data = load_named_yaml("export", name, "export preset")
+    path = data.pop("_path", None)
+    legacy_int8 = data.pop("int8", None)
+    data.setdefault("precision", "fp32" if legacy_int8 is False else "int8")
+    where = f"export preset {data['name']}"
+    allowed = [f.name for f in fields(Preset) if f.name != "path"]
+    unknown = set(data) - set(allowed)
+    if unknown:
+        raise EdgekitError(f"{where}: unknown settings {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}")
+    if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise EdgekitError(
-            f"{where} writes {preset['format']}, not {fmt}; use --preset "
+            f"{where}: schema_version {shown(data['schema_version'])} is not one this edgekit reads "
+            f"({SCHEMA_VERSION}); update edgekit or remove the line"
+        )
+    for key, defaults in (("quantization", QUANT_DEFAULTS), ("parity", PARITY_DEFAULTS)):
+        section = data.get(key) or {}
+        if not isinstance(section, dict):
+            raise EdgekitError(f"{where}: {key} must be a mapping of settings, not {shown(section)}")
+        if set(section) - set(defaults):
+            raise EdgekitError(
+                f"{where}: unknown {key} settings {', '.join(sorted(map(str, set(section) - set(defaults))))}; "
+                f"allowed: {', '.join(defaults)}"
+            )
+    data["quantization"] = {**QUANT_DEFAULTS, **(data.get("quantization") or {})}
+    data["parity"] = {**PARITY_DEFAULTS, **(data.get("parity") or {})}
+    preset = Preset(**data, path=path)
+    if preset.format not in formats:
+        raise EdgekitError(f"{where}: format {preset.format!r} is not one of {', '.join(formats)}")
+    if fmt is not None and preset.format != fmt:
+        raise EdgekitError(
+            f"{where} writes {preset.format}, not {fmt}; use --preset "
             f"{DEFAULT_PRESETS.get((fmt, precision or 'int8'), 'torchscript-int8')} or drop --format"
         )
     if precision is not None:
-        preset["precision"] = precision
-    if preset["precision"] not in precisions:
-        raise EdgekitError(f"{where}: precision {preset['precision']!r} is not one of {', '.join(precisions)}")
-    if preset["format"] == "torchscript" and preset["precision"] == "fp16":
-        raise EdgekitError(
-            "TorchScript export has no fp16 mode (CPUs run it slower than fp32); "
-            "for a GPU use --format onnx --fp16 (preset t4-fp16)"
-        )
-    quant = preset.setdefault("quantization", {})
-    quant.setdefault("mode", "auto")
+        preset.precision = precision
     if mode is not None:
-        quant["mode"] = mode
-    quant.setdefault("per_channel", True)
-    quant.setdefault("reduce_range", "auto")
-    quant.setdefault("calibrate_method", "minmax")
-    quant.setdefault("first_conv_fp32", True)  # static int8: the convolution reading the image stays fp32
-    quant.setdefault("bias_correction", True)  # static int8: the logits' mean int8 shift on calibration data removed
-    quant.setdefault("engine", "auto")
-    preset.setdefault("optimize", "auto")
+        preset.quantization["mode"] = mode
+    check_preset(preset)
+    return preset
+
+
+def check_preset(preset: Preset) -> None:
+    """Every setting of ``preset`` valid together (run again after a caller overrides one)."""
+    where = f"export preset {preset.name}"
+    if preset.format not in registry.names("format"):
+        raise EdgekitError(f"{where}: format {preset.format!r} is not one of {', '.join(registry.names('format'))}")
+    if preset.precision not in registry.names("precision"):
+        raise EdgekitError(
+            f"{where}: precision {preset.precision!r} is not one of {', '.join(registry.names('precision'))}"
+        )
+    writer = registry.get("format", preset.format)
+    if preset.precision not in writer.can("precisions"):
+        if preset.format == "torchscript" and preset.precision == "fp16":
+            raise EdgekitError(
+                "TorchScript export has no fp16 mode (CPUs run it slower than fp32); "
+                "for a GPU use --format onnx --fp16 (preset t4-fp16)"
+            )
+        raise EdgekitError(
+            f"{writer.can('title')} export has no {preset.precision} mode; use {', '.join(writer.can('precisions'))}"
+        )
+    quant = preset.quantization
     for key, value, allowed in (
         ("quantization.mode", quant["mode"], registry.names("quant-mode")),
         ("quantization.engine", quant["engine"], ENGINES),
-        ("optimize", preset["optimize"], OPTIMIZE),
+        ("optimize", preset.optimize, OPTIMIZE),
     ):
         if value not in allowed:
             raise EdgekitError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
     for key in ("per_channel", "first_conv_fp32", "bias_correction"):
         if not isinstance(quant[key], bool):
             raise EdgekitError(f"{where}: quantization.{key} is {quant[key]!r}; write true or false")
-    if preset["format"] == "torchscript" and preset["precision"] == "int8" and quant["mode"] == "static":
+    if preset.format == "torchscript" and preset.precision == "int8" and quant["mode"] == "static":
         raise EdgekitError(
             "TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static"
         )
-    target = preset.get("target")
-    if target is not None:
-        if (
-            not isinstance(target, dict)
-            or not isinstance(target.get("machine"), str)
-            or not isinstance(target.get("devices", []), list)
-        ):
-            raise EdgekitError(f"{where}: target must be a mapping with machine (e.g. aarch64) and a list of devices")
-    parity = preset.setdefault("parity", {})
-    parity.setdefault("fp32_atol", 1e-3)
-    parity.setdefault("fp32_rtol", 1e-3)
-    parity.setdefault("min_agreement", 0.97)
-    parity.setdefault("min_snr_db", 10.0)
+    target = preset.target
+    if target is not None and (
+        not isinstance(target, dict)
+        or not isinstance(target.get("machine"), str)
+        or not isinstance(target.get("devices", []), list)
+    ):
+        raise EdgekitError(f"{where}: target must be a mapping with machine (e.g. aarch64) and a list of devices")
     for key, low, high in (
         ("fp32_atol", 0, 1e6),
         ("fp32_rtol", 0, 1e6),
         ("min_agreement", 0, 1),
         ("min_snr_db", -1e3, 1e3),
     ):
-        value = parity[key]
+        value = preset.parity[key]
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
@@ -116,13 +180,14 @@ def load_preset(
             raise EdgekitError(
                 f"{where}: parity.{key} must be a finite number in [{low:g}, {high:g}], not {shown(value)}"
             )
-    opset = preset["opset"]
+    opset = preset.opset
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 23:
         raise EdgekitError(f"{where}: opset must be a whole number from 13 to 23, not {shown(opset)}")
-    calib = preset.get("calib_samples", 256)
+    calib = preset.calib_samples
     if isinstance(calib, bool) or not isinstance(calib, int) or not 1 <= calib <= 100_000:
         raise EdgekitError(f"{where}: calib_samples must be a whole number from 1 to 100000, not {shown(calib)}")
-    return preset
+    if not isinstance(preset.description, str):
+        raise EdgekitError(f"{where}: description must be text, not {shown(preset.description)}")
 
 
 def cpu_has_vnni() -> bool:

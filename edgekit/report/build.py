@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekit.artifacts import is_stage, read_json, read_meta, write_json_atomic, write_text_atomic
+from edgekit import registry
+from edgekit.artifacts import is_stage, read_json, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.layout import (
     EVAL,
@@ -22,15 +23,16 @@ from edgekit.layout import (
     find_stages,
     sweep_cell_folder,
 )
+from edgekit.records import StageMeta, read_meta
 from edgekit.report.tables import _fmt, markdown, sweep_cell_text
 
 MB = 1e6
 
 
-def _model_bytes(meta: dict[str, Any]) -> int:
+def _model_bytes(meta: StageMeta) -> int:
     return sum(
         f["bytes"]
-        for name, f in meta["files"].items()
+        for name, f in meta.files.items()
         if name.startswith("model/") and name.endswith((".safetensors", ".bin"))
     )
 
@@ -44,7 +46,7 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     run = run_dir.name
     sweep = read_sweep(run_dir)
     rows: list[dict[str, Any]] = []
-    cell_metas: dict[str, dict] = {}
+    cell_metas: dict[str, StageMeta] = {}
     if sweep:
         for cell in sweep["cells"]:
             student_dir = sweep_cell_folder(run_dir, cell["folder"]) / STUDENT
@@ -54,7 +56,9 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
     if TEACHER in metas:
         rows.append(_torch_row(run, TEACHER, metas[TEACHER]))
     else:
-        t = next((m["teacher"] for m in [student, *cell_metas.values()] if m and m.get("teacher")), None)
+        t = next(
+            (m.details["teacher"] for m in [student, *cell_metas.values()] if m and m.details.get("teacher")), None
+        )
         if t:
             rows.append(
                 {
@@ -86,7 +90,7 @@ def collect_rows(run_dir: Path) -> list[dict[str, Any]]:
             rows.append({**_torch_row(run, cell["name"], meta), **tags})
             rows += [{**row, **tags} for row in _export_rows(run, cell["name"], folder, meta)]
     elif student:
-        rows.append({**_torch_row(run, "student", student), "strategy": student["config"].get("strategy")})
+        rows.append({**_torch_row(run, "student", student), "strategy": student.config.get("strategy")})
     for name in (LORA, PRUNED):
         if name in metas:
             rows.append(_torch_row(run, name, metas[name]))
@@ -105,30 +109,29 @@ def read_sweep(run_dir: Path) -> dict[str, Any] | None:
     return read_json(path, "re-run 'edgekit run' on this folder") if path.is_file() else None
 
 
-def _export_rows(run: str, stage: str, folder: Path, student: dict | None) -> list[dict[str, Any]]:
+def _export_rows(run: str, stage: str, folder: Path, student: StageMeta | None) -> list[dict[str, Any]]:
     """The bundle in ``folder/export``, one row per ``folder/bench-*`` device (or one unmeasured row)."""
     if not is_stage(folder / EXPORT):
         return []
     export = read_meta(folder / EXPORT)
-    accuracy = read_meta(folder / EVAL)["metrics"].get("accuracy") if is_stage(folder / EVAL) else None
+    accuracy = read_meta(folder / EVAL).metrics.get("accuracy") if is_stage(folder / EVAL) else None
     benches = [read_meta(p) for p in bench_folders(folder)]
-    quant = (export.get("quantization") or {}).get("mode")
-    fmt = export.get("format", "onnx")
-    precision = export.get("precision") or ("int8" if quant else "fp32")
-    runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
-    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    quant = (export.details.get("quantization") or {}).get("mode")
+    writer = registry.get("format", export.details.get("format", "onnx"), option="bundle format")
+    precision = export.details.get("precision") or ("int8" if quant else "fp32")
+    runtime, suffix = writer.can("runtime"), writer.can("suffix")
     base = {
         "run": run,
         "stage": stage,
         "model": f"{model_name(student) if student else 'model'}{suffix}",
         "runtime": f"{runtime} {precision}" + (f" {quant}" if precision == "int8" and quant else ""),
         "accuracy": accuracy,
-        "parameters": export["parameters"],
-        "size_mb": export["model_bytes"] / MB,
+        "parameters": export.parameters,
+        "size_mb": export.details["model_bytes"] / MB,
     }
     rows = []
     for bench in benches or [None]:
-        metrics = (bench or {}).get("metrics", {})
+        metrics = bench.metrics if bench else {}
         lat = metrics.get("latency_ms") or {}
         rows.append(
             {
@@ -136,34 +139,34 @@ def _export_rows(run: str, stage: str, folder: Path, student: dict | None) -> li
                 "p50_ms": lat.get("p50"),
                 "p90_ms": lat.get("p90"),
                 "peak_rss_mb": metrics.get("peak_rss_mb"),
-                "device": bench["config"]["device"] if bench else None,
+                "device": bench.config["device"] if bench else None,
             }
         )
     return rows
 
 
-def model_name(meta: dict) -> str:
+def model_name(meta: StageMeta) -> str:
     """What a stage's model is called in tables: its model spec, or for distilled students the
     student's description (e.g. ``bert-L3`` for a derived student)."""
-    name = meta["config"].get("model") or meta.get("student_model") or meta["config"].get("strategy", "model")
+    name = meta.config.get("model") or meta.details.get("student_model") or meta.config.get("strategy", "model")
     path = Path(str(name))
     if is_stage(path):
         return model_name(read_meta(path))  # a stage folder (e.g. LoRA of a sweep cell): what that stage holds
-    parent = Path(str((meta.get("parent") or {}).get("path", "")))
-    if meta.get("stage") == "prune" and not path.exists() and is_stage(parent):
+    parent = Path(meta.parent.path) if meta.parent else None
+    if meta.stage == "prune" and not path.exists() and parent is not None and is_stage(parent):
         return model_name(read_meta(parent))  # pruning records the architecture only: name what it pruned
     return path.name if path.exists() else str(name)
 
 
-def _torch_row(run: str, stage: str, meta: dict[str, Any]) -> dict[str, Any]:
-    lat = meta["metrics"].get("latency_ms") or {}
+def _torch_row(run: str, stage: str, meta: StageMeta) -> dict[str, Any]:
+    lat = meta.metrics.get("latency_ms") or {}
     return {
         "run": run,
         "stage": stage,
         "model": model_name(meta),
         "runtime": "pytorch fp32",
-        "accuracy": meta["metrics"].get("accuracy"),
-        "parameters": meta["parameters"],
+        "accuracy": meta.metrics.get("accuracy"),
+        "parameters": meta.parameters,
         "size_mb": _model_bytes(meta) / MB,
         "p50_ms": lat.get("p50"),
         "p90_ms": lat.get("p90"),
@@ -456,7 +459,7 @@ def _confusions(run_dirs: list[Path]) -> list[dict[str, Any]]:
         path = Path(run_dir) / EVAL
         if not is_stage(path):
             continue
-        metrics = read_meta(path)["metrics"]
+        metrics = read_meta(path).metrics
         labels, matrix = metrics.get("labels"), metrics.get("confusion_matrix")
         if labels and matrix:
             found.append({"run": Path(run_dir).name, "labels": list(labels), "matrix": matrix})

@@ -13,102 +13,15 @@ from typing import Any
 import numpy as np
 
 from edgekit import registry
-from edgekit.artifacts import read_json
 from edgekit.errors import EdgekitError
+from edgekit.records import MANIFEST, MODEL_FILE, Manifest, ModelFile, read_manifest
 from edgekit.tasks import task_spec
 
-MANIFEST = "manifest.json"
-MODEL_FILE = "model.onnx"
+__all__ = ["MANIFEST", "MODEL_FILE", "TOKENIZER_FILE", "Bundle", "Encoder", "Manifest", "read_manifest"]
+
 TOKENIZER_FILE = "tokenizer.json"
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
-
-
-MANIFEST_VERSIONS = (1, 2)
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The bundle's manifest, checked against its schema: one line of refusal when it does not pass."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise EdgekitError(f"bundle {folder} does not exist; check the path")
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise EdgekitError(f"{folder} is not an exported bundle (no {MANIFEST}); run 'edgekit export' first")
-    manifest = read_json(path, "export the bundle again")
-    check_manifest(folder, manifest)
-    return manifest
-
-
-def _bad(folder: Path, what: str) -> EdgekitError:
-    return EdgekitError(f"bundle {folder}: {MANIFEST} {what}; export the bundle again")
-
-
-def check_manifest(folder: Path, manifest: Any) -> None:
-    """Schema (versioned) and confinement: every file the manifest names is a plain relative name
-    that resolves inside the bundle folder (no ../, no absolute path, no link out of it)."""
-    if not isinstance(manifest, dict):
-        raise _bad(folder, "is not a JSON object")
-    version = manifest.get("schema_version", 1)
-    if version not in MANIFEST_VERSIONS:
-        raise _bad(
-            folder,
-            f"has schema_version {str(version)[:20]!r}, which this edgekit does not read "
-            f"(it reads {', '.join(map(str, MANIFEST_VERSIONS))}); update edgekit or export again",
-        )
-    tasks = registry.names("task")
-    if manifest.get("task") not in tasks:
-        raise _bad(folder, f"has task {str(manifest.get('task'))[:40]!r}, not one of {', '.join(tasks)}")
-    names = manifest.get("label_names")
-    if (
-        not isinstance(names, list)
-        or not all(isinstance(n, str) for n in names)
-        or (len(names) < task_spec(manifest["task"]).min_labels)
-    ):
-        raise _bad(folder, "has no list of label_names")
-    if not isinstance(manifest.get("preprocessing"), dict):
-        raise _bad(folder, "has no preprocessing section")
-    if manifest.get("format", "onnx") not in registry.names("format"):
-        raise _bad(
-            folder, f"has format {str(manifest.get('format'))[:40]!r}, not one of {', '.join(registry.names('format'))}"
-        )
-    graphs = manifest.get("graphs")
-    if graphs is not None and (
-        not isinstance(graphs, list) or not graphs or not all(isinstance(g, dict) for g in graphs)
-    ):
-        raise _bad(folder, "has a graphs entry that is not a list of graphs")
-    if graphs is None and not isinstance(manifest.get("inputs"), list):
-        raise _bad(folder, "lists neither graphs nor inputs")
-    root = folder.resolve()
-    for graph in graphs_of(manifest):
-        name = graph.get("file")
-        if not isinstance(name, str) or not name or "\0" in name:
-            raise _bad(folder, "names a model file that is not a file name")
-        target = (folder / name).resolve()
-        if Path(name).is_absolute() or ".." in Path(name).parts or not target.is_relative_to(root) or target == root:
-            raise _bad(folder, f"names {name[:80]!r}, which is outside the bundle; a bundle only reads its own files")
-        if not isinstance(graph.get("inputs"), list) or not all(
-            isinstance(i, dict) and isinstance(i.get("name"), str) for i in graph["inputs"]
-        ):
-            raise _bad(folder, f"has no inputs for {name[:80]!r}")
-
-
-def graphs_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The model files of a bundle: [{name, file, inputs, outputs}] (older manifests: one model.onnx)."""
-    if manifest.get("graphs"):
-        return manifest["graphs"]
-    return [
-        {
-            "name": "model",
-            "file": manifest.get("model_file", MODEL_FILE),
-            "inputs": manifest["inputs"],
-            "outputs": manifest.get("outputs", [{"name": "logits"}]),
-        }
-    ]
-
-
-def model_bytes(folder: Path, manifest: dict[str, Any]) -> int:
-    return sum((Path(folder) / g["file"]).stat().st_size for g in graphs_of(manifest))
 
 
 def session_options(threads: int = 0, graph_optimization: str = "all"):
@@ -199,33 +112,31 @@ class TorchScriptSession:
 
 def open_graph(
     folder: Path,
-    manifest: dict[str, Any],
-    graph: dict[str, Any],
+    manifest: Manifest,
+    graph: ModelFile,
     providers: Sequence[str] | None = None,
     threads: int = 0,
     graph_optimization: str = "all",
 ):
-    fmt = manifest.get("format", "onnx")
-    runtime = registry.get("format", fmt, option="bundle format").can("runtime")
+    runtime = registry.get("format", manifest.format, option="bundle format").can("runtime")
     if runtime == "torchscript":
-        engine = (manifest.get("quantization") or {}).get("engine")
-        return TorchScriptSession(Path(folder) / graph["file"], [i["name"] for i in graph["inputs"]], threads, engine)
-    return open_session(Path(folder) / graph["file"], providers, threads, graph_optimization)
+        engine = (manifest.quantization or {}).get("engine")
+        return TorchScriptSession(Path(folder) / graph.file, graph.input_names, threads, engine)
+    return open_session(Path(folder) / graph.file, providers, threads, graph_optimization)
 
 
-def check_integrity(folder: Path, manifest: dict[str, Any]) -> None:
+def check_integrity(folder: Path, manifest: Manifest) -> None:
     """Model files must be the ones the export wrote (catches truncated copies before a runtime does)."""
     from edgekit.artifacts import sha256_file
 
-    expected = manifest.get("sha256")
-    for graph in graphs_of(manifest):
-        path = Path(folder) / graph["file"]
+    for graph in manifest.graphs:
+        path = Path(folder) / graph.file
         if not path.is_file():
             raise EdgekitError(f"model file {path} is missing; export the bundle again")
-        want = graph.get("sha256") or (expected if isinstance(expected, str) else None)
+        want = graph.sha256 or manifest.sha256
         if not isinstance(want, str) or len(want) != 64:
             raise EdgekitError(
-                f"bundle {folder}: {MANIFEST} has no sha256 for {graph['file']}; a bundle loads only "
+                f"bundle {folder}: {MANIFEST} has no sha256 for {graph.file}; a bundle loads only "
                 "when every model file has one: export it again"
             )
         if sha256_file(path) != want:
@@ -238,12 +149,12 @@ def check_integrity(folder: Path, manifest: dict[str, Any]) -> None:
 class Encoder:
     """Raw examples (texts or images) to model inputs, with the same preprocessing as training."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]):
+    def __init__(self, folder: Path, manifest: Manifest):
         self.folder = Path(folder)
-        self.task = manifest["task"]
-        self.preprocessing: dict[str, Any] = manifest["preprocessing"]
+        self.task = manifest.task
+        self.preprocessing: dict[str, Any] = manifest.preprocessing
         self.spec = task_spec(self.task)
-        self.input_names = [i["name"] for i in graphs_of(manifest)[0]["inputs"]]
+        self.input_names = manifest.graphs[0].input_names
         if self.spec.generates:  # the encoder's inputs; the decoder's come from generation
             self.input_names = ["input_ids", "attention_mask"]
         self._tokenizer = None
@@ -296,15 +207,15 @@ class Bundle:
     ):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        self.task = self.manifest["task"]
-        self.format = self.manifest.get("format", "onnx")
-        self.label_names: list[str] = self.manifest["label_names"]
+        self.task = self.manifest.task
+        self.format = self.manifest.format
+        self.label_names: list[str] = self.manifest.label_names
         self.encode = Encoder(self.folder, self.manifest)
         if verify:
             check_integrity(self.folder, self.manifest)
         self.sessions = {
-            g["name"]: open_graph(self.folder, self.manifest, g, providers, threads, graph_optimization)
-            for g in graphs_of(self.manifest)
+            g.name: open_graph(self.folder, self.manifest, g, providers, threads, graph_optimization)
+            for g in self.manifest.graphs
         }
         self.session = next(iter(self.sessions.values()))
 
@@ -341,7 +252,7 @@ class Bundle:
 
         from tqdm.auto import tqdm
 
-        p = self.manifest["preprocessing"]
+        p = self.manifest.preprocessing
         start_id, eos = int(p["decoder_start_id"]), p.get("eos_id")
         limit = int(max_new_tokens or p.get("max_target_length", 128))
         texts: list[str] = []
