@@ -237,11 +237,42 @@ register(
     summary="a model into a 4-bit NF4 copy of itself with LoRA",
 )
 
-# Sweep columns (the seeds' Table II): labels-only trains the same student with alpha 0.
-register("sweep-strategy", "labels-only", summary="the same student on labels alone")
-register("sweep-strategy", "straightforward", summary="teacher -> student")
-register("sweep-strategy", "successive", summary="teacher -> halfway link -> student")
-register("sweep-strategy", "multi-teacher", summary="teacher and the chain's first link -> student")
+# Sweep columns (the seeds' Table II), trained in this order. taught_by: who teaches a cell's student
+# ("teacher"; "chain": the cell before it in the successive chain; "ensemble": the teacher and a second
+# teacher, distill.teachers or the chain's first link); distill_as: the distill strategy each cell runs;
+# labels_only: alpha 0, the same student and budget with no teacher signal.
+register(
+    "sweep-strategy",
+    "labels-only",
+    taught_by="teacher",
+    distill_as="straightforward",
+    labels_only=True,
+    summary="the same student on labels alone",
+)
+register(
+    "sweep-strategy",
+    "straightforward",
+    taught_by="teacher",
+    distill_as="straightforward",
+    labels_only=False,
+    summary="teacher -> student",
+)
+register(
+    "sweep-strategy",
+    "successive",
+    taught_by="chain",
+    distill_as="straightforward",
+    labels_only=False,
+    summary="teacher -> halfway link -> student",
+)
+register(
+    "sweep-strategy",
+    "multi-teacher",
+    taught_by="ensemble",
+    distill_as="multi-teacher",
+    labels_only=False,
+    summary="teacher and the chain's first link -> student",
+)
 
 # Logit losses: f(student_logits, teacher_logits, labels, temperature, alpha) -> loss.
 register(

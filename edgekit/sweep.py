@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import registry
 from edgekit.errors import EdgekitError
 from edgekit.layout import STUDENT, sweep_root
 from edgekit.recipe import Recipe, SweepConfig, student_label, sweep_cell
 from edgekit.records import StageMeta
+
+LINK = "successive"  # the chain's links before the students are named successive-L<k> (they are its first cells)
 
 
 @dataclass
@@ -98,7 +101,7 @@ def check(recipe: Recipe, n_teacher: int | None, cnn_teacher: bool) -> None:
             "recipe field sweep.successive_via: the links before the students must be larger than "
             f"the largest student ({students[0]} layers)"
         )
-    if "multi-teacher" in sweep.strategies:
+    if any(_taught_by(s) == "ensemble" for s in sweep.strategies):
         extra = recipe.distill.teachers or via
         if not extra and (not derived or n_teacher):
             raise EdgekitError(
@@ -122,37 +125,44 @@ def plan(recipe: Recipe, out: Path, n_teacher: int | None) -> list[Cell]:
     cells: list[Cell] = []
 
     def add(strategy: str, student: str, teachers: list[str], in_table: bool = True) -> Cell:
-        name = sweep_cell(strategy if in_table else "successive", student)
+        name = sweep_cell(strategy if in_table else LINK, student)
         cell = Cell(name, strategy, student, root / name, teachers, in_table)
         cells.append(cell)
         return cell
 
-    for strategy in ("labels-only", "straightforward"):
-        if strategy in sweep.strategies:
+    previous, linked = "teacher", False
+    for strategy in (s for s in registry.names("sweep-strategy") if s in sweep.strategies):  # registry order
+        taught_by = _taught_by(strategy)
+        if not linked and (taught_by == "chain" or (taught_by == "ensemble" and not recipe.distill.teachers)):
+            for v in via:  # the chain's links before the students, trained once for every cell that needs them
+                previous = add("link", v, [previous], in_table=False).name
+            linked = True
+        if taught_by == "teacher":
             for s in students:
                 add(strategy, s, ["teacher"])
-    needs_chain = "successive" in sweep.strategies
-    needs_via = "multi-teacher" in sweep.strategies and not recipe.distill.teachers
-    previous = "teacher"
-    if needs_chain or needs_via:
-        for v in via:
-            previous = add("link", v, [previous], in_table=False).name
-    if needs_chain:
-        for s in students:
-            previous = add("successive", s, [previous]).name
-    if "multi-teacher" in sweep.strategies:
-        if recipe.distill.teachers:
-            second = list(recipe.distill.teachers)
-        elif via:
-            second = [sweep_cell("successive", via[0])]
+        elif taught_by == "chain":
+            for s in students:
+                previous = add(strategy, s, [previous]).name
         else:
-            raise EdgekitError(
-                f"the teacher has {n_teacher} layers: no room for a link between it and the largest "
-                "student, so multi-teacher has no second teacher; set distill.teachers or sweep.successive_via"
-            )
-        for s in students:
-            add("multi-teacher", s, ["teacher", *second])
+            second = _second_teacher(recipe, via, n_teacher, strategy)
+            for s in students:
+                add(strategy, s, ["teacher", *second])
     return cells
+
+
+def _taught_by(strategy: str) -> str:
+    return registry.get("sweep-strategy", strategy).can("taught_by")
+
+
+def _second_teacher(recipe: Recipe, via: list[str], n_teacher: int | None, strategy: str) -> list[str]:
+    if recipe.distill.teachers:
+        return list(recipe.distill.teachers)
+    if via:
+        return [sweep_cell(LINK, via[0])]
+    raise EdgekitError(
+        f"the teacher has {n_teacher} layers: no room for a link between it and the largest "
+        f"student, so {strategy} has no second teacher; set distill.teachers or sweep.successive_via"
+    )
 
 
 def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
@@ -162,12 +172,11 @@ def cell_recipe(recipe: Recipe, cell: Cell) -> Recipe:
     d = r.distill
     d.baseline = False  # the labels-only column is the baseline
     d.teachers = []
-    if cell.strategy == "multi-teacher":
-        d.strategy = "multi-teacher"
-    else:
-        d.strategy = "straightforward"
+    entry = registry.get("sweep-strategy", cell.strategy) if cell.in_table else None  # links: straightforward
+    d.strategy = entry.can("distill_as") if entry else "straightforward"
+    if registry.get("strategy", d.strategy).can("teachers") != "many":
         d.teacher_weights, d.learn_teacher_weights = None, False
-    if cell.strategy == "labels-only":
+    if entry and entry.can("labels_only"):
         d.alpha = 0.0  # (1 - alpha) * CE on labels only: the same student and budget, no teacher signal
     if cell.student.isdigit():
         r.student.model, r.student.layers = None, [int(cell.student)]
