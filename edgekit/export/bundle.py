@@ -386,6 +386,23 @@ def _keep(
     return fused if faster or smaller else plain
 
 
+@dataclasses.dataclass
+class _Export:
+    """What one export works with: the model, its graphs, the preset and the parity inputs."""
+
+    handle: ModelHandle
+    preset: Preset
+    manifest: Manifest
+    graphs: list
+    encoder: Encoder
+    batches: list[dict[str, np.ndarray]]
+    reference: list[np.ndarray]
+    scratch: Path
+    onnx: bool
+    title: str
+    suffix: str
+
+
 def build_bundle(
     handle: ModelHandle,
     folder: Path,
@@ -396,27 +413,27 @@ def build_bundle(
     source_stage: Path | None,
     allow_drop: bool = False,
     targets: Sequence[Any] = (),
-) -> dict[str, Any]:
+) -> Manifest:
     """Export ``handle`` into ``folder`` (which the caller makes atomic) and return the manifest.
+
+    fp32 graphs (parity-gated) -> for int8/fp16 the lossy candidates (plain and fused), one kept ->
+    its parity, on the targets' kernels when there are targets -> files and manifest in ``folder``.
 
     ``targets`` (emulated or SSH, see :mod:`edgekit.targets`) are where a lossy bundle's parity is
     judged: on the target's own int8 kernels. Without them it is judged on this host, and labelled so."""
     folder = Path(folder)
-    fmt, precision = preset.format, preset.precision
-    spec, writer = handle.spec, registry.get("format", fmt, option="--format")
-    fmt_name, onnx = writer.can("title"), writer.can("runtime") == "onnxruntime"
-    if not spec.static_int8 and precision == "int8" and preset.quantization["mode"] == "static":
+    spec, writer = handle.spec, registry.get("format", preset.format, option="--format")
+    if not spec.static_int8 and preset.precision == "int8" and preset.quantization["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
-    graphs = graphs_for(handle)
-    suffix = writer.can("suffix")
+    graphs, suffix, onnx = graphs_for(handle), writer.can("suffix"), writer.can("runtime") == "onnxruntime"
     manifest = Manifest(
         task=handle.task,
         label_names=handle.label_names,
         preprocessing=preprocessing,
         graphs=[ModelFile(**g.describe(g.name + suffix)) for g in graphs],
-        format=fmt,
-        precision=precision,
+        format=preset.format,
+        precision=preset.precision,
         preset=preset.name,
         opset=int(preset.opset) if onnx else None,
         arch=handle.arch,
@@ -424,88 +441,132 @@ def build_bundle(
     encoder = Encoder(folder, manifest)
     batches = _parity_batches(handle, graphs, encoder, parity_split)
     reference = _torch_logits(handle, graphs, batches)
-    timing = _timing_inputs(batches[0], manifest.preprocessing) if not spec.generates else {}
     _remove_dead_scratch()
     with tempfile.TemporaryDirectory(prefix=f"edgekit-export-{os.getpid()}-") as scratch:
-        scratch = Path(scratch)
-        fp32_dir = _candidate(scratch, "fp32", manifest)
-        exporters = {}
-        for graph in graphs:
-            if onnx:
-                exporters[graph.name] = export_onnx(
-                    graph, fp32_dir / (graph.name + suffix), int(preset.opset), handle.arch
-                )
-            else:
-                export_torchscript(graph, fp32_dir / (graph.name + suffix), handle.arch)
-                exporters[graph.name] = "torch.jit.trace+freeze"
-        parity = {
-            "fp32": _check_parity("fp32", reference, run_isolated(fp32_dir, batches, scratch), False, preset.parity)
-        }
-        parity["fp32"]["measured_on"] = host_description()
-        if not parity["fp32"]["passed"] and not allow_drop:
-            raise EdgekitError(
-                f"fp32 {fmt_name} differs from the PyTorch model by {parity['fp32']['max_abs_diff']:.3g} "
-                f"(allowed {parity['fp32']['thresholds']['max_abs_diff']:.3g}); no bundle written (--allow-drop keeps it)"
-            )
+        job = _Export(
+            handle,
+            preset,
+            manifest,
+            graphs,
+            encoder,
+            batches,
+            reference,
+            Path(scratch),
+            onnx,
+            writer.can("title"),
+            suffix,
+        )
+        fp32_dir, exporters, parity = _export_fp32(job, allow_drop)
         quantization, optimization, final = None, {"variants": {}, "kept": "plain"}, fp32_dir
-        if precision != "fp32":
-            if not onnx:  # TorchScript: torch's dynamic int8
-                ts_dir = _candidate(scratch, "int8", manifest)
-                candidates = [Candidate("plain", ts_dir, _torch_int8(handle, preset.quantization, ts_dir))]
-            else:
-                calib = _batches(encoder, calibration, preset.calib_samples) if spec.static_int8 else []
-                candidates = _onnx_lossy(handle, fp32_dir, scratch, preset, manifest, calib)
-            timed = preset.optimize == "timed"
-            for c in candidates:
-                variant, candidate, entry = c.variant, c.folder, dict(c.notes)
-                if len(candidates) > 1 and timed:  # measured on this CPU, batch 1, by the shipping runtime
-                    for key, feed in timing.items():
-                        entry[key] = run_isolated(candidate, feed, scratch, time_runs=TIMING_RUNS)[1]
-                elif len(candidates) > 1:  # deterministic: how close each graph's outputs are to PyTorch's
-                    check = _check_parity(
-                        variant, reference, run_isolated(candidate, batches, scratch), True, preset.parity
-                    )
-                    entry["label_agreement"], entry["snr_db"] = check["label_agreement"], check["snr_db"]
-                optimization["variants"][variant] = entry
-            best = _keep(candidates, optimization["variants"], manifest, timed)
-            optimization["kept"], final, quantization = best.variant, best.folder, best.quantization
-            if len(candidates) > 1:
-                optimization["decided_by"] = (
-                    (
-                        f"timing (optimize: timed): p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
-                        f"{', and padded to max_length' if len(timing) > 1 else ''}); fused kept when "
-                        f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller"
-                    )
-                    if timed
-                    else "rule (optimize: auto): the fused graph when onnxruntime's fusions applied, it agrees with PyTorch "
-                    "on at least as many parity labels as the plain one, its SNR is at most 1 dB lower and it is at "
-                    "most 5% larger; the same model and settings always give the same bundle (optimize: none or timed "
-                    "to change it)"
-                )
-            parity.update(_lossy_parity(precision, reference, final, batches, scratch, preset, targets))
-            if not parity[precision]["passed"] and not allow_drop:
-                p = parity[precision]
-                where = p["measured_on"]
-                raise EdgekitError(
-                    f"{precision} {fmt_name} fails parity on {where.get('device') or where['machine']}"
-                    f"{' (emulated)' if where.get('emulated') else ''}: label agreement {p['label_agreement']:.1%} "
-                    f"(needs {p['thresholds']['min_agreement']:.0%}), SNR {p['snr_db']:.1f} dB "
-                    f"(needs {p['thresholds']['min_snr_db']} dB); no bundle written "
-                    "(try another --preset, --fp32, or --allow-drop to keep it)"
-                )
+        if preset.precision != "fp32":
+            final, quantization, optimization = _lossy_candidate(job, fp32_dir, calibration)
+            parity.update(_lossy_parity(preset.precision, reference, final, batches, job.scratch, preset, targets))
+            _gate_lossy(job, parity[preset.precision], allow_drop)
         for path in _files(final, manifest):
             shutil.copy(path, folder / path.name)
         fp32_bytes = sum(p.stat().st_size for p in _files(fp32_dir, manifest))
+    return _finish_manifest(
+        job, folder, exporters, quantization, optimization if onnx else None, parity, fp32_bytes, source_stage
+    )
+
+
+def _export_fp32(job: _Export, allow_drop: bool) -> tuple[Path, dict[str, str], dict[str, dict[str, Any]]]:
+    """The fp32 graphs in a scratch bundle, their exporter, and their parity (a failure stops the export)."""
+    fp32_dir = _candidate(job.scratch, "fp32", job.manifest)
+    exporters = {}
+    for graph in job.graphs:
+        path = fp32_dir / (graph.name + job.suffix)
+        if job.onnx:
+            exporters[graph.name] = export_onnx(graph, path, int(job.preset.opset), job.handle.arch)
+        else:
+            export_torchscript(graph, path, job.handle.arch)
+            exporters[graph.name] = "torch.jit.trace+freeze"
+    outputs = run_isolated(fp32_dir, job.batches, job.scratch)
+    parity = {"fp32": _check_parity("fp32", job.reference, outputs, False, job.preset.parity)}
+    parity["fp32"]["measured_on"] = host_description()
+    p = parity["fp32"]
+    if not p["passed"] and not allow_drop:
+        raise EdgekitError(
+            f"fp32 {job.title} differs from the PyTorch model by {p['max_abs_diff']:.3g} "
+            f"(allowed {p['thresholds']['max_abs_diff']:.3g}); no bundle written (--allow-drop keeps it)"
+        )
+    return fp32_dir, exporters, parity
+
+
+def _lossy_candidate(job: _Export, fp32_dir: Path, calibration: Split | None):
+    """The int8/fp16 candidates (plain, and fused where onnxruntime's fusions apply), compared by the
+    preset's rule or by timing; returns (kept folder, quantization record, optimization record)."""
+    preset, manifest, spec = job.preset, job.manifest, job.handle.spec
+    if not job.onnx:  # TorchScript: torch's dynamic int8
+        ts_dir = _candidate(job.scratch, "int8", manifest)
+        candidates = [Candidate("plain", ts_dir, _torch_int8(job.handle, preset.quantization, ts_dir))]
+    else:
+        calib = _batches(job.encoder, calibration, preset.calib_samples) if spec.static_int8 else []
+        candidates = _onnx_lossy(job.handle, fp32_dir, job.scratch, preset, manifest, calib)
+    timed = preset.optimize == "timed"
+    timing = _timing_inputs(job.batches[0], manifest.preprocessing) if not spec.generates else {}
+    optimization: dict[str, Any] = {"variants": {}, "kept": "plain"}
+    for c in candidates:
+        entry = dict(c.notes)
+        if len(candidates) > 1 and timed:  # measured on this CPU, batch 1, by the shipping runtime
+            for key, feed in timing.items():
+                entry[key] = run_isolated(c.folder, feed, job.scratch, time_runs=TIMING_RUNS)[1]
+        elif len(candidates) > 1:  # deterministic: how close each graph's outputs are to PyTorch's
+            outputs = run_isolated(c.folder, job.batches, job.scratch)
+            check = _check_parity(c.variant, job.reference, outputs, True, preset.parity)
+            entry["label_agreement"], entry["snr_db"] = check["label_agreement"], check["snr_db"]
+        optimization["variants"][c.variant] = entry
+    best = _keep(candidates, optimization["variants"], manifest, timed)
+    optimization["kept"] = best.variant
+    if len(candidates) > 1:
+        optimization["decided_by"] = _decided_by(timed, len(timing))
+    return best.folder, best.quantization, optimization
+
+
+def _decided_by(timed: bool, timed_inputs: int) -> str:
+    if timed:
+        return (
+            f"timing (optimize: timed): p50 of {TIMING_RUNS} runs at batch 1 on this CPU (a task example"
+            f"{', and padded to max_length' if timed_inputs > 1 else ''}); fused kept when "
+            f">= {1 - FUSED_MARGIN:.0%} faster on each and no larger, or as fast and smaller"
+        )
+    return (
+        "rule (optimize: auto): the fused graph when onnxruntime's fusions applied, it agrees with PyTorch "
+        "on at least as many parity labels as the plain one, its SNR is at most 1 dB lower and it is at "
+        "most 5% larger; the same model and settings always give the same bundle (optimize: none or timed "
+        "to change it)"
+    )
+
+
+def _gate_lossy(job: _Export, p: dict[str, Any], allow_drop: bool) -> None:
+    """A lossy bundle that fails its parity gate is not written (unless --allow-drop)."""
+    if p["passed"] or allow_drop:
+        return
+    where = p["measured_on"]
+    raise EdgekitError(
+        f"{job.preset.precision} {job.title} fails parity on {where.get('device') or where['machine']}"
+        f"{' (emulated)' if where.get('emulated') else ''}: label agreement {p['label_agreement']:.1%} "
+        f"(needs {p['thresholds']['min_agreement']:.0%}), SNR {p['snr_db']:.1f} dB "
+        f"(needs {p['thresholds']['min_snr_db']} dB); no bundle written "
+        "(try another --preset, --fp32, or --allow-drop to keep it)"
+    )
+
+
+def _finish_manifest(
+    job: _Export, folder, exporters, quantization, optimization, parity, fp32_bytes, source_stage
+) -> Manifest:
+    """Checksums, sizes, parity, lineage and versions into the manifest, written into ``folder``."""
+    import onnxruntime
+
+    manifest = job.manifest
     for graph in manifest.graphs:
         graph.sha256 = sha256_file(folder / graph.file)
         graph.exporter = exporters[graph.name]
-    import onnxruntime
-
     manifest.quantization = quantization
-    manifest.graph_optimization = optimization if onnx else None
-    manifest.parameters = handle.parameter_count()
+    manifest.graph_optimization = optimization
+    manifest.parameters = job.handle.parameter_count()
     manifest.sizes = {"model_bytes": manifest.model_bytes(folder), "fp32_model_bytes": fp32_bytes}
-    manifest.sha256 = manifest.graphs[0].sha256 if len(graphs) == 1 else None
+    manifest.sha256 = manifest.graphs[0].sha256 if len(manifest.graphs) == 1 else None
     manifest.parity = parity
     manifest.lineage = lineage(source_stage)
     manifest.versions = {
