@@ -80,18 +80,13 @@ def prune_stage(
     reuse: bool = False,
     resume: bool = False,
 ) -> StageMeta:
-    from edgekit.layout import checkpoint_folder
+    """Prune a model stage by ``method`` (a pruner entry) and, with ``recover_epochs``, train it back
+    (KD from the unpruned model, or fine-tuning); the pruned model is a new stage folder ``out``."""
     from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
-    from edgekit.train.loop import Checkpointing, evaluate, model_metrics, train
+    from edgekit.train.loop import evaluate
 
-    _check(method, amount)
-    if recover not in ("distill", "finetune"):
-        raise EdgekitError(f"--recover {recover!r} is not one of distill, finetune")
-    if recover_epochs < 0:
-        raise EdgekitError(f"--recover-epochs {recover_epochs} must be 0 or more")
-    if not 1 <= calib_samples <= 100_000:
-        raise EdgekitError(f"--calib-samples {calib_samples} must be from 1 to 100000")
+    _check_options(method, amount, recover, recover_epochs, calib_samples)
     model_dir = Path(model_dir)
     if not is_stage(model_dir) or not (model_dir / RECIPE_FILE).is_file():
         raise EdgekitError(
@@ -99,30 +94,12 @@ def prune_stage(
             "prune needs its model and the data it was trained on"
         )
     recipe = recipe or load_recipe(model_dir / RECIPE_FILE)
-    config = {
-        "method": method,
-        "amount": amount,
-        "recover_epochs": recover_epochs,
-        "recover": recover,
-        "calib_samples": calib_samples,
-    }
-    train_cfg = replace(recipe.distill.train, epochs=max(recover_epochs, 1))
-    if recover_epochs:
-        config["train"] = asdict(train_cfg)
-        if recover == "distill":
-            config["temperature"], config["alpha"] = recipe.distill.temperature, recipe.distill.alpha
+    config, train_cfg = _config(method, amount, recover, recover_epochs, calib_samples, recipe)
     stage = Stage("prune", out, config, parent=model_dir)
     if (meta := stage.reused(reuse)) is not None:
         return meta
     handle = load_saved(model_dir)
-    pruner = registry.get("pruner", method)
-    if task_spec(handle.task).generates:
-        raise EdgekitError(
-            "pruning here is for classifiers (text and images); encoder-decoders (T5) are not supported yet"
-        )
-    if handle.family not in pruner.can("families", ()):
-        fits = ", ".join(registry.names("pruner", families=handle.family))
-        raise EdgekitError(f"--method {method} needs {pruner.can('needs')}; {handle.arch} is not one: use {fits}")
+    pruner = _pruner_for(method, handle)
     data = load_data(recipe)
     before = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch} before pruning")
     params_before, nonzero_before = handle.parameter_count(), count_nonzero(handle.module)
@@ -136,23 +113,7 @@ def prune_stage(
 
     with stage.folder(force) as folder:
         log.info(f"prune: {method} {amount:.0%} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
-        report: dict[str, Any] = {}
-        if not pruner.can("structured"):  # zeros; during recovery the mask stays, so they stay zeros
-            pruner.load()(handle.module, amount, permanent=not recover_epochs)
-        else:
-            report = pruner.load()(handle, data.train, amount, calib_samples)
-            heads = dict((handle.extra.get("structure") or {}).get("heads", {}))
-            heads.update(report.pop("heads", {}))
-            handle.extra = {
-                **handle.extra,
-                "structure": {
-                    "heads": heads,
-                    "pruned": [
-                        *(handle.extra.get("structure") or {}).get("pruned", []),
-                        {"method": method, "amount": amount},
-                    ],
-                },
-            }
+        report = _apply(pruner, handle, data, method, amount, calib_samples, permanent=not recover_epochs)
         pruned = evaluate(handle, data.eval_split, desc="evaluate pruned model")
         log.info(
             f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
@@ -160,40 +121,8 @@ def prune_stage(
         )
         history = None
         if recover_epochs:
-            ckpt = Checkpointing(
-                checkpoint_folder(out),
-                tag=stage.fingerprint,
-                every_steps=recipe.distill.checkpoint_every,
-                resume=resume,
-            )
-            if not resume:
-                shutil.rmtree(ckpt.folder, ignore_errors=True)
-            result = train(
-                handle,
-                data,
-                train_cfg,
-                seed=recipe.seed,
-                objective=objective,
-                checkpoint=ckpt,
-                desc=f"recover ({recover})",
-                deterministic=recipe.distill.deterministic,
-            )
-            history = result.history
-            make_permanent(handle.module)
-            shutil.rmtree(ckpt.folder, ignore_errors=True)
-        metrics = model_metrics(handle, data)
-        per_layer = layer_sparsity(handle.module)
-        total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))
-        zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
-        metrics.update(
-            accuracy_before=before["accuracy"],
-            accuracy_pruned=pruned["accuracy"],
-            macro_f1_before=before["macro_f1"],
-            sparsity=zeros / total,
-            layer_sparsity=per_layer,
-            nonzero_parameters=count_nonzero(handle.module),
-            **report,
-        )
+            history = _recover(handle, data, train_cfg, objective, recipe, stage, out, recover, resume)
+        metrics = _pruned_metrics(handle, data, before, pruned, report)
         handle.save(folder)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml())
         return stage.finish(
@@ -208,3 +137,100 @@ def prune_stage(
                 "structure": handle.extra.get("structure"),
             },
         )
+
+
+def _check_options(method: str, amount: float, recover: str, recover_epochs: int, calib_samples: int) -> None:
+    _check(method, amount)
+    if recover not in ("distill", "finetune"):
+        raise EdgekitError(f"--recover {recover!r} is not one of distill, finetune")
+    if recover_epochs < 0:
+        raise EdgekitError(f"--recover-epochs {recover_epochs} must be 0 or more")
+    if not 1 <= calib_samples <= 100_000:
+        raise EdgekitError(f"--calib-samples {calib_samples} must be from 1 to 100000")
+
+
+def _config(method, amount, recover, recover_epochs, calib_samples, recipe) -> tuple[dict[str, Any], Any]:
+    """The stage's config (what its fingerprint is made of) and the recovery's training settings."""
+    config = {
+        "method": method,
+        "amount": amount,
+        "recover_epochs": recover_epochs,
+        "recover": recover,
+        "calib_samples": calib_samples,
+    }
+    train_cfg = replace(recipe.distill.train, epochs=max(recover_epochs, 1))
+    if recover_epochs:
+        config["train"] = asdict(train_cfg)
+        if recover == "distill":
+            config["temperature"], config["alpha"] = recipe.distill.temperature, recipe.distill.alpha
+    return config, train_cfg
+
+
+def _pruner_for(method: str, handle):
+    """The pruner entry, refused before any work for a model it does not handle."""
+    pruner = registry.get("pruner", method)
+    if task_spec(handle.task).generates:
+        raise EdgekitError(
+            "pruning here is for classifiers (text and images); encoder-decoders (T5) are not supported yet"
+        )
+    if handle.family not in pruner.can("families", ()):
+        fits = ", ".join(registry.names("pruner", families=handle.family))
+        raise EdgekitError(f"--method {method} needs {pruner.can('needs')}; {handle.arch} is not one: use {fits}")
+    return pruner
+
+
+def _apply(pruner, handle, data, method: str, amount: float, calib_samples: int, permanent: bool) -> dict[str, Any]:
+    """Prune ``handle`` in place; a structured pruner's report (what it removed), recorded in the structure."""
+    if not pruner.can("structured"):  # zeros; during recovery the mask stays, so they stay zeros
+        pruner.load()(handle.module, amount, permanent=permanent)
+        return {}
+    report = pruner.load()(handle, data.train, amount, calib_samples)
+    structure = handle.extra.get("structure") or {}
+    heads = dict(structure.get("heads", {}))
+    heads.update(report.pop("heads", {}))
+    pruned = [*structure.get("pruned", []), {"method": method, "amount": amount}]
+    handle.extra = {**handle.extra, "structure": {"heads": heads, "pruned": pruned}}
+    return report
+
+
+def _recover(handle, data, train_cfg, objective, recipe, stage, out, recover: str, resume: bool):
+    """Train the pruned model back (checkpointed, resumable); its history."""
+    from edgekit.layout import checkpoint_folder
+    from edgekit.train.loop import Checkpointing, train
+
+    ckpt = Checkpointing(
+        checkpoint_folder(out), tag=stage.fingerprint, every_steps=recipe.distill.checkpoint_every, resume=resume
+    )
+    if not resume:
+        shutil.rmtree(ckpt.folder, ignore_errors=True)
+    result = train(
+        handle,
+        data,
+        train_cfg,
+        seed=recipe.seed,
+        objective=objective,
+        checkpoint=ckpt,
+        desc=f"recover ({recover})",
+        deterministic=recipe.distill.deterministic,
+    )
+    make_permanent(handle.module)
+    shutil.rmtree(ckpt.folder, ignore_errors=True)
+    return result.history
+
+
+def _pruned_metrics(handle, data, before, pruned, report) -> dict[str, Any]:
+    from edgekit.train.loop import model_metrics
+
+    metrics = model_metrics(handle, data)
+    total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))
+    zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
+    metrics.update(
+        accuracy_before=before["accuracy"],
+        accuracy_pruned=pruned["accuracy"],
+        macro_f1_before=before["macro_f1"],
+        sparsity=zeros / total,
+        layer_sparsity=layer_sparsity(handle.module),
+        nonzero_parameters=count_nonzero(handle.module),
+        **report,
+    )
+    return metrics
