@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 def _private_cache(tmp_path_factory) -> None:
     """Teacher-logit caches go to a folder of this test session, never to the user's ~/.cache/edgekit."""
     os.environ.setdefault("EDGEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("edgekit-cache")))
+
+
+def at_a_terminal() -> None:
+    """``preexec_fn`` for a child the tests send SIGINT: Ctrl-C at a terminal reaches a foreground
+    process, but a shell starts background jobs with SIGINT ignored, and the child of a suite launched
+    that way (``bash .ci/run &``) would inherit it; restore the default so the test sees what a user does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(

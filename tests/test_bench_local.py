@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, at_a_terminal, run_cli
 
 
 def make_bundle(folder: Path, hidden: int = 64, classes: int = 3) -> Path:
@@ -144,6 +144,7 @@ def test_a_signal_during_bench_exits_with_its_code_and_one_line(bundles, tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=at_a_terminal,
     )
     time.sleep(4)  # the worker is timing by now
     proc.send_signal(signum)

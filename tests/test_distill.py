@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
+from conftest import assert_user_error, at_a_terminal, run_cli, save_tiny_bert, write_questions
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3"]
@@ -323,6 +323,7 @@ def test_resume_after_kill_is_bit_exact(tmp_path, teacher, cache_env):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=at_a_terminal,
     )
     checkpoint = tmp_path / ".int.checkpoint" / "1-L2" / "checkpoint.pt"
     while proc.poll() is None and not checkpoint.exists():

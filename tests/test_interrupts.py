@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_user_error, write_stage
+from conftest import REPO, assert_user_error, at_a_terminal, write_stage
 
 pytestmark = pytest.mark.slow
 SIGNALS = [pytest.param(signal.SIGINT, 130, id="SIGINT"), pytest.param(signal.SIGTERM, 143, id="SIGTERM")]
@@ -46,6 +46,7 @@ def _start(args, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=at_a_terminal,
     )
 
 
