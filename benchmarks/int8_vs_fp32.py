@@ -30,7 +30,7 @@ def main() -> None:
     data = stages.load_data(recipe)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = Path(scratch) / "fp32"
-        stages.export(str(args.run / "student"), fp32, preset_name="onnx-fp32", int8=False, recipe=recipe)
+        stages.export(str(args.run / "student"), fp32, preset_name="onnx-fp32", precision="fp32", recipe=recipe)
         int8 = args.run / "export"
         accuracy = {
             name: stages.evaluate_bundle(path, data.eval_split)["accuracy"]

@@ -141,3 +141,22 @@ def test_lora_and_pruning_stages_chain_after_the_student(default_run):
     assert manifest["parameters"] == pruned["parameters"]
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["stage"] for r in rows] == ["teacher", "student", "lora", "pruned", "export"]
+
+
+def test_the_readme_int8_vs_fp32_benchmark_runs_on_the_default_run(default_run, tmp_path):
+    """README: `python benchmarks/int8_vs_fp32.py runs/digits-resnet18-mobilenetv2` (it once called a
+    removed export argument and no test noticed)."""
+    from conftest import REPO
+
+    run_dir, _ = default_run
+    out = tmp_path / "ratios.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "int8_vs_fp32.py"), str(run_dir), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["int8_size_ratio"] < 0.5 and summary["p50_ms"]["int8"] > 0
+    assert set(summary["accuracy"]) == {"fp32", "int8"} and "x faster (p50)" in proc.stdout
