@@ -45,7 +45,6 @@ def finetune(
     NF4 base when ``lora.qlora``, merged back into a plain model (see :mod:`edgekit.compress.lora`)."""
     import shutil
 
-    from edgekit.layout import checkpoint_folder
     from edgekit.models import load_model
     from edgekit.train.loop import Checkpointing, evaluate, model_metrics, train
 
@@ -97,11 +96,7 @@ def finetune(
         log(
             f"{stage}: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what}) on {len(data.train)} examples"
         )
-        ckpt = Checkpointing(
-            checkpoint_folder(out), tag=run.fingerprint, every_steps=recipe.distill.checkpoint_every, resume=resume
-        )
-        if not resume:
-            shutil.rmtree(ckpt.folder, ignore_errors=True)
+        ckpt = Checkpointing.for_stage(out, run.fingerprint, recipe.distill.checkpoint_every, resume)
         result = train(
             trained,
             data,

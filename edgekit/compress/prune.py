@@ -195,14 +195,9 @@ def _apply(pruner, handle, data, method: str, amount: float, calib_samples: int,
 
 def _recover(handle, data, train_cfg, objective, recipe, stage, out, recover: str, resume: bool):
     """Train the pruned model back (checkpointed, resumable); its history."""
-    from edgekit.layout import checkpoint_folder
     from edgekit.train.loop import Checkpointing, train
 
-    ckpt = Checkpointing(
-        checkpoint_folder(out), tag=stage.fingerprint, every_steps=recipe.distill.checkpoint_every, resume=resume
-    )
-    if not resume:
-        shutil.rmtree(ckpt.folder, ignore_errors=True)
+    ckpt = Checkpointing.for_stage(out, stage.fingerprint, recipe.distill.checkpoint_every, resume)
     result = train(
         handle,
         data,

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -86,6 +87,17 @@ class Checkpointing:
     @property
     def path(self) -> Path:
         return Path(self.folder) / CHECKPOINT_FILE
+
+    @classmethod
+    def for_stage(cls, out: Path, tag: str, every_steps: int, resume: bool) -> Checkpointing:
+        """The checkpoints of the stage written to ``out`` (in :func:`edgekit.layout.checkpoint_folder`);
+        a run that does not resume starts from none."""
+        from edgekit.layout import checkpoint_folder
+
+        ckpt = cls(checkpoint_folder(out), tag=tag, every_steps=every_steps, resume=resume)
+        if not resume:
+            shutil.rmtree(ckpt.folder, ignore_errors=True)
+        return ckpt
 
 
 def predict_logits(
