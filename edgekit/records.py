@@ -260,9 +260,6 @@ class Manifest:
     def quant_mode(self) -> str:
         return (self.quantization or {}).get("mode", "none")
 
-    def graph(self, name: str) -> ModelFile:
-        return next(g for g in self.graphs if g.name == name)
-
     def model_bytes(self, folder: Path) -> int:
         return sum((Path(folder) / g.file).stat().st_size for g in self.graphs)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -56,12 +55,15 @@ class Profile:
                 f"{where}: schema_version {shown(settings['schema_version'])} is not one this edgekit reads "
                 f"({SCHEMA_VERSION}); update edgekit or remove the line"
             )
+        profile = cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}, path=data.get("_path")
+        )
         for key, low in (("warmup", 0), ("runs", 1), ("threads", 0), ("sequence_length", 1)):
-            value = settings.get(key, 1)
+            value = getattr(profile, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise EdgekitError(f"{where}: {key} must be a whole number >= {low}, not {shown(value)}")
         for key, low in (("min_seconds", 0), ("max_seconds", 0), ("cooldown_seconds", 0)):
-            value = settings.get(key, 0)
+            value = getattr(profile, key)
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
@@ -69,25 +71,24 @@ class Profile:
                 or value < low
             ):
                 raise EdgekitError(f"{where}: {key} must be a finite number of seconds >= {low}, not {shown(value)}")
-        profile = cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}, path=data.get("_path")
-        )
         if profile.max_seconds <= 0 or profile.max_seconds < profile.min_seconds:
             raise EdgekitError(
                 f"{where}: max_seconds ({profile.max_seconds}) must be > 0 and at least min_seconds "
                 f"({profile.min_seconds})"
             )
-        sizes = settings.get("batch_sizes", [1])
+        sizes = profile.batch_sizes
         if (
-            not isinstance(sizes, (list, tuple))
+            not isinstance(sizes, tuple)
             or not sizes
             or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes)
         ):
-            raise EdgekitError(f"{where}: batch_sizes must be a list of whole numbers >= 1, not {shown(sizes)}")
+            raise EdgekitError(
+                f"{where}: batch_sizes must be a list of whole numbers >= 1, not {shown(settings['batch_sizes'])}"
+            )
         for key in ("providers", "optional_providers", "thermal_sensors"):
-            value = settings.get(key, [])
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise EdgekitError(f"{where}: {key} must be a list of names, not {shown(value)}")
+            value = getattr(profile, key)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise EdgekitError(f"{where}: {key} must be a list of names, not {shown(settings[key])}")
         if not profile.providers:
             raise EdgekitError(f"{where}: providers must list at least one onnxruntime provider")
         if profile.graph_optimization not in GRAPH_LEVELS:
@@ -106,9 +107,6 @@ class Profile:
         """The settings, as a profile file writes them (what a bench worker or a device is sent)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-    def replace(self, **changes: Any) -> Profile:
-        return dataclasses.replace(self, **changes)
 
 
 def load_profile(name: str) -> Profile:

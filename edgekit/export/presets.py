@@ -124,7 +124,7 @@ def load_preset(
 
 
 def check_preset(preset: Preset) -> None:
-    """Every setting of ``preset`` valid together (run again after a caller overrides one)."""
+    """Every setting of ``preset`` valid, alone and together (after --precision/--static overrides)."""
     where = f"export preset {preset.name}"
     if preset.format not in registry.names("format"):
         raise EdgekitError(f"{where}: format {preset.format!r} is not one of {', '.join(registry.names('format'))}")
