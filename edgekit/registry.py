@@ -364,11 +364,31 @@ register(
     summary="TorchScript module run by torch.jit (needs torch on the device)",
 )
 
-# Where a bench or eval runs.
-register("runner", "local", "edgekit.bench.run:bench_bundles", summary="this machine, a child process per bundle")
+# Where a bench or eval runs (edgekit.bench.runners.choose): selected_by is the CLI option that picks the
+# runner (none: the default); bench_data says whether the bench takes real inputs (--data) there.
 register(
-    "runner", "ssh", "edgekit.bench.ssh:bench_remote", summary="a device over SSH (edgekit's core installed there)"
+    "runner",
+    "local",
+    "edgekit.bench.runners:LOCAL",
+    selected_by=None,
+    bench_data=True,
+    summary="this machine, a child process per bundle",
 )
 register(
-    "runner", "emulated", "edgekit.emulate.run:bench_emulated", summary="an emulated aarch64 Raspberry Pi (qemu-user)"
+    "runner",
+    "ssh",
+    "edgekit.bench.runners:SSH",
+    selected_by="host",
+    bench_data=False,
+    no_data_hint="; copy the data file to the device and run 'edgekit bench' there",
+    summary="a device over SSH (edgekit's core installed there)",
+)
+register(
+    "runner",
+    "emulated",
+    "edgekit.emulate.run:EMULATED",
+    selected_by="emulate",
+    bench_data=False,
+    no_data_hint=" yet; bench on synthetic inputs, or eval with --data",
+    summary="an emulated aarch64 Raspberry Pi (qemu-user)",
 )

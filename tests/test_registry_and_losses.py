@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import assert_user_error, run_cli
 from edgekit import registry
 from edgekit.errors import EdgekitError
 
@@ -139,6 +139,41 @@ def _hand_kd(student, teacher, label, t, alpha):
     p, q = softmax(teacher, t), softmax(student, t)
     kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
     return (1 - alpha) * ce + alpha * t * t * kl
+
+
+@pytest.mark.parametrize("entry", registry.entries("runner"), ids=lambda e: e.name)
+def test_every_runner_benches_and_evaluates_and_its_option_exists(entry):
+    runner = entry.load()
+    assert callable(runner.bench) and callable(runner.evaluate)
+    option = entry.can("selected_by")
+    if option:  # the CLI option that selects it is on both commands that run bundles
+        for command in ("bench", "eval"):
+            assert f"--{option}" in run_cli(command, "--help", env={"COLUMNS": "200"}).stdout
+
+
+def test_runner_choice_reads_the_registry():
+    from edgekit.bench.runners import choose
+
+    assert choose().name == "local" and choose(host=None, emulate=False).name == "local"
+    assert choose(host="pi@mypi").name == "ssh" and choose(emulate=True).name == "emulated"
+    with pytest.raises(EdgekitError, match="--host and --emulate contradict each other"):
+        choose(host="pi", emulate=True)
+    registry.register("runner", "adb", "edgekit.bench.runners:LOCAL", selected_by="adb", bench_data=False)
+    try:  # a new runner is chosen by its own option, with nothing else edited
+        assert choose(adb="serial123").name == "adb" and choose().name == "local"
+    finally:
+        registry.unregister("runner", "adb")
+
+
+def test_runner_dispatch_errors_are_one_line(tmp_path):
+    proc = run_cli("bench", tmp_path / "none", "--host", "pi", "--emulate")
+    assert_user_error(proc, "--host and --emulate contradict")
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\na,b\n")
+    proc = run_cli("bench", tmp_path / "none", "--emulate", "--data", data)
+    assert_user_error(proc, "--data cannot be combined with --emulate", "eval with --data")
+    proc = run_cli("bench", tmp_path / "none", "--host", "pi", "--data", data)
+    assert_user_error(proc, "--data cannot be combined with --host", "copy the data file")
 
 
 @pytest.mark.parametrize("t,alpha", [(1.0, 0.5), (4.0, 0.3), (2.0, 1.0), (4.0, 0.0)])

@@ -208,6 +208,7 @@ def evaluate(
 ) -> None:
     """Accuracy, macro F1 and confusion matrix of an exported bundle on its runtime: here, on a device over SSH, or emulated."""
     from edgekit.artifacts import check_output, is_stage
+    from edgekit.bench.runners import Request, choose
     from edgekit.data.splits import load_eval_split
     from edgekit.recipe import DataConfig
     from edgekit.records import MANIFEST, read_manifest
@@ -246,28 +247,14 @@ def evaluate(
     data_split = load_eval_split(cfg, manifest.task, manifest.label_names, split)
     from edgekit.stages import evaluate_bundle
 
-    measured = None
-    if emulate and host:
-        raise EdgekitError("--emulate and --host contradict each other; give one")
-    if emulate:
-        from edgekit.emulate.run import eval_emulated
-
-        measured = eval_emulated(target, data_split, manifest.task, manifest.label_names, device)
-    elif host:
-        from edgekit.bench.ssh import ssh_session
-        from edgekit.targets import eval_on, target_environment
-
-        ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
-        print(f"eval: {target} on {host}", file=sys.stderr)
-        with ssh_session(ssh) as session:
-            measured = eval_on(session, target, data_split, manifest.task, manifest.label_names)
-            measured["measured_on"] = {
-                "where": "device",
-                "emulated": False,
-                "device": device,
-                "host": host,
-                **target_environment(session),
-            }
+    entry = choose(host=host, emulate=emulate)
+    request = Request(
+        device=device,
+        ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
+        if host
+        else None,
+    )
+    measured = entry.load().evaluate(target, data_split, manifest.task, manifest.label_names, request)
     metrics = evaluate_bundle(
         target,
         data_split,
@@ -320,8 +307,8 @@ def bench(
     emulate: EmulateOpt = False,
 ) -> None:
     """Measure size, latency and memory of bundles on a device profile (torch-free), here, over SSH or emulated."""
-    from edgekit.bench.run import bench_bundles, markdown_table
-    from edgekit.records import read_manifest
+    from edgekit.bench.run import markdown_table
+    from edgekit.bench.runners import Request, check_bench_data, choose
 
     if runs is not None and runs < 1:
         raise EdgekitError("--runs must be at least 1")
@@ -331,41 +318,19 @@ def bench(
         )
     if not (math.isfinite(run_timeout) and run_timeout > 0) or connect_timeout < 1:
         raise EdgekitError("--run-timeout and --connect-timeout must be positive numbers of seconds")
-    if emulate and host:
-        raise EdgekitError("--emulate and --host contradict each other; give one")
-    if emulate:
-        from edgekit.emulate.run import bench_emulated
-
-        if data is not None:
-            raise EdgekitError(
-                "--data cannot be combined with --emulate yet; bench on synthetic inputs, or eval with --data"
-            )
-        for bundle in bundles:
-            read_manifest(bundle)
-        extra = [
-            *(["--runs", str(runs)] if runs else []),
-            *[a for b in (batch_size or []) for a in ("--batch-size", str(b))],
-        ]
-        document = bench_emulated(list(bundles), device, extra_args=extra, timeout=run_timeout)
-    elif host:
-        document = _bench_over_ssh(
-            bundles,
-            device,
-            host,
-            port,
-            identity,
-            ssh_config,
-            ssh_option,
-            remote_edgekit,
-            connect_timeout,
-            run_timeout,
-            runs,
-            batch_size,
-            data,
-        )
-    else:
-        items = _bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None
-        document = bench_bundles(list(bundles), device, items=items, runs=runs, batch_sizes=batch_size)
+    entry = choose(host=host, emulate=emulate)
+    check_bench_data(entry, data)
+    request = Request(
+        device=device,
+        runs=runs,
+        batch_sizes=tuple(batch_size or ()),
+        items=_bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None,
+        run_timeout=run_timeout,
+        ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
+        if host
+        else None,
+    )
+    document = entry.load().bench(list(bundles), request)
     print(markdown_table(document))
     if len(bundles) == 1:
         document = {**document, **{k: v for k, v in document["results"][0].items() if k != "device"}}
@@ -421,39 +386,6 @@ def validate_bundle(
     from edgekit.runtime.validate import _main
 
     _main(str(bundle), str(inputs), str(outputs))
-
-
-def _bench_over_ssh(
-    bundles,
-    device,
-    host,
-    port,
-    identity,
-    ssh_config,
-    ssh_option,
-    remote_edgekit,
-    connect_timeout,
-    run_timeout,
-    runs,
-    batch_size,
-    data,
-) -> dict:
-    from edgekit.bench.ssh import bench_remote
-    from edgekit.records import read_manifest
-
-    if data is not None:
-        raise EdgekitError(
-            "--data cannot be combined with --host; copy the data file to the device and run 'edgekit bench' there"
-        )
-    for bundle in bundles:
-        read_manifest(bundle)
-    extra = [
-        *(["--runs", str(runs)] if runs else []),
-        *[a for b in (batch_size or []) for a in ("--batch-size", str(b))],
-    ]
-    target = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
-    print(f"bench: {len(bundles)} bundle(s) on {host} ({device})", file=sys.stderr)
-    return bench_remote(list(bundles), device, target, extra_args=extra, run_timeout=run_timeout)
 
 
 def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) -> list:

@@ -36,3 +36,22 @@ def eval_emulated(bundle, split, task: str, label_names: list[str], device: str)
         metrics["measured_on"] = {**target.describe(), **target_environment(session)}
     metrics["emulated"] = True
     return metrics
+
+
+class Emulated:
+    """The ``emulated`` bench runner: :func:`bench_emulated` and :func:`eval_emulated` for a request."""
+
+    def bench(self, bundles, request) -> dict[str, Any]:
+        from edgekit.records import read_manifest
+
+        for bundle in bundles:
+            read_manifest(bundle)  # a bad bundle fails before the emulated device starts
+        return bench_emulated(
+            list(bundles), request.device, extra_args=request.bench_args(), timeout=request.run_timeout
+        )
+
+    def evaluate(self, bundle, split, task: str, label_names: list[str], request) -> dict[str, Any]:
+        return eval_emulated(bundle, split, task, label_names, request.device)
+
+
+EMULATED = Emulated()
