@@ -7,13 +7,16 @@ size, but at 224 the strokes are 7x wider: after one epoch it is at 72%), so lat
 agreement and accuracy are those of the 224 model on the digits test images at 224x224.
 
     python benchmarks/export_formats.py ../shared/data/trec [--out runs/bench-export]
-        [--minilm STAGE] [--mobilenet STAGE]
+        [--minilm STAGE] [--mobilenet STAGE] [--models minilm,mobilenet]
 
 Each model as: PyTorch fp32 eager, ONNX fp32, edgekit int8 ONNX (preset cpu-int8), TorchScript int8
-(preset torchscript-int8), and a plain `onnxruntime.quantization.quantize_dynamic` of the same fp32
-ONNX with default arguments. Prints p50/p90 latency (ms), file size (MB) and label agreement with
-PyTorch fp32 on the real test inputs, then the issue's targets as ratios: edgekit int8 ONNX >= 2x
-faster than PyTorch eager, <= 0.3x its size, no slower than the plain baseline, >= 99% agreement.
+(preset torchscript-int8), a plain `onnxruntime.quantization.quantize_dynamic` of the same fp32
+ONNX with default arguments, and ExecuTorch fp32 and int8 (presets executorch-fp32 and
+executorch-xnnpack-int8: XNNPACK, PT2E int8, int8 embeddings). Prints p50/p90 latency (ms), file
+size (MB), peak RSS of the measuring process (MB; an ExecuTorch process loads torch) and label
+agreement with PyTorch fp32 on the real test inputs, then the targets as ratios: edgekit int8 ONNX
+>= 2x faster than PyTorch eager, <= 0.3x its size, no slower than the plain baseline, >= 99%
+agreement; ExecuTorch int8 <= 0.8x the int8 ONNX latency, no larger than it, >= 99% agreement.
 Stages (fine-tuned models, bundles) stay under --out and are reused by a second run; all latencies
 of one model come from the same run. Run it on an otherwise idle machine.
 """
@@ -30,7 +33,15 @@ import numpy as np
 from _steps import done, edgekit  # benchmarks/ is on sys.path when a script runs
 
 MB = 1e6
-VARIANTS = ["pytorch-fp32-eager", "onnx-fp32", "edgekit-int8-onnx", "torchscript-int8", "plain-quantize-dynamic"]
+VARIANTS = [
+    "pytorch-fp32-eager",
+    "onnx-fp32",
+    "edgekit-int8-onnx",
+    "torchscript-int8",
+    "plain-quantize-dynamic",
+    "executorch-fp32",
+    "executorch-int8",
+]
 
 
 def plain_baseline(fp32_bundle: Path, folder: Path) -> Path:
@@ -131,6 +142,7 @@ def measure(
                 "p50_ms": eager["p50"],
                 "p90_ms": eager["p90"],
                 "size_mb": size_pt / MB,
+                "peak_rss_mb": None,  # measured in this process, beside the other models
                 "agreement": 1.0,
                 "accuracy": float((ref_labels == labels).mean()),
             }
@@ -149,6 +161,7 @@ def measure(
                     "p50_ms": r["latency_ms"]["p50"],
                     "p90_ms": r["latency_ms"]["p90"],
                     "size_mb": r["size_mb"],
+                    "peak_rss_mb": r["peak_rss_bytes"] / MB,
                     "agreement": float((predicted == ref_labels).mean()),
                     "accuracy": float((predicted == labels).mean()),
                 }
@@ -170,6 +183,9 @@ def main() -> None:
         "--mobilenet", type=Path, help="a MobileNetV2 finetune stage (default: train one on digits at 32x32)"
     )
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument(
+        "--models", default="minilm,mobilenet", help="which models to measure (mobilenet trains ~30 min on 2 cores)"
+    )
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -192,8 +208,9 @@ def main() -> None:
             "--out",
             minilm,
         )
+    wanted = set(args.models.split(","))
     trained = args.mobilenet or out / "mobilenet_v2-32"
-    if not done(trained):
+    if "mobilenet" in wanted and not done(trained):
         edgekit(
             "finetune",
             "mobilenet_v2",
@@ -209,14 +226,16 @@ def main() -> None:
             trained,
         )
     resized = out / "mobilenet_v2-32-as-224"
-    if not done(resized):  # the same weights, preprocessing for 224x224 inputs
+    if "mobilenet" in wanted and not done(resized):  # the same weights, preprocessing for 224x224 inputs
         shutil.copytree(trained, resized)
         info_path = resized / "model" / "edgekit_model.json"
         info = json.loads(info_path.read_text())
         info["preprocessing"]["image_size"] = 224
         info_path.write_text(json.dumps(info, indent=2))
     mobilenet = out / "mobilenet_v2-224"
-    if not done(mobilenet):  # digits drawn 7x larger are another task for it: four epochs at 224x224 adapt it
+    if "mobilenet" in wanted and not done(
+        mobilenet
+    ):  # digits drawn 7x larger are another task for it: four epochs at 224x224 adapt it
         # (one epoch left it at 72% accuracy, too weak a model to judge int8 agreement on)
         edgekit(
             "finetune",
@@ -238,11 +257,15 @@ def main() -> None:
     rows = []
     for name, stage in (("MiniLM-L6 TREC", minilm), ("MobileNetV2 224", mobilenet)):
         key = "minilm" if "MiniLM" in name else "mnv2"
+        if ("minilm" if key == "minilm" else "mobilenet") not in wanted:
+            continue
         bundles = {}
         for variant, flags in (
             ("onnx-fp32", ["--fp32"]),
             ("edgekit-int8-onnx", ["--int8"]),
             ("torchscript-int8", ["--format", "torchscript", "--int8"]),
+            ("executorch-fp32", ["--format", "executorch", "--fp32"]),
+            ("executorch-int8", ["--format", "executorch", "--int8"]),
         ):
             folder = out / f"{key}-{variant}"
             if not done(folder):
@@ -278,13 +301,14 @@ def main() -> None:
         "fp32 on the real test inputs)"
     )
     print(
-        f"{'model':<16} {'inputs':<13} {'variant':<23} {'p50 ms':>8} {'p90 ms':>8} {'size MB':>8} {'agreement':>9} "
-        f"{'accuracy':>9}"
+        f"{'model':<16} {'inputs':<13} {'variant':<23} {'p50 ms':>8} {'p90 ms':>8} {'size MB':>8} {'RSS MB':>7} "
+        f"{'agreement':>9} {'accuracy':>9}"
     )
     for r in rows:
+        rss = f"{r['peak_rss_mb']:7.0f}" if r["peak_rss_mb"] is not None else f"{'-':>7}"
         print(
             f"{r['model']:<16} {r['inputs']:<13} {r['variant']:<23} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} "
-            f"{r['size_mb']:8.2f} {r['agreement']:9.2%} {r['accuracy']:9.2%}"
+            f"{r['size_mb']:8.2f} {rss} {r['agreement']:9.2%} {r['accuracy']:9.2%}"
         )
     targets = []
     for model, inputs in dict.fromkeys((r["model"], r["inputs"]) for r in rows):
@@ -304,11 +328,26 @@ def main() -> None:
             "no slower than plain": t["latency_vs_plain"] <= 1.0,
             "agreement >= 99%": t["agreement"] >= 0.99,
         }
+        et = by["executorch-int8"]
+        t["executorch_int8_vs_onnx_int8"] = {
+            "latency": et["p50_ms"] / int8["p50_ms"],
+            "size": et["size_mb"] / int8["size_mb"],
+            "agreement": et["agreement"],
+        }
+        t["met"].update(
+            {
+                "executorch int8 <= 0.8x int8 ONNX latency": t["executorch_int8_vs_onnx_int8"]["latency"] <= 0.8,
+                "executorch int8 no larger than int8 ONNX": t["executorch_int8_vs_onnx_int8"]["size"] <= 1.0,
+                "executorch int8 agreement >= 99%": et["agreement"] >= 0.99,
+            }
+        )
         targets.append(t)
         print(
             f"{model} {inputs}: edgekit int8 ONNX {t['speedup_vs_eager']:.2f}x faster than PyTorch eager, "
             f"{t['size_vs_eager']:.2f}x its size, {t['latency_vs_plain']:.2f}x the plain baseline's latency, "
-            f"{t['agreement']:.2%} agreement; targets "
+            f"{t['agreement']:.2%} agreement; ExecuTorch int8 "
+            f"{t['executorch_int8_vs_onnx_int8']['latency']:.2f}x the int8 ONNX latency, "
+            f"{t['executorch_int8_vs_onnx_int8']['size']:.2f}x its size, {et['agreement']:.2%} agreement; targets "
             + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in t["met"].items())
         )
     (out / "summary.json").write_text(json.dumps({"rows": rows, "targets": targets}, indent=2))

@@ -38,6 +38,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "sacrebleu",
     ),
     "report": ("matplotlib",),
+    "executorch": ("executorch",),
 }
 # What a kind is called in messages.
 KIND_WORDS = {
@@ -96,7 +97,7 @@ def register(
     kind: str, name: str, target: str | None = None, *, extra: str | None = None, summary: str = "", **capabilities: Any
 ) -> Entry:
     """Add (or replace) an entry. ``target`` is ``module:attribute``; nothing is imported here."""
-    if extra is not None and extra not in EXTRAS:
+    if extra is not None and not all(e in EXTRAS for e in extra.split(",")):
         raise ValueError(f"unknown extra {extra!r} for {kind} {name!r}")
     entry = Entry(kind, name, target, extra, summary, dict(capabilities))
     _ENTRIES.setdefault(kind, {})[name] = entry
@@ -173,15 +174,20 @@ def missing_modules(extra: str) -> list[str]:
 
 
 def require_extra(extra: str | None, what: str) -> None:
-    """One line naming the extra to install when ``extra``'s modules are not all importable."""
+    """One line naming the extra(s) to install when ``extra``'s modules (``train`` or ``train,executorch``)
+    are not all importable."""
     if extra is None:
         return
-    missing = missing_modules(extra)
-    if missing:
-        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+    parts = extra.split(",")
+    missing = {e: missing_modules(e) for e in parts}
+    names = [m for e in parts for m in missing[e]]
+    if names:
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        core = "; this is a core install, as on a device" if missing.get("train") else ""
+        lacking = [e for e in parts if missing[e]]
         raise MissingExtra(
-            f"{what} needs the {extra} extra ({shown} not installed here; this is a core install, as "
-            f"on a device): pip install 'edgekit[{extra}]'"
+            f"{what} needs the {' and '.join(lacking)} extra{'s' if len(lacking) > 1 else ''} "
+            f"({shown} not installed here{core}): pip install 'edgekit[{extra}]'"
         )
 
 
@@ -338,30 +344,55 @@ register("precision", "int8", summary="8-bit integer weights (and activations)")
 register("precision", "fp16", formats=("onnx",), summary="half precision (GPUs)")
 register("precision", "fp32", summary="full precision")
 
-# Export formats: the writer, the runtime that runs the file, the file suffix.
+# Export formats. target: the fp32 writer, (graph, path, export job) -> the exporter used; lossy: the
+# int8/fp16 candidates' writer, (job, fp32 folder, calibration split) -> candidates; session: the class
+# that runs the file (none: onnxruntime); presets: the default preset per precision; opset: the preset's
+# opset applies; torch_free: the device needs no torch to run it.
 register(
     "format",
     "onnx",
-    "edgekit.export.graphs:export_onnx",
+    "edgekit.export.graphs:write_onnx",
     extra="train",
+    lossy="edgekit.export.bundle:onnx_candidates",
     suffix=".onnx",
     runtime="onnxruntime",
     title="ONNX",
     precisions=("int8", "fp16", "fp32"),
+    presets={"int8": "cpu-int8", "fp32": "onnx-fp32", "fp16": "t4-fp16"},
+    opset=True,
     torch_free=True,
     summary="ONNX graph run by onnxruntime (torch-free on the device)",
 )
 register(
     "format",
     "torchscript",
-    "edgekit.export.graphs:export_torchscript",
+    "edgekit.export.graphs:write_torchscript",
     extra="train",
+    lossy="edgekit.export.bundle:torchscript_candidates",
+    session="edgekit.runtime.bundle:TorchScriptSession",
     suffix=".pt",
     runtime="torchscript",
     title="TorchScript",
     precisions=("int8", "fp32"),
+    presets={"int8": "torchscript-int8", "fp32": "torchscript-fp32"},
     torch_free=False,
     summary="TorchScript module run by torch.jit (needs torch on the device)",
+)
+register(
+    "format",
+    "executorch",
+    "edgekit.export.executorch:write_pte",
+    extra="train,executorch",
+    lossy="edgekit.export.executorch:int8_candidates",
+    session="edgekit.runtime.executorch:ExecuTorchSession",
+    runtime_version="edgekit.runtime.executorch:runtime_version",
+    suffix=".pte",
+    runtime="executorch",
+    title="ExecuTorch",
+    precisions=("int8", "fp32"),
+    presets={"int8": "executorch-xnnpack-int8", "fp32": "executorch-fp32"},
+    torch_free=False,
+    summary="ExecuTorch program (.pte) with XNNPACK, run by ExecuTorch's runtime (pip install executorch; loads torch)",
 )
 
 # Where a bench or eval runs (edgekit.bench.runners.choose): selected_by is the CLI option that picks the

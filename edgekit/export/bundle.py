@@ -27,7 +27,7 @@ from edgekit import __version__, registry
 from edgekit.artifacts import sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
-from edgekit.export.graphs import Graph, export_onnx, export_torchscript, graphs_for, quiet
+from edgekit.export.graphs import Graph, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
 from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
 from edgekit.log import info as log
@@ -279,6 +279,19 @@ def _onnx_lossy(
     return candidates
 
 
+def onnx_candidates(job: _Export, fp32_dir: Path, calibration: Split | None) -> list[Candidate]:
+    """The ``onnx`` format's lossy writer: int8 (static calibrated or dynamic) or fp16, plain and fused."""
+    spec, preset = job.handle.spec, job.preset
+    calib = _batches(job.encoder, calibration, preset.calib_samples) if spec.static_int8 else []
+    return _onnx_lossy(job.handle, fp32_dir, job.scratch, preset, job.manifest, calib)
+
+
+def torchscript_candidates(job: _Export, fp32_dir: Path, calibration: Split | None) -> list[Candidate]:
+    """The ``torchscript`` format's lossy writer: torch's dynamic int8."""
+    folder = _candidate(job.scratch, "int8", job.manifest)
+    return [Candidate("plain", folder, _torch_int8(job.handle, job.preset.quantization, folder))]
+
+
 def _remove_dead_scratch() -> None:
     """Scratch folders of exports that were killed (kill -9 skips their clean-up): named by pid, removed
     by the next export once that process is gone."""
@@ -398,9 +411,16 @@ class _Export:
     batches: list[dict[str, np.ndarray]]
     reference: list[np.ndarray]
     scratch: Path
-    onnx: bool
-    title: str
-    suffix: str
+    writer: registry.Entry  # the format entry: writer, lossy candidates, suffix, runtime
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)  # format-specific manifest sections
+
+    @property
+    def title(self) -> str:
+        return self.writer.can("title")
+
+    @property
+    def suffix(self) -> str:
+        return self.writer.can("suffix")
 
 
 def build_bundle(
@@ -426,7 +446,7 @@ def build_bundle(
     if not spec.static_int8 and preset.precision == "int8" and preset.quantization["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
-    graphs, suffix, onnx = graphs_for(handle), writer.can("suffix"), writer.can("runtime") == "onnxruntime"
+    graphs, suffix, onnx = graphs_for(handle), writer.can("suffix"), writer.can("opset", False)
     manifest = Manifest(
         task=handle.task,
         label_names=handle.label_names,
@@ -443,19 +463,7 @@ def build_bundle(
     reference = _torch_logits(handle, graphs, batches)
     _remove_dead_scratch()
     with tempfile.TemporaryDirectory(prefix=f"edgekit-export-{os.getpid()}-") as scratch:
-        job = _Export(
-            handle,
-            preset,
-            manifest,
-            graphs,
-            encoder,
-            batches,
-            reference,
-            Path(scratch),
-            onnx,
-            writer.can("title"),
-            suffix,
-        )
+        job = _Export(handle, preset, manifest, graphs, encoder, batches, reference, Path(scratch), writer)
         fp32_dir, exporters, parity = _export_fp32(job, allow_drop)
         quantization, optimization, final = None, {"variants": {}, "kept": "plain"}, fp32_dir
         if preset.precision != "fp32":
@@ -473,14 +481,8 @@ def build_bundle(
 def _export_fp32(job: _Export, allow_drop: bool) -> tuple[Path, dict[str, str], dict[str, dict[str, Any]]]:
     """The fp32 graphs in a scratch bundle, their exporter, and their parity (a failure stops the export)."""
     fp32_dir = _candidate(job.scratch, "fp32", job.manifest)
-    exporters = {}
-    for graph in job.graphs:
-        path = fp32_dir / (graph.name + job.suffix)
-        if job.onnx:
-            exporters[graph.name] = export_onnx(graph, path, int(job.preset.opset), job.handle.arch)
-        else:
-            export_torchscript(graph, path, job.handle.arch)
-            exporters[graph.name] = "torch.jit.trace+freeze"
+    write = job.writer.load()  # the format's fp32 writer: (graph, path, job) -> the exporter used
+    exporters = {graph.name: write(graph, fp32_dir / (graph.name + job.suffix), job) for graph in job.graphs}
     outputs = run_isolated(fp32_dir, job.batches, job.scratch)
     parity = {"fp32": _check_parity("fp32", job.reference, outputs, False, job.preset.parity)}
     parity["fp32"]["measured_on"] = host_description()
@@ -497,12 +499,7 @@ def _lossy_candidate(job: _Export, fp32_dir: Path, calibration: Split | None):
     """The int8/fp16 candidates (plain, and fused where onnxruntime's fusions apply), compared by the
     preset's rule or by timing; returns (kept folder, quantization record, optimization record)."""
     preset, manifest, spec = job.preset, job.manifest, job.handle.spec
-    if not job.onnx:  # TorchScript: torch's dynamic int8
-        ts_dir = _candidate(job.scratch, "int8", manifest)
-        candidates = [Candidate("plain", ts_dir, _torch_int8(job.handle, preset.quantization, ts_dir))]
-    else:
-        calib = _batches(job.encoder, calibration, preset.calib_samples) if spec.static_int8 else []
-        candidates = _onnx_lossy(job.handle, fp32_dir, job.scratch, preset, manifest, calib)
+    candidates = registry.resolve(job.writer.can("lossy"))(job, fp32_dir, calibration)
     timed = preset.optimize == "timed"
     timing = _timing_inputs(job.batches[0], manifest.preprocessing) if not spec.generates else {}
     optimization: dict[str, Any] = {"variants": {}, "kept": "plain"}
@@ -575,4 +572,7 @@ def _finish_manifest(
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
     }
+    if job.writer.can("runtime_version"):  # the runtime that runs the file, when it is not onnxruntime
+        manifest.versions[job.writer.can("runtime")] = registry.resolve(job.writer.can("runtime_version"))()
+    manifest.details.update(job.notes)
     return manifest.write(folder)

@@ -246,6 +246,17 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
     ) from None
 
 
+def write_onnx(graph: Graph, path: Path, job) -> str:
+    """The ``onnx`` format's writer: one fp32 graph at the preset's opset; returns the exporter used."""
+    return export_onnx(graph, path, int(job.preset.opset), job.handle.arch)
+
+
+def write_torchscript(graph: Graph, path: Path, job) -> str:
+    """The ``torchscript`` format's writer: one graph traced and frozen."""
+    export_torchscript(graph, path, job.handle.arch)
+    return "torch.jit.trace+freeze"
+
+
 def _drop_value_info(path: Path) -> None:
     """The torch.export-based exporter can leave intermediate shapes recorded at the example's sizes,
     which later contradict shape inference (seen on BERT: 'differ in dimension 0: (32) vs (2)').

@@ -16,13 +16,11 @@ from edgekit.resources import load_named_yaml
 
 OPTIMIZE = ("auto", "fused", "none", "timed")
 ENGINES = ("auto", "x86", "fbgemm", "qnnpack")
-DEFAULT_PRESETS = {
-    ("onnx", "int8"): "cpu-int8",
-    ("onnx", "fp32"): "onnx-fp32",
-    ("onnx", "fp16"): "t4-fp16",
-    ("torchscript", "int8"): "torchscript-int8",
-    ("torchscript", "fp32"): "torchscript-fp32",
-}
+
+
+def default_preset(fmt: str, precision: str) -> str | None:
+    """The preset a format's entry names for ``precision`` (``--format X --int8`` without --preset)."""
+    return (registry.get("format", fmt).can("presets") or {}).get(precision)
 
 
 SCHEMA_VERSION = 1
@@ -76,10 +74,11 @@ def load_preset(
     if precision is not None and precision not in precisions:
         raise EdgekitError(f"precision {precision!r} is not one of {', '.join(precisions)}")
     if name is None:
-        name = DEFAULT_PRESETS.get((fmt or "onnx", precision or "int8"))
+        name = default_preset(fmt or "onnx", precision or "int8")
         if name is None:
+            writer = registry.get("format", fmt or "onnx")
             raise EdgekitError(
-                f"{fmt} export has no {precision} mode (TorchScript on CPU: --int8 or --fp32); "
+                f"{fmt} export has no {precision} mode ({writer.can('title')} on CPU: --int8 or --fp32); "
                 "for fp16 use --format onnx --fp16"
             )
     data = load_named_yaml("export", name, "export preset")
@@ -113,7 +112,7 @@ def load_preset(
     if fmt is not None and preset.format != fmt:
         raise EdgekitError(
             f"{where} writes {preset.format}, not {fmt}; use --preset "
-            f"{DEFAULT_PRESETS.get((fmt, precision or 'int8'), 'torchscript-int8')} or drop --format"
+            f"{default_preset(fmt, precision or 'int8') or default_preset(fmt, 'int8')} or drop --format"
         )
     if precision is not None:
         preset.precision = precision

@@ -1,6 +1,7 @@
 """An exported bundle: the model file(s), manifest.json (inputs, labels, preprocessing) and tokenizer.json.
 
-Formats: ``onnx`` (onnxruntime; torch-free, what runs on the device) and ``torchscript`` (needs torch).
+Formats (registry ``format`` entries): ``onnx`` (onnxruntime; torch-free, what runs on the device),
+``torchscript`` (needs torch) and ``executorch`` (``.pte``, ExecuTorch's runtime: :mod:`edgekit.runtime.executorch`).
 Classifiers have one graph, ``model``; encoder-decoders (T5) have ``encoder`` and ``decoder``.
 """
 
@@ -109,6 +110,10 @@ class TorchScriptSession:
     def get_providers(self) -> list[str]:
         return [f"TorchScript-CPU ({self._torch.backends.quantized.engine})"]
 
+    @classmethod
+    def open(cls, path: Path, input_names: list[str], threads: int, manifest: Manifest) -> TorchScriptSession:
+        return cls(path, input_names, threads, (manifest.quantization or {}).get("engine"))
+
 
 def open_graph(
     folder: Path,
@@ -118,11 +123,11 @@ def open_graph(
     threads: int = 0,
     graph_optimization: str = "all",
 ):
-    runtime = registry.get("format", manifest.format, option="bundle format").can("runtime")
-    if runtime == "torchscript":
-        engine = (manifest.quantization or {}).get("engine")
-        return TorchScriptSession(Path(folder) / graph.file, graph.input_names, threads, engine)
-    return open_session(Path(folder) / graph.file, providers, threads, graph_optimization)
+    """The session that runs ``graph``: onnxruntime's, or the one the format entry names (``session``)."""
+    session = registry.get("format", manifest.format, option="bundle format").can("session")
+    if session is None:
+        return open_session(Path(folder) / graph.file, providers, threads, graph_optimization)
+    return registry.resolve(session).open(Path(folder) / graph.file, graph.input_names, threads, manifest)
 
 
 def check_integrity(folder: Path, manifest: Manifest) -> None:
