@@ -109,6 +109,8 @@ def _lower(exported, graph: Graph, handle) -> tuple[bytes, dict[str, Any]]:
         # XNNPACK's partitioner could not cut the graph into delegates: ExecuTorch's portable kernels run it all
         fallback = f"XNNPACK partitioner failed ({text.splitlines()[0][:120]}); portable kernels run this graph"
         try:
+            import executorch.kernels.quantized  # noqa: F401 - out variants of the quantize/dequantize ops
+
             with quiet():
                 program = to_edge_transform_and_lower(exported).to_executorch()
         except Exception as again:  # noqa: BLE001
