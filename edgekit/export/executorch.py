@@ -258,9 +258,7 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
     handle, preset, manifest = job.handle, job.preset, job.manifest
     quant = preset.quantization
     module = copy.deepcopy(handle.module).eval()
-    mode = _mode(quant, module, handle.spec.static_int8)
-    if mode == "static" and not handle.spec.static_int8:
-        raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
+    mode = _mode(quant, module, handle.spec.static_int8)  # build_bundle refused --static where it does not apply
     embeddings = _quantize_embeddings(module)
     qhandle = dataclasses.replace(handle, module=module)
     folder = _candidate(job.scratch, "int8", manifest)
@@ -303,7 +301,7 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
         "quantized_embeddings": embeddings,
         "embedding_type": "int8 per row (embedding_byte)",
         "calibration_batches": len(calib),
-        "first_conv_fp32": skip if mode == "static" and quant["first_conv_fp32"] else None,
+        "first_conv_fp32": skip,
     }
     job.notes["executorch"] = lowered  # the shipped programs' delegates and portable operators
     if mode == "static" and quant["bias_correction"]:
