@@ -25,7 +25,7 @@ def export_pte(models, model: str, precision: str, mode: str | None = None):
             fmt="executorch",
             mode=mode,
             allow_drop=True,
-            calib_samples=64,  # static CNN int8: calibration batches run through the observed graph
+            calib_samples=16,  # static CNN int8: calibration batches run through the observed graph
         )
         _BUILT[key] = out
     return _BUILT[key]

@@ -11,11 +11,11 @@ from test_export import models  # noqa: F401 - the same tiny model stages as the
 
 from conftest import run_cli
 
-# An int8 export writes and parity-checks the fp32 program first, so each int8 case checks fp32 too
-# (bert-fp32 in test_executorch_text.py ships one); lowering takes tens of seconds per program.
+# An int8 export writes and parity-checks the fp32 program first, so each int8 case checks fp32 too;
+# lowering takes tens of seconds per program, so one transformer (dynamic int8) and one CNN (static,
+# calibrated int8) stand for the vision models. ResNet-18 is lowered in the unsupported-operator test.
 CASES = [
     ("vit", "int8", None),
-    ("resnet18", "int8", None),
     ("mobilenet_v2", "int8", None),
 ]
 
