@@ -206,6 +206,11 @@ def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: boo
         metrics = {"valid": result["valid"]}
         if "latency_ms" in result:
             metrics.update(
-                latency_ms=result["latency_ms"], size_mb=result["size_mb"], peak_rss_mb=result["peak_rss_mb"]
+                latency_ms=result["latency_ms"],
+                latency_ci95_ms=result.get("latency_ci95_ms"),
+                size_mb=result["size_mb"],
+                peak_rss_mb=result["peak_rss_mb"],
+                energy_mj_per_inference=result.get("energy_mj_per_inference"),
+                energy=result.get("energy"),
             )
         return stage.finish(metrics=metrics)

@@ -24,6 +24,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_variable, _share)
 
+# The cpu profile reads RAPL energy counters when they are readable (root on x86), which adds an idle
+# and an active phase to every bench; the suite's benches read none unless a test plants a meter, so
+# they cost the same on every machine (tests/test_bench_stats.py plants recorded counters).
+os.environ.setdefault("EDGEKIT_POWERCAP_ROOT", "/nonexistent/powercap")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory) -> None:

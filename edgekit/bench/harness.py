@@ -53,6 +53,9 @@ def summarize(latencies_ms: list[float]) -> dict[str, Any]:
     mad = float(np.median(np.abs(array - median))) if n else math.nan
     stats["robust_spread"] = 1.4826 * mad / median if n > 1 and median > 0 else 0.0
     stats["unstable"] = bool(stats["robust_spread"] > UNSTABLE_SPREAD)
+    from edgekit.bench.stats import intervals
+
+    stats["intervals"] = intervals(latencies_ms)
     return stats
 
 

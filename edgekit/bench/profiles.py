@@ -34,6 +34,8 @@ class Profile:
     sequence_length: int = 128
     cooldown_seconds: float = 0
     thermal_sensors: tuple[str, ...] = ()
+    energy_meters: tuple[str, ...] = ("rapl", "nvml", "pmic")  # tried in order; see edgekit.bench.energy
+    energy_seconds: float = 1.0  # idle, then active, this long each; 0 turns energy off
     emulate: dict[str, Any] | None = None  # {cpu: cortex-a72}: the QEMU CPU model of the emulated target
     schema_version: int = SCHEMA_VERSION
     path: str | None = field(default=None, compare=False)  # the YAML file it was read from
@@ -62,7 +64,7 @@ class Profile:
             value = getattr(profile, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise EdgekitError(f"{where}: {key} must be a whole number >= {low}, not {shown(value)}")
-        for key, low in (("min_seconds", 0), ("max_seconds", 0), ("cooldown_seconds", 0)):
+        for key, low in (("min_seconds", 0), ("max_seconds", 0), ("cooldown_seconds", 0), ("energy_seconds", 0)):
             value = getattr(profile, key)
             if (
                 isinstance(value, bool)
@@ -85,10 +87,17 @@ class Profile:
             raise EdgekitError(
                 f"{where}: batch_sizes must be a list of whole numbers >= 1, not {shown(settings['batch_sizes'])}"
             )
-        for key in ("providers", "optional_providers", "thermal_sensors"):
+        for key in ("providers", "optional_providers", "thermal_sensors", "energy_meters"):
             value = getattr(profile, key)
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 raise EdgekitError(f"{where}: {key} must be a list of names, not {shown(settings[key])}")
+        from edgekit.bench.energy import METERS
+
+        unknown_meters = [m for m in profile.energy_meters if m not in METERS]
+        if unknown_meters:
+            raise EdgekitError(
+                f"{where}: energy_meters {', '.join(unknown_meters)} unknown; choose from {', '.join(METERS)}"
+            )
         if not profile.providers:
             raise EdgekitError(f"{where}: providers must list at least one onnxruntime provider")
         if profile.graph_optimization not in GRAPH_LEVELS:

@@ -33,18 +33,24 @@ def bench_bundles(
     runs: int | None = None,
     batch_sizes: list[int] | None = None,
     timeout_s: float = 900,
+    scenario: dict[str, Any] | None = None,
+    compare: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Bench ``bundles`` on ``device``: each in a process of its own, or with ``compare`` all in one
+    process in interleaved rounds (see :mod:`edgekit.bench.stats`)."""
     profile = load_profile(device)
     providers = check_providers(profile)
     for bundle in bundles:
         read_manifest(bundle)  # fail before measuring anything
+    if compare:
+        return _compare(bundles, profile, providers, items, runs, batch_sizes, timeout_s, compare)
     results = []
     for index, bundle in enumerate(bundles):
         if index and profile.cooldown_seconds:
             log.info(f"bench: cooling down {profile.cooldown_seconds} s")
             time.sleep(profile.cooldown_seconds)
         log.info(f"bench: {bundle} on {profile.name}")
-        results.append(_bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s))
+        results.append(_bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s, scenario))
     document = {
         "schema_version": SCHEMA_VERSION,
         "device": profile.name,
@@ -55,39 +61,78 @@ def bench_bundles(
     return document
 
 
+# progress lines the worker writes to stderr, shown as they come (everything else is kept for errors)
+_PROGRESS = ("server:", "offline:", "compare:")
+
+
+def _worker(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run the bench worker on ``config`` in a fresh process; its JSON result, or {"error": why}."""
+    import threading
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
+        config_path = Path(scratch) / "config.json"
+        config_path.write_text(json.dumps(config, default=str))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.bench.worker", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        errors: list[str] = []
+
+        def relay() -> None:
+            for line in proc.stderr:
+                line = line.rstrip()
+                if line.startswith(_PROGRESS):
+                    log.info(f"bench: {line}")
+                elif line:
+                    errors.append(line)
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, stop)
+        timer.start()
+        try:
+            stdout = proc.stdout.read()
+            proc.wait()
+        except BaseException:  # Ctrl-C: the measuring process goes with us
+            proc.kill()
+            raise
+        finally:
+            timer.cancel()
+            reader.join(timeout=5)
+        if timed_out.is_set():
+            return {"error": f"timed out after {timeout_s:.0f} s"}
+        lines = stdout.strip().splitlines()
+        try:
+            return json.loads(lines[-1]) if lines else {"error": (errors or ["no output"])[-1]}
+        except json.JSONDecodeError:
+            return {"error": f"benchmark process printed no result (exit code {proc.returncode})"}
+
+
 def _bench_one(
-    bundle: Path, profile: Profile, providers: list[str], items, runs, batch_sizes, timeout_s
+    bundle: Path, profile: Profile, providers: list[str], items, runs, batch_sizes, timeout_s, scenario=None
 ) -> dict[str, Any]:
     sensors = list(profile.thermal_sensors)
     before = env.capture(sensors)
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
-        config_path = Path(scratch) / "config.json"
-        config_path.write_text(
-            json.dumps(
-                {
-                    "bundle": str(bundle.resolve()),
-                    "profile": profile.to_json(),
-                    "providers": providers,
-                    "items": items,
-                    "runs": runs,
-                    "batch_sizes": batch_sizes,
-                },
-                default=str,
-            )
-        )
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "edgekit.bench.worker", str(config_path)],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-            )
-            lines = proc.stdout.strip().splitlines()
-            raw = json.loads(lines[-1]) if lines else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-        except subprocess.TimeoutExpired:
-            raw = {"error": f"timed out after {timeout_s:.0f} s"}
-        except json.JSONDecodeError:
-            raw = {"error": f"benchmark process printed no result (exit code {proc.returncode})"}
+    raw = _worker(
+        {
+            "bundle": str(bundle.resolve()),
+            "profile": profile.to_json(),
+            "providers": providers,
+            "items": items,
+            "runs": runs,
+            "batch_sizes": batch_sizes,
+            "scenario": scenario,
+        },
+        timeout_s,
+    )
     after = env.capture(sensors)
     manifest = read_manifest(bundle)
     result = {"bundle": str(bundle), "device": profile.name, "name": bundle.name}
@@ -111,20 +156,122 @@ def _bench_one(
     return result
 
 
+def _compare(bundles, profile: Profile, providers, items, runs, batch_sizes, timeout_s, compare) -> dict[str, Any]:
+    before = env.capture(list(profile.thermal_sensors))
+    raw = _worker(
+        {
+            "bundles": [str(Path(b).resolve()) for b in bundles],
+            "profile": profile.to_json(),
+            "providers": providers,
+            "items": items,
+            "runs": runs,
+            "batch_sizes": batch_sizes,
+            "compare": compare,
+        },
+        timeout_s,
+    )
+    document: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "device": profile.name, "profile": profile.to_json()}
+    if "error" in raw:
+        reason = raw["error"]
+        results = [
+            {"bundle": str(b), "name": Path(b).name, "valid": False, "error": reason, "invalid_reasons": [reason]}
+            for b in bundles
+        ]
+        return {**document, "valid": False, "error": reason, "results": results}
+    results = []
+    for result, bundle in zip(raw["results"], bundles):
+        manifest = read_manifest(bundle)
+        result.update(
+            bundle=str(bundle),
+            device=profile.name,
+            valid=not result["invalid_reasons"],
+            size_mb=result["size_bytes"] / MB,
+            peak_rss_mb=None,  # the bundles share one process: memory is not theirs alone
+            format=manifest.format,
+            precision=manifest.precision,
+            quantization=manifest.quant_mode,
+            parameters=manifest.parameters,
+        )
+        results.append(result)
+    return {
+        **document,
+        "valid": all(r["valid"] for r in results),
+        "results": results,
+        "compare": {**raw["compare"], "peak_rss_mb_all": raw["peak_rss_bytes"] / MB},
+        "environment": before,
+    }
+
+
+def _interval(ci) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def markdown_table(document: dict[str, Any]) -> str:
+    """The bench results as a markdown table, then the scenario and comparison lines (units in each)."""
     rows = [
-        "| bundle | valid | size (MB) | p50 (ms) | p90 (ms) | p99 (ms) | mean (ms) | peak RSS (MB) | runs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| bundle | valid | size (MB) | p50 (ms) [95% CI] | p90 (ms) | p99 (ms) | mean (ms) | peak RSS (MB) "
+        "| energy (mJ/inference) | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    notes = []
     for r in document["results"]:
         if "latency_ms" not in r:
-            rows.append(f"| {r['name']} | no: {r.get('error', '')} | | | | | | | |")
+            rows.append(f"| {r['name']} | no: {r.get('error', '')} | | | | | | | | |")
             continue
         lat = r["latency_ms"]
         valid = "yes" if r["valid"] else "no: " + "; ".join(r["invalid_reasons"])
         flag = " (unstable)" if r.get("unstable") else ""
+        ci = (r.get("latency_ci95_ms") or {}).get("p50")
+        rss = f"{r['peak_rss_mb']:.1f}" if r.get("peak_rss_mb") is not None else "shared"
+        energy = r.get("energy_mj_per_inference")
         rows.append(
-            f"| {r['name']} | {valid}{flag} | {r['size_mb']:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
-            f"{lat['p99']:.3f} | {lat['mean']:.3f} | {r['peak_rss_mb']:.1f} | {r['runs']} |"
+            f"| {r['name']} | {valid}{flag} | {r['size_mb']:.2f} | {lat['p50']:.3f}{_interval(ci)} | {lat['p90']:.3f} | "
+            f"{lat['p99']:.3f} | {lat['mean']:.3f} | {rss} | {'' if energy is None else f'{energy:.3f}'} | {r['runs']} |"
         )
-    return "\n".join(rows)
+        if energy is None and (r.get("energy") or {}).get("reason"):
+            notes.append(f"{r['name']}: energy not measured: {r['energy']['reason']}")
+        elif energy is not None:
+            e = r["energy"]
+            notes.append(
+                f"{r['name']}: {energy:.3f} mJ per inference by {e['meter']} "
+                f"({e['active_watts']:.2f} W running, {e['idle_watts']:.2f} W idle subtracted)"
+            )
+        notes += _scenario_lines(r)
+    for ratio in (document.get("compare") or {}).get("ratios", []):
+        notes.append(f"compare ({document['compare']['rounds']} interleaved rounds, 95% CI): {ratio['verdict']}")
+    return "\n".join(rows + ([""] + notes if notes else []))
+
+
+def _scenario_lines(result: dict[str, Any]) -> list[str]:
+    name = result["name"]
+    server, offline = result.get("server"), result.get("offline")
+    lines = []
+    if server and "max_rate_qps" in server:  # a search for the highest rate
+        if server["max_rate_qps"] is None:
+            lines.append(f"{name}: server: {server['reason']}")
+        else:
+            best = server["best"]
+            lines.append(
+                f"{name}: server: highest rate holding p99 <= {server['p99_bound_ms']:g} ms: "
+                f"{server['max_rate_qps']:.1f} queries/s (p99 {best['latency_ms']['p99']:.3f} ms, "
+                f"{best['queries']} queries; capacity {server['capacity_qps']:.1f} queries/s)"
+            )
+    elif server:
+        p99 = server["latency_ms"]["p99"]
+        held = (
+            ""
+            if server.get("holds") is None
+            else (" holds" if server["holds"] else " misses") + f" the {server['p99_bound_ms']:g} ms bound"
+        )
+        lines.append(
+            f"{name}: server at {server['target_rate_qps']:g} queries/s for {server['duration_s']:g} s: "
+            f"p50 {server['latency_ms']['p50']:.3f} ms, p99 {'-' if p99 is None else f'{p99:.3f}'} ms{held} "
+            f"({server['queries']} queries)"
+        )
+    if offline:
+        best = offline["best"]
+        lines.append(
+            f"{name}: offline: best {best['items_per_second']:.1f} items/s at batch {best['batch_size']}, "
+            f"{best['threads']} thread(s) ({len(offline['cells'])} settings tried)"
+        )
+    return lines

@@ -28,13 +28,31 @@ class Request:
     items: list | None = None  # real inputs (a runner with bench_data only)
     run_timeout: float = 1800
     ssh: Any = None  # an edgekit.bench.ssh.SshTarget (the ssh runner)
+    scenario: dict[str, Any] | None = None  # {name: server|offline, rate, duration, p99_bound_ms}
+    compare: dict[str, Any] | None = None  # {rounds, min_effect}
 
     def bench_args(self) -> list[str]:
         """The options a device-side ``edgekit bench`` is given for this request."""
-        return [
+        args = [
             *(["--runs", str(self.runs)] if self.runs else []),
             *[a for b in self.batch_sizes for a in ("--batch-size", str(b))],
         ]
+        if self.compare:
+            args += [
+                "--compare",
+                "--rounds",
+                str(self.compare["rounds"]),
+                "--min-effect",
+                repr(self.compare["min_effect"]),
+            ]
+        if self.scenario:
+            args += ["--scenario", self.scenario["name"]]
+            if self.scenario["name"] == "server":
+                args += ["--duration", repr(self.scenario["duration"])]
+                for option, key in (("--rate", "rate"), ("--p99-bound", "p99_bound_ms")):
+                    if self.scenario.get(key) is not None:
+                        args += [option, repr(self.scenario[key])]
+        return args
 
 
 def choose(**given: Any) -> registry.Entry:
@@ -69,6 +87,8 @@ class Local:
             items=request.items,
             runs=request.runs,
             batch_sizes=list(request.batch_sizes) or None,
+            scenario=request.scenario,
+            compare=request.compare,
         )
 
     def evaluate(self, bundle: Path, split, task: str, label_names: list[str], request: Request) -> None:

@@ -6,6 +6,7 @@ python -m edgekit.bench.worker CONFIG.json      (prints one JSON object on stdou
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -50,50 +51,67 @@ def real_inputs(bundle, items: list[Any], batch: int) -> list[dict[str, np.ndarr
     ]
 
 
+def _open(folder: Path, config: dict[str, Any], profile, threads: int | None = None):
+    from edgekit.errors import EdgekitError
+    from edgekit.runtime import Bundle
+
+    bundle = Bundle(
+        folder,
+        providers=config["providers"],
+        threads=profile.threads if threads is None else threads,
+        graph_optimization=profile.graph_optimization,
+    )
+    if bundle.encode.spec.generates:
+        raise EdgekitError(
+            "bench measures classifiers; encoder-decoder (seq2seq) bundles are not benched yet, "
+            "use 'edgekit eval' for their BLEU/ROUGE-L"
+        )
+    return bundle
+
+
+def _feeds(bundle, items, batch: int, profile) -> list[dict[str, np.ndarray]]:
+    if items:
+        return real_inputs(bundle, items, batch)
+    return [synthetic_inputs(bundle, batch, profile.sequence_length)]
+
+
+def _stepper(bundle, feeds):
+    state = {"i": 0}
+
+    def step() -> None:  # these inputs, bound now, in turn
+        bundle.run(feeds[state["i"] % len(feeds)])
+        state["i"] += 1
+
+    return step
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def measure(config: dict[str, Any]) -> dict[str, Any]:
     from edgekit.artifacts import sha256_file
+    from edgekit.bench import energy
     from edgekit.bench.harness import time_loop
     from edgekit.bench.profiles import Profile
-    from edgekit.runtime import Bundle
 
     profile = Profile.from_json(config["profile"])
     folder = Path(config["bundle"])
     rss_before = current_rss_bytes()
     t0 = time.perf_counter()
-    bundle = Bundle(
-        folder,
-        providers=config["providers"],
-        threads=profile.threads,
-        graph_optimization=profile.graph_optimization,
-    )
+    bundle = _open(folder, config, profile)
     load_ms = (time.perf_counter() - t0) * 1e3
-    if bundle.encode.spec.generates:
-        from edgekit.errors import EdgekitError
-
-        raise EdgekitError(
-            "bench measures classifiers; encoder-decoder (seq2seq) bundles are not benched yet, "
-            "use 'edgekit eval' for their BLEU/ROUGE-L"
-        )
     rss_loaded = current_rss_bytes()
     items = config.get("items")
     batch_sizes = config.get("batch_sizes") or profile.batch_sizes
     runs = config.get("runs") or profile.runs
 
-    def feeds_for(batch: int) -> list[dict[str, np.ndarray]]:
-        if items:
-            return real_inputs(bundle, items, batch)
-        return [synthetic_inputs(bundle, batch, profile.sequence_length)]
-
     throughput = {}
     latency = None
+    first_step = None
     for batch in batch_sizes:
-        feeds = feeds_for(batch)
-        state = {"i": 0}
-
-        def step(feeds=feeds, state=state) -> None:  # this batch size's inputs, bound now
-            bundle.run(feeds[state["i"] % len(feeds)])
-            state["i"] += 1
-
+        step = _stepper(bundle, _feeds(bundle, items, batch, profile))
         stats = time_loop(
             step,
             warmup=profile.warmup,
@@ -107,8 +125,22 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
             "runs": stats["runs"],
         }
         if latency is None:
-            latency = {**stats, "batch_size": batch}
+            latency, first_step = {**stats, "batch_size": batch}, step
+    scenario = config.get("scenario") or {"name": "single-stream"}
+    extra: dict[str, Any] = {}
+    if scenario["name"] == "server":
+        extra["server"] = _server(scenario, _stepper(bundle, _feeds(bundle, items, 1, profile)), latency)
+    elif scenario["name"] == "offline":
+        extra["offline"] = _offline(folder, config, profile, items, bundle)
     files = [folder / g.file for g in bundle.manifest.graphs]
+    invalid = list(latency["invalid_reasons"])
+    if latency["stopped_by_time_limit"]:
+        invalid.append(f"stopped at max_seconds={profile.max_seconds} before {runs} runs")
+    if latency["stopped_by_max_runs"]:
+        invalid.append(f"stopped at the cap of {latency['runs']} runs before {runs} runs")
+    invalid += [f"server: {r}" for r in (extra.get("server") or {}).get("invalid_reasons", [])]
+    measured_energy = energy.measure(first_step, profile.energy_meters, profile.energy_seconds)
+    measured_energy["batch_size"] = latency["batch_size"]  # one inference is one call at this batch size
     return {
         "bundle": str(folder),
         "model_sha256": sha256_file(files[0]) if len(files) == 1 else {p.name: sha256_file(p) for p in files},
@@ -116,24 +148,20 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "load_ms": load_ms,
         "first_inference_ms": latency["first_inference_ms"],
         "latency_ms": {k: latency[k] for k in ("p50", "p90", "p99", "mean", "std", "min", "max")},
+        "latency_ci95_ms": {k: latency["intervals"][k] for k in ("p50", "p90", "p99", "mean")},
+        "latency_ci_missing": latency["intervals"]["missing"],
         "runs": latency["runs"],
         "batch_size": latency["batch_size"],
         "warmup": {"runs": latency["warmup_runs"], "mean_ms": latency["warmup_mean_ms"]},
-        "invalid_reasons": latency["invalid_reasons"]
-        + (
-            [f"stopped at max_seconds={profile.max_seconds} before {runs} runs"]
-            if latency["stopped_by_time_limit"]
-            else []
-        )
-        + (
-            [f"stopped at the cap of {latency['runs']} runs before {runs} runs"]
-            if latency["stopped_by_max_runs"]
-            else []
-        ),
+        "invalid_reasons": invalid,
         "unstable": latency["unstable"],
         "cv": latency["cv"],
         "robust_spread": latency["robust_spread"],
         "throughput": throughput,
+        "scenario": scenario["name"],
+        **extra,
+        "energy_mj_per_inference": measured_energy["energy_mj_per_inference"],
+        "energy": measured_energy,
         "inputs": "real" if items else "synthetic",
         "peak_rss_bytes": peak_rss_bytes(),
         "model_memory_bytes": rss_loaded - rss_before,
@@ -142,10 +170,128 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _server(scenario: dict[str, Any], step, latency: dict[str, Any]) -> dict[str, Any]:
+    """A server run at a fixed rate, or the search for the highest rate that holds the p99 bound."""
+    from edgekit.bench.stats import find_server_rate, server_run
+
+    bound, duration = scenario.get("p99_bound_ms"), scenario["duration"]
+    if scenario.get("rate"):
+        _log(f"server: {scenario['rate']:g} queries/s for {duration:g} s")
+        return server_run(step, scenario["rate"], duration, p99_bound_ms=bound)
+    found = find_server_rate(step, bound, duration, service_ms=latency["p50"], progress=_log)
+    # no rate holding the bound is a finding, not a broken measurement
+    found["invalid_reasons"] = found["best"]["invalid_reasons"] if found["best"] else []
+    return found
+
+
+def _offline(folder: Path, config: dict[str, Any], profile, items, loaded) -> dict[str, Any]:
+    """Throughput (items/s) over batch sizes and thread counts; the best of them."""
+    from edgekit.bench.harness import time_loop
+    from edgekit.bench.stats import offline_threads
+
+    given = config.get("batch_sizes")
+    batches = list(given) if given and len(given) > 1 else [1, 8, 32]
+    cells = []
+    for threads in offline_threads():
+        bundle = loaded if threads == profile.threads else _open(folder, config, profile, threads)
+        for batch in batches:
+            stats = time_loop(
+                _stepper(bundle, _feeds(bundle, items, batch, profile)),
+                warmup=3,
+                runs=10,
+                min_seconds=min(profile.min_seconds, 1.0),
+                max_seconds=profile.max_seconds,
+            )
+            cells.append(
+                {
+                    "threads": threads,
+                    "batch_size": batch,
+                    "items_per_second": batch * 1e3 / stats["mean"],
+                    "p50_ms": stats["p50"],
+                    "runs": stats["runs"],
+                }
+            )
+            _log(f"offline: {threads} thread(s), batch {batch}: {cells[-1]['items_per_second']:.1f} items/s")
+    best = max(cells, key=lambda c: c["items_per_second"])
+    return {"scenario": "offline", "best": best, "cells": cells}
+
+
+ROUND_MS = 10.0  # how long a --compare round runs each bundle (when --rounds is not given)
+
+
+def measure_compare(config: dict[str, Any]) -> dict[str, Any]:
+    """The bundles in one process, timed in interleaved rounds; each one's ratio to the first."""
+    from edgekit.bench.harness import summarize
+    from edgekit.bench.profiles import Profile
+    from edgekit.bench.stats import interleaved_rounds, ratio_verdict
+
+    profile = Profile.from_json(config["profile"])
+    folders = [Path(b) for b in config["bundles"]]
+    items = config.get("items")
+    batch = (config.get("batch_sizes") or profile.batch_sizes)[0]
+    runs = config.get("runs") or profile.runs
+    compare = config["compare"]
+    names: list[str] = []
+    for folder in folders:
+        name = folder.name
+        while name in names:
+            name += "'"
+        names.append(name)
+    bundles = {name: _open(folder, config, profile) for name, folder in zip(names, folders)}
+    steps = {name: _stepper(b, _feeds(b, items, batch, profile)) for name, b in bundles.items()}
+    # warm-up, which also says how long a run takes. A round runs each bundle for about ROUND_MS (at
+    # least 5 runs), so that drift slower than a few tens of milliseconds cancels in its ratio; there are
+    # at least 20 rounds, at least `runs` runs of each bundle, and min_seconds in all (at most max_seconds)
+    cost_ms = {}
+    for name, step in steps.items():
+        t0 = time.perf_counter()
+        for _ in range(max(profile.warmup, 1)):
+            step()
+        cost_ms[name] = (time.perf_counter() - t0) * 1e3 / max(profile.warmup, 1)
+    slowest, total = max(cost_ms.values()), sum(cost_ms.values())
+    if compare.get("rounds"):
+        rounds = compare["rounds"]
+        per_round = max(5, -(-runs // rounds), math.ceil(profile.min_seconds * 1e3 / (rounds * total)))
+    else:
+        per_round = max(5, math.ceil(ROUND_MS / slowest))
+        rounds = max(20, -(-runs // per_round), math.ceil(profile.min_seconds * 1e3 / (per_round * total)))
+    rounds = max(2, min(rounds, int(profile.max_seconds * 1e3 / (per_round * total))))
+    _log(f"compare: {rounds} interleaved rounds of {per_round} runs of each bundle, batch {batch}")
+    timings = interleaved_rounds(steps, rounds=rounds, per_round=per_round, warmup=0)
+    results = []
+    for name, folder in zip(names, folders):
+        flat = [t for r in timings[name] for t in r]
+        stats = summarize(flat)
+        results.append(
+            {
+                "name": name,
+                "bundle": str(folder),
+                "size_bytes": bundles[name].manifest.model_bytes(folder),
+                "latency_ms": {k: stats[k] for k in ("p50", "p90", "p99", "mean", "std", "min", "max")},
+                "latency_ci95_ms": {k: stats["intervals"][k] for k in ("p50", "p90", "p99", "mean")},
+                "runs": stats["runs"],
+                "batch_size": batch,
+                "invalid_reasons": stats["invalid_reasons"],
+                "unstable": stats["unstable"],
+                "providers": bundles[name].session.get_providers(),
+                "inputs": "real" if items else "synthetic",
+            }
+        )
+    verdicts = [
+        ratio_verdict(timings[names[0]], timings[name], baseline=names[0], other=name, min_effect=compare["min_effect"])
+        for name in names[1:]
+    ]
+    return {
+        "compare": {"rounds": rounds, "runs_per_round": per_round, "batch_size": batch, "ratios": verdicts},
+        "results": results,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
 def main(path: str) -> int:
     config = json.loads(Path(path).read_text())
     try:
-        result = measure(config)
+        result = measure_compare(config) if config.get("compare") else measure(config)
     except Exception as exc:  # reported to the parent as an incomplete result, never as a valid one
         from edgekit.errors import EdgekitError
 

@@ -305,6 +305,43 @@ def bench(
     connect_timeout: ConnectTimeoutOpt = 15,
     run_timeout: Annotated[float, typer.Option("--run-timeout", help="Seconds the remote benchmark may take.")] = 1800,
     emulate: EmulateOpt = False,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Time the bundles in interleaved rounds in one process (A B, B A, ...) and give each one's speed ratio to the first, with a 95% interval and a verdict.",
+        ),
+    ] = False,
+    rounds: Annotated[
+        Optional[int],
+        typer.Option(
+            "--rounds", help="Interleaved rounds of --compare (default: rounds of ~10 ms per bundle, at least 20)."
+        ),
+    ] = None,
+    min_effect: Annotated[
+        float,
+        typer.Option("--min-effect", help="Relative difference under which --compare says 'no difference' (0.03: 3%)."),
+    ] = 0.03,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario",
+            help="Load scenario (MLPerf LoadGen's): single-stream (one query after another), offline (best throughput over batch sizes and threads), server (Poisson arrivals: --rate, or the highest rate holding --p99-bound).",
+        ),
+    ] = "single-stream",
+    rate: Annotated[
+        Optional[float], typer.Option("--rate", help="Server scenario: arrivals per second (Poisson).")
+    ] = None,
+    duration: Annotated[
+        Optional[float], typer.Option("--duration", help="Server scenario: seconds per run (default 10).")
+    ] = None,
+    p99_bound: Annotated[
+        Optional[float],
+        typer.Option(
+            "--p99-bound",
+            help="Server scenario: p99 latency bound in ms; without --rate, search the highest rate holding it.",
+        ),
+    ] = None,
 ) -> None:
     """Measure size, latency and memory of bundles on a device profile (torch-free), here, over SSH or emulated."""
     from edgekit.bench.run import markdown_table
@@ -318,12 +355,14 @@ def bench(
         )
     if not (math.isfinite(run_timeout) and run_timeout > 0) or connect_timeout < 1:
         raise EdgekitError("--run-timeout and --connect-timeout must be positive numbers of seconds")
+    load = _load_scenario(bundles, compare, rounds, min_effect, scenario, rate, duration, p99_bound)
     entry = choose(host=host, emulate=emulate)
     check_bench_data(entry, data)
     request = Request(
         device=device,
         runs=runs,
         batch_sizes=tuple(batch_size or ()),
+        **load,
         items=_bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None,
         run_timeout=run_timeout,
         ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
@@ -354,6 +393,45 @@ def bench(
     if not document["valid"]:
         reasons = "; ".join(r for res in document["results"] for r in res.get("invalid_reasons", []))
         print(f"warning: result not valid: {reasons}", file=sys.stderr)
+
+
+SCENARIOS = ("single-stream", "offline", "server")
+
+
+def _load_scenario(bundles, compare, rounds, min_effect, scenario, rate, duration, p99_bound) -> dict:
+    """The checked --compare and --scenario options, as Request fields."""
+
+    def positive(value, option, unit):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise EdgekitError(f"{option} must be a positive, finite number of {unit}, not {value:g}")
+
+    if scenario not in SCENARIOS:
+        raise EdgekitError(f"--scenario {scenario} is not one of {', '.join(SCENARIOS)}")
+    positive(rate, "--rate", "queries per second")
+    positive(duration, "--duration", "seconds")
+    positive(p99_bound, "--p99-bound", "milliseconds")
+    if scenario != "server" and (rate, duration, p99_bound) != (None, None, None):
+        raise EdgekitError("--rate, --duration and --p99-bound belong to --scenario server")
+    if scenario == "server" and rate is None and p99_bound is None:
+        raise EdgekitError(
+            "--scenario server needs --rate QPS (one run at that rate) or --p99-bound MS "
+            "(search for the highest rate whose p99 holds it)"
+        )
+    if compare:
+        if len(bundles) < 2:
+            raise EdgekitError("--compare needs two or more bundles (the first is the baseline)")
+        if scenario != "single-stream":
+            raise EdgekitError("--compare times the single-stream scenario; drop --scenario or --compare")
+        if rounds is not None and rounds < 2:
+            raise EdgekitError("--rounds must be at least 2")
+        if not (math.isfinite(min_effect) and 0 <= min_effect < 1):
+            raise EdgekitError(f"--min-effect must be a fraction from 0 to 1 (0.03 is 3%), not {min_effect:g}")
+    return {
+        "scenario": {"name": scenario, "rate": rate, "duration": duration or 10.0, "p99_bound_ms": p99_bound}
+        if scenario != "single-stream"
+        else None,
+        "compare": {"rounds": rounds, "min_effect": min_effect} if compare else None,
+    }
 
 
 def report(

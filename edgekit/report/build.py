@@ -137,8 +137,10 @@ def _export_rows(run: str, stage: str, folder: Path, student: StageMeta | None) 
             {
                 **base,
                 "p50_ms": lat.get("p50"),
+                "p50_ci95_ms": (metrics.get("latency_ci95_ms") or {}).get("p50"),
                 "p90_ms": lat.get("p90"),
                 "peak_rss_mb": metrics.get("peak_rss_mb"),
+                "energy_mj": metrics.get("energy_mj_per_inference"),
                 "device": bench.config["device"] if bench else None,
             }
         )

@@ -21,9 +21,10 @@ COLUMNS = [
     ("parameters", "params (M)", ".3f", ""),
     ("compression", "compression (x)", ".1f", ""),
     ("size_mb", "size (MB)", ".2f", ""),
-    ("p50_ms", "p50 (ms)", ".3f", ""),
+    ("p50_ms", "p50 (ms) [95% CI]", ".3f", ""),
     ("p90_ms", "p90 (ms)", ".3f", ""),
     ("peak_rss_mb", "peak RSS (MB)", ".1f", ""),
+    ("energy_mj", "energy (mJ/inference)", ".3f", ""),
     ("device", "latency measured on", "s", ""),
 ]
 
@@ -36,7 +37,11 @@ def table_cells(row: dict[str, Any]) -> list[str]:
             value = value * 100
         if key == "parameters" and value is not None:
             value = value / 1e6
-        cells.append(_fmt(value, spec))
+        cell = _fmt(value, spec)
+        if key == "p50_ms" and row.get("p50_ci95_ms"):
+            low, high = row["p50_ci95_ms"]
+            cell += f" [{low:{spec}}, {high:{spec}}]"
+        cells.append(cell)
     return cells
 
 
