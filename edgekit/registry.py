@@ -347,7 +347,8 @@ register("precision", "fp32", summary="full precision")
 # Export formats. target: the fp32 writer, (graph, path, export job) -> the exporter used; lossy: the
 # int8/fp16 candidates' writer, (job, fp32 folder, calibration split) -> candidates; session: the class
 # that runs the file (none: onnxruntime); presets: the default preset per precision; opset: the preset's
-# opset applies; torch_free: the device needs no torch to run it.
+# opset applies; torch_free: the device needs no torch to run it; kv_cache: encoder-decoders are written
+# with a cached decoder step (edgekit.export.graphs.encoder_decoder_graphs).
 register(
     "format",
     "onnx",
@@ -361,6 +362,7 @@ register(
     presets={"int8": "cpu-int8", "fp32": "onnx-fp32", "fp16": "t4-fp16"},
     opset=True,
     torch_free=True,
+    kv_cache=True,
     summary="ONNX graph run by onnxruntime (torch-free on the device)",
 )
 register(

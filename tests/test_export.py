@@ -150,11 +150,19 @@ def test_every_model_format_and_precision(models, tmp_path, monkeypatch, model, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == fmt and manifest["precision"] == precision
     names = [g["name"] for g in manifest["graphs"]]
-    assert names == (["encoder", "decoder"] if model == "t5" else ["model"])
+    t5_graphs = ["encoder", "cross_kv", "decoder_step"] if fmt == "onnx" else ["encoder", "decoder"]
+    assert names == (t5_graphs if model == "t5" else ["model"])
     for graph in manifest["graphs"]:
         assert sha256_file(out / graph["file"]) == graph["sha256"]
         assert graph["file"].endswith(".onnx" if fmt == "onnx" else ".pt")
     assert manifest["parity"]["fp32"]["passed"], manifest["parity"]["fp32"]
+    if model == "t5":  # greedy generation against transformers' generate on the parity sources
+        generation = manifest["parity"]["fp32"]["generation"]
+        assert generation["examples"] == 12 and generation["kv_cache"] == (fmt == "onnx")
+        assert generation["identical_sequences"] == 12 and generation["token_agreement"] == 1.0
+        assert generation["bleu_vs_pytorch"] == pytest.approx(100.0)
+        lossy_generation = manifest["parity"][precision]["generation"]
+        assert 0 <= lossy_generation["token_agreement"] <= 1 and lossy_generation["examples"] == 12
     if precision != "fp32":
         lossy = manifest["parity"][precision]
         assert lossy["examples"] > 0 and lossy["label_agreement"] > 0.5 and np.isfinite(lossy["snr_db"])

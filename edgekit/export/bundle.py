@@ -27,7 +27,7 @@ from edgekit import __version__, registry
 from edgekit.artifacts import sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
-from edgekit.export.graphs import Graph, export_torchscript, graphs_for, quiet
+from edgekit.export.graphs import FullDecoder, Graph, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
 from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
 from edgekit.log import info as log
@@ -104,7 +104,9 @@ def _parity_batches(
                 {
                     "input_ids": graphs[0].example[0].numpy(),
                     "attention_mask": graphs[0].example[1].numpy(),
-                    "decoder_input_ids": graphs[1].example[0].numpy(),
+                    "decoder_input_ids": np.random.default_rng(0).integers(
+                        5, int(handle.module.config.vocab_size), (len(graphs[0].example[0]), 5)
+                    ),
                 }
             ]
         )
@@ -129,12 +131,64 @@ def _torch_logits(handle: ModelHandle, graphs: list[Graph], batches: list[dict[s
     out = []
     for b in batches:
         t = {k: torch.from_numpy(v) for k, v in b.items()}
-        if handle.spec.generates:
+        if handle.spec.generates:  # teacher-forced logits of every target position, without a cache
             hidden = graphs[0].module(t["input_ids"], t["attention_mask"])
-            out.append(graphs[1].module(t["decoder_input_ids"], hidden, t["attention_mask"]).float().numpy())
+            out.append(FullDecoder(handle.module)(t["decoder_input_ids"], hidden, t["attention_mask"]).float().numpy())
         else:
             out.append(graphs[0].module(*[t[n] for n in graphs[0].inputs]).float().numpy())
     return out
+
+
+GENERATION_PARITY_EXAMPLES = 32
+GENERATION_PARITY_TOKENS = 32
+
+
+@torch.no_grad()
+def _generation_parity(handle: ModelHandle, folder: Path, batches: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Greedy generation of the bundle in ``folder`` against the PyTorch model's ``generate`` on the parity
+    sources: identical sequences, token agreement (positions of PyTorch's output, up to its end), and
+    BLEU of the bundle's texts with PyTorch's as the references (100: the same)."""
+    from edgekit.metrics import generation_metrics
+    from edgekit.runtime import Bundle
+
+    bundle = Bundle(folder, verify=False)  # a scratch candidate: checksums are written later
+    handle.module.cpu().eval()  # the exporters leave modules in the training mode of their wrappers
+    limit = min(int(handle.preprocessing.get("max_target_length", 128)), GENERATION_PARITY_TOKENS)
+    eos = handle.module.config.eos_token_id
+    same = total = agreeing = examples = 0
+    ours, theirs = [], []
+    for batch in batches:
+        if examples >= GENERATION_PARITY_EXAMPLES:
+            break
+        feeds = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        reference = handle.module.generate(
+            input_ids=torch.from_numpy(feeds["input_ids"]),
+            attention_mask=torch.from_numpy(feeds["attention_mask"]),
+            max_new_tokens=limit,
+            num_beams=1,
+            do_sample=False,
+        ).numpy()[:, 1:]
+        exported = bundle.greedy(feeds, limit)[:, 1:]
+        for ref, out in zip(reference, exported):
+            end = next((i + 1 for i, t in enumerate(ref) if t == eos), len(ref))  # through EOS
+            ref, out = ref[:end], out[:end]
+            padded = np.pad(out, (0, end - len(out)), constant_values=-1)
+            agreeing += int((padded == ref).sum())
+            total += end
+            same += bool(len(out) == end and (out == ref).all())
+            ours.append(handle.tokenizer.decode(out.tolist(), skip_special_tokens=True).strip())
+            theirs.append(handle.tokenizer.decode(ref.tolist(), skip_special_tokens=True).strip())
+        examples += len(reference)
+    return {
+        "examples": examples,
+        "max_new_tokens": limit,
+        "identical_sequences": same,
+        "token_agreement": agreeing / total if total else 1.0,
+        "bleu_vs_pytorch": generation_metrics(ours, theirs)["bleu"]
+        if any(theirs)
+        else (100.0 if ours == theirs else 0.0),
+        "kv_cache": bundle.cached,
+    }
 
 
 def _check_parity(
@@ -446,7 +500,8 @@ def build_bundle(
     if not spec.static_int8 and preset.precision == "int8" and preset.quantization["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
-    graphs, suffix, onnx = graphs_for(handle), writer.can("suffix"), writer.can("opset", False)
+    graphs = graphs_for(handle, kv_cache=writer.can("kv_cache", False))
+    suffix, onnx = writer.can("suffix"), writer.can("opset", False)
     manifest = Manifest(
         task=handle.task,
         label_names=handle.label_names,
@@ -470,6 +525,9 @@ def build_bundle(
             final, quantization, optimization = _lossy_candidate(job, fp32_dir, calibration)
             parity.update(_lossy_parity(preset.precision, reference, final, batches, job.scratch, preset, targets))
             _gate_lossy(job, parity[preset.precision], allow_drop)
+        if spec.generates:  # what a user gets from the bundle: its greedy tokens against transformers' generate
+            for name, candidate in {"fp32": fp32_dir, preset.precision: final}.items():
+                parity[name]["generation"] = _generation_parity(handle, candidate, batches)
         for path in _files(final, manifest):
             shutil.copy(path, folder / path.name)
         fp32_bytes = sum(p.stat().st_size for p in _files(fp32_dir, manifest))

@@ -1,4 +1,5 @@
-"""What gets exported: one graph for a classifier, an encoder and a decoder for T5-style models.
+"""What gets exported: one graph for a classifier; for T5-style models an encoder and a decoder, or
+(ONNX) an encoder, the cross-attention cache and a decoder step with a KV cache.
 
 Each graph is a module with positional inputs and one output, plus the names and dynamic axes of
 its inputs, so the ONNX and TorchScript exporters treat classifiers and encoder-decoders alike.
@@ -35,6 +36,11 @@ class Graph:
     # 12.6 ms vs 14.0 ms from the torch.export-based graph, whose SDPA decomposition adds IsNaN/Where per
     # layer); and for the T5 decoder, whose reshapes torch.export rejects in this torch
     legacy_first: bool = False
+    extra_outputs: tuple[str, ...] = ()  # further outputs after ``output`` (the decoder step's cache)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.output, *self.extra_outputs]
 
     def describe(self, file: str) -> dict[str, Any]:
         shapes = [[axes.get(i, int(t.shape[i])) for i in range(t.dim())] for t, axes in zip(self.example, self.axes)]
@@ -42,7 +48,7 @@ class Graph:
             "name": self.name,
             "file": file,
             "inputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in zip(self.inputs, self.dtypes, shapes)],
-            "outputs": [{"name": self.output, "dtype": "float32"}],
+            "outputs": [{"name": name, "dtype": "float32"} for name in self.outputs],
         }
 
 
@@ -68,7 +74,7 @@ class _Encoder(torch.nn.Module):
         return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-class _Decoder(torch.nn.Module):
+class FullDecoder(torch.nn.Module):
     """Decoder logits for every position of ``decoder_input_ids`` given the encoder's states (no cache)."""
 
     def __init__(self, model):
@@ -84,13 +90,15 @@ class _Decoder(torch.nn.Module):
         ).logits
 
 
-def graphs_for(handle: ModelHandle) -> list[Graph]:
-    """The graphs an export of ``handle`` writes (the task's ``graphs`` job), traced in eval mode on CPU."""
+def graphs_for(handle: ModelHandle, kv_cache: bool = False) -> list[Graph]:
+    """The graphs an export of ``handle`` writes (the task's ``graphs`` job), traced in eval mode on CPU;
+    ``kv_cache``: encoder-decoders get a decoder step with past keys/values where the model allows."""
     handle.module.cpu().eval()
     config = getattr(handle.module, "config", None)
     if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
         config._attn_implementation = "eager"  # same math; traces without the SDPA mask shortcuts
-    return handle.spec.job("graphs")(handle)
+    job = handle.spec.job("graphs")
+    return job(handle, kv_cache=True) if kv_cache and handle.spec.generates else job(handle)
 
 
 def classifier_graphs(handle: ModelHandle) -> list[Graph]:
@@ -125,28 +133,141 @@ def classifier_graphs(handle: ModelHandle) -> list[Graph]:
     ]
 
 
-def encoder_decoder_graphs(handle: ModelHandle) -> list[Graph]:
-    """Two graphs: ``encoder`` (ids -> hidden states) and ``decoder`` (target ids, hidden -> logits)."""
+def cache_refusal(model) -> str | None:
+    """Why the cached decoder step cannot be built for ``model`` (None: it can). The step is written for
+    T5's layout: relative position bias in the first decoder block only, self-attention, cross-attention
+    and feed-forward sub-layers (T5, flan-T5, T5 v1.1; not mT5's UMT5 variant or BART)."""
+    blocks = getattr(getattr(model, "decoder", None), "block", None)
+    if blocks is None or not len(blocks):
+        return f"{type(model).__name__} is not T5-shaped (no decoder.block)"
+    for index, block in enumerate(blocks):
+        layers = getattr(block, "layer", [])
+        if len(layers) != 3 or not hasattr(layers[0], "SelfAttention") or not hasattr(layers[1], "EncDecAttention"):
+            return f"decoder block {index} is not T5's self-attention, cross-attention, feed-forward"
+        if bool(layers[0].SelfAttention.has_relative_attention_bias) != (index == 0):
+            return "the decoder has relative position bias in more blocks than the first (UMT5-style)"
+    return None
+
+
+def _heads(x: torch.Tensor, attention) -> torch.Tensor:
+    """(batch, length, heads*d_kv) -> (batch, heads, length, d_kv)."""
+    return x.view(x.shape[0], x.shape[1], attention.n_heads, attention.key_value_proj_dim).transpose(1, 2)
+
+
+class _CrossKV(torch.nn.Module):
+    """The cross-attention keys and values of every decoder block, computed once per source:
+    (layers, 2, batch, heads, source, d_kv)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden):
+        out = []
+        for block in self.model.decoder.block:
+            attention = block.layer[1].EncDecAttention
+            out.append(torch.stack([_heads(attention.k(hidden), attention), _heads(attention.v(hidden), attention)]))
+        return torch.stack(out)
+
+
+class _DecoderStep(torch.nn.Module):
+    """One decoder position with a KV cache: the next token's logits (batch, 1, vocab) and the self-attention
+    cache grown by one position, ``present`` (layers, 2, batch, heads, past + 1, d_kv). ``past`` may have
+    length 0 (the first step). Same arithmetic as T5's eager attention: no query scaling, the first
+    block's relative position bias shared by all blocks, the source padding masked in cross-attention."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, decoder_input_ids, past, cross, attention_mask):
+        decoder = self.model.decoder
+        x = decoder.embed_tokens(decoder_input_ids)
+        position = past.shape[4]
+        first = decoder.block[0].layer[0].SelfAttention
+        relative = torch.arange(position + 1, device=x.device)[None, :] - position
+        bucket = first._relative_position_bucket(
+            relative,
+            bidirectional=False,
+            num_buckets=first.relative_attention_num_buckets,
+            max_distance=first.relative_attention_max_distance,
+        )
+        bias = first.relative_attention_bias(bucket).permute(2, 0, 1).unsqueeze(0)  # (1, heads, 1, past + 1)
+        source_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        batch = x.shape[0]
+        present = []
+        for index, block in enumerate(decoder.block):
+            layer = block.layer[0]
+            attention = layer.SelfAttention
+            normed = layer.layer_norm(x)
+            query = _heads(attention.q(normed), attention)
+            key = torch.cat([past[index, 0], _heads(attention.k(normed), attention)], dim=2)
+            value = torch.cat([past[index, 1], _heads(attention.v(normed), attention)], dim=2)
+            present.append(torch.stack([key, value]))
+            weights = torch.softmax((query @ key.transpose(-1, -2) + bias).float(), dim=-1).type_as(query)
+            x = x + attention.o((weights @ value).transpose(1, 2).reshape(batch, 1, -1))
+            layer = block.layer[1]
+            attention = layer.EncDecAttention
+            query = _heads(attention.q(layer.layer_norm(x)), attention)
+            scores = query @ cross[index, 0].transpose(-1, -2) + source_mask
+            weights = torch.softmax(scores.float(), dim=-1).type_as(query)
+            x = x + attention.o((weights @ cross[index, 1]).transpose(1, 2).reshape(batch, 1, -1))
+            x = block.layer[2](x)
+        x = decoder.final_layer_norm(x)
+        if self.model.config.tie_word_embeddings:
+            x = x * (self.model.model_dim**-0.5)
+        return self.model.lm_head(x), torch.stack(present)
+
+
+def encoder_decoder_graphs(handle: ModelHandle, kv_cache: bool = False) -> list[Graph]:
+    """``encoder`` (ids -> hidden states), then either ``decoder`` (target ids, hidden -> logits of every
+    position; each generated token re-runs it) or, with ``kv_cache`` and a T5-shaped model, ``cross_kv``
+    (hidden -> the cross-attention keys/values, once per source) and ``decoder_step`` (one token, the
+    cache -> its logits and the grown cache)."""
     model = handle.module
     example = handle.example_inputs(batch=2, seq_len=12)
     ids, mask = example["input_ids"], example["attention_mask"]
     mask[1, 9:] = 0
     with torch.no_grad():
         hidden = _Encoder(model)(ids, mask)
+    encoder = Graph(
+        "encoder",
+        _Encoder(model),
+        ["input_ids", "attention_mask"],
+        "hidden",
+        (ids, mask),
+        [{0: "batch", 1: "source"}] * 2,
+        ["int64", "int64"],
+    )
+    if kv_cache and cache_refusal(model) is None:
+        with torch.no_grad():
+            cross = _CrossKV(model)(hidden)
+        layers, _, _, heads, _, d_kv = cross.shape
+        past = torch.randn(layers, 2, 2, heads, 3, d_kv)
+        step_ids = torch.randint(5, int(model.config.vocab_size), (2, 1))
+        return [
+            encoder,
+            Graph(
+                "cross_kv", _CrossKV(model), ["hidden"], "cross", (hidden,), [{0: "batch", 1: "source"}], ["float32"]
+            ),
+            Graph(
+                "decoder_step",
+                _DecoderStep(model),
+                ["decoder_input_ids", "past", "cross", "attention_mask"],
+                "logits",
+                (step_ids, past, cross, mask),
+                [{0: "batch"}, {2: "batch", 4: "past"}, {2: "batch", 4: "source"}, {0: "batch", 1: "source"}],
+                ["int64", "float32", "float32", "int64"],
+                legacy_first=True,  # the past axis starts at 0, which torch.export's dimensions do not allow
+                extra_outputs=("present",),
+            ),
+        ]
     decoder_ids = torch.randint(5, int(model.config.vocab_size), (2, 5))
     return [
-        Graph(
-            "encoder",
-            _Encoder(model),
-            ["input_ids", "attention_mask"],
-            "hidden",
-            (ids, mask),
-            [{0: "batch", 1: "source"}] * 2,
-            ["int64", "int64"],
-        ),
+        encoder,
         Graph(
             "decoder",
-            _Decoder(model),
+            FullDecoder(model),
             ["decoder_input_ids", "hidden", "attention_mask"],
             "logits",
             (decoder_ids, hidden, mask),
@@ -202,6 +323,7 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
                 dims[name] = torch.export.Dim(name, min=low, max=4096)
     shapes = tuple({i: dims[n] for i, n in axes.items()} for axes in graph.axes)
     first_error: BaseException | None = None
+    graph.module.eval()  # the exporters restore the wrapper's mode on every submodule afterwards: eval, not train
     for dynamo in (False, True) if graph.legacy_first else (True, False):
         try:
             with quiet():
@@ -211,7 +333,7 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
                         graph.example,
                         str(path),
                         input_names=graph.inputs,
-                        output_names=[graph.output],
+                        output_names=graph.outputs,
                         dynamic_shapes=shapes if len(shapes) > 1 else (shapes[0],),
                         opset_version=opset,
                         dynamo=True,
@@ -224,7 +346,7 @@ def export_onnx(graph: Graph, path: Path, opset: int, arch: str) -> str:
                         graph.example,
                         str(path),
                         input_names=graph.inputs,
-                        output_names=[graph.output],
+                        output_names=graph.outputs,
                         opset_version=min(opset, 18),
                         dynamo=False,
                         dynamic_axes={n: a for n, a in zip(graph.inputs, graph.axes)},

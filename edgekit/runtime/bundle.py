@@ -2,7 +2,8 @@
 
 Formats (registry ``format`` entries): ``onnx`` (onnxruntime; torch-free, what runs on the device),
 ``torchscript`` (needs torch) and ``executorch`` (``.pte``, ExecuTorch's runtime: :mod:`edgekit.runtime.executorch`).
-Classifiers have one graph, ``model``; encoder-decoders (T5) have ``encoder`` and ``decoder``.
+Classifiers have one graph, ``model``; encoder-decoders (T5) have ``encoder`` and ``decoder``, or (ONNX
+exports with a KV cache) ``encoder``, ``cross_kv`` and ``decoder_step``.
 """
 
 from __future__ import annotations
@@ -225,18 +226,72 @@ class Bundle:
         self.session = next(iter(self.sessions.values()))
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits: of the classifier, or (encoder-decoders) of the decoder for given ``decoder_input_ids``."""
+        """Logits: of the classifier, or (encoder-decoders) of the decoder for given ``decoder_input_ids``
+        (teacher forcing: every position's logits, through the cache one position at a time when the
+        bundle has one)."""
         if not self.encode.spec.generates:
             return self.session.run(["logits"], inputs)[0]
-        hidden = self.sessions["encoder"].run(
-            ["hidden"], {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        )[0]
-        return self.decode_step(inputs["decoder_input_ids"], hidden, inputs["attention_mask"])
+        targets = inputs["decoder_input_ids"]
+        state = self.begin({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+        if not self.cached:
+            return self.decode_step(targets, state["hidden"], state["mask"])
+        return np.concatenate([self.advance(state, targets[:, i : i + 1])[:, None] for i in range(targets.shape[1])], 1)
+
+    @property
+    def cached(self) -> bool:
+        """Whether this encoder-decoder bundle decodes with a KV cache (a ``decoder_step`` graph)."""
+        return "decoder_step" in self.sessions
 
     def decode_step(self, decoder_ids: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits of every position of ``decoder_ids`` from the cacheless ``decoder`` graph."""
         return self.sessions["decoder"].run(
             ["logits"], {"decoder_input_ids": decoder_ids, "hidden": hidden, "attention_mask": mask}
         )[0]
+
+    def begin(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Encode a batch of sources for decoding: the encoder's states (and the cross-attention cache)."""
+        hidden = self.sessions["encoder"].run(["hidden"], feeds)[0]
+        state: dict[str, Any] = {"hidden": hidden, "mask": feeds["attention_mask"], "ids": None}
+        if self.cached:
+            state["cross"] = self.sessions["cross_kv"].run(["cross"], {"hidden": hidden})[0]
+            layers, _, _, heads, _, d_kv = state["cross"].shape
+            state["past"] = np.zeros((layers, 2, len(hidden), heads, 0, d_kv), dtype=np.float32)
+        return state
+
+    def advance(self, state: dict[str, Any], ids: np.ndarray) -> np.ndarray:
+        """Feed the next decoder token of each row (batch, 1); the logits (batch, vocab) that follow it.
+        With the cache this runs one position; without, the whole decoder over every token so far."""
+        if self.cached:
+            logits, state["past"] = self.sessions["decoder_step"].run(
+                ["logits", "present"],
+                {
+                    "decoder_input_ids": ids,
+                    "past": state["past"],
+                    "cross": state["cross"],
+                    "attention_mask": state["mask"],
+                },
+            )
+            return logits[:, -1]
+        state["ids"] = ids if state["ids"] is None else np.concatenate([state["ids"], ids], axis=1)
+        return self.decode_step(state["ids"], state["hidden"], state["mask"])[:, -1]
+
+    def greedy(self, feeds: dict[str, np.ndarray], limit: int) -> np.ndarray:
+        """Greedy token ids (batch, 1 + up to ``limit``), the decoder start token first; rows that ended
+        (EOS) are padded until every row has."""
+        p = self.manifest.preprocessing
+        start_id, eos, pad = int(p["decoder_start_id"]), p.get("eos_id"), int(p.get("pad_id", 0))
+        state = self.begin(feeds)
+        rows = len(state["hidden"])
+        ids = np.full((rows, 1), start_id, dtype=np.int64)
+        done = np.zeros(rows, dtype=bool)
+        for _ in range(limit):
+            step = self.advance(state, ids[:, -1:]).argmax(-1)
+            step = np.where(done, pad, step)
+            ids = np.concatenate([ids, step[:, None]], axis=1)
+            done |= step == eos if eos is not None else False
+            if done.all():
+                break
+        return ids
 
     def predict(self, items: Sequence[Any], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         import sys
@@ -252,29 +307,18 @@ class Bundle:
     def generate(
         self, items: Sequence[str], batch_size: int = 16, max_new_tokens: int | None = None, progress: bool = False
     ) -> list[str]:
-        """Greedy decoding with the exported encoder and decoder (no KV cache: each step re-runs the decoder)."""
+        """Greedy decoding with the exported graphs: one decoder step per token with the KV cache, or
+        (bundles without one) the whole decoder re-run for each token."""
         import sys
 
         from tqdm.auto import tqdm
 
-        p = self.manifest.preprocessing
-        start_id, eos = int(p["decoder_start_id"]), p.get("eos_id")
-        limit = int(max_new_tokens or p.get("max_target_length", 128))
+        limit = int(max_new_tokens or self.manifest.preprocessing.get("max_target_length", 128))
         texts: list[str] = []
         for start in tqdm(
             range(0, len(items), batch_size), desc="generate", leave=False, disable=not progress, file=sys.stderr
         ):
-            feeds = self.encode(items[start : start + batch_size])
-            hidden = self.sessions["encoder"].run(["hidden"], feeds)[0]
-            ids = np.full((len(hidden), 1), start_id, dtype=np.int64)
-            done = np.zeros(len(hidden), dtype=bool)
-            for _ in range(limit):
-                step = self.decode_step(ids, hidden, feeds["attention_mask"])[:, -1].argmax(-1)
-                step = np.where(done, int(p.get("pad_id", 0)), step)
-                ids = np.concatenate([ids, step[:, None]], axis=1)
-                done |= step == eos if eos is not None else False
-                if done.all():
-                    break
+            ids = self.greedy(self.encode(items[start : start + batch_size]), limit)
             texts += [
                 self.encode.tokenizer.decode([int(t) for t in row[1:]], skip_special_tokens=True).strip() for row in ids
             ]
