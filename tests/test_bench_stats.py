@@ -404,3 +404,23 @@ def test_profile_energy_settings_are_checked(tmp_path):
     profile.write_text("name: p\nenergy_meters: [rapl, watt-o-meter]\n")
     proc = run_cli("bench", tmp_path, "--device", profile)
     assert_user_error(proc, "energy_meters watt-o-meter unknown", "rapl, nvml, pmic")
+
+
+def test_a_device_side_bench_is_given_the_same_compare_and_scenario_options():
+    """--host and --emulate run `edgekit bench` on the device with the options of the request."""
+    from edgekit.bench.runners import Request
+
+    auto = Request(compare={"rounds": None, "min_effect": 0.03}).bench_args()
+    assert auto == ["--compare", "--min-effect", "0.03"]  # the device picks its own rounds
+    fixed = Request(runs=50, compare={"rounds": 8, "min_effect": 0.05}).bench_args()
+    assert fixed == ["--runs", "50", "--compare", "--min-effect", "0.05", "--rounds", "8"]
+    server = {"name": "server", "rate": None, "duration": 10.0, "p99_bound_ms": 25.0}
+    assert Request(scenario=server).bench_args() == [
+        "--scenario",
+        "server",
+        "--duration",
+        "10.0",
+        "--p99-bound",
+        "25.0",
+    ]
+    assert Request(scenario={"name": "offline"}).bench_args() == ["--scenario", "offline"]

@@ -38,13 +38,9 @@ class Request:
             *[a for b in self.batch_sizes for a in ("--batch-size", str(b))],
         ]
         if self.compare:
-            args += [
-                "--compare",
-                "--rounds",
-                str(self.compare["rounds"]),
-                "--min-effect",
-                repr(self.compare["min_effect"]),
-            ]
+            args += ["--compare", "--min-effect", repr(self.compare["min_effect"])]
+            if self.compare.get("rounds"):
+                args += ["--rounds", str(self.compare["rounds"])]
         if self.scenario:
             args += ["--scenario", self.scenario["name"]]
             if self.scenario["name"] == "server":
