@@ -13,24 +13,14 @@ from typing import Any
 
 import numpy as np
 
-# A percentile is only reported as valid when enough runs lie beyond it: p90 needs 10 runs,
-# p99 needs 100 (one run above the 99th percentile on average).
-MIN_RUNS = {"p50": 2, "p90": 10, "p99": 100}
+from edgekit.bench.stats import MIN_RUNS, intervals, percentile
+
+__all__ = ["MIN_RUNS", "percentile", "summarize"]
+
 # A result is flagged unstable when the robust spread (1.4826 x median absolute deviation, the
 # standard deviation of a normal sample) exceeds 10% of the median. Unlike std/mean it is not
 # set off by a few scheduler outliers in thousands of runs.
 UNSTABLE_SPREAD = 0.10
-
-
-def percentile(values: list[float] | np.ndarray, q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between closest ranks
-    (numpy's default 'linear' method): rank = q/100 * (n - 1)."""
-    data = sorted(float(v) for v in values)
-    if not data:
-        return math.nan
-    rank = q / 100 * (len(data) - 1)
-    low, high = math.floor(rank), math.ceil(rank)
-    return data[low] + (data[high] - data[low]) * (rank - low)
 
 
 def summarize(latencies_ms: list[float]) -> dict[str, Any]:
@@ -53,7 +43,6 @@ def summarize(latencies_ms: list[float]) -> dict[str, Any]:
     mad = float(np.median(np.abs(array - median))) if n else math.nan
     stats["robust_spread"] = 1.4826 * mad / median if n > 1 and median > 0 else 0.0
     stats["unstable"] = bool(stats["robust_spread"] > UNSTABLE_SPREAD)
-    from edgekit.bench.stats import intervals
 
     stats["intervals"] = intervals(latencies_ms)
     return stats

@@ -22,6 +22,22 @@ from typing import Any
 
 import numpy as np
 
+# A percentile is only reported as valid when enough runs lie beyond it: p90 needs 10 runs,
+# p99 needs 100 (one run above the 99th percentile on average).
+MIN_RUNS = {"p50": 2, "p90": 10, "p99": 100}
+
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between closest ranks
+    (numpy's default 'linear' method): rank = q/100 * (n - 1)."""
+    data = sorted(float(v) for v in values)
+    if not data:
+        return math.nan
+    rank = q / 100 * (len(data) - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
 CONFIDENCE = 0.95
 RESAMPLES = 4000
 # Below this relative difference a compare verdict says "no difference beyond noise" even when the
@@ -222,8 +238,6 @@ def server_run(
     Like LoadGen's minimum query count, a run issues at least the queries a p99 needs (100), lasting
     longer than ``duration`` at low rates. With a p99 bound, the run stops as soon as more than 1% of its
     queries are late (it cannot hold any more)."""
-    from edgekit.bench.harness import MIN_RUNS, percentile
-
     arrivals = poisson_arrivals(rate, duration, seed, min_count=MIN_RUNS["p99"])
     allowed_late = int(0.01 * len(arrivals))
     latencies: list[float] = []
