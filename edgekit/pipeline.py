@@ -148,12 +148,6 @@ def ship(model: Path, out: Path, recipe: Recipe, data, reuse: bool) -> None:
     eval_config = {"bundle": "export", "split": data.eval_split.name, "data": recipe.to_dict()["data"]}
     if Stage("eval", out / layout.EVAL, eval_config, parent=out / layout.EXPORT).reused(reuse) is None:
         stages.evaluate_bundle(out / layout.EXPORT, data.eval_split, out / layout.EVAL, force=True, config=eval_config)
-    if task_spec(data.task).generates:
-        log.info(
-            "bench: skipped for an encoder-decoder bundle (the latency of generate() depends on the output "
-            "length; the eval stage has BLEU/ROUGE-L of the exported file)"
-        )
-        return
     for device in recipe.bench.devices:
         bench_stage(out / layout.EXPORT, layout.bench_folder(out, device), device, recipe, reuse)
 
@@ -212,5 +206,6 @@ def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: boo
                 peak_rss_mb=result["peak_rss_mb"],
                 energy_mj_per_inference=result.get("energy_mj_per_inference"),
                 energy=result.get("energy"),
+                generation=result.get("generation"),
             )
         return stage.finish(metrics=metrics)

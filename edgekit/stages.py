@@ -150,6 +150,7 @@ def export(
     reuse: bool = False,
     devices: list[str] | None = None,
     ssh=None,
+    kv_cache: bool | None = None,
 ) -> StageMeta:
     """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle.
 
@@ -165,6 +166,8 @@ def export(
         preset.calib_samples = calib_samples
     if min_agreement is not None:
         preset.parity["min_agreement"] = min_agreement
+    if kv_cache is not None:
+        preset.kv_cache = kv_cache
     from edgekit.targets import parity_targets
 
     targets, warning = parity_targets(preset, devices or [], ssh) if preset.precision != "fp32" else ([], None)

@@ -254,6 +254,71 @@ def test_t5_bundle_eval_scores_bleu(models, tmp_path):
     assert metrics["examples"] == 12 and 0 <= metrics["bleu"] <= 100 and "BLEU" in proc.stdout
 
 
+def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cache(models, tmp_path):
+    """bench of a T5 bundle: time to first token, per-token p50/p90/p99 with intervals and tokens/s, for
+    the cached step and the cacheless decoder (--no-kv-cache, recorded with its reason); both generate
+    the same tokens. --compare and the server scenario time one generation per query."""
+    from edgekit.runtime import Bundle
+
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    assert run_cli("export", models["t5"], "--fp32", "--out", cached).returncode == 0
+    proc = run_cli("export", models["t5"], "--fp32", "--no-kv-cache", "--out", plain)
+    assert proc.returncode == 0, proc.stderr
+    decisions = {b: json.loads((b / "manifest.json").read_text())["preprocessing"]["kv_cache"] for b in (cached, plain)}
+    assert decisions[cached] == {"used": True, "reason": None}
+    assert not decisions[plain]["used"] and "--no-kv-cache" in decisions[plain]["reason"]
+    sources = ["paris rome moon", "radio river tokyo"]
+    assert Bundle(cached).cached and not Bundle(plain).cached
+    assert Bundle(cached).generate(sources, max_new_tokens=6) == Bundle(plain).generate(sources, max_new_tokens=6)
+
+    proc = run_cli("bench", cached, plain, "--runs", "12", "--output-tokens", "10", "--json", tmp_path / "b.json")
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads((tmp_path / "b.json").read_text())
+    for result, with_cache in zip(document["results"], (True, False)):
+        g = result["generation"]
+        assert g["kv_cache"] is with_cache and g["output_tokens"] == 10 and g["input_tokens"] == 128
+        assert g["runs"] == result["runs"] >= 12 and g["per_token_samples"] == 9 * g["runs"]
+        first, per = g["time_to_first_token_ms"], g["per_token_ms"]
+        assert 0 < first["p50"] <= first["p90"] <= first["p99"] and 0 < per["p50"] <= per["p90"] <= per["p99"]
+        low, high = g["per_token_ci95_ms"]["p50"]
+        assert low <= per["p50"] <= high
+        # a run is one generation: its latency is the first token's and the nine later ones'
+        assert result["latency_ms"]["p50"] > first["p50"] + 9 * per["p50"] * 0.5
+        assert g["tokens_per_second"] == pytest.approx(10e3 / result["latency_ms"]["mean"], rel=0.05)
+    assert "generation of 10 tokens from 128 input tokens" in proc.stdout and "tokens/s" in proc.stdout
+    assert "with the KV cache" in proc.stdout and "without a KV cache" in proc.stdout
+
+    proc = run_cli(
+        "bench", plain, cached, "--compare", "--rounds", "4", "--output-tokens", "4", "--json", tmp_path / "c.json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    compared = json.loads((tmp_path / "c.json").read_text())["compare"]
+    assert compared["output_tokens"] == 4 and len(compared["ratios"]) == 1
+    assert "a run generates 4 tokens" in proc.stdout
+    proc = run_cli("bench", cached, "--scenario", "server", "--rate", "20", "--duration", "1", "--output-tokens", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "server at 20 queries/s" in proc.stdout
+
+    # a run's bench stage records the generation figures, and the report shows them in their columns
+    from edgekit.pipeline import bench_stage
+    from edgekit.recipe import load_recipe
+    from edgekit.report.tables import markdown
+
+    recipe = load_recipe(cached / "recipe.yaml")
+    recipe.bench.runs = 5
+    metrics = bench_stage(cached, tmp_path / "bench-cpu", "cpu", recipe, reuse=False).metrics
+    assert metrics["generation"]["output_tokens"] == 32 and metrics["generation"]["per_token_ms"]["p50"] > 0
+    row = {"stage": "export", "first_token_ms": 1.5, "per_token_ms": 0.25}
+    assert "| first token (ms) | per token (ms) |" in markdown([row]) and "| 1.500 | 0.250 |" in markdown([row])
+    assert "first token" not in markdown([{"stage": "export", "p50_ms": 1.0}])  # classifier-only tables
+
+    assert_user_error(run_cli("bench", cached, "--output-tokens", "0"), "--output-tokens", "at least 1")
+    one = run_cli("bench", cached, "--runs", "3", "--output-tokens", "1", "--json", tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr
+    g = json.loads((tmp_path / "one.json").read_text())["generation"]
+    assert g["per_token_ms"] is None and "one output token" in g["per_token_reason"]
+
+
 def test_torchscript_cli_export_eval_and_bench(models, tmp_path, block_torch):
     out = tmp_path / "ts"
     proc = run_cli("export", models["bert"], "--format", "torchscript", "--int8", "--out", out)

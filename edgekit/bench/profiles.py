@@ -32,6 +32,7 @@ class Profile:
     max_seconds: float = 60.0
     batch_sizes: tuple[int, ...] = (1,)
     sequence_length: int = 128
+    output_tokens: int = 32  # tokens a seq2seq bundle generates per timed run (EOS does not stop it)
     cooldown_seconds: float = 0
     thermal_sensors: tuple[str, ...] = ()
     energy_meters: tuple[str, ...] = ("rapl", "nvml", "pmic")  # tried in order; see edgekit.bench.energy
@@ -60,7 +61,7 @@ class Profile:
         profile = cls(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}, path=data.get("_path")
         )
-        for key, low in (("warmup", 0), ("runs", 1), ("threads", 0), ("sequence_length", 1)):
+        for key, low in (("warmup", 0), ("runs", 1), ("threads", 0), ("sequence_length", 1), ("output_tokens", 1)):
             value = getattr(profile, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise EdgekitError(f"{where}: {key} must be a whole number >= {low}, not {shown(value)}")

@@ -35,22 +35,26 @@ def bench_bundles(
     timeout_s: float = 900,
     scenario: dict[str, Any] | None = None,
     compare: dict[str, Any] | None = None,
+    output_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Bench ``bundles`` on ``device``: each in a process of its own, or with ``compare`` all in one
-    process in interleaved rounds (see :mod:`edgekit.bench.stats`)."""
+    process in interleaved rounds (see :mod:`edgekit.bench.stats`). A seq2seq bundle's run generates
+    ``output_tokens`` tokens (default: the profile's)."""
     profile = load_profile(device)
     providers = check_providers(profile)
     for bundle in bundles:
         read_manifest(bundle)  # fail before measuring anything
     if compare:
-        return _compare(bundles, profile, providers, items, runs, batch_sizes, timeout_s, compare)
+        return _compare(bundles, profile, providers, items, runs, batch_sizes, timeout_s, compare, output_tokens)
     results = []
     for index, bundle in enumerate(bundles):
         if index and profile.cooldown_seconds:
             log.info(f"bench: cooling down {profile.cooldown_seconds} s")
             time.sleep(profile.cooldown_seconds)
         log.info(f"bench: {bundle} on {profile.name}")
-        results.append(_bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s, scenario))
+        results.append(
+            _bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s, scenario, output_tokens)
+        )
     document = {
         "schema_version": SCHEMA_VERSION,
         "device": profile.name,
@@ -129,12 +133,29 @@ def _worker(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 def _bench_one(
-    bundle: Path, profile: Profile, providers: list[str], items, runs, batch_sizes, timeout_s, scenario=None
+    bundle: Path,
+    profile: Profile,
+    providers: list[str],
+    items,
+    runs,
+    batch_sizes,
+    timeout_s,
+    scenario=None,
+    output_tokens=None,
 ) -> dict[str, Any]:
     sensors = list(profile.thermal_sensors)
     before = env.capture(sensors)
     raw = _worker(
-        _config(profile, providers, items, runs, batch_sizes, bundle=str(bundle.resolve()), scenario=scenario),
+        _config(
+            profile,
+            providers,
+            items,
+            runs,
+            batch_sizes,
+            bundle=str(bundle.resolve()),
+            scenario=scenario,
+            output_tokens=output_tokens,
+        ),
         timeout_s,
     )
     after = env.capture(sensors)
@@ -160,7 +181,9 @@ def _bench_one(
     return result
 
 
-def _compare(bundles, profile: Profile, providers, items, runs, batch_sizes, timeout_s, compare) -> dict[str, Any]:
+def _compare(
+    bundles, profile: Profile, providers, items, runs, batch_sizes, timeout_s, compare, output_tokens=None
+) -> dict[str, Any]:
     before = env.capture(list(profile.thermal_sensors))
     raw = _worker(
         _config(
@@ -171,6 +194,7 @@ def _compare(bundles, profile: Profile, providers, items, runs, batch_sizes, tim
             batch_sizes,
             bundles=[str(Path(b).resolve()) for b in bundles],
             compare=compare,
+            output_tokens=output_tokens,
         ),
         timeout_s,
     )
@@ -241,15 +265,35 @@ def markdown_table(document: dict[str, Any]) -> str:
                 f"({e['active_watts']:.2f} W running, {e['idle_watts']:.2f} W idle subtracted)"
             )
         notes += _scenario_lines(r)
-    for ratio in (document.get("compare") or {}).get("ratios", []):
-        notes.append(f"compare ({document['compare']['rounds']} interleaved rounds, 95% CI): {ratio['verdict']}")
+    compared = document.get("compare") or {}
+    per_run = f", a run generates {compared['output_tokens']} tokens" if compared.get("output_tokens") else ""
+    for ratio in compared.get("ratios", []):
+        notes.append(f"compare ({compared['rounds']} interleaved rounds{per_run}, 95% CI): {ratio['verdict']}")
     return "\n".join(rows + ([""] + notes if notes else []))
+
+
+def _generation_line(name: str, g: dict[str, Any]) -> str:
+    """A seq2seq result's line: time to first token, per-token latency and tokens/s (units in each)."""
+    first, first_ci = g["time_to_first_token_ms"], g["time_to_first_token_ci95_ms"]
+    per = g["per_token_ms"]
+    per_text = (
+        f"{per['p50']:.3f} ms per token p50{_interval(g['per_token_ci95_ms']['p50'])} "
+        f"(p90 {per['p90']:.3f} ms, p99 {per['p99']:.3f} ms, {g['per_token_samples']} tokens)"
+        if per
+        else g.get("per_token_reason", "")
+    )
+    cache = "with the KV cache" if g["kv_cache"] else "without a KV cache (the decoder re-runs every token)"
+    return (
+        f"{name}: generation of {g['output_tokens']} tokens from {g['input_tokens']:.0f} input tokens, batch "
+        f"{g['batch_size']}, {cache}: first token {first['p50']:.3f} ms p50{_interval(first_ci['p50'])}, "
+        f"{per_text}, {g['tokens_per_second']:.1f} tokens/s"
+    )
 
 
 def _scenario_lines(result: dict[str, Any]) -> list[str]:
     name = result["name"]
     server, offline = result.get("server"), result.get("offline")
-    lines = []
+    lines = [_generation_line(name, result["generation"])] if result.get("generation") else []
     if server and "max_rate_qps" in server:  # a search for the highest rate
         if server["max_rate_qps"] is None:
             lines.append(f"{name}: server: {server['reason']}")

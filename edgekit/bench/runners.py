@@ -30,12 +30,14 @@ class Request:
     ssh: Any = None  # an edgekit.bench.ssh.SshTarget (the ssh runner)
     scenario: dict[str, Any] | None = None  # {name: server|offline, rate, duration, p99_bound_ms}
     compare: dict[str, Any] | None = None  # {rounds, min_effect}
+    output_tokens: int | None = None  # tokens per seq2seq run (default: the profile's)
 
     def bench_args(self) -> list[str]:
         """The options a device-side ``edgekit bench`` is given for this request."""
         args = [
             *(["--runs", str(self.runs)] if self.runs else []),
             *[a for b in self.batch_sizes for a in ("--batch-size", str(b))],
+            *(["--output-tokens", str(self.output_tokens)] if self.output_tokens else []),
         ]
         if self.compare:
             args += ["--compare", "--min-effect", repr(self.compare["min_effect"])]
@@ -85,6 +87,7 @@ class Local:
             batch_sizes=list(request.batch_sizes) or None,
             scenario=request.scenario,
             compare=request.compare,
+            output_tokens=request.output_tokens,
         )
 
     def evaluate(self, bundle: Path, split, task: str, label_names: list[str], request: Request) -> None:

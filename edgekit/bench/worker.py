@@ -52,7 +52,6 @@ def real_inputs(bundle, items: list[Any], batch: int) -> list[dict[str, np.ndarr
 
 
 def _open(folder: Path, config: dict[str, Any], profile, threads: int | None = None):
-    from edgekit.errors import EdgekitError
     from edgekit.runtime import Bundle
 
     bundle = Bundle(
@@ -61,11 +60,6 @@ def _open(folder: Path, config: dict[str, Any], profile, threads: int | None = N
         threads=profile.threads if threads is None else threads,
         graph_optimization=profile.graph_optimization,
     )
-    if bundle.encode.spec.generates:
-        raise EdgekitError(
-            "bench measures classifiers; encoder-decoder (seq2seq) bundles are not benched yet, "
-            "use 'edgekit eval' for their BLEU/ROUGE-L"
-        )
     return bundle
 
 
@@ -75,14 +69,73 @@ def _feeds(bundle, items, batch: int, profile) -> list[dict[str, np.ndarray]]:
     return [synthetic_inputs(bundle, batch, profile.sequence_length)]
 
 
-def _stepper(bundle, feeds):
+def _tokens(config: dict[str, Any], profile) -> int:
+    """How many tokens a seq2seq bundle generates per run: --output-tokens, else the profile's."""
+    return int(config.get("output_tokens") or profile.output_tokens)
+
+
+def _stepper(bundle, feeds, tokens: int = 1, record: list | None = None):
+    """One inference on these inputs, in turn: a classifier's forward pass, or (encoder-decoders) the
+    greedy generation of exactly ``tokens`` tokens (EOS does not stop it, so every run does the same
+    work), its time to first token and each later token's latency (ms) appended to ``record``."""
     state = {"i": 0}
+    if not bundle.encode.spec.generates:
 
-    def step() -> None:  # these inputs, bound now, in turn
-        bundle.run(feeds[state["i"] % len(feeds)])
+        def step() -> None:
+            bundle.run(feeds[state["i"] % len(feeds)])
+            state["i"] += 1
+
+        return step
+    start_id = int(bundle.manifest.preprocessing["decoder_start_id"])
+    record = [] if record is None else record
+
+    def generate() -> None:
+        inputs = feeds[state["i"] % len(feeds)]
         state["i"] += 1
+        t0 = time.perf_counter()
+        decoding = bundle.begin(inputs)  # the encoder (and the cross-attention cache)
+        ids = np.full((len(decoding["hidden"]), 1), start_id, dtype=np.int64)
+        marks = [time.perf_counter()]
+        for _ in range(tokens):
+            ids = bundle.advance(decoding, ids).argmax(-1)[:, None]
+            marks.append(time.perf_counter())
+        record.append(((marks[1] - t0) * 1e3, np.diff(marks[1:]) * 1e3))
 
-    return step
+    return generate
+
+
+def _generation(records: list, runs: int, tokens: int, batch: int, bundle, feeds) -> dict[str, Any]:
+    """Time to first token, per-token decode latency and tokens/s of the last ``runs`` generations (the
+    timed ones; the warm-up ran first), each with its 95% interval."""
+    from edgekit.bench.harness import summarize
+
+    timed = records[-runs:]
+    first = summarize([r[0] for r in timed])
+    later = np.concatenate([r[1] for r in timed]) if tokens > 1 else np.zeros(0)
+    per_token = summarize(later.tolist()) if len(later) else None
+    totals = [r[0] + float(np.sum(r[1])) for r in timed]
+    out: dict[str, Any] = {
+        "output_tokens": tokens,
+        "stops_at_eos": False,
+        "input_tokens": float(np.mean([f["attention_mask"].sum(1).mean() for f in feeds])),
+        "batch_size": batch,
+        "kv_cache": bundle.cached,
+        "runs": len(timed),
+        "time_to_first_token_ms": {k: first[k] for k in ("p50", "p90", "p99", "mean")},
+        "time_to_first_token_ci95_ms": {k: first["intervals"][k] for k in ("p50", "p90", "p99", "mean")},
+        "per_token_ms": None,
+        "per_token_ci95_ms": None,
+        "per_token_samples": len(later),
+        "tokens_per_second": batch * tokens * 1e3 / float(np.mean(totals)),
+        "invalid_reasons": [f"time to first token: {r}" for r in first["invalid_reasons"]],
+    }
+    if per_token is None:
+        out["per_token_reason"] = "one output token: there is no later token to time (--output-tokens 2 or more)"
+    else:
+        out["per_token_ms"] = {k: per_token[k] for k in ("p50", "p90", "p99", "mean")}
+        out["per_token_ci95_ms"] = {k: per_token["intervals"][k] for k in ("p50", "p90", "p99", "mean")}
+        out["invalid_reasons"] += [f"per token: {r}" for r in per_token["invalid_reasons"]]
+    return out
 
 
 def _latency_fields(stats: dict[str, Any]) -> dict[str, Any]:
@@ -116,11 +169,14 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     batch_sizes = config.get("batch_sizes") or profile.batch_sizes
     runs = config.get("runs") or profile.runs
 
+    tokens = _tokens(config, profile)
     throughput = {}
     latency = None
     first_step = None
+    generation = None
     for batch in batch_sizes:
-        step = _stepper(bundle, _feeds(bundle, items, batch, profile))
+        feeds, records = _feeds(bundle, items, batch, profile), []
+        step = _stepper(bundle, feeds, tokens, records)
         stats = time_loop(
             step,
             warmup=profile.warmup,
@@ -135,10 +191,12 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         }
         if latency is None:
             latency, first_step = {**stats, "batch_size": batch}, step
+            if bundle.encode.spec.generates:
+                generation = _generation(records, stats["runs"], tokens, batch, bundle, feeds)
     scenario = config.get("scenario") or {"name": "single-stream"}
     extra: dict[str, Any] = {}
     if scenario["name"] == "server":
-        extra["server"] = _server(scenario, _stepper(bundle, _feeds(bundle, items, 1, profile)), latency)
+        extra["server"] = _server(scenario, _stepper(bundle, _feeds(bundle, items, 1, profile), tokens), latency)
     elif scenario["name"] == "offline":
         extra["offline"] = _offline(folder, config, profile, items, bundle)
     files = [folder / g.file for g in bundle.manifest.graphs]
@@ -147,6 +205,9 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         invalid.append(f"stopped at max_seconds={profile.max_seconds} before {runs} runs")
     if latency["stopped_by_max_runs"]:
         invalid.append(f"stopped at the cap of {latency['runs']} runs before {runs} runs")
+    if generation is not None:
+        extra["generation"] = generation
+        invalid += generation["invalid_reasons"]
     measured_energy = energy.measure(first_step, profile.energy_meters, profile.energy_seconds)
     measured_energy["batch_size"] = latency["batch_size"]  # one inference is one call at this batch size
     return {
@@ -200,7 +261,7 @@ def _offline(folder: Path, config: dict[str, Any], profile, items, loaded) -> di
         bundle = loaded if threads == profile.threads else _open(folder, config, profile, threads)
         for batch in batches:
             stats = time_loop(
-                _stepper(bundle, _feeds(bundle, items, batch, profile)),
+                _stepper(bundle, _feeds(bundle, items, batch, profile), _tokens(config, profile)),
                 warmup=3,
                 runs=10,
                 min_seconds=min(profile.min_seconds, 1.0),
@@ -242,7 +303,8 @@ def measure_compare(config: dict[str, Any]) -> dict[str, Any]:
             name += "'"
         names.append(name)
     bundles = {name: _open(folder, config, profile) for name, folder in zip(names, folders)}
-    steps = {name: _stepper(b, _feeds(b, items, batch, profile)) for name, b in bundles.items()}
+    tokens = _tokens(config, profile)
+    steps = {name: _stepper(b, _feeds(b, items, batch, profile), tokens) for name, b in bundles.items()}
     # warm-up, which also says how long a run takes. A round runs each bundle for about ROUND_MS (at
     # least 5 runs), so that drift slower than a few tens of milliseconds cancels in its ratio; there are
     # at least 20 rounds, at least `runs` runs of each bundle, and min_seconds in all (at most max_seconds)
@@ -285,7 +347,14 @@ def measure_compare(config: dict[str, Any]) -> dict[str, Any]:
         for name in names[1:]
     ]
     return {
-        "compare": {"rounds": rounds, "runs_per_round": per_round, "batch_size": batch, "ratios": verdicts},
+        "compare": {
+            "rounds": rounds,
+            "runs_per_round": per_round,
+            "batch_size": batch,
+            "ratios": verdicts,
+            # a seq2seq run is one generation of this many tokens
+            "output_tokens": tokens if any(b.encode.spec.generates for b in bundles.values()) else None,
+        },
         "results": results,
         "peak_rss_bytes": peak_rss_bytes(),
     }

@@ -75,6 +75,13 @@ def export(
     allow_drop: Annotated[
         bool, typer.Option("--allow-drop", help="Keep the bundle even when parity fails (recorded in the manifest).")
     ] = False,
+    no_kv_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-kv-cache",
+            help="Encoder-decoders: export the cacheless decoder (re-run over every token so far) instead of the cached step.",
+        ),
+    ] = False,
     recipe: RecipeOpt = None,
     force: ForceOpt = False,
     device: Annotated[
@@ -138,6 +145,7 @@ def export(
         force=force,
         devices=list(device or []),
         ssh=ssh,
+        kv_cache=False if no_kv_cache else None,
     )
     from edgekit.records import read_manifest
 
@@ -342,6 +350,13 @@ def bench(
             help="Server scenario: p99 latency bound in ms; without --rate, search the highest rate holding it.",
         ),
     ] = None,
+    output_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--output-tokens",
+            help="Seq2seq bundles: tokens generated per timed run, EOS or not (default: the profile's output_tokens).",
+        ),
+    ] = None,
 ) -> None:
     """Measure size, latency and memory of bundles on a device profile (torch-free), here, over SSH or emulated."""
     from edgekit.bench.run import markdown_table
@@ -349,6 +364,10 @@ def bench(
 
     if runs is not None and runs < 1:
         raise EdgekitError("--runs must be at least 1")
+    if output_tokens is not None and output_tokens < 1:
+        raise EdgekitError(
+            f"--output-tokens must be at least 1 (a run generates that many tokens), not {output_tokens}"
+        )
     if batch_size and any(b < 1 or b > 4096 for b in batch_size):
         raise EdgekitError(
             f"--batch-size {min(batch_size) if min(batch_size) < 1 else max(batch_size)} must be from 1 to 4096"
@@ -363,6 +382,7 @@ def bench(
         runs=runs,
         batch_sizes=tuple(batch_size or ()),
         **load,
+        output_tokens=output_tokens,
         items=_bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None,
         run_timeout=run_timeout,
         ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)

@@ -27,7 +27,7 @@ from edgekit import __version__, registry
 from edgekit.artifacts import sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
-from edgekit.export.graphs import FullDecoder, Graph, export_torchscript, graphs_for, quiet
+from edgekit.export.graphs import FullDecoder, Graph, cache_refusal, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
 from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
 from edgekit.log import info as log
@@ -81,6 +81,17 @@ def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
         )
         preprocessing["eos_id"] = None if config.eos_token_id is None else int(config.eos_token_id)
     return preprocessing
+
+
+def _cache_decision(handle: ModelHandle, preset: Preset, writer) -> dict[str, Any]:
+    """Whether an encoder-decoder bundle decodes with a KV cache, and why not when it does not."""
+    if not preset.kv_cache:
+        reason = "turned off (--no-kv-cache, or kv_cache: false in the preset)"
+    elif not writer.can("kv_cache", False):
+        reason = f"{writer.can('title')} bundles have no cached decoder step (--format onnx has one)"
+    else:
+        reason = cache_refusal(handle.module)
+    return {"used": reason is None, "reason": reason}
 
 
 def _batches(encoder: Encoder, split: Split | None, limit: int, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
@@ -500,7 +511,9 @@ def build_bundle(
     if not spec.static_int8 and preset.precision == "int8" and preset.quantization["mode"] == "static":
         raise EdgekitError("static int8 is for classifiers; export encoder-decoders with dynamic int8 (drop --static)")
     preprocessing = _write_preprocessing(handle, folder)
-    graphs = graphs_for(handle, kv_cache=writer.can("kv_cache", False))
+    if spec.generates:
+        preprocessing["kv_cache"] = _cache_decision(handle, preset, writer)
+    graphs = graphs_for(handle, kv_cache=bool((preprocessing.get("kv_cache") or {}).get("used")))
     suffix, onnx = writer.can("suffix"), writer.can("opset", False)
     manifest = Manifest(
         task=handle.task,

@@ -50,6 +50,7 @@ class Preset:
     parity: dict[str, float] = field(default_factory=lambda: dict(PARITY_DEFAULTS))
     calib_samples: int = 256
     target: dict[str, Any] | None = None  # {machine: aarch64, devices: [rpi4, rpi5]}: where its int8 runs
+    kv_cache: bool = True  # encoder-decoders: a cached decoder step where the format and model allow
     description: str = ""
     schema_version: int = SCHEMA_VERSION
     path: str | None = field(default=None, compare=False)  # the YAML file it was read from
@@ -131,6 +132,8 @@ def check_preset(preset: Preset) -> None:
         raise EdgekitError(
             f"{where}: precision {preset.precision!r} is not one of {', '.join(registry.names('precision'))}"
         )
+    if not isinstance(preset.kv_cache, bool):
+        raise EdgekitError(f"{where}: kv_cache must be true or false, not {shown(preset.kv_cache)}")
     writer = registry.get("format", preset.format)
     if preset.precision not in writer.can("precisions"):
         if preset.format == "torchscript" and preset.precision == "fp16":

@@ -133,12 +133,15 @@ def _export_rows(run: str, stage: str, folder: Path, student: StageMeta | None) 
     for bench in benches or [None]:
         metrics = bench.metrics if bench else {}
         lat = metrics.get("latency_ms") or {}
+        generation = metrics.get("generation") or {}
         rows.append(
             {
                 **base,
                 "p50_ms": lat.get("p50"),
                 "p50_ci95_ms": (metrics.get("latency_ci95_ms") or {}).get("p50"),
                 "p90_ms": lat.get("p90"),
+                "first_token_ms": (generation.get("time_to_first_token_ms") or {}).get("p50"),
+                "per_token_ms": (generation.get("per_token_ms") or {}).get("p50"),
                 "peak_rss_mb": metrics.get("peak_rss_mb"),
                 "energy_mj": metrics.get("energy_mj_per_inference"),
                 "device": bench.config["device"] if bench else None,

@@ -7,7 +7,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from edgekit.report.tables import COLUMNS, sweep_cell_text, table_cells
+from edgekit.report.tables import columns, sweep_cell_text, table_cells
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -54,9 +54,10 @@ def render(
     sections: dict[str, Any],
     multi: bool,
 ) -> str:
-    header = (["run"] if multi else []) + [title for _, title, _, _ in COLUMNS]
-    numeric = ([False] if multi else []) + [spec != "s" for _, _, spec, _ in COLUMNS]
-    body = [([r["run"]] if multi else []) + table_cells(r) for r in rows]
+    shown = columns(rows)
+    header = (["run"] if multi else []) + [title for _, title, _, _ in shown]
+    numeric = ([False] if multi else []) + [spec != "s" for _, _, spec, _ in shown]
+    body = [([r["run"]] if multi else []) + table_cells(r, shown) for r in rows]
     classes = ["shipped" if r.get("shipped") else "" for r in rows]
     parts = [
         "<!DOCTYPE html>",

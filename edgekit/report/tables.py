@@ -23,15 +23,27 @@ COLUMNS = [
     ("size_mb", "size (MB)", ".2f", ""),
     ("p50_ms", "p50 (ms) [95% CI]", ".3f", ""),
     ("p90_ms", "p90 (ms)", ".3f", ""),
+    ("first_token_ms", "first token (ms)", ".3f", ""),  # seq2seq bundles: p50 of each
+    ("per_token_ms", "per token (ms)", ".3f", ""),
     ("peak_rss_mb", "peak RSS (MB)", ".1f", ""),
     ("energy_mj", "energy (mJ/inference)", ".3f", ""),
     ("device", "latency measured on", "s", ""),
 ]
 
 
-def table_cells(row: dict[str, Any]) -> list[str]:
+# shown only when some row has them (what classifier-only reports would fill with n/a)
+GENERATION_COLUMNS = ("first_token_ms", "per_token_ms")
+
+
+def columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """The columns these rows need: every column, less the seq2seq ones when no row is seq2seq."""
+    seq2seq = any(r.get(key) is not None for r in rows for key in GENERATION_COLUMNS)
+    return [c for c in COLUMNS if seq2seq or c[0] not in GENERATION_COLUMNS]
+
+
+def table_cells(row: dict[str, Any], shown: list[tuple[str, str, str, str]] | None = None) -> list[str]:
     cells = []
-    for key, _, spec, _ in COLUMNS:
+    for key, _, spec, _ in shown or COLUMNS:
         value = row.get(key)
         if key in ("accuracy", "retention") and value is not None:
             value = value * 100
@@ -46,22 +58,21 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 
 
 def markdown(rows: list[dict[str, Any]], with_run: bool = False) -> str:
-    titles = (["run"] if with_run else []) + [title for _, title, _, _ in COLUMNS]
+    shown = columns(rows)
+    titles = (["run"] if with_run else []) + [title for _, title, _, _ in shown]
     header = "| " + " | ".join(titles) + " |"
     rule = (
-        "|"
-        + ("---|" if with_run else "")
-        + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in COLUMNS)
-        + "|"
+        "|" + ("---|" if with_run else "") + "|".join("---" if spec == "s" else "---:" for _, _, spec, _ in shown) + "|"
     )
-    body = ["| " + " | ".join(([r["run"]] if with_run else []) + table_cells(r)) + " |" for r in rows]
+    body = ["| " + " | ".join(([r["run"]] if with_run else []) + table_cells(r, shown)) + " |" for r in rows]
     return "\n".join([header, rule, *body])
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:
     """Aligned plain-text table for the terminal."""
-    header = [title for _, title, _, _ in COLUMNS]
-    cells = [table_cells(r) for r in rows]
+    shown = columns(rows)
+    header = [title for _, title, _, _ in shown]
+    cells = [table_cells(r, shown) for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
