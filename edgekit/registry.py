@@ -336,6 +336,21 @@ register(
     summary="remove conv channels",
 )
 
+register(
+    "pruner",
+    "vocab",
+    "edgekit.compress.vocab:prune_vocab",
+    extra="train",
+    families=("hf",),
+    structured=True,
+    prunes="text models",
+    needs="a text model with a fast tokenizer (BERT-like encoders, T5)",
+    summary="keep only the tokens the training data uses: embeddings (and T5's LM head) and tokenizer rebuilt (--amount unused)",
+    amount=False,  # takes no --amount
+    seq2seq=True,  # handles encoder-decoders
+    validates=True,  # proves itself on the validation split
+)
+
 # Quantization modes and precisions of an export preset.
 register("quant-mode", "auto", summary="static for CNNs, dynamic for transformers")
 register("quant-mode", "dynamic", summary="int8 weights, activations quantized at run time")

@@ -161,6 +161,55 @@ def test_heads_and_ffn_pruning_shrink_reload_and_export_smaller(tmp_path, bert, 
     assert _export_bytes(ffn, tmp_path / "x-ffn", env) < _export_bytes(heads, tmp_path / "x-heads", env) < full
 
 
+def test_vocabulary_pruning_keeps_vectors_and_logits_and_shrinks_the_bundle(tmp_path, bert, env):
+    """--method vocab keeps the tokens the training texts use: each kept token keeps its vector, a pruned
+    one reads [UNK] as an unknown word did, logits on kept-token texts are the unpruned model's, the
+    tokenizer round-trips through the stage folder, and the exported bundle is smaller and still runs."""
+    import torch
+
+    from edgekit.models.load import load_saved
+
+    out = tmp_path / "vocab"
+    proc = ok(run_cli("prune", bert, "--method", "vocab", "--out", out, env=env))
+    m = meta(out)["metrics"]
+    assert m["vocab_before"] == 30522 and 10 < m["vocab_after"] < 500
+    assert (
+        m["parameters_removed"] == (30522 - m["vocab_after"]) * 32 and m["bytes_saved"] == 4 * m["parameters_removed"]
+    )
+    check = m["check"]
+    assert check["kept_tokens_same_vector"] == check["kept_tokens_checked"] > 0
+    assert check["pruned_tokens_to_unk"] == check["pruned_tokens_checked"]
+    assert check["examples_all_kept"] > 0 and check["max_abs_logit_diff_all_kept"] < 1e-5
+    assert "vocab: 30522 ->" in proc.stdout and "MB (fp32) removed" in proc.stdout
+
+    old, new = load_saved(bert), load_saved(out)
+    assert new.module.get_input_embeddings().weight.shape == (m["vocab_after"], 32)
+    kept_text = "who wrote hamlet ?"  # tokens of the training data
+    strange = "who wrote quixotic zebras ?"  # two words the training data never had
+    a, b = old.tokenizer([kept_text, strange])["input_ids"], new.tokenizer([kept_text, strange])["input_ids"]
+    assert [len(x) for x in a] == [len(x) for x in b] and max(max(x) for x in b) < m["vocab_after"]
+    old_rows, new_rows = old.module.get_input_embeddings().weight, new.module.get_input_embeddings().weight
+    unk = new.tokenizer.unk_token_id
+    pruned = 0
+    for o, n in zip(a[1], b[1]):
+        if n == unk and o != old.tokenizer.unk_token_id:
+            pruned += 1
+        else:
+            assert torch.equal(old_rows[o], new_rows[n])
+    assert pruned >= 2
+    with torch.no_grad():
+        logits = [h.module(**h.tokenizer([kept_text], return_tensors="pt")).logits for h in (old, new)]
+    assert torch.allclose(logits[0], logits[1], atol=1e-6)
+    assert new.tokenizer.decode(b[0], skip_special_tokens=True) == old.tokenizer.decode(a[0], skip_special_tokens=True)
+
+    full = _export_bytes(bert, tmp_path / "x-full", env)
+    assert _export_bytes(out, tmp_path / "x-vocab", env) < 0.3 * full  # the embeddings were most of it
+    assert meta(tmp_path / "x-vocab")["metrics"]["parity_fp32"] == 1.0
+    ok(run_cli("bench", tmp_path / "x-vocab", "--runs", "5", env=env))  # synthetic ids stay inside the rows
+    # the vocabulary prunes once; --amount is not its setting, and a model it cannot prune is refused
+    ok(run_cli("prune", out, "--method", "heads", "--amount", "0.5", "--out", tmp_path / "then-heads", env=env))
+
+
 def test_vit_heads_pruning(tmp_path, env):
     import torch
     from transformers import ViTConfig, ViTForImageClassification
@@ -242,6 +291,7 @@ def test_bad_compress_inputs(tmp_path, bert, resnet, env):
         (["prune", bert, "--method", "random"], ["--method", "l1-unstructured"]),
         (["prune", resnet, "--method", "heads"], ["heads", "BERT-like"]),
         (["prune", bert, "--method", "channels"], ["channels"]),
+        (["prune", resnet, "--method", "vocab"], ["vocab", "text model"]),
         (["prune", tmp_path, "--method", "ffn"], ["not an edgekit model stage"]),
         (["finetune", bert, "--lora", "--lora-targets", "nope"], ["nope", "not found"]),
         (["finetune", bert, "--lora-r", "4"], ["--lora"]),

@@ -313,10 +313,86 @@ def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cac
     assert "first token" not in markdown([{"stage": "export", "p50_ms": 1.0}])  # classifier-only tables
 
     assert_user_error(run_cli("bench", cached, "--output-tokens", "0"), "--output-tokens", "at least 1")
-    one = run_cli("bench", cached, "--runs", "3", "--output-tokens", "1", "--json", tmp_path / "one.json")
+    real = ["--data", models["root"] / "pairs-test.tsv", "--text-column", "source", "--label-column", "target"]
+    one = run_cli("bench", cached, *real, "--runs", "3", "--output-tokens", "1", "--json", tmp_path / "one.json")
     assert one.returncode == 0, one.stderr
-    g = json.loads((tmp_path / "one.json").read_text())["generation"]
+    result = json.loads((tmp_path / "one.json").read_text())
+    g = result["generation"]
     assert g["per_token_ms"] is None and "one output token" in g["per_token_reason"]
+    assert result["inputs"] == "real" and 3 <= g["input_tokens"] < 32  # three words and [SEP], not 128
+
+
+def test_t5_vocabulary_pruning_keeps_the_embedding_tied_and_generates_the_same(models, tmp_path):
+    """--method vocab on T5: the shared embedding and the LM head shrink together and stay one matrix,
+    the decoder's logits over the kept tokens are the unpruned model's, and the exported bundle
+    generates what the unpruned bundle generates from sources whose tokens were all kept."""
+    from edgekit.models.load import load_saved
+    from edgekit.runtime import Bundle
+
+    out = tmp_path / "vocab"
+    proc = run_cli("prune", models["t5"], "--method", "vocab", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "meta.json").read_text())["metrics"]
+    assert metrics["vocab_after"] < 40 and "bleu_before" in metrics and "BLEU" in proc.stdout
+    assert metrics["check"]["max_abs_logit_diff_all_kept"] < 1e-4 and metrics["check"]["examples_all_kept"] > 0
+    model = load_saved(out).module
+    assert model.shared.weight.shape[0] == model.lm_head.weight.shape[0] == metrics["vocab_after"]
+    assert model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()  # still tied
+    assert metrics["parameters_removed_by_part"] == {"embeddings": (30522 - metrics["vocab_after"]) * 32}
+
+    for name, source in (("full", models["t5"]), ("small", out)):
+        assert run_cli("export", source, "--fp32", "--out", tmp_path / name).returncode == 0
+    full, small = Bundle(tmp_path / "full"), Bundle(tmp_path / "small")
+    assert small.manifest.model_bytes(tmp_path / "small") < 0.3 * full.manifest.model_bytes(tmp_path / "full")
+    # the pruned model can only say kept tokens: it generates what the unpruned one does when the
+    # pruned tokens are suppressed (this untrained model's own favourite token was not kept)
+    import torch
+
+    unpruned = load_saved(models["t5"])
+    pruned_tokenizer = load_saved(out).tokenizer
+    unk = pruned_tokenizer.unk_token_id
+    kept = {i for t, i in unpruned.tokenizer.get_vocab().items() if pruned_tokenizer.convert_tokens_to_ids(t) != unk}
+    assert len(kept) == metrics["vocab_after"] - 1  # every kept token but [UNK] itself
+    sources = ["paris rome moon", "radio river tokyo"]
+    enc = unpruned.tokenizer(sources, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ids = unpruned.module.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=6,
+            num_beams=1,
+            do_sample=False,
+            suppress_tokens=[i for i in range(30522) if i not in kept],
+        )
+    expected = [t.strip() for t in unpruned.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert small.generate(sources, max_new_tokens=6) == expected
+
+
+def test_unigram_vocabulary_rewrite_keeps_the_split_of_kept_texts():
+    """T5's SentencePiece (Unigram) tokenizer: pruned pieces leave, kept ones are renumbered, and a text
+    whose pieces are all kept is split exactly as before."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from edgekit.compress.vocab import rewrite_tokenizer
+
+    pieces = [("<unk>", 0.0), ("<pad>", 0.0), ("</s>", 0.0)]
+    pieces += [
+        (p, -float(i))
+        for i, p in enumerate(["▁the", "▁cat", "▁dog", "▁ca", "t", "▁", "c", "a", "d", "o", "g", "h", "e"])
+    ]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    text = "the cat"
+    before = tokenizer.encode(text)
+    keep = sorted({0, 1, 2, *before.ids})
+    new_id = {old: i for i, old in enumerate(keep)}
+    rewritten = json.loads(tokenizer.to_str())
+    pruned = Tokenizer.from_str(json.dumps(rewrite_tokenizer(rewritten, new_id)))
+    after = pruned.encode(text)
+    assert after.tokens == before.tokens and after.ids == [new_id[i] for i in before.ids]
+    assert pruned.get_vocab_size() == len(keep)
+    # "dog" has no kept piece left: it is [UNK] (id 0, kept first), where before it was a piece of its own
+    assert pruned.encode("the dog").ids == [new_id[tokenizer.token_to_id("▁the")], 0]
 
 
 def test_torchscript_cli_export_eval_and_bench(models, tmp_path, block_torch):

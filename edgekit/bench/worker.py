@@ -39,7 +39,8 @@ def synthetic_inputs(bundle, batch: int, seq_len: int, seed: int = 0) -> dict[st
     if bundle.encode.spec.modality == "image":
         size = int(bundle.manifest.preprocessing["image_size"])
         return {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
-    vocab = bundle.encode.tokenizer.get_vocab_size()
+    # the embedding's rows: a vocabulary-pruned tokenizer keeps every token string (pruned ones name [UNK])
+    vocab = max(bundle.encode.tokenizer.get_vocab().values()) + 1
     ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(batch, seq_len), dtype=np.int64)
     arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     return {name: arrays[name] for name in bundle.encode.input_names}

@@ -347,24 +347,42 @@ def prune(
         resume=resume,
     )
     m, before = meta.metrics, meta.details
-    print(f"{'':<22} {'parameters (M)':>14} {'non-zero (M)':>12} {'accuracy (%)':>12}")
+    key = "accuracy" if "accuracy_before" in m else "bleu"
+    title, scale = ("accuracy (%)", 100) if key == "accuracy" else ("BLEU", 1)
+    print(f"{'':<22} {'parameters (M)':>14} {'non-zero (M)':>12} {title:>12}")
     print(
         f"{'before':<22} {before['parameters_before'] / 1e6:14.3f} {before['nonzero_parameters_before'] / 1e6:12.3f} "
-        f"{100 * m['accuracy_before']:12.2f}"
+        f"{scale * m[key + '_before']:12.2f}"
     )
     print(
         f"{'pruned':<22} {meta.parameters / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
-        f"{100 * m['accuracy_pruned']:12.2f}"
+        f"{scale * m[key + '_pruned']:12.2f}"
     )
     if recover_epochs:
         print(
             f"{'recovered (' + recover + ')':<22} {meta.parameters / 1e6:14.3f} {m['nonzero_parameters'] / 1e6:12.3f} "
-            f"{100 * m['accuracy']:12.2f}"
+            f"{scale * m[key]:12.2f}"
         )
+    if "vocab_before" in m:
+        check = m.get("check") or {}
+        proof = (
+            f"; on {check['texts']} validation texts {check['pruned_token_share']:.2%} of tokens were pruned "
+            f"([UNK] {check['unk_share_before']:.2%} -> {check['unk_share_after']:.2%}), "
+            f"{check['kept_tokens_same_vector']}/{check['kept_tokens_checked']} kept tokens keep their vector, "
+            f"max |logit diff| {check.get('max_abs_logit_diff_all_kept', float('nan')):.2g} on the "
+            f"{check['examples_all_kept']} with every token kept"
+            if check
+            else ""
+        )
+        print(
+            f"vocab: {m['vocab_before']} -> {m['vocab_after']} tokens, {m['parameters_removed'] / 1e6:.2f} M "
+            f"parameters and {m['bytes_saved'] / 1e6:.1f} MB (fp32) removed{proof}; wrote {out}"
+        )
+        return
     removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in (m.get("removed") or {}).items())
+    latency = f"; p50 {m['latency_ms']['p50']:.3f} ms (PyTorch CPU, batch 1)" if "latency_ms" in m else ""
     print(
         f"{method} {amount:.0%}: "
         + (f"removed {removed}; " if removed else "")
-        + f"{m['sparsity']:.1%} of Linear/Conv weights are zero; p50 {m['latency_ms']['p50']:.3f} ms "
-        f"(PyTorch CPU, batch 1); wrote {out}"
+        + f"{m['sparsity']:.1%} of Linear/Conv weights are zero{latency}; wrote {out}"
     )

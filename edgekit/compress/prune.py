@@ -61,8 +61,8 @@ def count_nonzero(module: torch.nn.Module) -> int:
 
 
 def _check(method: str, amount: float) -> None:
-    registry.get("pruner", method, option="--method")
-    if not 0 < amount < 1:
+    entry = registry.get("pruner", method, option="--method")
+    if entry.can("amount", True) and not 0 < amount < 1:
         raise EdgekitError(f"--amount {amount} must be between 0 and 1 (exclusive), e.g. 0.3")
 
 
@@ -112,11 +112,13 @@ def prune_stage(
         objective = LogitKD(teacher.logits, recipe.distill.temperature, recipe.distill.alpha)
 
     with stage.folder(force) as folder:
-        log.info(f"prune: {method} {amount:.0%} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
+        how = f"{method} {amount:.0%}" if pruner.can("amount", True) else method
+        log.info(f"prune: {how} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
         report = _apply(pruner, handle, data, method, amount, calib_samples, permanent=not recover_epochs)
         pruned = evaluate(handle, data.eval_split, desc="evaluate pruned model")
+        key = task_spec(handle.task).score_key
         log.info(
-            f"  accuracy {before['accuracy']:.2%} -> {pruned['accuracy']:.2%} after pruning; "
+            f"  {key} {before[key]:.4g} -> {pruned[key]:.4g} after pruning; "
             f"{handle.parameter_count() / 1e6:.2f} M parameters, {count_nonzero(handle.module) / 1e6:.2f} M non-zero"
         )
         history = None
@@ -169,10 +171,9 @@ def _config(method, amount, recover, recover_epochs, calib_samples, recipe) -> t
 def _pruner_for(method: str, handle):
     """The pruner entry, refused before any work for a model it does not handle."""
     pruner = registry.get("pruner", method)
-    if task_spec(handle.task).generates:
-        raise EdgekitError(
-            "pruning here is for classifiers (text and images); encoder-decoders (T5) are not supported yet"
-        )
+    if task_spec(handle.task).generates and not pruner.can("seq2seq", False):
+        fits = ", ".join(registry.names("pruner", seq2seq=True))
+        raise EdgekitError(f"--method {method} is for classifiers; encoder-decoders (T5) can be pruned with {fits}")
     if handle.family not in pruner.can("families", ()):
         fits = ", ".join(registry.names("pruner", families=handle.family))
         raise EdgekitError(f"--method {method} needs {pruner.can('needs')}; {handle.arch} is not one: use {fits}")
@@ -184,11 +185,13 @@ def _apply(pruner, handle, data, method: str, amount: float, calib_samples: int,
     if not pruner.can("structured"):  # zeros; during recovery the mask stays, so they stay zeros
         pruner.load()(handle.module, amount, permanent=permanent)
         return {}
-    report = pruner.load()(handle, data.train, amount, calib_samples)
+    check = {"check": data.val} if pruner.can("validates", False) else {}
+    report = pruner.load()(handle, data.train, amount, calib_samples, **check)
     structure = handle.extra.get("structure") or {}
     heads = dict(structure.get("heads", {}))
     heads.update(report.pop("heads", {}))
-    pruned = [*structure.get("pruned", []), {"method": method, "amount": amount}]
+    step = {"method": method, "amount": amount} if pruner.can("amount", True) else {"method": method}
+    pruned = [*structure.get("pruned", []), step]
     handle.extra = {**handle.extra, "structure": {"heads": heads, "pruned": pruned}}
     return report
 
@@ -219,10 +222,10 @@ def _pruned_metrics(handle, data, before, pruned, report) -> dict[str, Any]:
     metrics = model_metrics(handle, data)
     total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))
     zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
+    key = task_spec(handle.task).score_key  # accuracy, or BLEU for seq2seq
     metrics.update(
-        accuracy_before=before["accuracy"],
-        accuracy_pruned=pruned["accuracy"],
-        macro_f1_before=before["macro_f1"],
+        {f"{key}_before": before[key], f"{key}_pruned": pruned[key]},
+        **({"macro_f1_before": before["macro_f1"]} if "macro_f1" in before else {}),
         sparsity=zeros / total,
         layer_sparsity=layer_sparsity(handle.module),
         nonzero_parameters=count_nonzero(handle.module),

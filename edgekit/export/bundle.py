@@ -32,7 +32,7 @@ from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to
 from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
 from edgekit.log import info as log
 from edgekit.metrics import agreement, snr_db
-from edgekit.models.handle import ModelHandle
+from edgekit.models.handle import ModelHandle, keep_pruned_vocabulary
 from edgekit.records import Manifest, ModelFile, read_meta
 from edgekit.runtime.bundle import TOKENIZER_FILE, Encoder
 from edgekit.runtime.validate import run_isolated
@@ -66,6 +66,7 @@ def _write_preprocessing(handle: ModelHandle, folder: Path) -> dict[str, Any]:
         tokenizer = handle.tokenizer
         with tempfile.TemporaryDirectory() as scratch:
             tokenizer.save_pretrained(scratch)
+            keep_pruned_vocabulary(tokenizer, Path(scratch))
             source = Path(scratch) / TOKENIZER_FILE
             if not source.is_file():
                 raise EdgekitError(

@@ -121,8 +121,44 @@ class ModelHandle:
             self.module.save_pretrained(folder, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(folder)
+                keep_pruned_vocabulary(self.tokenizer, folder)
         (folder / MODEL_INFO).write_text(json.dumps(self.info(), indent=2))
         return folder
+
+
+PRUNED_VOCABULARY = "_edgekit_tokenizer_json"  # the tokenizer.json text a pruned tokenizer was read from
+
+
+def keep_pruned_vocabulary(tokenizer, folder: Path) -> None:
+    """Write a vocabulary-pruned tokenizer's own tokenizer.json over the one ``save_pretrained`` wrote.
+    Such a WordPiece/BPE vocabulary maps many token strings to the [UNK] row
+    (:mod:`edgekit.compress.vocab`), and the tokenizers library serializes a vocabulary from id ->
+    token, which keeps one string per id: saved that way, [UNK]'s own string would be gone."""
+    text = getattr(tokenizer, PRUNED_VOCABULARY, None)
+    if text is not None:
+        (Path(folder) / "tokenizer.json").write_text(text, encoding="utf-8")
+
+
+def pruned_vocabulary(path: Path) -> str | None:
+    """The tokenizer.json text at ``path`` when its vocabulary is a pruned one (strings sharing ids)."""
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    vocab = json.loads(text).get("model", {}).get("vocab")
+    return text if isinstance(vocab, dict) and len(set(vocab.values())) < len(vocab) else None
+
+
+def restore_pruned_vocabulary(tokenizer, source: str | Path):
+    """``tokenizer`` with its Rust backend read from ``source``'s tokenizer.json as written, when that
+    is a pruned vocabulary (transformers' loader rebuilds WordPiece/BPE from id -> token, which would
+    lose the strings that share [UNK]'s id), and that text kept for :func:`keep_pruned_vocabulary`."""
+    text = pruned_vocabulary(Path(source) / "tokenizer.json") if Path(source).is_dir() else None
+    if text is not None and hasattr(tokenizer, "_tokenizer"):
+        from tokenizers import Tokenizer
+
+        tokenizer._tokenizer = Tokenizer.from_str(text)
+        setattr(tokenizer, PRUNED_VOCABULARY, text)
+    return tokenizer
 
 
 _TOKEN_TYPE_MODELS = {"bert", "xlnet", "electra", "mobilebert", "funnel", "layoutlm", "megatron-bert", "squeezebert"}

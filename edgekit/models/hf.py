@@ -56,7 +56,7 @@ def load_hf(
 ):
     import transformers
 
-    from edgekit.models.handle import ModelHandle
+    from edgekit.models.handle import ModelHandle, restore_pruned_vocabulary
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -82,7 +82,9 @@ def load_hf(
     tokenizer = None
     if kind.modality == "text":
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+            tokenizer = restore_pruned_vocabulary(
+                transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False), spec
+            )
         except (OSError, ValueError) as exc:
             raise EdgekitError(f"model {spec!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
         if not getattr(tokenizer, "is_fast", False):
@@ -124,11 +126,13 @@ def _load_seq2seq(spec: str, task: str, max_length: int, max_target_length: int)
     """An encoder-decoder (T5, BART, ...) with its tokenizer."""
     import transformers
 
-    from edgekit.models.handle import ModelHandle
+    from edgekit.models.handle import ModelHandle, restore_pruned_vocabulary
 
     model = _from_pretrained(transformers.AutoModelForSeq2SeqLM, spec, task, trust_remote_code=False)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+        tokenizer = restore_pruned_vocabulary(
+            transformers.AutoTokenizer.from_pretrained(spec, trust_remote_code=False), spec
+        )
     except (OSError, ValueError) as exc:
         raise EdgekitError(f"model {spec!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
     preprocessing = {"max_length": int(max_length), "max_target_length": int(max_target_length)}
