@@ -185,7 +185,8 @@ class LoraStageConfig(LoraConfig):
 class PruneConfig:
     """``method``: l1-unstructured (zero the smallest weights of every Linear/Conv; dense shapes
     stay), heads (remove attention heads), ffn (remove feed-forward neurons), channels (remove
-    conv channels). ``amount``: the fraction removed in each layer. ``recover_epochs`` > 0 trains
+    conv channels), vocab (keep only the tokens the training data uses). ``amount``: the fraction
+    removed in each layer (not used by vocab). ``recover_epochs`` > 0 trains
     afterwards: ``recover: distill`` learns from the unpruned model's logits, ``finetune`` from labels."""
 
     method: str | None = None

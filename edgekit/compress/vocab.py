@@ -42,11 +42,12 @@ CONFIG_IDS = ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_tok
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text (special tokens included, no padding or truncation)."""
-    backend = copy.deepcopy(tokenizer.backend_tokenizer)
-    backend.no_padding()
-    backend.no_truncation()
-    return [e.ids for e in backend.encode_batch([str(t) for t in texts])]
+    """Token ids of each text (special tokens included, no padding or truncation). Through the
+    tokenizer's own call: a copy of its Rust backend would be made from its serialization, which
+    loses a pruned vocabulary's shared ids (see :func:`edgekit.models.handle.keep_pruned_vocabulary`)."""
+    if not texts:
+        return []
+    return list(tokenizer([str(t) for t in texts], truncation=False, padding=False)["input_ids"])
 
 
 def kept_ids(tokenizer, texts: Sequence[str], keep_first: int = 0) -> tuple[list[int], Counter]:
