@@ -121,7 +121,8 @@ def test_a_missing_extra_is_one_line_with_the_install_command(monkeypatch):
 
 def test_pruners_declare_the_families_they_handle():
     assert set(registry.names("pruner", families="torchvision")) == {"l1-unstructured", "channels"}
-    assert set(registry.names("pruner", families="hf")) == {"l1-unstructured", "heads", "ffn"}
+    assert set(registry.names("pruner", families="hf")) == {"l1-unstructured", "heads", "ffn", "vocab"}
+    assert registry.names("pruner", seq2seq=True) == ("vocab",)  # the one that handles T5
 
 
 # --------------------------------------------------------------------------------------------------
