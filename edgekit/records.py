@@ -244,7 +244,7 @@ class Manifest:
     quantization: dict[str, Any] | None = None
     graph_optimization: dict[str, Any] | None = None
     parameters: int | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=dict)  # model_bytes, fp32_model_bytes, breakdown
     sha256: str | None = None  # of the one model file (single-graph bundles)
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     lineage: list[dict[str, Any]] = field(default_factory=list)

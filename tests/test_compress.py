@@ -205,6 +205,13 @@ def test_vocabulary_pruning_keeps_vectors_and_logits_and_shrinks_the_bundle(tmp_
     full = _export_bytes(bert, tmp_path / "x-full", env)
     assert _export_bytes(out, tmp_path / "x-vocab", env) < 0.3 * full  # the embeddings were most of it
     assert meta(tmp_path / "x-vocab")["metrics"]["parity_fp32"] == 1.0
+    # the size breakdown says where the bytes went: the embeddings shrank, the layers did not
+    sizes = [json.loads((tmp_path / x / "manifest.json").read_text())["sizes"] for x in ("x-full", "x-vocab")]
+    (full_parts, small_parts) = (s["breakdown"]["components"] for s in sizes)
+    assert small_parts["embeddings"] < 0.1 * full_parts["embeddings"] and small_parts["layers"] == full_parts["layers"]
+    for s in sizes:
+        assert s["breakdown"]["bundle_bytes"] > s["model_bytes"] and "tokenizer.json" in s["breakdown"]["files"]
+        assert sum(s["breakdown"]["components"].values()) <= s["model_bytes"]
     ok(run_cli("bench", tmp_path / "x-vocab", "--runs", "5", env=env))  # synthetic ids stay inside the rows
     # the vocabulary prunes once; --amount is not its setting, and a model it cannot prune is refused
     ok(run_cli("prune", out, "--method", "heads", "--amount", "0.5", "--out", tmp_path / "then-heads", env=env))

@@ -180,6 +180,10 @@ def export(
         f"{files}: {manifest.sizes['model_bytes'] / 1e6:.2f} MB {manifest.format} {manifest.precision} "
         f"(fp32 {manifest.sizes['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}"
     )
+    if manifest.sizes.get("breakdown"):
+        from edgekit.export.sizes import describe
+
+        print(f"size: {describe(manifest.sizes['breakdown'])}")
 
 
 def evaluate(

@@ -30,6 +30,7 @@ from edgekit.errors import EdgekitError
 from edgekit.export.graphs import FullDecoder, Graph, cache_refusal, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
 from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
+from edgekit.export.sizes import breakdown as size_breakdown
 from edgekit.log import info as log
 from edgekit.metrics import agreement, snr_db
 from edgekit.models.handle import ModelHandle, keep_pruned_vocabulary
@@ -634,7 +635,12 @@ def _finish_manifest(
     manifest.quantization = quantization
     manifest.graph_optimization = optimization
     manifest.parameters = job.handle.parameter_count()
-    manifest.sizes = {"model_bytes": manifest.model_bytes(folder), "fp32_model_bytes": fp32_bytes}
+    manifest.sizes = {
+        "model_bytes": manifest.model_bytes(folder),
+        "fp32_model_bytes": fp32_bytes,
+        # by component and by file (manifest.json and meta.json, a few kB, are written after)
+        "breakdown": size_breakdown(folder, [g.file for g in manifest.graphs], bool(job.writer.can("opset", False))),
+    }
     manifest.sha256 = manifest.graphs[0].sha256 if len(manifest.graphs) == 1 else None
     manifest.parity = parity
     manifest.lineage = lineage(source_stage)
