@@ -211,26 +211,31 @@ def test_every_model_format_and_precision(models, tmp_path, monkeypatch, model, 
 
 def test_exported_t5_generates_what_pytorch_generates(models, tmp_path):
     """Greedy decoding with the exported encoder/decoder reproduces transformers' generate() token for token."""
-    import torch
-
     from edgekit import stages
     from edgekit.models.load import load_saved
     from edgekit.runtime import Bundle
 
     stages.export(str(models["t5"]), tmp_path / "b", preset_name=None, precision="fp32", fmt="onnx")
-    handle = load_saved(models["t5"])
     sources = ["paris rome moon", "radio river tokyo", "moon"]
+    expected = _torch_greedy(load_saved(models["t5"]), sources, 6)
+    assert Bundle(tmp_path / "b").generate(sources, max_new_tokens=6) == expected
+
+
+def _torch_greedy(handle, sources: list[str], tokens: int, **options) -> list[str]:
+    """What transformers' greedy ``generate`` says for ``sources`` (``options`` go to it)."""
+    import torch
+
     enc = handle.tokenizer(sources, return_tensors="pt", padding=True)
     with torch.no_grad():
         ids = handle.module.generate(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],
-            max_new_tokens=6,
+            max_new_tokens=tokens,
             num_beams=1,
             do_sample=False,
+            **options,
         )
-    expected = [t.strip() for t in handle.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    assert Bundle(tmp_path / "b").generate(sources, max_new_tokens=6) == expected
+    return [t.strip() for t in handle.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 def test_t5_bundle_eval_scores_bleu(models, tmp_path):
@@ -346,25 +351,13 @@ def test_t5_vocabulary_pruning_keeps_the_embedding_tied_and_generates_the_same(m
     assert small.manifest.model_bytes(tmp_path / "small") < 0.3 * full.manifest.model_bytes(tmp_path / "full")
     # the pruned model can only say kept tokens: it generates what the unpruned one does when the
     # pruned tokens are suppressed (this untrained model's own favourite token was not kept)
-    import torch
-
     unpruned = load_saved(models["t5"])
     pruned_tokenizer = load_saved(out).tokenizer
     unk = pruned_tokenizer.unk_token_id
     kept = {i for t, i in unpruned.tokenizer.get_vocab().items() if pruned_tokenizer.convert_tokens_to_ids(t) != unk}
     assert len(kept) == metrics["vocab_after"] - 1  # every kept token but [UNK] itself
     sources = ["paris rome moon", "radio river tokyo"]
-    enc = unpruned.tokenizer(sources, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        ids = unpruned.module.generate(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            max_new_tokens=6,
-            num_beams=1,
-            do_sample=False,
-            suppress_tokens=[i for i in range(30522) if i not in kept],
-        )
-    expected = [t.strip() for t in unpruned.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    expected = _torch_greedy(unpruned, sources, 6, suppress_tokens=[i for i in range(30522) if i not in kept])
     assert small.generate(sources, max_new_tokens=6) == expected
 
 

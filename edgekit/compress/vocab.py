@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,8 @@ import torch
 from edgekit.errors import EdgekitError
 from edgekit.log import info as log
 from edgekit.models.handle import restore_pruned_vocabulary
+from edgekit.runtime.bundle import TOKENIZER_FILE
 
-TOKENIZER_FILE = "tokenizer.json"
 CONFIG_IDS = ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id", "sep_token_id")
 
 
@@ -50,14 +48,14 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return list(tokenizer([str(t) for t in texts], truncation=False, padding=False)["input_ids"])
 
 
-def kept_ids(tokenizer, texts: Sequence[str], keep_first: int = 0) -> tuple[list[int], Counter]:
+def kept_ids(tokenizer, texts: Sequence[str], keep_first: int = 0) -> list[int]:
     """The old ids to keep, in order: special and added tokens, the first ``keep_first`` ids, and every
-    id ``texts`` use; and how often each id occurs in them."""
-    counts = Counter(i for ids in _encode(tokenizer, texts) for i in ids)
+    id ``texts`` use."""
+    used = {i for ids in _encode(tokenizer, texts) for i in ids}
     data = json.loads(tokenizer.backend_tokenizer.to_str())
-    keep = set(counts) | {int(a["id"]) for a in data.get("added_tokens", [])} | set(tokenizer.all_special_ids)
+    keep = used | {int(a["id"]) for a in data.get("added_tokens", [])} | set(tokenizer.all_special_ids)
     keep |= set(range(min(keep_first, _size(data))))
-    return sorted(keep), counts
+    return sorted(keep)
 
 
 def _size(data: dict[str, Any]) -> int:
@@ -128,9 +126,7 @@ def _new_tokenizer(tokenizer, data: dict[str, Any], new_id: dict[int, int]):
             decoder = config.get("added_tokens_decoder") or {}
             config["added_tokens_decoder"] = {str(new_id[int(k)]): v for k, v in decoder.items()}
             config_path.write_text(json.dumps(config))
-        loaded = restore_pruned_vocabulary(AutoTokenizer.from_pretrained(folder, trust_remote_code=False), folder)
-        shutil.rmtree(folder / "__pycache__", ignore_errors=True)
-    return loaded
+        return restore_pruned_vocabulary(AutoTokenizer.from_pretrained(folder, trust_remote_code=False), folder)
 
 
 def _prune_embeddings(model, keep: list[int], new_id: dict[int, int]) -> dict[str, int]:
@@ -148,11 +144,10 @@ def _prune_embeddings(model, keep: list[int], new_id: dict[int, int]) -> dict[st
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     model.set_input_embeddings(new)
     if head is not None and head.weight.shape[0] == old.weight.shape[0]:
+        new_head = torch.nn.Linear(head.in_features, len(keep), bias=head.bias is not None)
         if tied and head.weight.data_ptr() == old.weight.data_ptr():
-            new_head = torch.nn.Linear(head.in_features, len(keep), bias=head.bias is not None)
             new_head.weight = new.weight  # still one matrix
         else:
-            new_head = torch.nn.Linear(head.in_features, len(keep), bias=head.bias is not None)
             new_head.weight.data = head.weight.data[index].clone()
             removed["lm_head"] = head.weight.numel() - new_head.weight.numel()
         if head.bias is not None:
@@ -180,7 +175,7 @@ def prune_vocab(handle, train, amount: float, calib_samples: int, check=None, ke
     texts = [str(t) for t in train.items]
     if handle.spec.generates:
         texts += [str(t) for t in train.labels]  # the targets the decoder must still produce
-    keep, _ = kept_ids(tokenizer, texts, keep_first)
+    keep = kept_ids(tokenizer, texts, keep_first)
     before = int(model.get_input_embeddings().weight.shape[0])
     if len(keep) >= before:
         raise EdgekitError(f"the training data uses all {before} tokens of the vocabulary; there is nothing to prune")
