@@ -65,6 +65,9 @@ class DataConfig:
     Any other ``dataset`` is a Hugging Face dataset ``NAME[:CONFIG]`` or a folder
     written by ``datasets.save_to_disk``. ``train``/``val``/``test`` are local
     CSV/TSV/JSONL files (text) or ImageFolder folders (images) and win over ``dataset``.
+    ``unlabeled`` adds examples without labels to distillation's transfer set (the teacher labels
+    them; the KD term learns from them, the label term does not): a ``.txt`` file with one text per
+    line, a CSV/TSV/JSONL file's ``text_column``, or a folder of images in any layout.
     For ``task: text2text`` (T5 and other encoder-decoders) ``label_column`` holds the target text.
     """
 
@@ -72,6 +75,7 @@ class DataConfig:
     train: str | None = None
     val: str | None = None
     test: str | None = None
+    unlabeled: str | None = None
     text_column: str = "text"
     label_column: str = "label"
     image_column: str = "image"
@@ -207,7 +211,9 @@ class PruneConfig:
 @dataclass
 class DistillConfig:
     """Hinton KD: loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T).
-    ``loss`` names the logit loss of classifier KD (a registry entry of kind ``loss``; ``hinton``).
+    ``loss`` names the logit loss of classifier KD (a registry entry of kind ``loss``: ``hinton``, or
+    ``dkd``, Decoupled KD); ``loss_options`` sets that loss's own options (DKD: ``target_weight``,
+    ``nontarget_weight``), each defaulting to the value its registry entry gives.
 
     Strategies: ``straightforward`` (one teacher), ``successive`` (a chain of students, each
     teaching the next; see student.layers), ``multi-teacher`` (a weighted ensemble of the teacher
@@ -229,18 +235,31 @@ class DistillConfig:
     checkpoint_every: int = 200
     deterministic: bool = True
     loss: str = "hinton"
+    loss_options: dict[str, float] = field(default_factory=dict)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, path: str) -> None:
         _check_choice(f"{path}.strategy", self.strategy, "strategy")
         _check_choice(f"{path}.loss", self.loss, "loss")
+        allowed = registry.get("loss", self.loss).can("options", {})
+        for key, value in self.loss_options.items():
+            if key not in allowed:
+                raise RecipeError(
+                    f"recipe field {path}.loss_options.{key}: the {self.loss} loss has "
+                    + (f"the options {', '.join(allowed)}" if allowed else "no options")
+                )
+            _check_range(f"{path}.loss_options.{key}", value, 0, 1000)
         _check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
         _check_range(f"{path}.alpha", self.alpha, 0, 1)
         _check_range(f"{path}.feature_weight", self.feature_weight, 0, 1000)
         _check_range(f"{path}.checkpoint_every", self.checkpoint_every, 1, 10**9)
         for i, w in enumerate(self.teacher_weights or []):
             _check_range(f"{path}.teacher_weights[{i}]", w, 0, 1000)
+        if self.teacher_weights is not None and self.learn_teacher_weights:
+            raise RecipeError(
+                f"recipe field {path}.teacher_weights: give fixed weights or learn_teacher_weights, not both"
+            )
         if self.teacher_weights is not None and sum(self.teacher_weights) <= 0:
             raise RecipeError(f"recipe field {path}.teacher_weights: the weights must not all be 0")
         ensemble = registry.get("strategy", self.strategy).can("teachers") == "many"
@@ -416,6 +435,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise RecipeError(f"recipe field {path}: expected a mapping of fields, got {shown(value)}")
         return from_dict(tp, value, path)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise RecipeError(f"recipe field {path}: expected a mapping, got {shown(value)}")
+        return {_coerce(k, args[0], path): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = [value]

@@ -280,13 +280,24 @@ register(
     summary="teacher and the chain's first link -> student",
 )
 
-# Logit losses: f(student_logits, teacher_logits, labels, temperature, alpha) -> loss.
+# Logit losses: f(student_logits, teacher_logits, labels, temperature, alpha, **options) -> loss. Labels
+# of -1 mark unlabeled transfer examples (no label term). options: the loss's own settings
+# (distill.loss_options) and their defaults, passed as keyword arguments.
 register(
     "loss",
     "hinton",
     "edgekit.train.losses:kd_loss",
     extra="train",
+    options={},
     summary="(1 - alpha) CE(labels) + alpha T^2 KL(teacher_T || student_T)",
+)
+register(
+    "loss",
+    "dkd",
+    "edgekit.train.dkd:dkd_loss",
+    extra="train",
+    options={"target_weight": 1.0, "nontarget_weight": 8.0},  # the paper's alpha and beta (Zhao et al., 2022)
+    summary="Decoupled KD: (1 - alpha) CE + alpha T^2 (target_weight TCKD + nontarget_weight NCKD)",
 )
 
 # Pruning methods (edgekit prune --method). families: the model families it handles; structured:

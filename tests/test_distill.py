@@ -156,7 +156,10 @@ def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
     assert learned.returncode == 0, learned.stderr[-3000:]
     weights = meta(tmp_path / "ml")["metrics"]["teacher_weights"]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1, abs=1e-5) and weights != [0.5, 0.5]
-    assert "teacher weights (learned)" in learned.stdout
+    fit = meta(tmp_path / "ml")["metrics"]["teacher_weights_fit"]
+    assert fit["fitted_on"] == "val split" and fit["examples"] == 45 and len(fit["teacher_accuracy"]) == 2
+    assert fit["ensemble_nll_fitted"] <= fit["ensemble_nll_equal_weights"] + 1e-9
+    assert "teacher weights (learned, fitted on the val split: 45 examples" in learned.stdout
     fixed = run_cli(
         "distill",
         "--teacher",
@@ -179,6 +182,110 @@ def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
     assert m["metrics"]["teacher_weights"] == pytest.approx([0.75, 0.25])
     assert m["metrics"]["teacher_weights_learned"] is False
     assert len(m["teachers"]) == 2
+
+
+def test_unlabeled_texts_join_the_transfer_set_for_the_kd_term_only(tmp_path, teacher, cache_env):
+    pool = write_questions(tmp_path / "pool.tsv", 120, 7)
+    texts = [line.split("\t", 1)[1] for line in pool.read_text().splitlines()[1:]]
+    plain = tmp_path / "unlabeled.txt"
+    plain.write_text("\n".join(texts[:80]) + "\n\n  \n")  # blank lines are not examples
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--unlabeled",
+        plain,
+        *FAST,
+        "--out",
+        tmp_path / "u",
+        env=cache_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "u")
+    assert m["metrics"]["unlabeled_examples"] == 80 and m["metrics"]["transfer_examples"] == 255 + 80
+    assert m["config"]["unlabeled"]["examples"] == 80 and "80 of them unlabeled" in proc.stdout
+    assert "255 labelled + 80 unlabeled transfer examples" in proc.stderr
+    # the teacher labelled the unlabeled texts too: the cached transfer set has a row for each
+    tables = list(Path(cache_env["EDGEKIT_CACHE_DIR"], "transfer").glob("*.npz"))
+    assert any(np.load(t)["logits"].shape[0] == 335 for t in tables)
+    # the recipe records the file; a table with a text column (its label column unread) works the same
+    assert "unlabeled:" in (tmp_path / "u" / "recipe.yaml").read_text()
+    table = tmp_path / "unlabeled.csv"
+    table.write_text("text,label\n" + "".join(f'"{t}",NOT-A-LABEL\n' for t in texts[80:]))
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--unlabeled",
+        table,
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "c",
+        env=cache_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert meta(tmp_path / "c")["metrics"]["unlabeled_examples"] == 40
+
+
+def test_dkd_loss_through_the_cli_and_its_options(tmp_path, teacher, cache_env):
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--loss",
+        "dkd",
+        "--set",
+        "distill.loss_options.nontarget_weight=2",
+        *FAST,
+        "--out",
+        tmp_path / "d",
+        env=cache_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "d")
+    assert m["config"]["loss"] == "dkd" and m["config"]["loss_options"] == {"nontarget_weight": 2.0}
+    assert m["metrics"]["accuracy"] > 0.5
+    bad = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--loss",
+        "dkd",
+        "--set",
+        "distill.loss_options.beta=2",
+        "--out",
+        tmp_path / "x",
+    )
+    assert_user_error(bad, "loss_options.beta", "target_weight, nontarget_weight")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        ("label\nHUM\nLOC\n", ["has no column 'text'", "columns: label", "--text-column"]),
+        ("\n\n", ["has no texts"]),
+        (None, ["does not exist"]),
+    ],
+)
+def test_bad_unlabeled_files_are_one_line_before_training(tmp_path, teacher, content, needles):
+    path = tmp_path / ("u.csv" if content and "label" in content else "u.txt")
+    if content is not None:
+        path.write_text(content)
+    proc = run_cli(
+        "distill", "--teacher", teacher, "--student-layers", "1", "--unlabeled", path, "--out", tmp_path / "s"
+    )
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "s").exists()
 
 
 def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, cache_env):
@@ -545,6 +652,37 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
         tmp_path / "s",
     )
     assert_user_error(proc, "tokenizers differ")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--loss", "dkd"], "distill.loss dkd"), (["--unlabeled", "UNLABELED"], "unlabeled transfer data")],
+)
+def test_t5_refuses_the_classifier_only_kd_settings(tmp_path, seq2seq, args, needle):
+    unlabeled = tmp_path / "u.txt"
+    unlabeled.write_text("translate this\n")
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        seq2seq / "t5",
+        "--student-layers",
+        "1",
+        "--task",
+        "text2text",
+        "--train",
+        seq2seq / "train.tsv",
+        "--text-column",
+        "source",
+        "--label-column",
+        "target",
+        *[str(unlabeled) if a == "UNLABELED" else a for a in args],
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
+    assert_user_error(proc, needle, "token-level Hinton KD", "classifiers")
     assert not (tmp_path / "s").exists()
 
 

@@ -115,6 +115,8 @@ def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
         tmp_path / "teacher",
         "--student",
         "mobilenet_v3_small",
+        "--unlabeled",
+        _draw(tmp_path / "pool", 10, 5),  # images without labels: their folders' names are not read
         "--epochs",
         "2",
         "--batch-size",
@@ -125,6 +127,9 @@ def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
     assert student.returncode == 0, student.stderr[-3000:]
     meta = json.loads((tmp_path / "student" / "meta.json").read_text())
     assert meta["metrics"]["compression_ratio"] > 5
+    assert (
+        meta["metrics"]["unlabeled_examples"] == 20 and meta["metrics"]["transfer_examples"] == 68 + 20
+    )  # 80 less the validation split
     assert meta["config"]["teachers"] == [str(tmp_path / "teacher")]
     fp32 = run_cli("export", tmp_path / "student", "--fp32", "--out", tmp_path / "bundle")
     assert fp32.returncode == 0, fp32.stderr[-3000:]

@@ -4,6 +4,7 @@ The losses and objectives against values computed by hand."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -219,30 +220,144 @@ def test_multi_teacher_fixed_weights_are_normalised_and_mix_logits():
 
     a = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     b = np.array([[0.0, 3.0], [3.0, 0.0]], dtype=np.float32)
-    objective = MultiTeacherKD([a, b], weights=[3.0, 1.0], learn=False, temperature=2.0, alpha=0.5)
+    objective = MultiTeacherKD([a, b], weights=[3.0, 1.0], temperature=2.0, alpha=0.5)
     assert objective.betas().tolist() == pytest.approx([0.75, 0.25])
     mixed = objective.teacher(torch.tensor([0, 1]))
     assert mixed.numpy() == pytest.approx(0.75 * a + 0.25 * b)
     assert objective.report()["teacher_weights"] == pytest.approx([0.75, 0.25])
+    assert objective.report()["teacher_weights_learned"] is False
     assert not objective.weight_logits.requires_grad
 
 
-def test_learned_teacher_weights_move_toward_the_teacher_that_is_right():
-    from edgekit.train.objectives import MultiTeacherKD
+def _teachers_of_known_quality(n: int = 400, classes: int = 4, wrong: float = 0.4, seed: int = 0):
+    """Two confident teachers on the same labels: one right on every example, one wrong on ``wrong`` of them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    good = np.eye(classes, dtype=np.float32)[labels] * 4
+    flipped = np.where(rng.random(n) < wrong, (labels + 1) % classes, labels)
+    bad = np.eye(classes, dtype=np.float32)[flipped] * 4
+    return labels, good, bad, int((flipped != labels).sum())
 
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, 256)
-    good = np.eye(4, dtype=np.float32)[labels] * 4  # confident and right
-    bad = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 4  # confident and wrong
-    objective = MultiTeacherKD([bad, good], weights=None, learn=True, temperature=4.0, alpha=0.5)
-    optimizer = torch.optim.SGD([objective.weight_logits], lr=0.5)
-    indices, y = torch.arange(256), torch.from_numpy(labels)
-    for _ in range(50):
-        optimizer.zero_grad()
-        objective.loss(torch.zeros(256, 4), None, indices, y).backward()
-        optimizer.step()
-    betas = objective.betas().tolist()
-    assert betas[1] > 0.9 > 0.1 > betas[0], betas
+
+def test_learned_teacher_weights_move_toward_the_teacher_that_is_right():
+    from edgekit.train.objectives import MultiTeacherKD, fit_teacher_weights
+
+    labels, good, bad, wrong = _teachers_of_known_quality()
+    weights, report = fit_teacher_weights([bad, good], labels, "val split")
+    assert weights[1] > 0.9 > 0.1 > weights[0], weights
+    assert sum(weights) == pytest.approx(1.0)
+    assert report["teacher_accuracy"] == pytest.approx([1 - wrong / len(labels), 1.0])
+    assert report["disagreements"] == wrong and report["examples"] == len(labels)
+    assert report["ensemble_nll_fitted"] < report["ensemble_nll_equal_weights"]
+    objective = MultiTeacherKD([bad, good], weights, 4.0, 0.5, fitted=report)
+    assert objective.report()["teacher_weights"] == pytest.approx(weights, abs=1e-6)
+    assert objective.report()["teacher_weights_learned"] is True
+    # teachers that agree everywhere give no reason to prefer one: the weights stay near equal
+    same, _ = fit_teacher_weights([good, good.copy()], labels, "val split")
+    assert same == pytest.approx([0.5, 0.5], abs=1e-3)
+
+
+def test_unlabeled_examples_reach_only_the_kd_term():
+    from edgekit.train.losses import kd_loss, labelled_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.3, 0.2], [0.0, 1.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = torch.tensor([0, -1, -1])
+    assert labelled_cross_entropy(logits, labels).item() == pytest.approx(
+        F.cross_entropy(logits[:1], labels[:1]).item()
+    )
+    nobody = labelled_cross_entropy(logits.clone().requires_grad_(), torch.tensor([-1, -1, -1]))
+    assert nobody.item() == 0.0 and nobody.requires_grad  # no NaN from a mean over no examples
+    # the loss of a partly unlabeled batch: CE over the labelled row, KL over all three
+    t, alpha = 2.0, 0.3
+    soft = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher / t, -1), reduction="batchmean") * t * t
+    expected = (1 - alpha) * F.cross_entropy(logits[:1], labels[:1]) + alpha * soft
+    assert kd_loss(logits, teacher, labels, t, alpha).item() == pytest.approx(expected.item(), rel=1e-6)
+    # labels-only on an unlabeled row gives it no gradient
+    grad_logits = logits.clone().requires_grad_()
+    kd_loss(grad_logits, teacher, labels, t, 0.0).backward()
+    assert grad_logits.grad[1:].abs().max().item() == 0.0 and grad_logits.grad[0].abs().max().item() > 0
+
+
+def _dkd_by_hand(s: np.ndarray, t: np.ndarray, target: int, temperature: float) -> tuple[float, float]:
+    """TCKD and NCKD of one example, from the paper's definitions."""
+
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    p_s, p_t = softmax(s / temperature), softmax(t / temperature)
+    b_s, b_t = np.array([p_s[target], 1 - p_s[target]]), np.array([p_t[target], 1 - p_t[target]])
+    tckd = float(np.sum(b_t * np.log(b_t / b_s)))
+    others = [i for i in range(len(s)) if i != target]
+    n_s, n_t = p_s[others] / p_s[others].sum(), p_t[others] / p_t[others].sum()
+    nckd = float(np.sum(n_t * np.log(n_t / n_s)))
+    return tckd, nckd
+
+
+def test_dkd_matches_the_papers_definitions_computed_by_hand():
+    from edgekit.train.dkd import dkd_loss
+    from edgekit.train.losses import kd_loss
+
+    s = np.array([[1.5, -0.5, 0.25, 2.0], [0.0, 0.5, -1.0, 1.0]], dtype=np.float64)
+    t = np.array([[3.0, 0.5, -1.0, 1.0], [-2.0, 2.5, 0.0, 0.5]], dtype=np.float64)
+    labels, temperature, alpha, tw, nw = [0, -1], 4.0, 0.6, 1.0, 8.0
+    # the unlabeled second example takes the teacher's top class (1) as its target
+    parts = [_dkd_by_hand(s[0], t[0], 0, temperature), _dkd_by_hand(s[1], t[1], 1, temperature)]
+    soft = temperature**2 * np.mean([tw * a + nw * b for a, b in parts])
+    ce = float(F.cross_entropy(torch.tensor(s[:1]), torch.tensor([0])))
+    got = dkd_loss(
+        torch.tensor(s),
+        torch.tensor(t),
+        torch.tensor(labels),
+        temperature,
+        alpha,
+        target_weight=tw,
+        nontarget_weight=nw,
+    )
+    assert got.item() == pytest.approx((1 - alpha) * ce + alpha * soft, rel=1e-9)
+    # the paper's identity: KL = TCKD + (1 - p_t of the teacher) NCKD, so DKD with those weights is Hinton KD
+    one_s, one_t, y = torch.tensor(s[:1]), torch.tensor(t[:1]), torch.tensor([0])
+    p_target = torch.softmax(one_t / temperature, -1)[0, 0].item()
+    dkd = dkd_loss(one_s, one_t, y, temperature, 1.0, target_weight=1.0, nontarget_weight=1 - p_target)
+    assert dkd.item() == pytest.approx(kd_loss(one_s, one_t, y, temperature, 1.0).item(), rel=1e-9)
+    # two classes: no non-target distribution, DKD is TCKD alone (= the binary KL, i.e. Hinton's soft term)
+    two_s, two_t = torch.tensor([[0.3, -0.2]]), torch.tensor([[2.0, -1.0]])
+    binary = dkd_loss(two_s, two_t, torch.tensor([1]), 2.0, 1.0, target_weight=1.0, nontarget_weight=8.0)
+    assert binary.item() == pytest.approx(kd_loss(two_s, two_t, torch.tensor([1]), 2.0, 1.0).item(), rel=1e-5)
+    # a confident teacher and student: finite, no log(0)
+    sure = dkd_loss(
+        torch.tensor([[60.0, 0.0, 0.0]]),
+        torch.tensor([[80.0, 0.0, 1.0]]),
+        torch.tensor([0]),
+        1.0,
+        0.5,
+        target_weight=1.0,
+        nontarget_weight=8.0,
+    )
+    assert torch.isfinite(sure)
+
+
+def test_dkd_is_a_registered_loss_with_its_options_checked_by_the_recipe():
+    from edgekit.recipe import RecipeError, recipe_from_dict
+
+    assert "dkd" in registry.names("loss")
+    assert registry.get("loss", "dkd").can("options") == {"target_weight": 1.0, "nontarget_weight": 8.0}
+    ok = recipe_from_dict({"distill": {"loss": "dkd", "loss_options": {"nontarget_weight": 2}}})
+    assert ok.distill.loss_options == {"nontarget_weight": 2.0}
+    for options, needle in (
+        ({"beta": 2}, "loss_options.beta: the dkd loss has the options target_weight, nontarget_weight"),
+        ({"nontarget_weight": -1}, "outside [0, 1000]"),
+        ({"nontarget_weight": float("nan")}, "not a finite number"),
+    ):
+        with pytest.raises(RecipeError, match=re.escape(needle)):
+            recipe_from_dict({"distill": {"loss": "dkd", "loss_options": options}})
+    with pytest.raises(RecipeError, match="the hinton loss has no options"):
+        recipe_from_dict({"distill": {"loss_options": {"target_weight": 1}}})
+    with pytest.raises(RecipeError, match="fixed weights or learn_teacher_weights, not both"):
+        recipe_from_dict(
+            {"distill": {"strategy": "multi-teacher", "teacher_weights": [1, 2], "learn_teacher_weights": True}}
+        )
 
 
 def test_logit_kd_feature_term_projects_widths_and_reports_it():

@@ -118,8 +118,16 @@ def _print_model_summary(meta, out: Path) -> None:
                 f"{label:<24} {params / 1e6:14.3f} {scale * value:12.2f} {'' if second is None else f'{second:9.3f}':>9}"
             )
     if "teacher_weights" in m:
+        fit = m.get("teacher_weights_fit")
         kind = "learned" if m.get("teacher_weights_learned") else "fixed"
-        print(f"teacher weights ({kind}): " + ", ".join(f"{w:.3f}" for w in m["teacher_weights"]))
+        where = (
+            f", fitted on the {fit['fitted_on']}: {fit['examples']} examples, {fit['disagreements']} disputed"
+            if fit
+            else ""
+        )
+        print(f"teacher weights ({kind}{where}): " + ", ".join(f"{w:.3f}" for w in m["teacher_weights"]))
+    if m.get("unlabeled_examples"):
+        print(f"transfer set: {m['transfer_examples']} examples, {m['unlabeled_examples']} of them unlabeled")
     if "kd_gain_points" in m:
         print(f"KD gain over labels only: {m['kd_gain_points']:+.2f} accuracy points")
     if "kd_gain_bleu" in m:

@@ -67,7 +67,7 @@ def data_overrides(
     """Flags to ``--set`` strings. Giving data files replaces the base recipe's data source."""
     overrides = []
     if train or dataset:
-        overrides += ["data.train=null", "data.val=null", "data.test=null", "data.dataset=null"]
+        overrides += ["data.train=null", "data.val=null", "data.test=null", "data.dataset=null", "data.unlabeled=null"]
         if task is None:
             overrides.append("task=null")
     values = {

@@ -231,6 +231,22 @@ def distill(
             help="Add feature KD (pooled hidden state through a learned projection, MSE) with this weight.",
         ),
     ] = None,
+    loss: Annotated[
+        Optional[str],
+        typer.Option(
+            "--loss",
+            help=f"Logit loss of classifier KD: {'; '.join(f'{e.name}: {e.summary}' for e in registry.entries('loss'))}. "
+            "Its options: --set distill.loss_options.NAME=VALUE.",
+        ),
+    ] = None,
+    unlabeled: Annotated[
+        Optional[str],
+        typer.Option(
+            "--unlabeled",
+            help="Examples without labels added to the transfer set (the teacher labels them; only the KD term "
+            "uses them): a .txt file with one text per line, a CSV/TSV/JSONL file's text column, or a folder of images.",
+        ),
+    ] = None,
     baseline: Annotated[
         bool,
         typer.Option(
@@ -282,9 +298,12 @@ def distill(
         ("temperature", temperature),
         ("alpha", alpha),
         ("feature_weight", feature_weight),
+        ("loss", loss),
     ):
         if value is not None:
             overrides.append(f"distill.{key}={json.dumps(value)}")
+    if unlabeled is not None:
+        overrides.append(f"data.unlabeled={json.dumps(unlabeled)}")
     if teacher_weights is not None:
         if teacher_weights.strip().lower() == "learned":
             overrides.append("distill.learn_teacher_weights=true")

@@ -5,14 +5,17 @@
     multi-teacher     Σ β_i · teacher_i ──KD──> student (β fixed or learned)
     self-quantized    teacher ──KD──> NF4(teacher) + LoRA, saved merged in full precision
 
-Teacher outputs come from the transfer-set cache. With ``baseline`` the same initial student is
-also trained on labels only for the same budget, so the gain of KD is measured.
+Teacher outputs come from the transfer-set cache: the labelled training examples, plus any unlabeled
+ones (``data.unlabeled``, label -1: the KD term learns from them, the label term does not). With
+``baseline`` the same initial student is also trained on labels only (the labelled examples) for the
+same budget, so the gain of KD is measured.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from edgekit.errors import EdgekitError
 from edgekit.layout import checkpoint_folder
 from edgekit.log import info as log
 from edgekit.records import StageMeta, read_meta, write_meta
-from edgekit.stage_runner import Stage, load_data
+from edgekit.stage_runner import Stage, load_data, task_of
 from edgekit.tasks import task_spec
 
 
@@ -67,12 +70,21 @@ def distill(
     strategy = registry.get("strategy", cfg.strategy, option="--strategy")
     teachers = _check_teachers(cfg, strategy, [teachers] if isinstance(teachers, str) else list(teachers))
     links = plan_links(recipe)
+    unlabeled = _unlabeled(recipe)
     teacher_stage = Path(teachers[0]) if is_stage(Path(teachers[0])) else None
-    stage = Stage("distill", out, _config(recipe, teachers, strategy), parent=teacher_stage)
+    stage = Stage("distill", out, _config(recipe, teachers, strategy, unlabeled), parent=teacher_stage)
     if (meta := stage.reused(reuse)) is not None:
         return meta
     data = data or load_data(recipe)
-    run = _Run(recipe, cfg, strategy, data, task_spec(data.task), stage, checkpoint_folder(out), resume)
+    transfer = data
+    if unlabeled is not None:
+        from edgekit.data.unlabeled import with_unlabeled
+
+        transfer = replace(data, train=with_unlabeled(data.train, unlabeled))
+        log(
+            f"distill: {len(data.train)} labelled + {len(unlabeled)} unlabeled transfer examples ({recipe.data.unlabeled})"
+        )
+    run = _Run(recipe, cfg, strategy, data, task_spec(data.task), stage, checkpoint_folder(out), resume, transfer)
     handles = run.load_teachers(teachers, links)
     if not resume and run.ckpt_root.exists():
         shutil.rmtree(run.ckpt_root)
@@ -106,9 +118,43 @@ def _check_teachers(cfg, strategy, teachers: list[str]) -> list[str]:
     return teachers
 
 
-def _config(recipe, teachers: list[str], strategy) -> dict[str, Any]:
-    """What the stage's fingerprint covers."""
+def _unlabeled(recipe):
+    """The recipe's unlabeled transfer examples (a split labelled -1), or None; one clear line where the
+    task cannot use them. Logit-loss settings a task ignores are refused here too, before any work."""
+    cfg, task = recipe.distill, task_of(recipe)
+    spec = task_spec(task)
+    if not spec.logit_kd:
+        given = [
+            what
+            for what, on in (
+                (f"distill.loss {cfg.loss}", cfg.loss != "hinton"),
+                ("distill.loss_options", bool(cfg.loss_options)),
+                ("unlabeled transfer data (--unlabeled)", recipe.data.unlabeled is not None),
+            )
+            if on
+        ]
+        if given:
+            raise EdgekitError(
+                f"{' and '.join(given)}: {task} distillation runs token-level Hinton KD against a teacher run on "
+                "each batch; these work for classifiers (drop them here)"
+            )
+    if recipe.data.unlabeled is None:
+        return None
+    from edgekit.data.unlabeled import load_unlabeled
+
+    return load_unlabeled(recipe.data.unlabeled, recipe.data.text_column, images=spec.modality == "image")
+
+
+def _config(recipe, teachers: list[str], strategy, unlabeled=None) -> dict[str, Any]:
+    """What the stage's fingerprint covers (the unlabeled examples by their content)."""
     cfg = recipe.distill
+    extra: dict[str, Any] = {}
+    if cfg.loss_options:
+        extra["loss_options"] = dict(sorted(cfg.loss_options.items()))
+    if unlabeled is not None:
+        from edgekit.train.transfer import split_digest
+
+        extra["unlabeled"] = {"examples": len(unlabeled), "sha256": split_digest(unlabeled, task_of(recipe))}
     return {
         "strategy": cfg.strategy,
         "temperature": cfg.temperature,
@@ -126,6 +172,7 @@ def _config(recipe, teachers: list[str], strategy) -> dict[str, Any]:
         "task": recipe.task,
         "seed": recipe.seed,
         "teacher_prints": [read_meta(Path(t)).fingerprint for t in teachers if is_stage(Path(t))],
+        **extra,  # (absent when unused: the fingerprints of earlier runs stay as they were)
     }
 
 
@@ -141,6 +188,7 @@ class _Run:
     stage: Stage
     ckpt_root: Path
     resume: bool
+    transfer: Any  # the data the KD links train on: data, with any unlabeled examples added to train
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -241,7 +289,7 @@ class _Run:
         ensemble, self_copy = self.strategy.can("teachers") == "many", self.strategy.can("student") == "self"
         student = _build_student(link, teacher, self.recipe, self.model_kwargs)
         _check_compatible(teacher, student)
-        objective = self.spec.job("kd_objective")(cfg, handles if ensemble else [teacher], student, data)
+        objective = self.spec.job("kd_objective")(cfg, handles if ensemble else [teacher], student, self.transfer)
         initial = copy_handle(student) if cfg.baseline and index == count and not self_copy else None
         log(
             f"distill [{cfg.strategy}] link {index}/{count}: {_describe(teacher)} -> {_describe(student)}, "
@@ -249,7 +297,7 @@ class _Run:
         )
         result = train(
             student,
-            data,
+            self.transfer,
             cfg.train,
             seed=self.recipe.seed,
             objective=objective,
@@ -269,6 +317,11 @@ class _Run:
             teacher_score=score,
             **result.objective,
         )
+        if self.transfer is not data:
+            metrics.update(
+                transfer_examples=len(self.transfer.train),
+                unlabeled_examples=len(self.transfer.train) - len(data.train),
+            )
         rows.append(
             {
                 "name": name,
@@ -390,42 +443,64 @@ def _check_compatible(teacher, student) -> None:
 
 
 def logit_objective(cfg, teachers, student, data):
-    """Classification KD (the task's ``kd_objective`` job): Hinton KD against the cached transfer set
-    of one teacher, or of a weighted ensemble; feature KD on the head input when asked."""
+    """Classification KD (the task's ``kd_objective`` job): a registered logit loss (Hinton's by
+    default) against the cached transfer set of one teacher, or of a weighted ensemble whose learned
+    weights are fitted on the validation split first; feature KD on the head input when asked."""
     from edgekit.train.objectives import LogitKD, MultiTeacherKD
-    from edgekit.train.transfer import transfer_set
 
     want_features = cfg.feature_weight > 0
-    sets = [
-        transfer_set(
-            t,
-            data.train,
-            features=want_features and i == 0,
-            cache=cfg.cache,
-            desc=f"teacher {i + 1} logits" if len(teachers) > 1 else "teacher logits",
-        )
-        for i, t in enumerate(teachers)
-    ]
-    for s in sets:
-        log(
-            f"  transfer set: {len(data.train)} examples, {'cache hit' if s.hit else 'computed'} in {s.seconds:.1f} s"
-            + (f" ({s.path})" if s.path else "")
-        )
+    sets = _teacher_tables(cfg, teachers, data.train, features=want_features)
     features = {}
     if want_features:
         width = student.head().in_features
         features = dict(teacher_features=sets[0].features, student_width=width, feature_weight=cfg.feature_weight)
-    features["loss_fn"] = registry.load("loss", cfg.loss, option="distill.loss")
+    entry = registry.get("loss", cfg.loss, option="distill.loss")
+    options = {**entry.can("options", {}), **cfg.loss_options}
+    loss_fn = entry.load()
+    features["loss_fn"] = partial(loss_fn, **options) if options else loss_fn
     if registry.get("strategy", cfg.strategy).can("teachers") == "many":
-        return MultiTeacherKD(
-            [s.logits for s in sets],
-            cfg.teacher_weights,
-            cfg.learn_teacher_weights,
-            cfg.temperature,
-            cfg.alpha,
-            **features,
-        )
+        weights, fitted = cfg.teacher_weights, None
+        if cfg.learn_teacher_weights:
+            weights, fitted = _fit_weights(cfg, teachers, data.val)
+        return MultiTeacherKD([s.logits for s in sets], weights, cfg.temperature, cfg.alpha, fitted=fitted, **features)
     return LogitKD(sets[0].logits, cfg.temperature, cfg.alpha, **features)
+
+
+def _teacher_tables(cfg, teachers, split, *, features: bool = False, what: str = "logits"):
+    """Each teacher's transfer set on ``split`` (the first teacher's features too when asked)."""
+    from edgekit.train.transfer import transfer_set
+
+    sets = []
+    for i, t in enumerate(teachers):
+        s = transfer_set(
+            t,
+            split,
+            features=features and i == 0,
+            cache=cfg.cache,
+            desc=f"teacher {i + 1} {what}" if len(teachers) > 1 else f"teacher {what}",
+        )
+        log(
+            f"  transfer set ({split.name}): {len(split)} examples, {'cache hit' if s.hit else 'computed'} "
+            f"in {s.seconds:.1f} s" + (f" ({s.path})" if s.path else "")
+        )
+        sets.append(s)
+    return sets
+
+
+def _fit_weights(cfg, teachers, val):
+    """Learned ensemble weights: fitted on the validation split, held out from the teachers' training,
+    where their errors and disagreements show (on training examples every teacher is right)."""
+    from edgekit.train.objectives import fit_teacher_weights
+
+    sets = _teacher_tables(cfg, teachers, val, what="validation logits")
+    weights, fitted = fit_teacher_weights([s.logits for s in sets], val.labels, f"{val.name} split")
+    log(
+        "  teacher weights fitted on the validation split: "
+        + ", ".join(f"{w:.3f}" for w in weights)
+        + f" (teacher accuracy {', '.join(f'{a:.1%}' for a in fitted['teacher_accuracy'])}; "
+        f"{fitted['disagreements']} of {fitted['examples']} examples disputed)"
+    )
+    return weights, fitted
 
 
 def _save_link(done: Path, student, recipe, config, metrics, result, print_, index, row) -> None:

@@ -37,6 +37,9 @@ class TaskSpec:
     times_model: bool = True  # batch-1 latency of the PyTorch model is meaningful
     transformer_fusions: bool = True  # onnxruntime's attention/LayerNorm fusions apply to its graphs
     static_int8: bool = True  # static (calibrated) int8 of its graphs is supported
+    # distillation matches one cached logit vector per example: registered logit losses, unlabeled
+    # transfer data and learned teacher weights apply
+    logit_kd: bool = True
     parity_examples: int = 256  # real examples the export's parity gate runs
     jobs: Mapping[str, str] = field(default_factory=dict)
 

@@ -22,6 +22,7 @@ SPEC = TaskSpec(
     times_model=False,
     transformer_fusions=False,
     static_int8=False,
+    logit_kd=False,
     parity_examples=64,
     jobs={
         "load_data": "edgekit.data.pairs:load_pairs",

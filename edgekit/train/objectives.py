@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekit.train.losses import kd_loss
+from edgekit.train.losses import kd_loss, labelled_cross_entropy
 
 
 class Objective(torch.nn.Module):
@@ -25,7 +25,7 @@ class Objective(torch.nn.Module):
     def loss(
         self, logits: torch.Tensor, features: torch.Tensor | None, indices: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        return F.cross_entropy(logits, labels)
+        return labelled_cross_entropy(logits, labels)
 
     def see_batch(self, inputs: dict[str, torch.Tensor]) -> None:
         """Called with each batch's model inputs before :meth:`loss` (a teacher run on the fly needs them)."""
@@ -94,18 +94,19 @@ class LogitKD(Objective):
 class MultiTeacherKD(LogitKD):
     """KD from a weighted ensemble of teachers: z = sum_i beta_i * z_i over their logits.
 
-    Fixed weights are normalised to sum to 1. Learned weights are beta = softmax(w), trained
-    with the student by the ensemble's own cross-entropy on the labels (the KD term sees the
-    ensemble detached, so the student cannot pull the weights toward whatever it already predicts).
+    The weights stay fixed during training: given ones are normalised to sum to 1; learned ones are
+    fitted before training by :func:`fit_teacher_weights` on held-out examples (``fitted`` is that
+    fit's report). Fitting them on the training labels, as the student trains, taught nothing: every
+    teacher is right on the examples it was trained on, so the weights never left 1/n.
     """
 
     def __init__(
         self,
         teacher_logits: list[np.ndarray],
         weights: list[float] | None,
-        learn: bool,
         temperature: float,
         alpha: float,
+        fitted: dict[str, Any] | None = None,
         **features,
     ):
         stacked = np.stack([np.asarray(t, dtype=np.float32) for t in teacher_logits])  # [teachers, N, classes]
@@ -113,8 +114,8 @@ class MultiTeacherKD(LogitKD):
         self.register_buffer("table", torch.from_numpy(stacked), persistent=False)
         n = len(teacher_logits)
         init = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        self.learn = learn
-        self.weight_logits = torch.nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float32)), requires_grad=learn)
+        self.fitted = fitted
+        self.weight_logits = torch.nn.Parameter(torch.log(torch.tensor(init, dtype=torch.float32)), requires_grad=False)
 
     def betas(self) -> torch.Tensor:
         return torch.softmax(self.weight_logits, dim=0)
@@ -123,16 +124,50 @@ class MultiTeacherKD(LogitKD):
         per_teacher = self.table[:, indices.to(self.table.device)]  # [teachers, batch, classes]
         return torch.einsum("t,tbc->bc", self.betas().to(per_teacher.device), per_teacher)
 
-    def loss(self, logits, features, indices, labels):
-        ensemble = self.teacher(indices).to(logits.device)
-        loss = self.loss_fn(logits, ensemble.detach(), labels, self.temperature, self.alpha)
-        if self.learn:
-            loss = loss + F.cross_entropy(ensemble, labels)
-        return loss + self.feature_loss(features, indices)
-
     def report(self) -> dict[str, Any]:
         return {
             **super().report(),
             "teacher_weights": [round(float(b), 6) for b in self.betas().detach().cpu()],
-            "teacher_weights_learned": self.learn,
+            "teacher_weights_learned": self.fitted is not None,
+            **({"teacher_weights_fit": self.fitted} if self.fitted is not None else {}),
         }
+
+
+def fit_teacher_weights(teacher_logits: list[np.ndarray], labels: np.ndarray, where: str) -> tuple[list[float], dict]:
+    """Ensemble weights beta = softmax(w) that minimise the cross-entropy of sum_i beta_i z_i on
+    labelled examples the teachers did not train on (``where`` names them in the report).
+
+    Only examples where the teachers disagree or err move the weights: where every teacher is right
+    and sure, each weighting fits about as well. Returns (weights, report: each teacher's accuracy on
+    those examples, how many of them the teachers disagree on, the ensemble's cross-entropy at equal and
+    at fitted weights)."""
+    z = torch.from_numpy(np.stack([np.asarray(t, dtype=np.float64) for t in teacher_logits]))  # [T, N, C]
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    w = torch.zeros(len(teacher_logits), dtype=torch.float64, requires_grad=True)
+
+    def nll() -> torch.Tensor:
+        return F.cross_entropy(torch.einsum("t,tnc->nc", torch.softmax(w, 0), z), y)
+
+    equal = float(nll())
+    optimizer = torch.optim.LBFGS([w], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nll()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    betas = torch.softmax(w.detach(), 0)
+    if not torch.isfinite(betas).all():  # a degenerate fit (e.g. non-finite logits): equal weights
+        betas = torch.full_like(betas, 1.0 / len(betas))
+    predictions = z.argmax(-1)  # [T, N]
+    report = {
+        "fitted_on": where,
+        "examples": int(len(y)),
+        "teacher_accuracy": [round(float((p == y).double().mean()), 6) for p in predictions],
+        "disagreements": int((predictions != predictions[:1]).any(0).sum()),
+        "ensemble_nll_equal_weights": round(equal, 6),
+        "ensemble_nll_fitted": round(float(nll().detach()), 6),
+    }
+    return [float(b) for b in betas], report
