@@ -221,6 +221,10 @@ class DistillConfig:
     ``self-quantized`` (the teacher's own weights in 4-bit NF4 with LoRA adapters, see ``lora``).
     ``feature_weight`` > 0 adds feature KD: the student's pooled feature (the head's input), through
     a learned projection, matched to the teacher's by mean squared error.
+    ``features`` adds intermediate-layer KD terms with their weights (``{hidden: 1, relation: 1}``;
+    kinds: the ``feature-kd`` registry entries), over the ``layer_map`` (the teacher layer, 1-based,
+    for each student layer; default: the layers a derived student was cut from, else an even map);
+    the teacher's intermediate outputs are kept in memory up to ``feature_cache_mb``.
     """
 
     strategy: str = "straightforward"
@@ -236,6 +240,9 @@ class DistillConfig:
     deterministic: bool = True
     loss: str = "hinton"
     loss_options: dict[str, float] = field(default_factory=dict)
+    features: dict[str, float] = field(default_factory=dict)
+    layer_map: list[int] | None = None
+    feature_cache_mb: float = 1024.0
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -250,6 +257,14 @@ class DistillConfig:
                     + (f"the options {', '.join(allowed)}" if allowed else "no options")
                 )
             _check_range(f"{path}.loss_options.{key}", value, 0, 1000)
+        for kind, weight in self.features.items():
+            _check_choice(f"{path}.features", kind, "feature-kd")
+            _check_range(f"{path}.features.{kind}", weight, 0, 1000)
+        for i, layer in enumerate(self.layer_map or []):
+            _check_range(f"{path}.layer_map[{i}]", layer, 1, 10_000)
+        if self.layer_map is not None and not self.features:
+            raise RecipeError(f"recipe field {path}.layer_map: it maps layers for distill.features; set those too")
+        _check_range(f"{path}.feature_cache_mb", self.feature_cache_mb, 0, 1 << 20)
         _check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
         _check_range(f"{path}.alpha", self.alpha, 0, 1)
         _check_range(f"{path}.feature_weight", self.feature_weight, 0, 1000)

@@ -46,6 +46,7 @@ KIND_WORDS = {
     "strategy": "distillation strategy",
     "sweep-strategy": "sweep strategy",
     "loss": "logit loss",
+    "feature-kd": "intermediate-layer KD kind",
     "pruner": "pruning method",
     "quant-mode": "quantization mode",
     "precision": "precision",
@@ -298,6 +299,42 @@ register(
     extra="train",
     options={"target_weight": 1.0, "nontarget_weight": 8.0},  # the paper's alpha and beta (Zhao et al., 2022)
     summary="Decoupled KD: (1 - alpha) CE + alpha T^2 (target_weight TCKD + nontarget_weight NCKD)",
+)
+
+# Intermediate-layer KD terms (distill.features: {kind: weight}); all in edgekit/distill/features.py.
+# families: the model families whose pairs it matches.
+_FEATURES = "edgekit.distill.features:IntermediateKD"
+register(
+    "feature-kd",
+    "hidden",
+    _FEATURES,
+    extra="train",
+    families=("hf",),
+    summary="layer outputs by MSE through a learned projection (TinyBERT)",
+)
+register(
+    "feature-kd",
+    "attention",
+    _FEATURES,
+    extra="train",
+    families=("hf",),
+    summary="attention distributions by KL, head by head (TinyBERT; same head count)",
+)
+register(
+    "feature-kd",
+    "relation",
+    _FEATURES,
+    extra="train",
+    families=("hf",),
+    summary="query/key/value self-relations of the last layer by KL (MiniLMv2; any widths and heads)",
+)
+register(
+    "feature-kd",
+    "hint",
+    _FEATURES,
+    extra="train",
+    families=("torchvision",),
+    summary="feature maps at shared strides by MSE through a 1x1 adapter (FitNets; CNNs)",
 )
 
 # Pruning methods (edgekit prune --method). families: the model families it handles; structured:

@@ -308,6 +308,67 @@ def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, ca
     assert m["config"]["feature_weight"] == 1.0
 
 
+def test_intermediate_layer_kd_through_the_cli(tmp_path, teacher, tiny_bert, cache_env):
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "2",
+        "--features",
+        "hidden=1,attention=0.5,relation",
+        *FAST,
+        "--out",
+        tmp_path / "d",
+        env=cache_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(tmp_path / "d")
+    kd = m["metrics"]["feature_kd"]
+    assert kd["kinds"] == {"hidden": 1.0, "attention": 0.5, "relation": 1.0}
+    assert kd["layer_map"] == [[1, 2], [2, 4]]  # the layers the derived student kept
+    # the teacher ran in the first epoch only (255 examples in batches of 16), then the cache served it
+    assert kd["teacher_batches"] == 16 and kd["cache"]["examples"] == 255 and kd["teacher_forward_seconds"] > 0
+    assert m["config"]["features"] == {"kinds": {"attention": 0.5, "hidden": 1.0, "relation": 1.0}, "layer_map": None}
+    assert m["metrics"]["accuracy"] > 0.5
+    # a narrower student from elsewhere: an even map unless told, projections to the teacher's width
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student",
+        tiny_bert,
+        "--features",
+        "hidden",
+        "--layer-map",
+        "1,3",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "n",
+        env=cache_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kd = meta(tmp_path / "n")["metrics"]["feature_kd"]
+    assert kd["layer_map"] == [[1, 1], [2, 3]] and kd["projections"] == ["Linear", "Linear"]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--features", "nope"], ["distill.features", "'nope' is not one of hidden, attention, relation, hint"]),
+        (["--features", "hidden=x"], ["--features 'hidden=x'", "must be a number"]),
+        (["--features", "hidden", "--layer-map", "1,9"], ["names teacher layer 9", "the teacher has 4 layers"]),
+        (["--features", "hint"], ["transformer pair", "use hidden or attention or relation"]),
+        (["--layer-map", "2,4"], ["layer_map", "set those too"]),
+    ],
+)
+def test_bad_intermediate_kd_settings_are_one_line_before_training(tmp_path, teacher, args, needles):
+    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", *args, "--out", tmp_path / "s")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "s").exists()
+
+
 def test_self_quantized_merges_exactly_into_a_plain_model(tmp_path, teacher, cache_env):
     proc = run_cli(
         "distill", "--teacher", teacher, "--strategy", "self-quantized", *FAST, "--out", tmp_path / "q", env=cache_env
@@ -511,6 +572,8 @@ def test_vision_transformer_student_layers(tmp_path, cache_env):
         "2,1",
         "--feature-weight",
         "0.5",
+        "--features",
+        "hidden,attention",
         "--epochs",
         "2",
         "--batch-size",
@@ -526,6 +589,8 @@ def test_vision_transformer_student_layers(tmp_path, cache_env):
     assert [r["name"] for r in m["links"]] == ["1-L2", "2-L1"]
     assert json.loads((tmp_path / "s" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
     assert m["metrics"]["feature_projection"] == "identity (32)"
+    # the second link was cut from the first (its layers 1 and 2 -> link 2's one layer is link 1's second)
+    assert m["metrics"]["feature_kd"]["layer_map"] == [[1, 2]]
 
 
 @pytest.fixture(scope="module")

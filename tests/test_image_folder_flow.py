@@ -117,6 +117,8 @@ def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
         "mobilenet_v3_small",
         "--unlabeled",
         _draw(tmp_path / "pool", 10, 5),  # images without labels: their folders' names are not read
+        "--features",
+        "hint",
         "--epochs",
         "2",
         "--batch-size",

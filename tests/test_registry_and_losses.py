@@ -20,6 +20,7 @@ KINDS = [
     "strategy",
     "sweep-strategy",
     "loss",
+    "feature-kd",
     "pruner",
     "quant-mode",
     "precision",

@@ -231,6 +231,23 @@ def distill(
             help="Add feature KD (pooled hidden state through a learned projection, MSE) with this weight.",
         ),
     ] = None,
+    features: Annotated[
+        Optional[str],
+        typer.Option(
+            "--features",
+            help="Intermediate-layer KD, KIND[=WEIGHT],...: "
+            + "; ".join(f"{e.name}: {e.summary}" for e in registry.entries("feature-kd"))
+            + ". E.g. hidden=1,relation=1 (a weight left out is 1).",
+        ),
+    ] = None,
+    layer_map: Annotated[
+        Optional[str],
+        typer.Option(
+            "--layer-map",
+            help="For --features: the teacher layer (1-based) each student layer matches, e.g. 4,8,12 "
+            "(default: the layers a derived student kept, else evenly spaced).",
+        ),
+    ] = None,
     loss: Annotated[
         Optional[str],
         typer.Option(
@@ -304,6 +321,10 @@ def distill(
             overrides.append(f"distill.{key}={json.dumps(value)}")
     if unlabeled is not None:
         overrides.append(f"data.unlabeled={json.dumps(unlabeled)}")
+    if features is not None:
+        overrides.append(f"distill.features={json.dumps(_weights(features, '--features'))}")
+    if layer_map is not None:
+        overrides.append(f"distill.layer_map={json.dumps(_csv(layer_map, int, '--layer-map'))}")
     if teacher_weights is not None:
         if teacher_weights.strip().lower() == "learned":
             overrides.append("distill.learn_teacher_weights=true")
@@ -320,6 +341,20 @@ def distill(
     write_recipe_file(loaded, write_recipe)
     meta = stages.distill(loaded, teacher[0], out, force=force, resume=resume)
     _print_model_summary(meta, out)
+
+
+def _weights(text: str, flag: str) -> dict[str, float]:
+    """``a=1,b=0.5,c`` -> {a: 1.0, b: 0.5, c: 1.0}; one clear line for a weight that is not a number."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        try:
+            out[name.strip()] = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise EdgekitError(f"{flag} {part!r}: the weight after '=' must be a number, e.g. hidden=1") from None
+    if not out:
+        raise EdgekitError(f"{flag}: name at least one kind, e.g. {flag} hidden=1")
+    return out
 
 
 def prune(

@@ -129,6 +129,7 @@ def _unlabeled(recipe):
             for what, on in (
                 (f"distill.loss {cfg.loss}", cfg.loss != "hinton"),
                 ("distill.loss_options", bool(cfg.loss_options)),
+                ("distill.features", bool(cfg.features)),
                 ("unlabeled transfer data (--unlabeled)", recipe.data.unlabeled is not None),
             )
             if on
@@ -151,6 +152,8 @@ def _config(recipe, teachers: list[str], strategy, unlabeled=None) -> dict[str, 
     extra: dict[str, Any] = {}
     if cfg.loss_options:
         extra["loss_options"] = dict(sorted(cfg.loss_options.items()))
+    if cfg.features:
+        extra["features"] = {"kinds": dict(sorted(cfg.features.items())), "layer_map": cfg.layer_map}
     if unlabeled is not None:
         from edgekit.train.transfer import split_digest
 
@@ -458,12 +461,26 @@ def logit_objective(cfg, teachers, student, data):
     options = {**entry.can("options", {}), **cfg.loss_options}
     loss_fn = entry.load()
     features["loss_fn"] = partial(loss_fn, **options) if options else loss_fn
-    if registry.get("strategy", cfg.strategy).can("teachers") == "many":
+    strategy = registry.get("strategy", cfg.strategy)
+    if strategy.can("teachers") == "many":
         weights, fitted = cfg.teacher_weights, None
         if cfg.learn_teacher_weights:
             weights, fitted = _fit_weights(cfg, teachers, data.val)
-        return MultiTeacherKD([s.logits for s in sets], weights, cfg.temperature, cfg.alpha, fitted=fitted, **features)
-    return LogitKD(sets[0].logits, cfg.temperature, cfg.alpha, **features)
+        objective = MultiTeacherKD(
+            [s.logits for s in sets], weights, cfg.temperature, cfg.alpha, fitted=fitted, **features
+        )
+    else:
+        objective = LogitKD(sets[0].logits, cfg.temperature, cfg.alpha, **features)
+    if not cfg.features:
+        return objective
+    if strategy.can("student") == "self":
+        raise EdgekitError(
+            f"distill.features: the {cfg.strategy} strategy trains LoRA adapters on the teacher's own layers; "
+            f"intermediate-layer KD works with the {', '.join(registry.names('strategy', student='model'))} strategies"
+        )
+    from edgekit.distill.features import IntermediateKD
+
+    return IntermediateKD(objective, teachers[0], student, cfg.features, cfg.layer_map, cfg.feature_cache_mb)
 
 
 def _teacher_tables(cfg, teachers, split, *, features: bool = False, what: str = "logits"):

@@ -317,6 +317,7 @@ def train(
     )
     scheduler = _schedule(optimizer, cfg.epochs * batches_per_epoch, cfg.warmup_fraction)
     head_input = _HeadInput(handle.head()) if objective.needs_features else None
+    objective.start(raw_module)
 
     result = TrainResult(best_epoch=0, best_val_score=-1.0, lr=lr)
     start_epoch, start_step, global_step, elapsed, best_state = _restore(
@@ -425,6 +426,7 @@ def train(
                 if checkpoint is not None:
                     snapshot(epoch + 1, 0)
     finally:
+        objective.finish()
         if head_input is not None:
             head_input.close()
         if deterministic and device.type == "cpu":

@@ -30,6 +30,12 @@ class Objective(torch.nn.Module):
     def see_batch(self, inputs: dict[str, torch.Tensor]) -> None:
         """Called with each batch's model inputs before :meth:`loss` (a teacher run on the fly needs them)."""
 
+    def start(self, module: torch.nn.Module) -> None:
+        """Called once before training with the student's module (objectives that tap its layers hook it here)."""
+
+    def finish(self) -> None:
+        """Called once when training ends, however it ends (hooks come off here)."""
+
     def report(self) -> dict[str, Any]:
         return {}
 

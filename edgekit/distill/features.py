@@ -1,0 +1,440 @@
+"""Intermediate-layer KD: the student matches the teacher inside the network, not only at the logits.
+
+Outputs are collected by module name through forward hooks (as torchdistill's io_dict does), so no
+model is edited. The kinds (``distill.features: {kind: weight}``):
+
+- ``hidden`` (TinyBERT): each mapped student layer's output matched to its teacher layer's by mean
+  squared error over real tokens, through a learned linear projection when the widths differ.
+- ``attention`` (TinyBERT): each mapped pair's attention distributions, softmax(QK^T / sqrt(d)) per head,
+  matched by KL over real tokens. Needs the same number of heads.
+- ``relation`` (MiniLMv2): self-attention relations of the last mapped pair, softmax(XX^T / sqrt(d_r))
+  for X = queries, keys and values split into relation heads, matched by KL. Needs no projection and
+  no common width or head count.
+- ``hint`` (FitNets, CNNs): the feature map at each output stride both networks have (8, 16, 32),
+  the student's through a learned 1x1 convolution (and pooled to the teacher's size), by MSE.
+
+Layer map: a student derived by keeping layers maps each kept layer to the teacher layer it came from;
+otherwise layers are mapped evenly (student layer i of k to teacher layer round(i n / k)); and
+``distill.layer_map`` (the teacher layer, 1-based, for each student layer) overrides both.
+
+The teacher runs on each batch with the student (its inputs come from ``see_batch``); what it gives for
+an example is kept in memory in fp16, up to ``distill.feature_cache_mb``, so later epochs reuse it
+instead of running the teacher again. The report says how long the teacher ran and what was cached.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgekit import registry
+from edgekit.errors import EdgekitError
+from edgekit.train.objectives import Objective
+
+# (query, key, value) attribute names of self-attention projections, by model family
+_QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
+_HINT_STRIDES = (8, 16, 32)
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class _Taps:
+    """Forward hooks that keep the outputs of named modules (the last forward's)."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        self.values: dict[str, torch.Tensor] = {}
+        self.hooks = [model.get_submodule(n).register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name):
+        def hook(module, args, output):
+            self.values[name] = _first(output)
+
+        return hook
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+        self.hooks, self.values = [], {}
+
+
+# --- where the layers are -------------------------------------------------------------------------
+
+
+def transformer_layers(handle) -> tuple[str, int]:
+    """(dotted name of the encoder's layer list, layer count) of a Hugging Face model."""
+    from edgekit.distill.derive import _layer_lists, layer_count
+
+    n = layer_count(handle)
+    lists = _layer_lists(handle.module, n)
+    if not lists:
+        raise EdgekitError(f"cannot find the {n} layers of {handle.arch} for intermediate-layer KD")
+    return lists[0][0], n
+
+
+def _qkv(handle, layer: str) -> tuple[str, str, str] | None:
+    names = {n for n, _ in handle.module.get_submodule(layer).named_modules()}
+    for q, k, v in _QKV_NAMES:
+        found = [next((n for n in sorted(names) if n.split(".")[-1] == a), None) for a in (q, k, v)]
+        if all(found):
+            return tuple(f"{layer}.{f}" for f in found)
+    return None
+
+
+def _heads(handle) -> int:
+    config = handle.module.config
+    for key in ("num_attention_heads", "n_heads", "num_heads"):
+        if isinstance(getattr(config, key, None), int):
+            return int(getattr(config, key))
+    raise EdgekitError(f"cannot tell how many attention heads {handle.arch} has; use the hidden kind instead")
+
+
+def layer_map(teacher, student, override: list[int] | None) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs, 0-based (see the module docstring)."""
+    _, n = transformer_layers(teacher)
+    _, k = transformer_layers(student)
+    if override:
+        if len(override) != k:
+            raise EdgekitError(
+                f"distill.layer_map has {len(override)} entries for a student of {k} layers; give one teacher "
+                f"layer (1 to {n}) per student layer, e.g. --layer-map {','.join(str(round((i + 1) * n / k)) for i in range(k))}"
+            )
+        bad = [t for t in override if not 1 <= t <= n]
+        if bad:
+            raise EdgekitError(f"distill.layer_map names teacher layer {bad[0]}; the teacher has {n} layers (1 to {n})")
+        return [(i, t - 1) for i, t in enumerate(override)]
+    derived = student.extra.get("derived_from") or {}
+    kept = derived.get("kept")
+    if derived.get("layers") == n and isinstance(kept, list) and len(kept) == k:
+        return [(i, t - 1) for i, t in enumerate(kept)]
+    return [(i, max(0, round((i + 1) * n / k) - 1)) for i in range(k)]
+
+
+def _stage_outputs(handle, image_size: int) -> dict[int, tuple[str, int, tuple[int, int]]]:
+    """stride -> (module name, channels, spatial size) of each stage's output, found by one probe forward
+    with hooks on every module that has weights: at the shallowest nesting depth whose modules reach
+    three or more strides (a ResNet's layer1..4, a MobileNet's features.N), the last module at each
+    stride (a deeper rule would pick the first convolution of the next stage)."""
+    model = handle.module
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def keep(name):
+        def hook(module, args, out):
+            if isinstance(out, torch.Tensor) and out.dim() == 4:
+                seen.append((name, tuple(out.shape)))
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(keep(name))
+        for name, module in model.named_modules()
+        if name and any(True for _ in module.parameters())
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    by_depth: dict[int, dict[int, tuple[str, int, tuple[int, int]]]] = {}
+    for name, shape in seen:  # hooks fire as modules finish: the last one at a stride wins
+        if shape[2] and image_size % shape[2] == 0:
+            by_depth.setdefault(name.count("."), {})[image_size // shape[2]] = (name, shape[1], (shape[2], shape[3]))
+    for depth in sorted(by_depth):
+        if len(by_depth[depth]) >= 3:
+            return by_depth[depth]
+    return by_depth[max(by_depth, key=lambda d: len(by_depth[d]))] if by_depth else {}
+
+
+# --- the objective --------------------------------------------------------------------------------
+
+
+class IntermediateKD(Objective):
+    """A logit objective (``inner``) plus intermediate-layer terms against a teacher run on the batch."""
+
+    def __init__(self, inner: Objective, teacher, student, kinds: dict[str, float], override, cache_mb: float):
+        super().__init__()
+        self.inner = inner
+        self.needs_features = inner.needs_features
+        self.kinds = {k: float(w) for k, w in kinds.items() if w > 0}
+        self.teacher_handle = [teacher]  # a list: the teacher's weights are not this module's state
+        self.cache_bytes = int(cache_mb * 2**20)
+        self.cache: dict[int, dict[str, torch.Tensor]] = {}
+        self.cached_bytes, self.teacher_seconds, self.teacher_batches, self.cache_full = 0, 0.0, 0, False
+        self.cached_examples = 0
+        self.inputs: dict[str, torch.Tensor] | None = None
+        self._student_taps: _Taps | None = None
+        if teacher.family != student.family:
+            raise EdgekitError(
+                f"intermediate-layer KD needs a teacher and student of one kind (transformers or CNNs); "
+                f"{teacher.arch} -> {student.arch} can use logit KD only (drop distill.features)"
+            )
+        right = registry.names("feature-kd", families=teacher.family)
+        wrong = sorted(k for k in self.kinds if k not in right)
+        if wrong:
+            pair = "transformer" if teacher.family == "hf" else "CNN"
+            raise EdgekitError(
+                f"distill.features {', '.join(wrong)}: {teacher.arch} -> {student.arch} is a {pair} pair; "
+                f"use {' or '.join(right)}"
+            )
+        if teacher.family == "hf":
+            self._plan_transformer(teacher, student, override)
+        else:
+            self._plan_cnn(teacher, student)
+
+    # planning: which modules, which projections, checked before training ----------------------------
+
+    def _plan_transformer(self, teacher, student, override) -> None:
+        if teacher.spec.text and teacher.tokenizer is not None and student.tokenizer is not None:
+            if teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+                raise EdgekitError(
+                    "intermediate-layer KD matches token by token and needs one tokenizer; teacher and student "
+                    "tokenizers differ (derive the student with --student-layers, or drop distill.features)"
+                )
+        t_list, _ = transformer_layers(teacher)
+        s_list, _ = transformer_layers(student)
+        self.pairs = layer_map(teacher, student, override)
+        self.t_heads, self.s_heads = _heads(teacher), _heads(student)
+        t_width = int(teacher.module.config.hidden_size)
+        s_width = int(student.module.config.hidden_size)
+        taps_t, taps_s = [], []
+        self.t_names: dict[str, list] = {}
+        self.s_names: dict[str, list] = {}
+        if "hidden" in self.kinds:
+            self.t_names["hidden"] = [f"{t_list}.{t}" for _, t in self.pairs]
+            self.s_names["hidden"] = [f"{s_list}.{s}" for s, _ in self.pairs]
+            self.projections = torch.nn.ModuleList(
+                [torch.nn.Identity() if s_width == t_width else torch.nn.Linear(s_width, t_width) for _ in self.pairs]
+            )
+        if "attention" in self.kinds or "relation" in self.kinds:
+            t_qkv = [_qkv(teacher, f"{t_list}.{t}") for _, t in self.pairs]
+            s_qkv = [_qkv(student, f"{s_list}.{s}") for s, _ in self.pairs]
+            if any(q is None for q in t_qkv + s_qkv):
+                raise EdgekitError(
+                    f"cannot find the query/key/value projections of {teacher.arch} or {student.arch} for "
+                    "attention or relation KD; use the hidden kind"
+                )
+            if "attention" in self.kinds:
+                if self.t_heads != self.s_heads:
+                    raise EdgekitError(
+                        f"attention KD matches head by head: the teacher has {self.t_heads} heads, the student "
+                        f"{self.s_heads}; use the relation kind (MiniLMv2), which needs no common head count"
+                    )
+                self.t_names["attention"] = [list(q[:2]) for q in t_qkv]
+                self.s_names["attention"] = [list(q[:2]) for q in s_qkv]
+            if "relation" in self.kinds:
+                self.t_names["relation"] = [list(t_qkv[-1])]
+                self.s_names["relation"] = [list(s_qkv[-1])]
+                self.relation_heads = _relation_heads(t_width, s_width, self.t_heads)
+        for names in self.t_names.values():
+            taps_t += [n for item in names for n in (item if isinstance(item, list) else [item])]
+        for names in self.s_names.values():
+            taps_s += [n for item in names for n in (item if isinstance(item, list) else [item])]
+        self.t_taps, self.s_taps = sorted(set(taps_t)), sorted(set(taps_s))
+
+    def _plan_cnn(self, teacher, student) -> None:
+        size = int(teacher.preprocessing["image_size"])
+        t_stages, s_stages = _stage_outputs(teacher, size), _stage_outputs(student, size)
+        strides = [s for s in _HINT_STRIDES if s in t_stages and s in s_stages]
+        if not strides:
+            raise EdgekitError(
+                f"hint KD found no feature-map stride that {teacher.arch} and {student.arch} share at "
+                f"{size}x{size} ({sorted(t_stages)} vs {sorted(s_stages)}); drop distill.features"
+            )
+        self.strides = strides
+        self.t_names = {"hint": [t_stages[s][0] for s in strides]}
+        self.s_names = {"hint": [s_stages[s][0] for s in strides]}
+        self.t_sizes = [t_stages[s][2] for s in strides]
+        self.adapters = torch.nn.ModuleList(
+            [torch.nn.Conv2d(s_stages[s][1], t_stages[s][1], kernel_size=1, bias=False) for s in strides]
+        )
+        self.t_taps, self.s_taps = sorted(set(self.t_names["hint"])), sorted(set(self.s_names["hint"]))
+
+    # the training loop's calls ------------------------------------------------------------------------
+
+    def start(self, module: torch.nn.Module) -> None:
+        self._student_taps = _Taps(module, self.s_taps)
+        self.inner.start(module)
+
+    def finish(self) -> None:
+        if self._student_taps is not None:
+            self._student_taps.close()
+            self._student_taps = None
+        self.cached_examples = len(self.cache)
+        self.cache.clear()  # the teacher's outputs are rebuilt by a resumed run; the memory goes now
+        self.inner.finish()
+
+    def see_batch(self, inputs):
+        self.inputs = inputs
+        self.inner.see_batch(inputs)
+
+    def loss(self, logits, features, indices, labels):
+        loss = self.inner.loss(logits, features, indices, labels)
+        student = self._student_taps.values if self._student_taps is not None else {}
+        if not student:
+            return loss
+        teacher = self._teacher_outputs(indices, logits.device)
+        mask = self._token_mask(logits.device)
+        for kind, weight in self.kinds.items():
+            loss = loss + weight * getattr(self, f"_{kind}_loss")(student, teacher, mask)
+        return loss
+
+    def report(self) -> dict[str, Any]:
+        kd: dict[str, Any] = {
+            "kinds": self.kinds,
+            "teacher_forward_seconds": round(self.teacher_seconds, 3),
+            "teacher_batches": self.teacher_batches,
+            "cache": {
+                "examples": len(self.cache) or self.cached_examples,
+                "mb": round(self.cached_bytes / 2**20, 2),
+                "full": self.cache_full,
+            },
+        }
+        if hasattr(self, "pairs"):
+            kd["layer_map"] = [[s + 1, t + 1] for s, t in self.pairs]
+        if hasattr(self, "projections"):
+            kd["projections"] = [type(p).__name__ for p in self.projections]
+        if hasattr(self, "relation_heads"):
+            kd["relation_heads"] = self.relation_heads
+        if hasattr(self, "strides"):
+            kd["hint_strides"] = self.strides
+        return {**self.inner.report(), "feature_kd": kd}
+
+    # the teacher's outputs, from the cache or a forward ------------------------------------------------
+
+    def _lengths(self, batch: int) -> list[int] | None:
+        mask = (self.inputs or {}).get("attention_mask")
+        return None if mask is None else [int(x) for x in mask.sum(-1).tolist()]
+
+    def _teacher_outputs(self, indices: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        keys = [int(i) for i in indices.tolist()]
+        lengths = self._lengths(len(keys))
+        if all(k in self.cache for k in keys):
+            return self._from_cache(keys, lengths, device)
+        start = time.perf_counter()
+        teacher = self.teacher_handle[0]
+        teacher.module.to(device).eval()
+        taps = _Taps(teacher.module, self.t_taps)
+        try:
+            with torch.no_grad():
+                teacher.logits(self.inputs)
+            # rounded as the cache keeps them: a batch met first and one met again (or after --resume) see
+            # the same values
+            values = {n: v.detach().to(torch.float16).float() for n, v in taps.values.items()}
+        finally:
+            taps.close()
+        self.teacher_seconds += time.perf_counter() - start
+        self.teacher_batches += 1
+        self._store(keys, lengths, values)
+        return values
+
+    def _store(self, keys, lengths, values) -> None:
+        if self.cache_full:
+            return
+        for row, key in enumerate(keys):
+            entry = {}
+            for name, value in values.items():
+                item = value[row]
+                if lengths is not None and item.dim() >= 1:
+                    item = item[: lengths[row]]
+                entry[name] = item.to(torch.float16).cpu()
+            size = sum(v.numel() * 2 for v in entry.values())
+            if self.cached_bytes + size > self.cache_bytes:
+                self.cache_full = True
+                return
+            self.cache[key], self.cached_bytes = entry, self.cached_bytes + size
+
+    def _from_cache(self, keys, lengths, device) -> dict[str, torch.Tensor]:
+        out = {}
+        longest = max(lengths) if lengths else None
+        for name in self.t_taps:
+            items = [self.cache[k][name].float() for k in keys]
+            if longest is not None:
+                items = [F.pad(x, (0, 0, 0, longest - x.shape[0])) for x in items]
+            out[name] = torch.stack(items).to(device)
+        return out
+
+    def _token_mask(self, device) -> torch.Tensor | None:
+        mask = (self.inputs or {}).get("attention_mask")
+        return None if mask is None else mask.to(device).bool()
+
+    # the losses ---------------------------------------------------------------------------------------
+
+    def _hidden_loss(self, student, teacher, mask):
+        total = 0.0
+        for proj, s_name, t_name in zip(self.projections, self.s_names["hidden"], self.t_names["hidden"]):
+            diff = (proj(student[s_name].float()) - teacher[t_name]).pow(2).mean(-1)  # [B, L]
+            total = total + _masked_mean(diff, mask)
+        return total / len(self.pairs)
+
+    def _attention_loss(self, student, teacher, mask):
+        total = 0.0
+        for (sq, sk), (tq, tk) in zip(self.s_names["attention"], self.t_names["attention"]):
+            s_att = _log_relation(student[sq].float(), student[sk].float(), self.s_heads, mask)
+            t_att = _log_relation(teacher[tq], teacher[tk], self.t_heads, mask)
+            total = total + _relation_kl(s_att, t_att, mask)
+        return total / len(self.pairs)
+
+    def _relation_loss(self, student, teacher, mask):
+        (s_names,), (t_names,) = self.s_names["relation"], self.t_names["relation"]
+        total = 0.0
+        for s_name, t_name in zip(s_names, t_names):  # query-query, key-key, value-value relations
+            s_rel = _log_relation(student[s_name].float(), student[s_name].float(), self.relation_heads, mask)
+            t_rel = _log_relation(teacher[t_name], teacher[t_name], self.relation_heads, mask)
+            total = total + _relation_kl(s_rel, t_rel, mask)
+        return total / 3
+
+    def _hint_loss(self, student, teacher, mask):
+        total = 0.0
+        for adapter, size, s_name, t_name in zip(
+            self.adapters, self.t_sizes, self.s_names["hint"], self.t_names["hint"]
+        ):
+            s_map = adapter(student[s_name].float())
+            if tuple(s_map.shape[-2:]) != tuple(size):
+                s_map = F.adaptive_avg_pool2d(s_map, size)
+            total = total + F.mse_loss(s_map, teacher[t_name])
+        return total / len(self.strides)
+
+
+def _relation_heads(t_width: int, s_width: int, t_heads: int) -> int:
+    """Relation heads for MiniLMv2: the teacher's head count when it divides both widths, else their gcd
+    capped at the teacher's head count."""
+    if t_width % t_heads == 0 and s_width % t_heads == 0:
+        return t_heads
+    return max(1, min(t_heads, math.gcd(t_width, s_width)))
+
+
+def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, length, width = x.shape
+    return x.reshape(b, length, heads, width // heads).transpose(1, 2)  # [B, heads, L, d]
+
+
+def _log_relation(a: torch.Tensor, b: torch.Tensor, heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """log softmax(a_h b_h^T / sqrt(d)) per head over real keys: [B, heads, L, L]."""
+    qa, kb = _split(a, heads), _split(b, heads)
+    scores = qa @ kb.transpose(-1, -2) / math.sqrt(qa.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], -1e9)  # padding: probability 0, no inf
+    return F.log_softmax(scores, dim=-1)
+
+
+def _relation_kl(student_log: torch.Tensor, teacher_log: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """KL(teacher || student) per query row, averaged over heads and real query tokens."""
+    p = teacher_log.exp()
+    kl = torch.where(p > 0, p * (teacher_log - student_log), 0.0).sum(-1).mean(1)  # [B, L]
+    return _masked_mean(kl, mask)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1)
