@@ -98,8 +98,10 @@ def lock_output(out: Path) -> bool:
     ``busy: OUT is being written by pid N``."""
     import fcntl
 
+    from edgekit.processes import is_main
+
     out = Path(out).absolute()
-    if str(out) in _LOCKS:
+    if str(out) in _LOCKS or not is_main():  # under accelerate launch the main process alone writes
         return False
     if not out.parent.is_dir():
         return False  # nothing can be writing there yet; the stage creates the parent and locks then
@@ -155,9 +157,20 @@ def check_output(out: Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``out`` atomically."""
+    """Yield a temporary folder; on success it replaces ``out`` atomically. In a process other than the
+    main one of a multi-process run, a scratch folder that is removed afterwards: ``out`` is the main
+    process's to write."""
+    from edgekit.processes import is_main
+
     out = Path(out)
     check_output(out, force)
+    if not is_main():
+        scratch = Path(tempfile.mkdtemp(prefix=f"edgekit-{out.name}-rank-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     locked_here = lock_output(out)
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:

@@ -15,6 +15,7 @@ from edgekit import registry
 from edgekit.artifacts import RECIPE_FILE, is_stage, write_json_atomic
 from edgekit.errors import EdgekitError
 from edgekit.log import info as log
+from edgekit.processes import is_main
 from edgekit.recipe import Recipe
 from edgekit.records import StageMeta
 from edgekit.stage_runner import Stage, load_data, task_of
@@ -111,7 +112,9 @@ def finetune(
 
             handle, extra["merge"] = merge_checked(trained, handle, data, folder)
         metrics = model_metrics(handle, data)
-        metrics.update(best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr)
+        metrics.update(
+            best_epoch=result.best_epoch, train_seconds=result.seconds, lr=result.lr, train_processes=result.processes
+        )
         meta = save_model_stage(
             run,
             folder,
@@ -120,7 +123,8 @@ def finetune(
             metrics,
             {"history": result.history, "resumed_from": result.resumed_from, **extra},
         )
-    shutil.rmtree(ckpt.folder, ignore_errors=True)
+    if is_main():
+        shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta
 
 

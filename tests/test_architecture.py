@@ -27,6 +27,7 @@ CORE = {
     "edgekit.resources",
     "edgekit.registry",
     "edgekit.layout",
+    "edgekit.processes",
     "edgekit.tasks",
     "edgekit.tasks.base",
     "edgekit.tasks.classification",

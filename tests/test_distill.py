@@ -329,6 +329,7 @@ def test_intermediate_layer_kd_through_the_cli(tmp_path, teacher, tiny_bert, cac
     assert kd["layer_map"] == [[1, 2], [2, 4]]  # the layers the derived student kept
     # the teacher ran in the first epoch only (255 examples in batches of 16), then the cache served it
     assert kd["teacher_batches"] == 16 and kd["cache"]["examples"] == 255 and kd["teacher_forward_seconds"] > 0
+    assert kd["teacher_examples"] == 255
     assert m["config"]["features"] == {"kinds": {"attention": 0.5, "hidden": 1.0, "relation": 1.0}, "layer_map": None}
     assert m["metrics"]["accuracy"] > 0.5
     # a narrower student from elsewhere: an even map unless told, projections to the teacher's width

@@ -119,6 +119,7 @@ def test_the_teacher_runs_once_per_example_then_the_cache_serves_it(tmp_path, mi
     report = objective.report()["feature_kd"]
     objective.finish()
     assert report["teacher_batches"] == 1 and report["cache"]["examples"] == 4 and not report["cache"]["full"]
+    assert report["teacher_examples"] == 4
     assert losses[0] == pytest.approx(losses[1], abs=1e-6) == losses[2]  # cached = computed (both fp16-rounded)
     assert not student.module.bert.encoder.layer[0]._forward_hooks  # finish() takes the hooks off
     # a cache too small for one example: the teacher runs every time, and the report says so
@@ -130,6 +131,18 @@ def test_the_teacher_runs_once_per_example_then_the_cache_serves_it(tmp_path, mi
     report = objective.report()["feature_kd"]
     objective.finish()
     assert report["teacher_batches"] == 2 and report["cache"]["full"] and report["cache"]["examples"] == 0
+    # a batch half seen before: the teacher runs on the unseen rows only, and the stitched rows are the same
+    objective = _objective(teacher, student, {"hidden": 1.0})
+    objective.start(student.module)
+    short = {k: v[:2, :] for k, v in inputs.items()}  # (padded to the long batch: the stitching re-pads)
+    objective.see_batch(short)
+    objective.loss(student.logits(short), None, torch.arange(2), labels[:2])
+    objective.see_batch(inputs)
+    mixed = objective.loss(student.logits(inputs), None, torch.arange(4), labels).item()
+    report = objective.report()["feature_kd"]
+    objective.finish()
+    assert report["teacher_examples"] == 4 and report["teacher_batches"] == 2
+    assert mixed == pytest.approx(losses[0], abs=1e-6)
 
 
 def test_narrower_students_get_projections_and_relations_need_none(tmp_path, minilm_tokenizer_dir):

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    _quiet_unless_main()
     command = build_app()
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -95,6 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         from edgekit.artifacts import release_locks
 
         release_locks()
+
+
+def _quiet_unless_main() -> None:
+    """Under accelerate launch every process runs the command; the main one alone prints its output,
+    progress and messages (errors still reach stderr from each)."""
+    from edgekit.processes import is_main
+
+    if is_main():
+        return
+    from edgekit import log
+
+    os.environ["TQDM_DISABLE"] = "1"
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    log.configure(-1)
 
 
 def _run(command, args: list[str]) -> int:

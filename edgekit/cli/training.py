@@ -52,8 +52,9 @@ def root(
 ) -> None:
     """edgekit: distil, compress, export and benchmark models for edge devices."""
     from edgekit import log
+    from edgekit.processes import is_main
 
-    log.configure(-1 if quiet else min(verbose, 1))
+    log.configure(-1 if quiet or not is_main() else min(verbose, 1))  # (other processes of a launch stay quiet)
     if version:
         from edgekit import __version__
 

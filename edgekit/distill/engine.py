@@ -24,6 +24,7 @@ from edgekit.artifacts import RECIPE_FILE, is_stage, stage_folder
 from edgekit.errors import EdgekitError
 from edgekit.layout import checkpoint_folder
 from edgekit.log import info as log
+from edgekit.processes import is_main
 from edgekit.records import StageMeta, read_meta, write_meta
 from edgekit.stage_runner import Stage, load_data, task_of
 from edgekit.tasks import task_spec
@@ -86,11 +87,12 @@ def distill(
         )
     run = _Run(recipe, cfg, strategy, data, task_spec(data.task), stage, checkpoint_folder(out), resume, transfer)
     handles = run.load_teachers(teachers, links)
-    if not resume and run.ckpt_root.exists():
+    if not resume and run.ckpt_root.exists() and is_main():
         shutil.rmtree(run.ckpt_root)
     with stage.folder(force) as folder:
         meta = run.train_links(folder, links, teachers, handles)
-    shutil.rmtree(run.ckpt_root, ignore_errors=True)
+    if is_main():  # (the checkpoints are the main process's, as the folder is)
+        shutil.rmtree(run.ckpt_root, ignore_errors=True)
     return meta
 
 
@@ -317,6 +319,7 @@ class _Run:
             best_epoch=result.best_epoch,
             train_seconds=result.seconds,
             lr=result.lr,
+            train_processes=result.processes,
             teacher_score=score,
             **result.objective,
         )

@@ -17,9 +17,11 @@ Layer map: a student derived by keeping layers maps each kept layer to the teach
 otherwise layers are mapped evenly (student layer i of k to teacher layer round(i n / k)); and
 ``distill.layer_map`` (the teacher layer, 1-based, for each student layer) overrides both.
 
-The teacher runs on each batch with the student (its inputs come from ``see_batch``); what it gives for
-an example is kept in memory in fp16, up to ``distill.feature_cache_mb``, so later epochs reuse it
-instead of running the teacher again. The report says how long the teacher ran and what was cached.
+The teacher runs with the student on the examples of a batch it has not seen (its inputs come from
+``see_batch``), one at a time so that its outputs do not depend on the batch; what it gives for an
+example is kept in memory in fp16, up to
+``distill.feature_cache_mb``, so later epochs reuse it instead of running the teacher again. The report
+says how long the teacher ran, on how many examples, and what was cached.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ class IntermediateKD(Objective):
         self.cache_bytes = int(cache_mb * 2**20)
         self.cache: dict[int, dict[str, torch.Tensor]] = {}
         self.cached_bytes, self.teacher_seconds, self.teacher_batches, self.cache_full = 0, 0.0, 0, False
-        self.cached_examples = 0
+        self.cached_examples, self.teacher_examples = 0, 0
         self.inputs: dict[str, torch.Tensor] | None = None
         self._student_taps: _Taps | None = None
         if teacher.family != student.family:
@@ -292,6 +294,7 @@ class IntermediateKD(Objective):
             "kinds": self.kinds,
             "teacher_forward_seconds": round(self.teacher_seconds, 3),
             "teacher_batches": self.teacher_batches,
+            "teacher_examples": self.teacher_examples,
             "cache": {
                 "examples": len(self.cache) or self.cached_examples,
                 "mb": round(self.cached_bytes / 2**20, 2),
@@ -310,57 +313,54 @@ class IntermediateKD(Objective):
 
     # the teacher's outputs, from the cache or a forward ------------------------------------------------
 
-    def _lengths(self, batch: int) -> list[int] | None:
-        mask = (self.inputs or {}).get("attention_mask")
-        return None if mask is None else [int(x) for x in mask.sum(-1).tolist()]
-
     def _teacher_outputs(self, indices: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        """The teacher's tapped outputs for the batch: cached rows from the cache, the others from one
+        teacher forward over just those rows (stored while the cache has room)."""
         keys = [int(i) for i in indices.tolist()]
-        lengths = self._lengths(len(keys))
-        if all(k in self.cache for k in keys):
-            return self._from_cache(keys, lengths, device)
-        start = time.perf_counter()
-        teacher = self.teacher_handle[0]
-        teacher.module.to(device).eval()
-        taps = _Taps(teacher.module, self.t_taps)
-        try:
-            with torch.no_grad():
-                teacher.logits(self.inputs)
-            # rounded as the cache keeps them: a batch met first and one met again (or after --resume) see
-            # the same values
-            values = {n: v.detach().to(torch.float16).float() for n, v in taps.values.items()}
-        finally:
-            taps.close()
-        self.teacher_seconds += time.perf_counter() - start
-        self.teacher_batches += 1
-        self._store(keys, lengths, values)
-        return values
-
-    def _store(self, keys, lengths, values) -> None:
-        if self.cache_full:
-            return
-        for row, key in enumerate(keys):
-            entry = {}
-            for name, value in values.items():
-                item = value[row]
-                if lengths is not None and item.dim() >= 1:
-                    item = item[: lengths[row]]
-                entry[name] = item.to(torch.float16).cpu()
-            size = sum(v.numel() * 2 for v in entry.values())
-            if self.cached_bytes + size > self.cache_bytes:
-                self.cache_full = True
-                return
-            self.cache[key], self.cached_bytes = entry, self.cached_bytes + size
-
-    def _from_cache(self, keys, lengths, device) -> dict[str, torch.Tensor]:
+        mask = (self.inputs or {}).get("attention_mask")
+        lengths = None if mask is None else [int(x) for x in mask.sum(-1).tolist()]
+        missing = [row for row, key in enumerate(keys) if key not in self.cache]
+        fresh: dict[int, dict[str, torch.Tensor]] = {}
+        if missing:
+            start = time.perf_counter()
+            teacher = self.teacher_handle[0]
+            teacher.module.to(device).eval()
+            taps = _Taps(teacher.module, self.t_taps)
+            try:
+                for row in missing:
+                    # one example at a time, without padding: its outputs do not depend on which batch it
+                    # came in, so a run resumed from a checkpoint (its cache empty) sees the same values
+                    one = {k: v[row : row + 1] for k, v in self.inputs.items()}
+                    if lengths is not None:
+                        one = {k: v[:, : lengths[row]] if v.dim() == 2 else v for k, v in one.items()}
+                    with torch.no_grad():
+                        teacher.logits(one)
+                    # fp16, as the cache keeps them: first sight and a cache hit give the same values
+                    fresh[row] = {n: v.detach()[0].to(torch.float16).cpu() for n, v in taps.values.items()}
+                    self._store(keys[row], fresh[row])
+            finally:
+                taps.close()
+            self.teacher_seconds += time.perf_counter() - start
+            self.teacher_batches += 1
+            self.teacher_examples += len(missing)
+        entries = [fresh[row] if row in fresh else self.cache[key] for row, key in enumerate(keys)]
+        longest = None if lengths is None else int(mask.shape[1])
         out = {}
-        longest = max(lengths) if lengths else None
         for name in self.t_taps:
-            items = [self.cache[k][name].float() for k in keys]
+            items = [e[name].float() for e in entries]
             if longest is not None:
                 items = [F.pad(x, (0, 0, 0, longest - x.shape[0])) for x in items]
             out[name] = torch.stack(items).to(device)
         return out
+
+    def _store(self, key: int, entry: dict[str, torch.Tensor]) -> None:
+        if self.cache_full:
+            return
+        size = sum(v.numel() * v.element_size() for v in entry.values())
+        if self.cached_bytes + size > self.cache_bytes:
+            self.cache_full = True
+            return
+        self.cache[key], self.cached_bytes = entry, self.cached_bytes + size
 
     def _token_mask(self, device) -> torch.Tensor | None:
         mask = (self.inputs or {}).get("attention_mask")

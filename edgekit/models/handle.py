@@ -51,14 +51,17 @@ class ModelHandle:
             names.append("token_type_ids")
         return names
 
-    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def logits(self, inputs: dict[str, torch.Tensor], module: torch.nn.Module | None = None) -> torch.Tensor:
+        """The model's logits; ``module`` runs instead of ``self.module`` when given (the wrapper
+        Accelerate puts around it for several processes: it has no ``config``)."""
+        run = self.module if module is None else module
         if self.family == "torchvision":
-            return self.module(inputs["pixel_values"])
+            return run(inputs["pixel_values"])
         if self.spec.generates:  # teacher forcing: decoder logits for every target position
-            return self.module(
+            return run(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
             ).logits
-        return self.module(**{k: inputs[k] for k in self.input_names if k in inputs}).logits
+        return run(**{k: inputs[k] for k in self.input_names if k in inputs}).logits
 
     def head(self) -> torch.nn.Module:
         """The final classification layer (its input is the model's pooled feature)."""

@@ -34,6 +34,7 @@ from edgekit.data.splits import Split, TaskData
 from edgekit.errors import EdgekitError
 from edgekit.metrics import classification_metrics
 from edgekit.models.handle import ModelHandle, default_lr
+from edgekit.processes import is_main, world
 from edgekit.tasks import task_spec
 from edgekit.train.data import make_dataset, make_loader
 from edgekit.train.objectives import Objective
@@ -72,6 +73,7 @@ class TrainResult:
     lr: float = 0.0
     resumed_from: dict[str, int] | None = None
     objective: dict[str, Any] = field(default_factory=dict)
+    processes: int = 1  # training processes (accelerate launch); each step's batch is per process
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Checkpointing:
         from edgekit.layout import checkpoint_folder
 
         ckpt = cls(checkpoint_folder(out), tag=tag, every_steps=every_steps, resume=resume)
-        if not resume:
+        if not resume and is_main():
             shutil.rmtree(ckpt.folder, ignore_errors=True)
         return ckpt
 
@@ -317,19 +319,28 @@ def train(
     )
     scheduler = _schedule(optimizer, cfg.epochs * batches_per_epoch, cfg.warmup_fraction)
     head_input = _HeadInput(handle.head()) if objective.needs_features else None
+    objective_params = [p for p in objective.parameters() if p.requires_grad]
+    if acc.num_processes > 1:  # the objective's own weights (projections, adapters) start the same everywhere
+        for p in objective_params:
+            torch.distributed.broadcast(p.data, src=0)
     objective.start(raw_module)
 
-    result = TrainResult(best_epoch=0, best_val_score=-1.0, lr=lr)
-    start_epoch, start_step, global_step, elapsed, best_state = _restore(
-        checkpoint, raw_module, optimizer, scheduler, objective, result
+    result = TrainResult(best_epoch=0, best_val_score=-1.0, lr=lr, processes=acc.num_processes)
+    start_epoch, start_step, global_step, elapsed, best_state, share = _restore(
+        checkpoint, raw_module, optimizer, scheduler, objective, result, acc.process_index
     )
     if result.resumed_from:
         log.info(
             f"  {desc}: resumed from {checkpoint.path} at epoch {start_epoch}, step {start_step}/{batches_per_epoch}"
         )
 
-    def snapshot(epoch: int, step_in_epoch: int) -> None:
-        if checkpoint is None or not acc.is_main_process:
+    def snapshot(epoch: int, step_in_epoch: int, loss_sum: float = 0.0, seen: int = 0) -> None:
+        if checkpoint is None:
+            return
+        # every process's own random state and share of the epoch so far (the main process writes them
+        # all: a resumed run then continues each process exactly where it was)
+        ranks = _gather(acc, {"rng": _rng_state(), "loss_sum": loss_sum, "seen": seen})
+        if not acc.is_main_process:
             return
         _save_checkpoint(
             checkpoint,
@@ -348,6 +359,8 @@ def train(
                 "best_epoch": result.best_epoch,
                 "best_val_score": result.best_val_score,
                 "best_state": best_state or {},
+                "processes": acc.num_processes,
+                **({"ranks": ranks} if acc.num_processes > 1 else {}),
             },
         )
 
@@ -360,7 +373,7 @@ def train(
                     len(train_dataset), cfg.batch_size, seed, epoch, acc.process_index, acc.num_processes
                 )
                 first = start_step if epoch == start_epoch else 0
-                epoch_loss, seen, epoch_seconds = _epoch_totals(result, first)
+                epoch_loss, seen, epoch_seconds = _epoch_totals(result, first, share)
                 epoch_start = time.perf_counter()
                 loader = make_loader(train_dataset, cfg.batch_size, shuffle=False, batches=batches[first:])
                 bar = tqdm(
@@ -383,6 +396,7 @@ def train(
                     _check_finite(loss, desc, epoch, step_in_epoch, global_step, checkpoint)
                     optimizer.zero_grad(set_to_none=True)
                     acc.backward(loss)
+                    _average_objective_grads(objective_params, acc.num_processes)
                     acc.clip_grad_norm_(params, 1.0)
                     optimizer.step()
                     scheduler.step()
@@ -390,7 +404,7 @@ def train(
                     epoch_loss += loss.item() * len(labels)
                     seen += len(labels)
                     bar.set_postfix(loss=f"{epoch_loss / seen:.4f}")
-                    stopping = stop.set
+                    stopping = _any_process(acc, stop.set)  # every process stops after the same step
                     if stopping or (checkpoint is not None and global_step % checkpoint.every_steps == 0):
                         result.history.append(
                             {
@@ -400,12 +414,13 @@ def train(
                                 "epoch_seconds": epoch_seconds + time.perf_counter() - epoch_start,
                             }
                         )
-                        snapshot(epoch, step_in_epoch)
+                        snapshot(epoch, step_in_epoch, epoch_loss, seen)
                         result.history.pop()
                     if stopping:
                         raise _interrupted(stop.signum, epoch, step_in_epoch, checkpoint)
                 bar.close()
                 epoch_seconds += time.perf_counter() - epoch_start
+                epoch_loss, seen = _across_processes(acc, epoch_loss, seen)
                 metric, val_acc = validation_score(handle, val_dataset, data.val, cfg.batch_size, device)
                 result.history.append(
                     {
@@ -441,33 +456,83 @@ def train(
     return result
 
 
-def _restore(checkpoint, module, optimizer, scheduler, objective, result: TrainResult):
+def _average_objective_grads(params: list[torch.nn.Parameter], processes: int) -> None:
+    """DDP averages the model's gradients across processes; the objective's weights are not in the
+    model, so their gradients are averaged here (or each process's copy would drift apart)."""
+    if processes == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= processes
+
+
+def _across_processes(acc, loss_sum: float, seen: int) -> tuple[float, int]:
+    """The epoch's loss sum and example count over every process (each saw its shard)."""
+    if acc.num_processes == 1:
+        return loss_sum, seen
+    totals = acc.reduce(torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=acc.device), "sum")
+    return float(totals[0]), int(totals[1])
+
+
+def _restore(checkpoint, module, optimizer, scheduler, objective, result: TrainResult, rank: int = 0):
     """Continue from ``checkpoint`` when asked and one exists: the weights, optimizer, schedule,
     objective and RNG state, and the history so far. Returns (epoch, step in it, global step,
-    seconds spent, best epoch's weights)."""
+    seconds spent, best epoch's weights, this process's share of the epoch: its RNG, loss sum and count,
+    or None)."""
     saved = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.resume else None
     if saved is None:
-        return 1, 0, 0, 0.0, None
+        return 1, 0, 0, 0.0, None, None
+    ranks = saved.get("ranks") or []
+    share = ranks[rank] if rank < len(ranks) else None
+    written_by = int(saved.get("processes", 1))
+    if written_by != world():  # a step of the epoch means other examples with another process count
+        how = "without accelerate launch" if written_by == 1 else f"with accelerate launch --num_processes {written_by}"
+        raise EdgekitError(
+            f"checkpoint {checkpoint.path} was written by {written_by} process{'es' if written_by > 1 else ''} and "
+            f"this run has {world()}; resume it {how} (or drop --resume to start over)"
+        )
     module.load_state_dict(saved["module"], strict=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     objective.load_state_dict(saved["objective"], strict=False)
-    _set_rng_state(saved["rng"])
+    _set_rng_state(share["rng"] if share else saved["rng"])
     epoch, step, global_step = saved["epoch"], saved["step_in_epoch"], saved["global_step"]
     result.history = json.loads(saved["history"])
     result.best_epoch = saved["best_epoch"]
     result.best_val_score = float(saved.get("best_val_score", saved.get("best_val_accuracy", -1.0)))
     result.resumed_from = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step}
-    return epoch, step, global_step, float(saved["elapsed"]), saved.get("best_state") or None
+    return epoch, step, global_step, float(saved["elapsed"]), saved.get("best_state") or None, share
 
 
-def _epoch_totals(result: TrainResult, first: int) -> tuple[float, int, float]:
+def _epoch_totals(result: TrainResult, first: int, share: dict | None = None) -> tuple[float, int, float]:
     """(loss sum, examples seen, seconds) of the epoch so far: zeros, or what a checkpoint taken mid-
-    epoch saved in the history's tail."""
+    epoch saved (in the history's tail; this process's own share when several wrote it)."""
     if first == 0:
         return 0.0, 0, 0.0
     partial = result.history.pop() if result.history and result.history[-1].get("partial") else {}
+    if share is not None:
+        return float(share["loss_sum"]), int(share["seen"]), partial.get("epoch_seconds", 0.0)
     return partial.get("loss_sum", 0.0), partial.get("seen", 0), partial.get("epoch_seconds", 0.0)
+
+
+def _gather(acc, value: Any) -> list[Any]:
+    """``value`` from every process, in rank order (``[value]`` in a single process)."""
+    if acc.num_processes == 1:
+        return [value]
+    out: list[Any] = [None] * acc.num_processes
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def _any_process(acc, flag: bool) -> bool:
+    """True when ``flag`` is set in any process (a signal reaches each at a slightly different step)."""
+    if acc.num_processes == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=acc.device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _check_finite(loss, desc: str, epoch: int, step: int, global_step: int, checkpoint) -> None:
@@ -497,14 +562,8 @@ def _interrupted(signum, epoch: int, step: int, checkpoint) -> Interrupted:
 
 
 def handle_logits(handle: ModelHandle, module, inputs):
-    """``handle.logits`` through ``module`` (the Accelerate-wrapped copy when on several GPUs)."""
-    if module is handle.module:
-        return handle.logits(inputs)
-    original, handle.module = handle.module, module
-    try:
-        return handle.logits(inputs)
-    finally:
-        handle.module = original
+    """``handle.logits`` through ``module`` (the Accelerate-wrapped copy when on several processes)."""
+    return handle.logits(inputs, module=None if module is handle.module else module)
 
 
 def validation_score(handle: ModelHandle, dataset, split: Split, batch_size: int, device) -> tuple[str, float]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgekit import log
 from edgekit.data.splits import Split
+from edgekit.processes import barrier, is_main, world
 from edgekit.tasks import task_spec
 
 FORMAT = "edgekit-transfer-1"
@@ -116,9 +117,8 @@ def transfer_set(
     desc: str = "teacher logits",
 ) -> TransferSet:
     """The teacher ``handle``'s logits (and head-input features) on ``split``, from the cache when
-    the same teacher already saw the same examples."""
-    from edgekit.train.loop import predict_logits
-
+    the same teacher already saw the same examples. Under ``accelerate launch`` the main process
+    computes them and the others read its cache entry."""
     start = time.perf_counter()
     key = hashlib.sha256(
         json.dumps(
@@ -136,6 +136,18 @@ def transfer_set(
         ).encode()
     ).hexdigest()[:32]
     path = cache_root() / "transfer" / f"{key}.npz" if cache else None
+    if path is not None and world() > 1:  # computed once, by the main process; the others read its file
+        if is_main():
+            result = _cached_or_computed(handle, split, key, path, features, batch_size, desc, start)
+        barrier()
+        if is_main():
+            return result
+    return _cached_or_computed(handle, split, key, path, features, batch_size, desc, start)
+
+
+def _cached_or_computed(handle, split, key, path, features, batch_size, desc, start) -> TransferSet:
+    from edgekit.train.loop import predict_logits
+
     if path is not None and path.is_file():
         cached = _read_entry(path, key, len(split), features)
         if cached is not None:
@@ -149,7 +161,7 @@ def transfer_set(
     else:
         logits, feats = predict_logits(handle, split, batch_size, desc=desc), None
     handle.module.cpu()
-    if path is not None:
+    if path is not None and is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npz", dir=path.parent)
         os.close(fd)
