@@ -27,13 +27,3 @@ def world() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def barrier() -> None:
-    """Wait until every process gets here (no-op in a single process)."""
-    if world() == 1:
-        return
-    import torch
-    from accelerate import PartialState
-
-    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()

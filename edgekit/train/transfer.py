@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit import log
 from edgekit.data.splits import Split
-from edgekit.processes import barrier, is_main, world
+from edgekit.processes import is_main, world
 from edgekit.tasks import task_spec
 
 FORMAT = "edgekit-transfer-1"
@@ -139,10 +139,18 @@ def transfer_set(
     if path is not None and world() > 1:  # computed once, by the main process; the others read its file
         if is_main():
             result = _cached_or_computed(handle, split, key, path, features, batch_size, desc, start)
-        barrier()
+        _barrier()
         if is_main():
             return result
     return _cached_or_computed(handle, split, key, path, features, batch_size, desc, start)
+
+
+def _barrier() -> None:
+    """Wait until every process of the launch gets here."""
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def _cached_or_computed(handle, split, key, path, features, batch_size, desc, start) -> TransferSet:
