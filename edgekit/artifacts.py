@@ -173,8 +173,7 @@ def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     locked_here = lock_output(out)
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed while writing this stage
+    _remove_leftovers(out)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except BaseException:
@@ -195,6 +194,31 @@ def stage_folder(out: Path, force: bool = False) -> Iterator[Path]:
         raise
     finally:
         if locked_here:  # a lock the command took up front stays until the command ends
+            release_lock(out)
+
+
+def _remove_leftovers(out: Path) -> None:
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed while writing this stage
+
+
+def tidy_reused(out: Path) -> None:
+    """A stage reused as it is may still have the leftovers of a run killed just after replacing it
+    (``.NAME.old-*``) or while writing it again (``.NAME.tmp-*``): removed, unless another run holds
+    the folder's lock now (its temporary folder is in use)."""
+    from edgekit.processes import is_main
+
+    out = Path(out)
+    if not is_main() or not any(out.parent.glob(f".{out.name}.*-*")):
+        return
+    try:
+        locked_here = lock_output(out)
+    except EdgekitError:  # busy: another writer's folders
+        return
+    try:
+        _remove_leftovers(out)
+    finally:
+        if locked_here:
             release_lock(out)
 
 

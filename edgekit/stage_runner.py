@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import log
-from edgekit.artifacts import fingerprint, is_stage, stage_folder
+from edgekit.artifacts import fingerprint, is_stage, stage_folder, tidy_reused
 from edgekit.records import StageMeta, read_meta, write_meta
 
 
@@ -69,6 +69,7 @@ class Stage:
         """The finished stage's meta when ``reuse`` and ``out`` holds this very fingerprint, else None."""
         if reuse and reusable(self.out, self.fingerprint):
             log.info(f"{self.name}: reused {self.out}")
+            tidy_reused(self.out)
             return read_meta(self.out)
         return None
 

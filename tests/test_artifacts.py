@@ -72,3 +72,18 @@ def test_check_output_rejects_a_file(tmp_path):
     path.write_text("x")
     with pytest.raises(EdgekitError):
         check_output(path, force=True)
+
+
+def test_a_reused_stage_loses_the_leftovers_of_a_run_killed_while_replacing_it(tmp_path):
+    from edgekit.stage_runner import Stage
+
+    stage = Stage("prune", tmp_path / "pruned", {"amount": 0.4})
+    with stage.folder() as folder:
+        stage.finish(metrics={})
+    # kill -9 after os.replace(tmp, out) and before the old copy was removed, or while writing it again
+    (tmp_path / ".pruned.old-abc" / "pruned").mkdir(parents=True)
+    (tmp_path / ".pruned.tmp-def").mkdir()
+    (tmp_path / ".other.old-xyz").mkdir()  # another stage's: not this one's to remove
+    assert Stage("prune", tmp_path / "pruned", {"amount": 0.4}).reused(True) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.old-xyz", "pruned"]
+    assert folder != tmp_path / "pruned"

@@ -69,6 +69,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(setup):
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = meta(root / "one"), meta(root / "two")
     assert a["metrics"]["train_processes"] == 1 and b["metrics"]["train_processes"] == 2
+    assert a["metrics"]["batch_size"] == 32 and b["metrics"]["batch_size"] == 16
     # the tolerance: the two runs reduce in another order, drop 1 of 255 examples (an even split) and
     # draw other dropout masks; measured 0.0007 apart in loss, the same accuracy at every epoch
     for x, y in zip(a["history"], b["history"]):

@@ -91,3 +91,19 @@ def test_shipped_recipes_are_valid():
 
     for path in Path(recipes_dir()).glob("*.yaml"):
         load_recipe(path)
+
+
+def test_the_default_batch_size_gives_every_run_enough_optimizer_steps():
+    from edgekit.recipe import TrainConfig
+    from edgekit.train.loop import MIN_STEPS, auto_batch_size
+
+    assert TrainConfig().batch_size is None  # picked per run, from its size
+    # a few thousand examples for one epoch: 16 (161 steps; 64 gave 41 steps and 20 points less)
+    assert auto_batch_size(2567, 1) == 16 and auto_batch_size(2567, 3) == 32
+    assert auto_batch_size(50_000, 3) == 64  # large data keeps the old default
+    assert auto_batch_size(255, 3) == 8  # too small for 150 steps at any size: the smallest
+    assert auto_batch_size(2567, 1, processes=2) == 8  # per process: the same steps as 16 in one
+    for n, epochs in ((100, 1), (2567, 1), (4634, 3), (10**6, 1)):
+        size = auto_batch_size(n, epochs)
+        steps = epochs * -(-n // size)
+        assert steps >= MIN_STEPS or size == 8

@@ -320,6 +320,7 @@ class _Run:
             train_seconds=result.seconds,
             lr=result.lr,
             train_processes=result.processes,
+            batch_size=result.batch_size,
             teacher_score=score,
             **result.objective,
         )
