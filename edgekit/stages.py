@@ -112,13 +112,7 @@ def finetune(
 
             handle, extra["merge"] = merge_checked(trained, handle, data, folder)
         metrics = model_metrics(handle, data)
-        metrics.update(
-            best_epoch=result.best_epoch,
-            train_seconds=result.seconds,
-            lr=result.lr,
-            train_processes=result.processes,
-            batch_size=result.batch_size,
-        )
+        metrics.update(result.summary())
         meta = save_model_stage(
             run,
             folder,

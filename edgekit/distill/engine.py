@@ -315,15 +315,7 @@ class _Run:
 
             student, extra["merge"] = merge_checked(student, teacher, data, folder)
         metrics = model_metrics(student, data)
-        metrics.update(
-            best_epoch=result.best_epoch,
-            train_seconds=result.seconds,
-            lr=result.lr,
-            train_processes=result.processes,
-            batch_size=result.batch_size,
-            teacher_score=score,
-            **result.objective,
-        )
+        metrics.update(result.summary(), teacher_score=score, **result.objective)
         if self.transfer is not data:
             metrics.update(
                 transfer_examples=len(self.transfer.train),

@@ -76,6 +76,16 @@ class TrainResult:
     processes: int = 1  # training processes (accelerate launch); each step's batch is per process
     batch_size: int = 0  # per process (given, or auto_batch_size's)
 
+    def summary(self) -> dict[str, Any]:
+        """What a trained stage's metrics record about its training."""
+        return {
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.seconds,
+            "lr": self.lr,
+            "train_processes": self.processes,
+            "batch_size": self.batch_size,
+        }
+
 
 @dataclass
 class Checkpointing:
