@@ -404,6 +404,12 @@ register("quant-mode", "auto", summary="static for CNNs, dynamic for transformer
 register("quant-mode", "dynamic", summary="int8 weights, activations quantized at run time")
 register("quant-mode", "static", summary="int8 weights and activations, calibrated")
 register("precision", "int8", summary="8-bit integer weights (and activations)")
+register(
+    "precision",
+    "int4",
+    formats=("onnx",),
+    summary="4-bit block-wise weights (MatMulNBits) and embeddings (GatherBlockQuantized); activations float",
+)
 register("precision", "fp16", formats=("onnx",), summary="half precision (GPUs)")
 register("precision", "fp32", summary="full precision")
 
@@ -421,8 +427,8 @@ register(
     suffix=".onnx",
     runtime="onnxruntime",
     title="ONNX",
-    precisions=("int8", "fp16", "fp32"),
-    presets={"int8": "cpu-int8", "fp32": "onnx-fp32", "fp16": "t4-fp16"},
+    precisions=("int8", "int4", "fp16", "fp32"),
+    presets={"int8": "cpu-int8", "int4": "cpu-int4", "fp32": "onnx-fp32", "fp16": "t4-fp16"},
     opset=True,
     torch_free=True,
     kv_cache=True,

@@ -105,16 +105,19 @@ CASES = [
     ("bert", "onnx", "int8", "dynamic", True),
     ("bert", "onnx", "int8", "static", True),
     ("bert", "onnx", "fp16", None, True),
+    ("bert", "onnx", "int4", None, True),
     ("bert", "torchscript", "int8", None, True),
     ("bert", "torchscript", "fp32", None, True),
     ("vit", "onnx", "int8", None, True),
     ("vit", "onnx", "int8", "static", None),
     ("vit", "onnx", "fp16", None, True),
+    ("vit", "onnx", "int4", None, True),
     ("vit", "torchscript", "int8", None, True),
     ("vit", "torchscript", "fp32", None, True),
     ("t5", "onnx", "fp32", None, True),
     ("t5", "onnx", "int8", None, None),
     ("t5", "onnx", "fp16", None, True),
+    ("t5", "onnx", "int4", None, None),
     ("t5", "torchscript", "int8", None, None),
     ("t5", "torchscript", "fp32", None, True),
     ("resnet18", "onnx", "int8", None, None),
@@ -196,6 +199,17 @@ def test_every_model_format_and_precision(models, tmp_path, monkeypatch, model, 
         if fmt == "torchscript":
             assert manifest["quantization"]["engine"] in ("x86", "fbgemm", "qnnpack")
             assert manifest["quantization"]["quantized_linear_layers"] >= 1
+    if precision == "int4":  # every weight matrix a MatMulNBits, the embedding tables GatherBlockQuantized
+        import onnx
+
+        quant = manifest["quantization"]
+        assert quant["mode"] == "weight-only" and quant["weight_type"] == "int4" and quant["embeddings"] == "int4"
+        assert manifest["opset"] == 21
+        ops = [n.op_type for g in manifest["graphs"] for n in onnx.load(str(out / g["file"])).graph.node]
+        assert ops.count("MatMulNBits") >= 2 * 4 and "MatMul" in ops  # q/k/v/out/ffn; attention's QK^T stays
+        # ViT adds its position table (no lookup); BERT looks up words, positions, token types, T5 words
+        assert ops.count("GatherBlockQuantized") >= (0 if model == "vit" else 1)
+        assert manifest["sizes"]["breakdown"]["components"]["quantization parameters"] > 0
     assert manifest["lineage"][0]["stage"] == "finetune"
     # the exported file runs through the public runtime on raw examples
     bundle = Bundle(out)
@@ -559,6 +573,84 @@ def test_bad_export_options_fail_before_exporting(models, tmp_path, args, needle
     proc = run_cli("export", models["bert"], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "b").exists()
+
+
+def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free(models, tmp_path, block_torch):
+    """quantization.embeddings: int4 in an int8 preset keeps the MatMuls dynamic int8 and stores the word,
+    position and token-type tables block-wise in 4 bits; the int4 bundle evaluates and benches without torch."""
+    import onnx
+
+    preset = tmp_path / "int8-emb4.yaml"
+    preset.write_text("name: int8-emb4\nopset: 21\nprecision: int8\nquantization: {embeddings: int4, block_size: 16}\n")
+    out8 = tmp_path / "e"
+    proc = run_cli("export", models["bert"], "--preset", preset, "--out", out8)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out8 / "manifest.json").read_text())
+    assert manifest["quantization"]["embeddings"] == "int4" and manifest["quantization"]["block_quantized_nodes"] == 3
+    ops = [n.op_type for n in onnx.load(str(out8 / "model.onnx")).graph.node]
+    assert ops.count("GatherBlockQuantized") == 3 and "MatMulInteger" in ops and "MatMulNBits" not in ops
+    assert manifest["parity"]["int8"]["passed"]
+
+    out4 = tmp_path / "b4"
+    proc = run_cli("export", models["bert"], "--int4", "--out", out4)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnx int4" in proc.stdout and "quantization parameters" in proc.stdout
+    manifest4 = json.loads((out4 / "manifest.json").read_text())
+    assert manifest4["preset"] == "cpu-int4" and manifest4["quantization"]["block_size"] == 32
+    fp32 = manifest4["sizes"]["fp32_model_bytes"]
+    assert manifest4["sizes"]["model_bytes"] < manifest["sizes"]["model_bytes"] < fp32
+    ev = run_cli("eval", out4, "--data", models["root"] / "test.tsv", "--json", tmp_path / "m.json", env=block_torch)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["examples"] == 60
+    bench = run_cli("bench", out4, "--runs", "10", "--json", tmp_path / "b.json", env=block_torch)
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["precision"] == "int4"
+
+
+@pytest.mark.parametrize(
+    "model,args,needles",
+    [
+        ("bert", ["--format", "torchscript", "--int4"], ["TorchScript export has no int4", "int8"]),
+        ("bert", ["--int4", "--static"], ["int8 mode"]),
+        ("bert", ["--int4", "--int8"], ["contradict"]),
+        ("bert", ["--preset", "cpu-int8", "--int4"], ["opset 21", "cpu-int4"]),
+        ("resnet18", ["--int4"], ["convolutions", "--int8"]),
+    ],
+)
+def test_int4_refusals_are_one_line_and_write_nothing(models, tmp_path, model, args, needles):
+    proc = run_cli("export", models[model], *args, "--out", tmp_path / "b")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "section,needles",
+    [
+        ("{block_size: 48}", ["block_size", "16, 32"]),
+        ("{block_size: true}", ["block_size"]),
+        ("{accuracy_level: 5}", ["accuracy_level"]),
+        ("{embeddings: int2}", ["embeddings", "auto, int8, int4, fp32"]),
+        ("{symmetric: maybe}", ["symmetric", "true or false"]),
+    ],
+)
+def test_bad_int4_settings_fail_before_exporting(models, tmp_path, section, needles):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(f"name: bad\nopset: 21\nprecision: int4\nquantization: {section}\n")
+    assert_user_error(run_cli("export", models["bert"], "--preset", preset, "--out", tmp_path / "b"), *needles)
+    assert not (tmp_path / "b").exists()
+
+
+def test_embedding_precision_applies_to_onnx_only():
+    from edgekit.errors import EdgekitError
+    from edgekit.export.presets import Preset, check_preset, embedding_precision
+
+    assert embedding_precision(Preset(name="a", precision="int8")) == "int8"
+    assert embedding_precision(Preset(name="a", precision="int4", opset=21)) == "int4"
+    assert embedding_precision(Preset(name="a", precision="fp32")) == "fp32"
+    preset = Preset(name="ts", format="torchscript", precision="int8")
+    preset.quantization["embeddings"] = "int4"
+    with pytest.raises(EdgekitError, match="ONNX int8 and int4 bundles only"):
+        check_preset(preset)
 
 
 @pytest.mark.parametrize("line", ["bias_correction: maybe", "first_conv_fp32: 1", "per_channel: auto"])

@@ -50,6 +50,12 @@ def export(
         ),
     ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Quantize to int8 (the default without a preset).")] = False,
+    int4: Annotated[
+        bool,
+        typer.Option(
+            "--int4", help="4-bit block-wise weights and embeddings, ONNX (the cpu-int4 preset): the smallest file."
+        ),
+    ] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 ONNX (GPUs: the t4-fp16 preset).")] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="Keep float32.")] = False,
     static: Annotated[
@@ -107,7 +113,7 @@ def export(
     from edgekit import stages
     from edgekit.artifacts import check_output
 
-    chosen = [name for name, flag in (("int8", int8), ("fp16", fp16), ("fp32", fp32)) if flag]
+    chosen = [name for name, flag in (("int8", int8), ("int4", int4), ("fp16", fp16), ("fp32", fp32)) if flag]
     if len(chosen) > 1:
         raise EdgekitError(f"--{' and --'.join(chosen)} contradict each other; give one precision")
     if static and dynamic:

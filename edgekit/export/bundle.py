@@ -29,7 +29,7 @@ from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
 from edgekit.export.graphs import FullDecoder, Graph, cache_refusal, export_torchscript, graphs_for, quiet
 from edgekit.export.onnx import fuse_transformer, is_convolutional, quantize, to_fp16
-from edgekit.export.presets import Preset, resolve_engine, resolve_reduce_range
+from edgekit.export.presets import Preset, embedding_precision, resolve_engine, resolve_reduce_range
 from edgekit.export.sizes import breakdown as size_breakdown
 from edgekit.log import info as log
 from edgekit.metrics import agreement, snr_db
@@ -303,9 +303,15 @@ def _onnx_lossy(
     convolutional = any(is_convolutional(p) for p in _files(fp32_dir, manifest))
     sources = {"plain": fp32_dir}
     notes: dict[str, dict[str, Any]] = {"plain": {}}
+    # int4 quantizes MatMuls only: a fused Attention node would keep its projections float
     wants_fusion = (
-        preset.optimize in ("auto", "fused", "timed") and handle.spec.transformer_fusions and not convolutional
+        preset.optimize in ("auto", "fused", "timed")
+        and handle.spec.transformer_fusions
+        and not convolutional
+        and preset.precision != "int4"
     )
+    if preset.optimize == "fused" and preset.precision == "int4":
+        raise EdgekitError("int4 bundles are not fused (fused attention keeps its weights float); use optimize: auto")
     if wants_fusion:
         fused_dir = _candidate(scratch, "fused-fp32", manifest)
         config = getattr(handle.module, "config", None)
@@ -331,7 +337,15 @@ def _onnx_lossy(
                 if preset.precision == "fp16":
                     quantization = to_fp16(src, folder / src.name)
                 else:
-                    quantization = quantize(src, folder / src.name, preset.quantization, reduce_range, calibration)
+                    quantization = quantize(
+                        src,
+                        folder / src.name,
+                        preset.quantization,
+                        reduce_range,
+                        calibration,
+                        preset.precision,
+                        embedding_precision(preset),
+                    )
         except EdgekitError:
             raise
         except Exception as exc:  # noqa: BLE001 - a fused graph the quantizer cannot read: keep the plain one

@@ -33,7 +33,18 @@ QUANT_DEFAULTS = {
     "first_conv_fp32": True,  # static int8: the convolution reading the image stays fp32
     "bias_correction": True,  # static int8: the logits' mean int8 shift on calibration data removed
     "engine": "auto",
+    # int4 (weight-only, ONNX): MatMul weights in blocks of block_size input channels, each with its own
+    # scale (and zero point unless symmetric), run by onnxruntime's MatMulNBits; accuracy_level 4 lets it
+    # quantize the activations to int8 at run time (its fastest CPU kernels), 0 computes in fp32
+    "block_size": 32,
+    "symmetric": False,
+    "accuracy_level": 4,
+    # word/position embeddings: auto (int8 with --int8, int4 with --int4), int8, int4 (block-wise,
+    # GatherBlockQuantized; ONNX opset 21+), or fp32
+    "embeddings": "auto",
 }
+EMBEDDINGS = ("auto", "int8", "int4", "fp32")
+INT4_OPSET = 21  # the first opset with int4 tensors
 
 
 @dataclass
@@ -152,7 +163,7 @@ def check_preset(preset: Preset) -> None:
     ):
         if value not in allowed:
             raise EdgekitError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
-    for key in ("per_channel", "first_conv_fp32", "bias_correction"):
+    for key in ("per_channel", "first_conv_fp32", "bias_correction", "symmetric"):
         if not isinstance(quant[key], bool):
             raise EdgekitError(f"{where}: quantization.{key} is {quant[key]!r}; write true or false")
     if preset.format == "torchscript" and preset.precision == "int8" and quant["mode"] == "static":
@@ -190,6 +201,45 @@ def check_preset(preset: Preset) -> None:
         raise EdgekitError(f"{where}: calib_samples must be a whole number from 1 to 100000, not {shown(calib)}")
     if not isinstance(preset.description, str):
         raise EdgekitError(f"{where}: description must be text, not {shown(preset.description)}")
+    _check_int4(preset, where)
+
+
+def embedding_precision(preset: Preset) -> str:
+    """What the word/position embeddings of an ONNX bundle are stored as: int8, int4 or fp32."""
+    setting = preset.quantization["embeddings"]
+    if setting != "auto":
+        return setting
+    return {"int4": "int4", "int8": "int8"}.get(preset.precision, "fp32")
+
+
+def _check_int4(preset: Preset, where: str) -> None:
+    """The block-wise (int4) settings: sizes onnxruntime's kernels take, and int4 only where it exists."""
+    quant = preset.quantization
+    block = quant["block_size"]
+    if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block > 256 or block & (block - 1):
+        raise EdgekitError(f"{where}: quantization.block_size must be 16, 32, 64, 128 or 256, not {shown(block)}")
+    level = quant["accuracy_level"]
+    if isinstance(level, bool) or level not in (0, 1, 2, 3, 4):
+        raise EdgekitError(
+            f"{where}: quantization.accuracy_level must be 0 (fp32 compute) to 4 (int8 compute), not {shown(level)}"
+        )
+    if quant["embeddings"] not in EMBEDDINGS:
+        raise EdgekitError(
+            f"{where}: quantization.embeddings {shown(quant['embeddings'])} is not one of {', '.join(EMBEDDINGS)}"
+        )
+    if quant["embeddings"] != "auto" and (preset.format != "onnx" or preset.precision not in ("int8", "int4")):
+        raise EdgekitError(
+            f"{where}: quantization.embeddings {quant['embeddings']} applies to ONNX int8 and int4 bundles only; "
+            "set it to auto"
+        )
+    if embedding_precision(preset) == "int4" or preset.precision == "int4":
+        if preset.opset < INT4_OPSET:
+            raise EdgekitError(
+                f"{where}: int4 weights need ONNX opset {INT4_OPSET} or later (opset {preset.opset}); "
+                f"use --preset cpu-int4 or set opset: {INT4_OPSET}"
+            )
+        if preset.precision == "int4" and preset.quantization["mode"] == "static":
+            raise EdgekitError(f"{where}: int4 is weight-only (activations stay float); drop --static or use --int8")
 
 
 def cpu_has_vnni() -> bool:

@@ -18,7 +18,7 @@ _EMBEDDING = re.compile(r"embed|shared|word_embeddings|position_embeddings|token
 # onnxruntime's fused attention nodes are named Attention_<n>, one per layer
 _LAYER = re.compile(r"(^|[/.])(layer|layers|block|blocks|h)[./]\d+|encoder[/.]layer|features[/.]\d+|^Attention_\d+")
 _HEAD = re.compile(r"classifier|lm_head|pooler|head|fc($|[/.])|score")
-_QPARAM = re.compile(r"(_scale|_zero_point)$")
+_QPARAM = re.compile(r"(_scales?|_zero_points?)$")
 
 
 def _component(path: str) -> str:
