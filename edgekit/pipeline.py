@@ -142,6 +142,7 @@ def ship(model: Path, out: Path, recipe: Recipe, data, reuse: bool) -> None:
         recipe=recipe,
         calib_samples=recipe.export.calib_samples,
         min_agreement=recipe.export.min_agreement,
+        max_drop=recipe.export.max_drop,
         force=True,
         reuse=reuse,
     )

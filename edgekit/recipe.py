@@ -296,6 +296,7 @@ class ExportConfig:
     preset: str | None = None
     calib_samples: int = 256
     min_agreement: float | None = None
+    max_drop: float | None = None  # accuracy points quantization may cost (int8/int4 ONNX classifiers)
 
     @property
     def resolved_precision(self) -> str | None:
@@ -312,6 +313,7 @@ class ExportConfig:
             _check_choice(f"{path}.mode", self.mode, "quant-mode")
         _check_range(f"{path}.calib_samples", self.calib_samples, 1, 100_000)
         _check_range(f"{path}.min_agreement", self.min_agreement, 0, 1)
+        _check_range(f"{path}.max_drop", self.max_drop, 0, 100)
 
 
 @dataclass

@@ -153,13 +153,15 @@ def export(
     devices: list[str] | None = None,
     ssh=None,
     kv_cache: bool | None = None,
+    max_drop: float | None = None,
 ) -> StageMeta:
     """Export a model stage folder (or a model id) to a parity-checked ONNX or TorchScript bundle.
+    ``max_drop``: the most validation accuracy (points) quantization may cost (edgekit.export.budget).
 
     A lossy bundle's parity is judged on ``devices`` (emulated) or over ``ssh`` on the device, and for a
     preset that targets another machine type on its emulated devices when they are built."""
     from edgekit.export.bundle import build_bundle
-    from edgekit.export.presets import load_preset
+    from edgekit.export.presets import check_preset, load_preset
     from edgekit.models import load_model
     from edgekit.models.load import load_saved
 
@@ -170,6 +172,9 @@ def export(
         preset.parity["min_agreement"] = min_agreement
     if kv_cache is not None:
         preset.kv_cache = kv_cache
+    if max_drop is not None:
+        preset.max_drop = max_drop
+        check_preset(preset)
     from edgekit.targets import parity_targets
 
     targets, warning = parity_targets(preset, devices or [], ssh) if preset.precision != "fp32" else ([], None)
@@ -218,6 +223,7 @@ def export(
             extra={
                 "model_bytes": manifest.sizes["model_bytes"],
                 "fp32_model_bytes": manifest.sizes["fp32_model_bytes"],
+                "size_breakdown": manifest.sizes.get("breakdown"),
                 "quantization": manifest.quantization,
                 "format": manifest.format,
                 "precision": manifest.precision,

@@ -624,6 +624,20 @@ def test_int4_refusals_are_one_line_and_write_nothing(models, tmp_path, model, a
 
 
 @pytest.mark.parametrize(
+    "model,args,needles",
+    [
+        ("resnet18", ["--max-drop", "1"], ["static int8 (CNNs) is not planned", "--dynamic"]),
+        ("t5", ["--max-drop", "1"], ["encoder-decoders have no budget"]),
+        ("bert", ["--max-drop", "1", "--fp16"], ["not quantized"]),
+    ],
+)
+def test_budget_refusals_are_one_line(models, tmp_path, model, args, needles):
+    proc = run_cli("export", models[model], *args, "--out", tmp_path / "b")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
     "section,needles",
     [
         ("{block_size: 48}", ["block_size", "16, 32"]),

@@ -171,6 +171,9 @@ def _bench_one(
         result["peak_rss_mb"] = raw["peak_rss_bytes"] / MB
         result["model_memory_mb"] = raw["model_memory_bytes"] / MB
     result["quantization"] = manifest.quant_mode
+    from edgekit.export.sizes import in_mb
+
+    result["size_breakdown"] = in_mb((manifest.sizes or {}).get("breakdown"))  # where the bundle's bytes go
     result["format"], result["precision"] = manifest.format, manifest.precision
     result["parameters"] = manifest.parameters
     result["environment"] = {

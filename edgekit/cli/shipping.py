@@ -78,6 +78,13 @@ def export(
         Optional[float],
         typer.Option("--min-agreement", help="Least int8-vs-fp32 label agreement to accept, in [0, 1]."),
     ] = None,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            "--max-drop",
+            help="Most validation accuracy (points) quantization may cost; over it the most sensitive weights go back to int8/fp32 (int8 and int4 ONNX classifiers).",
+        ),
+    ] = None,
     allow_drop: Annotated[
         bool, typer.Option("--allow-drop", help="Keep the bundle even when parity fails (recorded in the manifest).")
     ] = False,
@@ -122,6 +129,10 @@ def export(
         raise EdgekitError(f"--{'static' if static else 'dynamic'} is an int8 mode; drop it or use --int8")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise EdgekitError(f"--min-agreement {min_agreement} is outside [0, 1]")
+    if max_drop is not None and chosen and chosen[0] in ("fp16", "fp32"):
+        raise EdgekitError(f"--max-drop plans int8 and int4 bundles; --{chosen[0]} is not quantized (drop --max-drop)")
+    if max_drop is not None and allow_drop:
+        raise EdgekitError("--max-drop and --allow-drop contradict each other: the budget is the gate; give one")
     if calib_samples is not None and calib_samples < 1:
         raise EdgekitError(f"--calib-samples {calib_samples} must be at least 1")
     check_output(out, force)
@@ -152,6 +163,7 @@ def export(
         devices=list(device or []),
         ssh=ssh,
         kv_cache=False if no_kv_cache else None,
+        max_drop=max_drop,
     )
     from edgekit.records import read_manifest
 
@@ -186,6 +198,14 @@ def export(
         f"{files}: {manifest.sizes['model_bytes'] / 1e6:.2f} MB {manifest.format} {manifest.precision} "
         f"(fp32 {manifest.sizes['fp32_model_bytes'] / 1e6:.2f} MB); wrote {out}"
     )
+    budget = (manifest.quantization or {}).get("budget")
+    if budget:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(budget["precision_counts"].items()))
+        print(
+            f"budget: validation accuracy {budget['accuracy']:.2%} vs fp32 {budget['fp32_accuracy']:.2%} on "
+            f"{budget['examples']} examples: drop {budget['drop_points']:.2f} points (allowed {budget['max_drop_points']:g}); "
+            f"weights {counts}; {budget['returned_count']} returned to higher precision"
+        )
     if manifest.sizes.get("breakdown"):
         from edgekit.export.sizes import describe
 

@@ -309,6 +309,7 @@ def _onnx_lossy(
         and handle.spec.transformer_fusions
         and not convolutional
         and preset.precision != "int4"
+        and preset.max_drop is None  # the budget plans the plain graph's weights
     )
     if preset.optimize == "fused" and preset.precision == "int4":
         raise EdgekitError("int4 bundles are not fused (fused attention keeps its weights float); use optimize: auto")
@@ -550,10 +551,20 @@ def build_bundle(
         job = _Export(handle, preset, manifest, graphs, encoder, batches, reference, Path(scratch), writer)
         fp32_dir, exporters, parity = _export_fp32(job, allow_drop)
         quantization, optimization, final = None, {"variants": {}, "kept": "plain"}, fp32_dir
+        if preset.max_drop is not None:
+            from edgekit.export.budget import check_budget
+
+            check_budget(job, fp32_dir, parity_split)
         if preset.precision != "fp32":
             final, quantization, optimization = _lossy_candidate(job, fp32_dir, calibration)
+            if preset.max_drop is not None:  # the budget is the gate: accuracy on validation data
+                from edgekit.export.budget import within_budget
+
+                final, budget = within_budget(job, fp32_dir, final, parity_split, float(preset.max_drop), targets)
+                quantization = {**quantization, "budget": budget}
             parity.update(_lossy_parity(preset.precision, reference, final, batches, job.scratch, preset, targets))
-            _gate_lossy(job, parity[preset.precision], allow_drop)
+            if preset.max_drop is None:
+                _gate_lossy(job, parity[preset.precision], allow_drop)
         if spec.generates:  # what a user gets from the bundle: its greedy tokens against transformers' generate
             for name, candidate in {"fp32": fp32_dir, preset.precision: final}.items():
                 parity[name]["generation"] = _generation_parity(handle, candidate, batches)

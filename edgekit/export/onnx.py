@@ -83,10 +83,17 @@ def first_conv(path: Path) -> list[str]:
     return []
 
 
-def block_quantize(source: Path, out: Path, quant: dict[str, Any], op_types: tuple[str, ...]) -> int:
-    """Block-wise 4-bit weights for the ``op_types`` nodes whose weight is a constant: MatMul ->
-    MatMulNBits (blocks of ``block_size`` input channels), Gather (embeddings) -> GatherBlockQuantized
-    (blocks along the hidden axis). Returns how many nodes were replaced."""
+def block_quantize(
+    source: Path, out: Path, quant: dict[str, Any], op_types: tuple[str, ...], nodes: list[str] | None = None
+) -> int:
+    """Block-wise 4-bit weights for the ``op_types`` nodes whose weight is a constant (only those named
+    in ``nodes`` when given): MatMul -> MatMulNBits (blocks of ``block_size`` input channels), Gather
+    (embeddings) -> GatherBlockQuantized (blocks along the hidden axis). Returns how many nodes were
+    replaced."""
+    if nodes is not None and not nodes:
+        if Path(source) != Path(out):
+            Path(out).write_bytes(Path(source).read_bytes())
+        return 0
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -98,7 +105,13 @@ def block_quantize(source: Path, out: Path, quant: dict[str, Any], op_types: tup
         quant_axes=(("MatMul", 0), ("Gather", 1)),
         bits=4,
     )
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    model = onnx.load(str(source))
+    # onnxruntime's nodes_to_include adds to op_types_to_quantize; leaving the others out is by exclusion
+    wanted = set(nodes) if nodes is not None else None
+    excluded = [
+        n.name for n in model.graph.node if n.op_type in op_types and wanted is not None and n.name not in wanted
+    ]
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=excluded, algo_config=config)
     quantizer.process()
     replaced = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in quantizer.model.model.graph.node)
     quantizer.model.save_model_to_file(str(out))

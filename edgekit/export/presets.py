@@ -62,6 +62,9 @@ class Preset:
     calib_samples: int = 256
     target: dict[str, Any] | None = None  # {machine: aarch64, devices: [rpi4, rpi5]}: where its int8 runs
     kv_cache: bool = True  # encoder-decoders: a cached decoder step where the format and model allow
+    # the most validation accuracy (percentage points) quantization may cost; over it, the most sensitive
+    # weights go back to higher precision (edgekit.export.budget); null: the parity gate alone decides
+    max_drop: float | None = None
     description: str = ""
     schema_version: int = SCHEMA_VERSION
     path: str | None = field(default=None, compare=False)  # the YAML file it was read from
@@ -202,6 +205,14 @@ def check_preset(preset: Preset) -> None:
     if not isinstance(preset.description, str):
         raise EdgekitError(f"{where}: description must be text, not {shown(preset.description)}")
     _check_int4(preset, where)
+    drop = preset.max_drop
+    if drop is not None and (
+        isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop) or not 0 <= drop <= 100
+    ):
+        raise EdgekitError(
+            f"{where}: max_drop must be a finite number of accuracy points from 0 to 100, not {shown(drop)} "
+            "(e.g. --max-drop 0.5)"
+        )
 
 
 def embedding_precision(preset: Preset) -> str:

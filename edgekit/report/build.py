@@ -129,6 +129,14 @@ def _export_rows(run: str, stage: str, folder: Path, student: StageMeta | None) 
         "parameters": export.parameters,
         "size_mb": export.details["model_bytes"] / MB,
     }
+    breakdown, budget = export.details.get("size_breakdown"), (export.details.get("quantization") or {}).get("budget")
+    extras = {"size_breakdown": breakdown} if breakdown else {}
+    if budget:  # the accuracy budget's plan, without the per-weight lists (those are in the manifest)
+        extras["budget"] = {
+            k: budget.get(k)
+            for k in ("max_drop_points", "drop_points", "fp32_accuracy", "accuracy", "examples")
+            + ("precision_counts", "returned_count", "weights", "float_share")
+        }
     rows = []
     for bench in benches or [None]:
         metrics = bench.metrics if bench else {}
@@ -145,9 +153,50 @@ def _export_rows(run: str, stage: str, folder: Path, student: StageMeta | None) 
                 "peak_rss_mb": metrics.get("peak_rss_mb"),
                 "energy_mj": metrics.get("energy_mj_per_inference"),
                 "device": bench.config["device"] if bench else None,
+                **extras,
             }
         )
     return rows
+
+
+BYTES_COLUMNS = ("embeddings", "layers", "head", "quantization parameters", "other weights")
+
+
+def bytes_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+    """Where each bundle's bytes go (MB): the model's components and the bundle's other files."""
+    seen, body = set(), []
+    for row in rows:
+        sizes = row.get("size_breakdown")
+        key = (row["run"], row["stage"])
+        if not sizes or key in seen:
+            continue
+        seen.add(key)
+        parts = sizes.get("components") or {}
+        model = sum(parts.values()) if parts else None
+        cells = [f"{parts[c] / MB:.2f}" if c in parts else "n/a" for c in BYTES_COLUMNS]
+        rest = sizes["bundle_bytes"] - (model if model is not None else 0)
+        body.append([row["stage"], f"{sizes['bundle_bytes'] / MB:.2f}", *cells, f"{rest / MB:.2f}"])
+    if not body:
+        return None
+    header = ["bundle", "whole (MB)", *(f"{c} (MB)" for c in BYTES_COLUMNS), "files besides weights (MB)"]
+    return header, body
+
+
+def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per bundle exported within an accuracy budget (--max-drop)."""
+    lines, seen = [], set()
+    for row in rows:
+        b = row.get("budget")
+        if not b or (row["run"], row["stage"]) in seen:
+            continue
+        seen.add((row["run"], row["stage"]))
+        counts = ", ".join(f"{n} {k}" for k, n in sorted((b.get("precision_counts") or {}).items()))
+        lines.append(
+            f"{row['stage']}: validation accuracy {b['accuracy']:.2%} vs fp32 {b['fp32_accuracy']:.2%} on "
+            f"{b['examples']} examples, drop {b['drop_points']:.2f} points (budget {b['max_drop_points']:g}); "
+            f"weights {counts}; {b['returned_count']} of {b['weights']} returned to higher precision."
+        )
+    return lines
 
 
 def model_name(meta: StageMeta) -> str:
@@ -432,6 +481,19 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
             if s:
                 text += [f"{run}: shipped **{s['shipped']}**, {s['reason']}.", ""]
         text += [*sweep_markdown(table, shipped), ""]
+    sizes = bytes_table(rows)
+    budgets = budget_lines(rows)
+    sections["tables"] = []
+    if sizes:
+        sections["tables"].append({"title": "Where the bytes go", "header": sizes[0], "rows": sizes[1]})
+    if budgets:
+        sections["budgets"] = budgets
+    for extra in sections["tables"]:
+        text += [f"## {extra['title']}", "", "| " + " | ".join(extra["header"]) + " |"]
+        text += ["|---|" + "---:|" * (len(extra["header"]) - 1)]
+        text += ["| " + " | ".join(r) + " |" for r in extra["rows"]] + [""]
+    if budgets:
+        text += ["## Quantization within an accuracy budget", "", *(f"- {line}" for line in budgets), ""]
     text += (
         ["## Plots", ""]
         + [f"![{title}]({path.name})" for title, path in plots.items() if not title.startswith("confusion matrix")]

@@ -90,6 +90,12 @@ def render(
                 line.append(text)
             t_body.append(line)
         parts.append(_table(t_header, t_body, [False] + [True] * (len(t_header) - 1)))
+    for extra in sections.get("tables", []):
+        parts.append(f"<h2>{escape(extra['title'])}</h2>")
+        parts.append(_table(extra["header"], extra["rows"], [False] + [True] * (len(extra["header"]) - 1)))
+    if sections.get("budgets"):
+        parts.append("<h2>Quantization within an accuracy budget</h2>")
+        parts += [f"<p>{escape(line)}</p>" for line in sections["budgets"]]
     parts.append("<h2>Plots</h2>")
     parts += [_image(path, title) for title, path in plots.items() if not title.startswith("confusion matrix")]
     for c in confusions:

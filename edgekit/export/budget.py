@@ -1,0 +1,376 @@
+"""Quantization within an accuracy budget (``edgekit export --max-drop POINTS``).
+
+The bundle is quantized as its preset says; its accuracy on the validation split is compared with the
+fp32 graph's. When the drop (percentage points) is over the budget, every quantized weight (a MatMul or
+Gemm weight matrix, an embedding table) is ranked by sensitivity: the SNR of the model's logits, on the
+parity inputs, when only that weight is quantized (an int4 weight is probed at int4 and at int8). The
+most sensitive weights are then returned to higher precision one step at a time (int4 -> int8 -> fp32;
+int8 -> fp32), the noisiest (weight, precision) first: a weight that int8 does not save goes on to
+fp32 before a robust weight leaves int4. The smallest number of such moves that meets the budget is
+found by doubling then bisection (each trial builds the mixed graph and scores it on the validation
+split). A plan may keep at most ``MAX_FLOAT_SHARE`` of the quantized weights' fp32 bytes in fp32:
+beyond that the bundle is no longer the precision it says, and the export fails with the best plan
+found. The plan (precision per weight, drop, size, every trial) goes into the manifest.
+
+ONNX int8 (dynamic) and int4 classifiers only: static int8 (CNNs) and encoder-decoders are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.log import info as log
+
+LADDERS = {"int4": ("int4", "int8", "fp32"), "int8": ("int8", "fp32")}
+MAX_FLOAT_SHARE = 0.5  # of the quantized weights' fp32 bytes
+MAX_EXAMPLES = 2000  # validation examples the drop is measured on
+
+
+@dataclasses.dataclass
+class Weight:
+    """One quantized weight: the node that reads it, its op, its fp32 bytes and the preset's precision."""
+
+    node: str
+    op: str
+    nbytes: int
+    base: str
+
+
+def quantized_weights(path: Path, precision: str, embeddings: str) -> list[Weight]:
+    """The weights the preset quantizes in the fp32 graph at ``path``, in graph order: MatMul (and, for
+    int8, Gemm) nodes with a constant weight, and Gathers of a constant table (embeddings)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    sizes = {t.name: int(np.prod(t.dims)) * 4 for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in sizes:
+            base = precision if node.op_type == "MatMul" else ("int8" if precision == "int8" else None)
+            weight = node.input[1]
+        elif node.op_type == "Gather" and node.input[0] in sizes:
+            base, weight = (embeddings if embeddings in LADDERS else None), node.input[0]
+        else:
+            continue
+        if base is not None and node.name:
+            found.append(Weight(node.name, node.op_type, sizes[weight], base))
+    return found
+
+
+def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str, Any], reduce_range: bool) -> None:
+    """The graph with each weight of ``plan`` at its precision (the others fp32): int4 weights
+    block-wise (MatMulNBits / GatherBlockQuantized), then int8 ones by dynamic quantization."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekit.export.graphs import quiet
+    from edgekit.export.onnx import _scratch_directory, block_quantize
+
+    int4 = [n for n, p in plan.items() if p == "int4"]
+    int8 = [n for n, p in plan.items() if p == "int8"]
+    prepared, out = Path(prepared).resolve(), Path(out).resolve()
+    with quiet(), _scratch_directory():
+        block_quantize(prepared, out, quant, ("MatMul", "Gather"), nodes=int4)
+        if int8:
+            quantize_dynamic(
+                str(out),
+                str(out),
+                per_channel=quant["per_channel"],
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                nodes_to_quantize=int8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+
+
+def _logits(path: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+    from edgekit.runtime.bundle import open_session
+
+    session = open_session(path, threads=0)
+    names = {i.name for i in session.get_inputs()}
+    return np.concatenate([session.run(None, {k: v for k, v in b.items() if k in names})[0] for b in batches])
+
+
+def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = float(((reference.astype(np.float64) - other) ** 2).sum())
+    signal = float((reference.astype(np.float64) ** 2).sum())
+    return 200.0 if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean())
+
+
+class Planner:
+    """One budget search over the graph ``prepared`` (fp32, pre-processed for quantization)."""
+
+    def __init__(
+        self,
+        prepared: Path,
+        scratch: Path,
+        weights: list[Weight],
+        quant: dict[str, Any],
+        reduce_range: bool,
+        val_batches: list[dict[str, np.ndarray]],
+        labels: np.ndarray,
+    ):
+        self.prepared, self.scratch, self.weights = Path(prepared), Path(scratch), weights
+        self.quant, self.reduce_range = quant, reduce_range
+        self.val_batches, self.labels = val_batches, labels
+        self.fp32_accuracy = _accuracy(_logits(prepared, val_batches), labels)
+        self.trials: dict[int, dict[str, Any]] = {}
+
+    def sensitivity(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """Each weight's SNR (dB) of the logits when only it is quantized, at each precision it can
+        have below fp32 (int4 and int8 for an int4 weight), lowest first."""
+        from tqdm.auto import tqdm
+
+        reference = _logits(self.prepared, batches)
+        probe = self.scratch / "sensitivity.onnx"
+        probes = [(w, level) for w in self.weights for level in LADDERS[w.base][:-1]]
+        ranked = []
+        for w, level in tqdm(probes, desc="budget: sensitivity", unit="probe", leave=False):
+            build_mixed(self.prepared, probe, {w.node: level}, self.quant, self.reduce_range)
+            snr = round(_snr_db(reference, _logits(probe, batches)), 2)
+            ranked.append({"node": w.node, "precision": level, "snr_db": snr})
+        probe.unlink(missing_ok=True)
+        ranked.sort(key=lambda r: r["snr_db"])
+        return ranked
+
+    def moves(self, ranked: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(weight, precision) steps: the noisiest (weight, precision) pair is lifted one step first, so
+        a weight int8 cannot save goes on to fp32 before a robust one leaves int4. A weight's second step
+        never comes before its first."""
+        current = {w.node: w.base for w in self.weights}
+        pending: dict[str, list[str]] = {}
+        out = []
+
+        def lift(node: str) -> None:
+            ladder = LADDERS[next(w.base for w in self.weights if w.node == node)]
+            current[node] = ladder[ladder.index(current[node]) + 1]
+            out.append((node, current[node]))
+            if current[node] in pending.get(node, []):
+                pending[node].remove(current[node])
+                lift(node)
+
+        for r in ranked:
+            if r["precision"] == current[r["node"]]:
+                lift(r["node"])
+            else:  # its step from a precision the weight has not reached yet
+                pending.setdefault(r["node"], []).append(r["precision"])
+        return out
+
+    def plan(self, moves: list[tuple[str, str]]) -> dict[str, str]:
+        plan = {w.node: w.base for w in self.weights}
+        for node, precision in moves:
+            plan[node] = precision
+        return plan
+
+    def float_share(self, plan: dict[str, str]) -> float:
+        total = sum(w.nbytes for w in self.weights) or 1
+        return sum(w.nbytes for w in self.weights if plan[w.node] == "fp32") / total
+
+    def trial(self, k: int, moves: list[tuple[str, str]], first: Path | None = None) -> dict[str, Any]:
+        """The drop (points) of the plan after the first ``k`` moves (``first``: the k=0 graph as built)."""
+        if k in self.trials:
+            return self.trials[k]
+        path = first if first is not None and k == 0 else self.scratch / f"budget-{k}.onnx"
+        if path != first:
+            build_mixed(self.prepared, path, self.plan(moves[:k]), self.quant, self.reduce_range)
+        accuracy = _accuracy(_logits(path, self.val_batches), self.labels)
+        self.trials[k] = {
+            "moves": k,
+            "path": path,
+            "accuracy": accuracy,
+            "drop_points": round((self.fp32_accuracy - accuracy) * 100, 4),
+            "model_bytes": path.stat().st_size,
+            "float_share": round(self.float_share(self.plan(moves[:k])), 4),
+        }
+        return self.trials[k]
+
+
+def check_budget(job, fp32_dir: Path, val_split) -> None:
+    """One line, before any quantization, when ``--max-drop`` cannot apply to this export."""
+    from edgekit.export.bundle import _files
+    from edgekit.export.onnx import is_convolutional
+
+    preset, spec = job.preset, job.handle.spec
+    refuse = None
+    if preset.precision not in LADDERS:
+        refuse = f"--max-drop plans int8 and int4 bundles; {preset.precision} is not quantized (drop --max-drop)"
+    elif preset.format != "onnx":
+        refuse = f"--max-drop plans ONNX bundles; {job.title} has no per-layer precision (use --format onnx)"
+    elif spec.generates or len(job.manifest.graphs) != 1:
+        refuse = "--max-drop judges classifiers by validation accuracy; encoder-decoders have no budget yet (drop --max-drop)"
+    elif preset.quantization["mode"] == "static" or (
+        preset.quantization["mode"] == "auto"
+        and preset.precision == "int8"
+        and is_convolutional(_files(fp32_dir, job.manifest)[0])
+    ):
+        refuse = "--max-drop plans dynamic int8 and int4 weights; static int8 (CNNs) is not planned (add --dynamic)"
+    elif val_split is None or len(val_split) == 0:
+        refuse = "--max-drop needs validation data: export a stage folder that has its recipe, or give --recipe"
+    if refuse:
+        raise EdgekitError(refuse)
+
+
+def within_budget(
+    job, fp32_dir: Path, kept: Path, val_split, max_drop: float, targets=()
+) -> tuple[Path, dict[str, Any]]:
+    """The graph to ship and the budget record: ``kept`` (the preset's bundle) when its drop is within
+    ``max_drop`` points, else the mixed-precision plan that is (see the module docstring). The search
+    runs on this host; with ``targets`` the chosen graph's drop is then measured on each and must hold
+    there too."""
+    from edgekit.export.bundle import _batches, _candidate, _files
+    from edgekit.export.onnx import _prepare, _scratch_directory
+    from edgekit.export.presets import embedding_precision, resolve_reduce_range
+
+    preset = job.preset
+    check_budget(job, fp32_dir, val_split)
+    started = time.perf_counter()
+    source = _files(fp32_dir, job.manifest)[0]
+    graph_name = source.name
+    prepared = (job.scratch / "budget-prepared.onnx").resolve()
+    with _scratch_directory():
+        _prepare(source.resolve(), prepared)
+    weights = quantized_weights(prepared, preset.precision, embedding_precision(preset))
+    limit = min(len(val_split), MAX_EXAMPLES)
+    val_batches = _batches(job.encoder, val_split, limit)
+    labels = np.asarray(val_split.labels[:limit])
+    planner = Planner(
+        prepared,
+        job.scratch,
+        weights,
+        preset.quantization,
+        resolve_reduce_range(preset.quantization["reduce_range"]),
+        val_batches,
+        labels,
+    )
+    first = planner.trial(0, [], first=kept / graph_name)
+    record: dict[str, Any] = {
+        "max_drop_points": max_drop,
+        "metric": "accuracy",
+        "split": val_split.name,
+        "examples": int(limit),
+        "fp32_accuracy": planner.fp32_accuracy,
+        "weights": len(weights),
+        "max_float_share": MAX_FLOAT_SHARE,
+    }
+    log(
+        f"export: budget {max_drop:g} points; fp32 {planner.fp32_accuracy:.2%} on {limit} validation examples, "
+        f"{preset.precision} {first['accuracy']:.2%} (drop {first['drop_points']:.2f} points)"
+    )
+    if first["drop_points"] <= max_drop:
+        record.update(_summary(planner, first, [], []))
+        record["on_targets"] = _on_targets(targets, kept, val_batches, labels, planner.fp32_accuracy, max_drop)
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        return kept, record
+    ranked = planner.sensitivity(job.batches)
+    moves = planner.moves(ranked)
+    limit_k = 0  # the most moves whose plan keeps at most MAX_FLOAT_SHARE in fp32
+    for k in range(1, len(moves) + 1):
+        if planner.float_share(planner.plan(moves[:k])) > MAX_FLOAT_SHARE:
+            break
+        limit_k = k
+    best = _search(planner, moves, limit_k, max_drop)
+    record.update(_summary(planner, best, moves, ranked))
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    if best["drop_points"] > max_drop:
+        raise EdgekitError(
+            f"no quantization plan keeps the validation accuracy drop within --max-drop {max_drop:g} points: the best "
+            f"found drops {best['drop_points']:.2f} points with {record['returned_count']} of {len(weights)} weights at "
+            f"higher precision ({best['float_share']:.0%} of them fp32, the most a plan may keep at "
+            f"{MAX_FLOAT_SHARE:.0%}); no bundle written (raise --max-drop, or export --fp32)"
+        )
+    chosen = _candidate(job.scratch, "budget-kept", job.manifest)
+    (chosen / graph_name).write_bytes(best["path"].read_bytes())
+    log(
+        f"export: budget met with {record['returned_count']} of {len(weights)} weights at higher precision: "
+        f"drop {best['drop_points']:.2f} points, {best['model_bytes'] / 1e6:.2f} MB"
+    )
+    record["on_targets"] = _on_targets(targets, chosen, val_batches, labels, planner.fp32_accuracy, max_drop)
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    return chosen, record
+
+
+def _on_targets(targets, folder: Path, batches, labels, fp32_accuracy: float, max_drop: float) -> list[dict[str, Any]]:
+    """The chosen graph's accuracy and drop on each target's own kernels; over budget there: one line."""
+    from edgekit.targets import target_environment, validate_on
+
+    results = []
+    for target in targets:
+        log(f"export: budget check on {target.name}")
+        with target.session() as session:
+            logits = np.concatenate(validate_on(session, folder, batches))
+            where = {**target.describe(), **target_environment(session)}
+        accuracy = _accuracy(logits, labels)
+        drop = round((fp32_accuracy - accuracy) * 100, 4)
+        results.append({"accuracy": accuracy, "drop_points": drop, "measured_on": where})
+        if drop > max_drop:
+            raise EdgekitError(
+                f"the budgeted bundle drops {drop:.2f} points on {where.get('device') or where.get('machine')} "
+                f"(--max-drop {max_drop:g}; the plan was searched on this host's kernels, where it met it); "
+                "no bundle written (raise --max-drop)"
+            )
+    return results
+
+
+def _search(planner: Planner, moves: list[tuple[str, str]], limit_k: int, max_drop: float) -> dict[str, Any]:
+    """The fewest moves (up to ``limit_k``) whose plan is within budget: doubling, then bisection; the
+    lowest-drop trial when none is."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="budget: plans", unit="plan", leave=False)
+    low, high, k = 0, None, 1
+    while k <= limit_k:
+        bar.update(1)
+        if planner.trial(k, moves)["drop_points"] <= max_drop:
+            high = k
+            break
+        low, k = k, k * 2
+    if high is None and limit_k > low:
+        bar.update(1)
+        if planner.trial(limit_k, moves)["drop_points"] <= max_drop:
+            high = limit_k
+    while high is not None and high - low > 1:
+        middle = (low + high) // 2
+        bar.update(1)
+        if planner.trial(middle, moves)["drop_points"] <= max_drop:
+            high = middle
+        else:
+            low = middle
+    bar.close()
+    if high is not None:
+        return planner.trials[high]
+    return min(planner.trials.values(), key=lambda t: (t["drop_points"], t["moves"]))
+
+
+def _summary(planner: Planner, chosen: dict[str, Any], moves, ranked) -> dict[str, Any]:
+    plan = planner.plan(moves[: chosen["moves"]])
+    base = {w.node: w.base for w in planner.weights}
+    counts: dict[str, int] = {}
+    for precision in plan.values():
+        counts[precision] = counts.get(precision, 0) + 1
+    returned = [{"node": n, "from": base[n], "to": p} for n, p in plan.items() if p != base[n]]
+    return {
+        "accuracy": chosen["accuracy"],
+        "drop_points": chosen["drop_points"],
+        "passed": True,  # a plan over budget is an error, never written
+        "moves": chosen["moves"],
+        "returned": returned,
+        "returned_count": len(returned),
+        "precision_counts": counts,
+        "float_share": chosen["float_share"],
+        "model_bytes": chosen["model_bytes"],
+        "plan": plan,
+        "sensitivity": ranked,
+        "trials": [{k: v for k, v in t.items() if k != "path"} for _, t in sorted(planner.trials.items())],
+    }

@@ -1,0 +1,143 @@
+"""Quantization within an accuracy budget (export --max-drop): a classifier with one planted sensitive
+weight matrix gets that matrix back at higher precision; a budget no plan may meet fails cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
+from conftest import write_stage as _stage
+
+pytestmark = pytest.mark.slow
+LABELS = ["HUM", "LOC", "NUM"]
+
+
+def _train(folder, texts, labels):
+    """A few epochs of the tiny BERT on the keyword questions (they are separable by their first words)."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = BertForSequenceClassification.from_pretrained(folder, num_labels=len(LABELS), ignore_mismatched_sizes=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    y = torch.tensor(labels)
+    model.train()
+    for _ in range(40):
+        for start in range(0, len(texts), 32):
+            batch = tokenizer(texts[start : start + 32], padding=True, return_tensors="pt")
+            loss = model(**batch, labels=y[start : start + 32]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    return model
+
+
+def _plant(model, scale: float = 1000.0):
+    """Every layer's attention output projection made fragile without changing the fp32 function: the
+    value projection's channel 0 divided by ``scale``, the output projection's input channel 0 multiplied
+    by it (attention mixes positions linearly, so the product is the same). Quantizing that projection
+    (int4 blocks or int8 columns that hold the huge weight) rounds its other weights to zero."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.value.weight[0] /= scale
+            layer.attention.self.value.bias[0] /= scale
+            layer.attention.output.dense.weight[:, 0] *= scale
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, minilm_tokenizer_dir):
+    import csv
+
+    from edgekit.models import load_model
+
+    root = tmp_path_factory.mktemp("budget")
+    write_questions(root / "train.tsv", 300, 1)
+    write_questions(root / "test.tsv", 60, 2)
+    rows = list(csv.reader((root / "train.tsv").open(), delimiter="\t"))[1:]
+    src = save_tiny_bert(root / "src", minilm_tokenizer_dir, hidden=32, layers=2)
+    model = _train(src, [r[1] for r in rows], [LABELS.index(r[0]) for r in rows])
+    _plant(model)
+    model.save_pretrained(src)
+    handle = load_model(str(src), task="text-classification", label_names=LABELS)
+    recipe = (
+        f"task: text-classification\ndata: {{train: {root}/train.tsv, test: {root}/test.tsv}}\n"
+        "teacher: {model: x}\nstudent: {model: x}\n"
+    )
+    return {"stage": _stage(root / "stage", handle, recipe), "root": root}
+
+
+# int8 columns holding the planted weight lose their other weights as int4 blocks do: both go to fp32
+@pytest.mark.parametrize("flag,fragile_to", [("--int8", "fp32"), ("--int4", "fp32")])
+def test_planted_sensitive_weight_goes_back_to_higher_precision(planted, tmp_path, flag, fragile_to):
+    import onnx
+
+    plain = tmp_path / "plain"
+    proc = run_cli("export", planted["stage"], flag, "--out", plain, "--allow-drop")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "b"
+    proc = run_cli("export", planted["stage"], flag, "--max-drop", "2", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "budget:" in proc.stdout and "points" in proc.stdout
+    budget = json.loads((out / "manifest.json").read_text())["quantization"]["budget"]
+    assert budget["fp32_accuracy"] > 0.9  # the planted model is still the trained one in fp32
+    first = budget["trials"][0]
+    assert first["moves"] == 0 and first["drop_points"] > 2  # the preset's bundle breaks the budget
+    assert budget["drop_points"] <= 2 and budget["passed"]
+    fragile = {f"/bert/encoder/layer.{i}/attention/output/dense/MatMul" for i in range(2)}
+    # (weight, precision) probes, noisiest first; an int4 weight is probed at int4 and int8
+    ranked = list(dict.fromkeys(r["node"].removeprefix("/module") for r in budget["sensitivity"]))
+    assert len(budget["sensitivity"]) == budget["weights"] * (2 if flag == "--int4" else 1)
+    assert set(ranked[:2]) == fragile, ranked[:4]  # the planted weights are the most sensitive
+    plan = {n.removeprefix("/module"): p for n, p in budget["plan"].items()}
+    # the most sensitive goes back first (the fewest moves that meet the budget are kept, so the second
+    # planted weight may stay quantized when the first alone restores the accuracy)
+    assert plan[ranked[0]] == fragile_to, {n: plan[n] for n in fragile}
+    assert {r["node"].removeprefix("/module") for r in budget["returned"]} <= set(ranked[: budget["returned_count"]])
+    assert budget["returned_count"] < budget["weights"] // 2  # the rest stays at the preset's precision
+    assert sum(budget["precision_counts"].values()) == budget["weights"]
+    assert 0 < budget["float_share"] <= budget["max_float_share"]
+    # the shipped graph is the plan: the returned weights are plain MatMuls again
+    graph = onnx.load(str(out / "model.onnx")).graph
+    float_matmuls = {n.name.removeprefix("/module") for n in graph.node if n.op_type == "MatMul"}
+    assert {r["node"].removeprefix("/module") for r in budget["returned"] if r["to"] == "fp32"} <= float_matmuls
+    ev = run_cli("eval", out, "--data", planted["root"] / "test.tsv", "--json", tmp_path / "m.json")
+    assert ev.returncode == 0, ev.stderr
+    evp = run_cli("eval", plain, "--data", planted["root"] / "test.tsv", "--json", tmp_path / "p.json")
+    assert evp.returncode == 0, evp.stderr
+    budgeted, broken = (json.loads((tmp_path / f).read_text())["accuracy"] for f in ("m.json", "p.json"))
+    assert budgeted > broken + 0.1, (budgeted, broken)
+
+
+def test_a_budget_no_plan_meets_fails_with_the_best_plan_and_writes_nothing(planted, tmp_path, monkeypatch):
+    from edgekit import stages
+    from edgekit.errors import EdgekitError
+    from edgekit.export import budget
+
+    monkeypatch.setattr(budget, "MAX_FLOAT_SHARE", 0.0)  # int8 breaks the planted weights too: no fp32 allowed
+    out = tmp_path / "b"
+    with pytest.raises(EdgekitError, match="no quantization plan keeps .* within --max-drop 0 points: the best") as err:
+        stages.export(str(planted["stage"]), out, preset_name=None, precision="int8", max_drop=0.0)
+    assert "no bundle written" in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".b.*"))
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--max-drop", "-1"], ["max_drop", "0 to 100"]),
+        (["--max-drop", "nan"], ["max_drop", "finite"]),
+        (["--max-drop", "1", "--fp32"], ["--max-drop", "not quantized"]),
+        (["--max-drop", "1", "--allow-drop"], ["contradict"]),
+        (["--max-drop", "1", "--format", "torchscript"], ["ONNX bundles"]),
+    ],
+)
+def test_bad_budgets_fail_in_one_line(planted, tmp_path, args, needles):
+    proc = run_cli("export", planted["stage"], *args, "--out", tmp_path / "b")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "b").exists()
