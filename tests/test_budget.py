@@ -80,7 +80,7 @@ def test_planted_sensitive_weight_goes_back_to_higher_precision(planted, tmp_pat
     plain = tmp_path / "plain"
     proc = run_cli("export", planted["stage"], flag, "--out", plain, "--allow-drop")
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "b"
+    out = tmp_path / "run" / "export"  # a run folder's export stage, as edgekit run lays it out
     proc = run_cli("export", planted["stage"], flag, "--max-drop", "2", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "budget:" in proc.stdout and "points" in proc.stdout
@@ -112,6 +112,15 @@ def test_planted_sensitive_weight_goes_back_to_higher_precision(planted, tmp_pat
     assert evp.returncode == 0, evp.stderr
     budgeted, broken = (json.loads((tmp_path / f).read_text())["accuracy"] for f in ("m.json", "p.json"))
     assert budgeted > broken + 0.1, (budgeted, broken)
+    # the report's rows carry the plan and the byte breakdown; its sections say them
+    from edgekit.report.build import _export_rows, budget_lines, bytes_table
+
+    rows = _export_rows("run", "export", tmp_path / "run", None)
+    assert rows[0]["budget"]["returned_count"] == budget["returned_count"]
+    (line,) = budget_lines(rows)
+    assert f"drop {budget['drop_points']:.2f} points (budget 2)" in line and "returned to higher precision" in line
+    header, body = bytes_table(rows)
+    assert header[1] == "whole (MB)" and float(body[0][1]) > 0 and "embeddings (MB)" in header
 
 
 def test_a_budget_no_plan_meets_fails_with_the_best_plan_and_writes_nothing(planted, tmp_path, monkeypatch):

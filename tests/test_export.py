@@ -604,7 +604,11 @@ def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free
     assert json.loads((tmp_path / "m.json").read_text())["examples"] == 60
     bench = run_cli("bench", out4, "--runs", "10", "--json", tmp_path / "b.json", env=block_torch)
     assert bench.returncode == 0, bench.stderr
-    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["precision"] == "int4"
+    result = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert result["precision"] == "int4"
+    sizes = result["size_breakdown"]  # where the bytes go, in the bench JSON too
+    assert sizes["components_mb"]["quantization parameters"] > 0 and "tokenizer.json" in sizes["files_mb"]
+    assert sizes["bundle_mb"] == pytest.approx(sum(sizes["files_mb"].values()), rel=1e-3)
 
 
 @pytest.mark.parametrize(

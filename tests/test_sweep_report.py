@@ -191,9 +191,10 @@ def test_html_report_is_self_contained_and_renders_in_chromium(sweep_run, tmp_pa
     assert "Uncaught" not in proc.stderr and "Failed to load resource" not in proc.stderr
     found = proc.stdout.split('<pre id="probe">')[1].split("</pre>")[0]
     result = json.loads(found.replace("&quot;", '"'))
-    assert result == {"images": 4, "decoded": 4, "tables": 3, "title": "edgekit report"}, (
+    assert result == {"images": 4, "decoded": 4, "tables": 4, "title": "edgekit report"}, (
         result
-    )  # stages, sweep, confusion
+    )  # stages, sweep, where the bytes go, confusion
+    assert "<h2>Where the bytes go</h2>" in html and "embeddings (MB)" in html
     shot = tmp_path / "shot.png"
     subprocess.run(
         [

@@ -171,9 +171,7 @@ def _bench_one(
         result["peak_rss_mb"] = raw["peak_rss_bytes"] / MB
         result["model_memory_mb"] = raw["model_memory_bytes"] / MB
     result["quantization"] = manifest.quant_mode
-    from edgekit.export.sizes import in_mb
-
-    result["size_breakdown"] = in_mb((manifest.sizes or {}).get("breakdown"))  # where the bundle's bytes go
+    result["size_breakdown"] = _breakdown_mb((manifest.sizes or {}).get("breakdown"))  # where the bytes go
     result["format"], result["precision"] = manifest.format, manifest.precision
     result["parameters"] = manifest.parameters
     result["environment"] = {
@@ -182,6 +180,17 @@ def _bench_one(
         "throttling_after": after["throttling"],
     }
     return result
+
+
+def _breakdown_mb(sizes: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's size breakdown in MB: the whole bundle, the model's components, each file."""
+    if not sizes:
+        return None
+    out: dict[str, Any] = {"bundle_mb": round(sizes["bundle_bytes"] / MB, 4)}
+    if sizes.get("components"):
+        out["components_mb"] = {k: round(v / MB, 4) for k, v in sizes["components"].items()}
+    out["files_mb"] = {k: round(v / MB, 4) for k, v in sizes.get("files", {}).items()}
+    return out
 
 
 def _compare(

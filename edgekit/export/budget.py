@@ -197,9 +197,9 @@ class Planner:
         return self.trials[k]
 
 
-def check_budget(job, fp32_dir: Path, val_split) -> None:
-    """One line, before any quantization, when ``--max-drop`` cannot apply to this export."""
-    from edgekit.export.bundle import _files
+def check_budget(job, source: Path, val_split) -> None:
+    """One line, before any quantization, when ``--max-drop`` cannot apply to this export (``source``:
+    the fp32 graph)."""
     from edgekit.export.onnx import is_convolutional
 
     preset, spec = job.preset, job.handle.spec
@@ -211,9 +211,7 @@ def check_budget(job, fp32_dir: Path, val_split) -> None:
     elif spec.generates or len(job.manifest.graphs) != 1:
         refuse = "--max-drop judges classifiers by validation accuracy; encoder-decoders have no budget yet (drop --max-drop)"
     elif preset.quantization["mode"] == "static" or (
-        preset.quantization["mode"] == "auto"
-        and preset.precision == "int8"
-        and is_convolutional(_files(fp32_dir, job.manifest)[0])
+        preset.quantization["mode"] == "auto" and preset.precision == "int8" and is_convolutional(source)
     ):
         refuse = "--max-drop plans dynamic int8 and int4 weights; static int8 (CNNs) is not planned (add --dynamic)"
     elif val_split is None or len(val_split) == 0:
@@ -223,27 +221,32 @@ def check_budget(job, fp32_dir: Path, val_split) -> None:
 
 
 def within_budget(
-    job, fp32_dir: Path, kept: Path, val_split, max_drop: float, targets=()
+    job,
+    source: Path,
+    kept: Path,
+    val_split,
+    val_batches: list[dict[str, np.ndarray]],
+    max_drop: float,
+    as_bundle,
+    targets=(),
 ) -> tuple[Path, dict[str, Any]]:
-    """The graph to ship and the budget record: ``kept`` (the preset's bundle) when its drop is within
-    ``max_drop`` points, else the mixed-precision plan that is (see the module docstring). The search
-    runs on this host; with ``targets`` the chosen graph's drop is then measured on each and must hold
-    there too."""
-    from edgekit.export.bundle import _batches, _candidate, _files
+    """The bundle folder to ship and the budget record: ``kept`` (the preset's candidate folder) when
+    its drop is within ``max_drop`` points, else the mixed-precision plan that is (see the module
+    docstring). ``source``: the fp32 graph; ``val_batches``: the validation split encoded;
+    ``as_bundle(name)``: a new candidate folder. The search runs on this host; with ``targets`` the
+    chosen graph's drop is then measured on each and must hold there too."""
     from edgekit.export.onnx import _prepare, _scratch_directory
     from edgekit.export.presets import embedding_precision, resolve_reduce_range
 
     preset = job.preset
-    check_budget(job, fp32_dir, val_split)
+    check_budget(job, source, val_split)
     started = time.perf_counter()
-    source = _files(fp32_dir, job.manifest)[0]
     graph_name = source.name
     prepared = (job.scratch / "budget-prepared.onnx").resolve()
     with _scratch_directory():
         _prepare(source.resolve(), prepared)
     weights = quantized_weights(prepared, preset.precision, embedding_precision(preset))
-    limit = min(len(val_split), MAX_EXAMPLES)
-    val_batches = _batches(job.encoder, val_split, limit)
+    limit = sum(len(next(iter(b.values()))) for b in val_batches)
     labels = np.asarray(val_split.labels[:limit])
     planner = Planner(
         prepared,
@@ -290,7 +293,7 @@ def within_budget(
             f"higher precision ({best['float_share']:.0%} of them fp32, the most a plan may keep at "
             f"{MAX_FLOAT_SHARE:.0%}); no bundle written (raise --max-drop, or export --fp32)"
         )
-    chosen = _candidate(job.scratch, "budget-kept", job.manifest)
+    chosen = as_bundle("budget-kept")
     (chosen / graph_name).write_bytes(best["path"].read_bytes())
     log(
         f"export: budget met with {record['returned_count']} of {len(weights)} weights at higher precision: "

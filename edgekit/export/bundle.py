@@ -554,13 +554,22 @@ def build_bundle(
         if preset.max_drop is not None:
             from edgekit.export.budget import check_budget
 
-            check_budget(job, fp32_dir, parity_split)
+            check_budget(job, _files(fp32_dir, manifest)[0], parity_split)
         if preset.precision != "fp32":
             final, quantization, optimization = _lossy_candidate(job, fp32_dir, calibration)
             if preset.max_drop is not None:  # the budget is the gate: accuracy on validation data
-                from edgekit.export.budget import within_budget
+                from edgekit.export.budget import MAX_EXAMPLES, within_budget
 
-                final, budget = within_budget(job, fp32_dir, final, parity_split, float(preset.max_drop), targets)
+                final, budget = within_budget(
+                    job,
+                    _files(fp32_dir, manifest)[0],
+                    final,
+                    parity_split,
+                    _batches(encoder, parity_split, MAX_EXAMPLES),
+                    float(preset.max_drop),
+                    lambda name: _candidate(job.scratch, name, manifest),
+                    targets,
+                )
                 quantization = {**quantization, "budget": budget}
             parity.update(_lossy_parity(preset.precision, reference, final, batches, job.scratch, preset, targets))
             if preset.max_drop is None:

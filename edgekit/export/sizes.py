@@ -75,14 +75,3 @@ def describe(sizes: dict[str, Any]) -> str:
     parts = sizes.get("components") or {}
     shown = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v)
     return f"bundle {sizes['bundle_bytes'] / 1e6:.2f} MB" + (f" ({shown})" if shown else "")
-
-
-def in_mb(sizes: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A breakdown in MB (what bench JSON and the report show): bundle, components, files."""
-    if not sizes:
-        return None
-    out: dict[str, Any] = {"bundle_mb": round(sizes["bundle_bytes"] / 1e6, 4)}
-    if sizes.get("components"):
-        out["components_mb"] = {k: round(v / 1e6, 4) for k, v in sizes["components"].items()}
-    out["files_mb"] = {k: round(v / 1e6, 4) for k, v in sizes.get("files", {}).items()}
-    return out
