@@ -596,7 +596,7 @@ def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free
     assert proc.returncode == 0, proc.stderr
     assert "onnx int4" in proc.stdout and "quantization parameters" in proc.stdout
     manifest4 = json.loads((out4 / "manifest.json").read_text())
-    assert manifest4["preset"] == "cpu-int4" and manifest4["quantization"]["block_size"] == 32
+    assert manifest4["preset"] == "cpu-int4" and manifest4["quantization"]["block_size"] == 64
     fp32 = manifest4["sizes"]["fp32_model_bytes"]
     assert manifest4["sizes"]["model_bytes"] < manifest["sizes"]["model_bytes"] < fp32
     ev = run_cli("eval", out4, "--data", models["root"] / "test.tsv", "--json", tmp_path / "m.json", env=block_torch)

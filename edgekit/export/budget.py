@@ -44,8 +44,8 @@ class Weight:
 
 
 def quantized_weights(path: Path, precision: str, embeddings: str) -> list[Weight]:
-    """The weights the preset quantizes in the fp32 graph at ``path``, in graph order: MatMul (and, for
-    int8, Gemm) nodes with a constant weight, and Gathers of a constant table (embeddings)."""
+    """The weights the preset quantizes in the fp32 graph at ``path``, in graph order: MatMul and Gemm
+    nodes with a constant weight, and Gathers of a constant table (embeddings)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -53,7 +53,7 @@ def quantized_weights(path: Path, precision: str, embeddings: str) -> list[Weigh
     found = []
     for node in graph.node:
         if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in sizes:
-            base = precision if node.op_type == "MatMul" else ("int8" if precision == "int8" else None)
+            base = precision if node.op_type == "MatMul" else "int8"  # Gemms are int8 under int4 too
             weight = node.input[1]
         elif node.op_type == "Gather" and node.input[0] in sizes:
             base, weight = (embeddings if embeddings in LADDERS else None), node.input[0]
@@ -65,8 +65,8 @@ def quantized_weights(path: Path, precision: str, embeddings: str) -> list[Weigh
 
 
 def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str, Any], reduce_range: bool) -> None:
-    """The graph with each weight of ``plan`` at its precision (the others fp32): int4 weights
-    block-wise (MatMulNBits / GatherBlockQuantized), then int8 ones by dynamic quantization."""
+    """The graph with each weight of ``plan`` at its precision (the others fp32): int8 weights by
+    dynamic quantization, then int4 ones block-wise (MatMulNBits / GatherBlockQuantized)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -74,21 +74,22 @@ def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str
     from edgekit.export.onnx import _scratch_directory, block_quantize
 
     int4 = [n for n, p in plan.items() if p == "int4"]
-    int8 = [n for n, p in plan.items() if p == "int8"]
+    # onnxruntime turns a Gemm into <name>_MatMul + Add before quantizing it: both names are given
+    int8 = [name for n, p in plan.items() if p == "int8" for name in (n, f"{n}_MatMul")]
     prepared, out = Path(prepared).resolve(), Path(out).resolve()
-    with quiet(), _scratch_directory():
-        block_quantize(prepared, out, quant, ("MatMul", "Gather"), nodes=int4)
+    with quiet(), _scratch_directory():  # int8 first: after the block pass Gemms are split and stay fp32
         if int8:
             quantize_dynamic(
-                str(out),
+                str(prepared),
                 str(out),
                 per_channel=quant["per_channel"],
                 reduce_range=reduce_range,
                 weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+                op_types_to_quantize=["MatMul", "Gather"],
                 nodes_to_quantize=int8,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
+        block_quantize(out if int8 else prepared, out, quant, ("MatMul", "Gather"), nodes=int4)
 
 
 def _logits(path: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:

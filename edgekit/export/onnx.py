@@ -83,6 +83,39 @@ def first_conv(path: Path) -> list[str]:
     return []
 
 
+def constant_weight_nodes(path: Path, op_types: tuple[str, ...]) -> list[str]:
+    """Names of the ``op_types`` nodes that read a constant weight (MatMul/Gemm: input 1; Gather: its
+    table, input 0)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        weight = node.input[0] if node.op_type == "Gather" else (node.input[1] if len(node.input) > 1 else "")
+        if node.op_type in op_types and weight in inits and node.name:
+            found.append(node.name)
+    return found
+
+
+def fitted_block_size(model, block_size: int) -> int:
+    """``block_size``, or the largest power of two (at least 16) that fits the shortest quantized axis
+    of the graph's constant MatMul/Gather weights: a block longer than the axis gives onnxruntime's
+    4-bit kernels wrong results (a 32-wide BERT with blocks of 64: 0% label agreement). The same for
+    every weight of a graph, whichever of them are quantized."""
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    axes = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and len(inits.get(node.input[1], [])) == 2:
+            axes.append(inits[node.input[1]][0])
+        elif node.op_type == "Gather" and len(inits.get(node.input[0], [])) == 2:
+            axes.append(inits[node.input[0]][1])
+    shortest = min(axes, default=block_size)
+    while block_size > 16 and block_size > shortest:
+        block_size //= 2
+    return block_size
+
+
 def block_quantize(
     source: Path, out: Path, quant: dict[str, Any], op_types: tuple[str, ...], nodes: list[str] | None = None
 ) -> int:
@@ -97,15 +130,15 @@ def block_quantize(
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    model = onnx.load(str(source))
     config = DefaultWeightOnlyQuantConfig(
-        block_size=quant["block_size"],
+        block_size=fitted_block_size(model, quant["block_size"]),
         is_symmetric=quant["symmetric"],
         accuracy_level=quant["accuracy_level"] or None,
         op_types_to_quantize=op_types,
         quant_axes=(("MatMul", 0), ("Gather", 1)),
         bits=4,
     )
-    model = onnx.load(str(source))
     # onnxruntime's nodes_to_include adds to op_types_to_quantize; leaving the others out is by exclusion
     wanted = set(nodes) if nodes is not None else None
     excluded = [
@@ -141,7 +174,7 @@ def quantize(
     word/position embedding tables (the graph's constant Gathers) become: int8 (dynamic quantization's
     per-tensor Gather), int4 (block-wise GatherBlockQuantized, after the int8 pass) or fp32."""
     if precision == "int4":
-        return int4_weights(fp32, out, quant, embeddings)
+        return int4_weights(fp32, out, quant, embeddings, reduce_range)
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -205,10 +238,13 @@ def quantize(
     }
 
 
-def int4_weights(fp32: Path, out: Path, quant: dict[str, Any], embeddings: str) -> dict[str, Any]:
+def int4_weights(
+    fp32: Path, out: Path, quant: dict[str, Any], embeddings: str, reduce_range: bool = False
+) -> dict[str, Any]:
     """Weight-only int4: every MatMul with a constant weight becomes MatMulNBits (4-bit weights in blocks
     of ``block_size`` input channels, a scale and, unless ``symmetric``, a zero point per block); the
-    embeddings become GatherBlockQuantized (int4), stay dynamic int8 Gathers, or stay fp32. Activations
+    embeddings become GatherBlockQuantized (int4), stay dynamic int8 Gathers, or stay fp32; Gemm weights
+    (a BERT pooler, a classifier head) are dynamic int8 as with --int8. Activations
     stay float (MatMulNBits quantizes them to int8 inside the kernel at ``accuracy_level`` 4). Refused
     for convolutional graphs: their weights are convolutions, which this leaves untouched."""
     import onnx
@@ -222,16 +258,26 @@ def int4_weights(fp32: Path, out: Path, quant: dict[str, Any], embeddings: str) 
     try:
         with quiet(), _scratch_directory():
             _prepare(fp32, prepared)
-            replaced = block_quantize(prepared, out, quant, ops)
+            # first what MatMulNBits does not take: the Gemms (BERT's pooler and classifier head) and,
+            # when asked, the embedding tables, by dynamic int8 as --int8 quantizes them. onnxruntime
+            # turns each Gemm into <name>_MatMul + Add before quantizing, so those are named
+            int8_nodes = [f"{n}_MatMul" for n in constant_weight_nodes(prepared, ("Gemm",))]
             if embeddings == "int8":
+                int8_nodes += constant_weight_nodes(prepared, ("Gather",))
+            if int8_nodes:
                 quantize_dynamic(
-                    str(out),
+                    str(prepared),
                     str(out),
                     per_channel=quant["per_channel"],
+                    reduce_range=reduce_range,
                     weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["Gather"],
+                    op_types_to_quantize=["MatMul", "Gather"],
+                    nodes_to_quantize=int8_nodes,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
+            else:
+                out.write_bytes(prepared.read_bytes())
+            replaced = block_quantize(out, out, quant, ops)
     finally:
         prepared.unlink(missing_ok=True)
     if not replaced:
@@ -244,6 +290,9 @@ def int4_weights(fp32: Path, out: Path, quant: dict[str, Any], embeddings: str) 
         "accuracy_level": quant["accuracy_level"],
         "activation_type": "int8 inside MatMulNBits" if quant["accuracy_level"] == 4 else "float",
         "embeddings": embeddings,
+        "gemm": "int8",
+        "per_channel": quant["per_channel"],
+        "reduce_range": reduce_range,
         "block_quantized_nodes": replaced,
         "calibration_batches": 0,
     }

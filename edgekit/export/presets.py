@@ -36,7 +36,7 @@ QUANT_DEFAULTS = {
     # int4 (weight-only, ONNX): MatMul weights in blocks of block_size input channels, each with its own
     # scale (and zero point unless symmetric), run by onnxruntime's MatMulNBits; accuracy_level 4 lets it
     # quantize the activations to int8 at run time (its fastest CPU kernels), 0 computes in fp32
-    "block_size": 32,
+    "block_size": 64,
     "symmetric": False,
     "accuracy_level": 4,
     # word/position embeddings: auto (int8 with --int8, int4 with --int4), int8, int4 (block-wise,
