@@ -119,6 +119,7 @@ def run(recipe: Recipe, out: Path, fresh: bool = False) -> dict[str, Any]:
             recover_epochs=p.recover_epochs,
             recover=p.recover,
             calib_samples=p.calib_samples,
+            keep_tokens=p.keep_tokens,
             recipe=recipe,
             force=True,
             reuse=reuse,

@@ -199,10 +199,14 @@ class PruneConfig:
     recover_epochs: int = 0
     recover: str = "distill"
     calib_samples: int = 256
+    keep_tokens: int = 0  # vocab: also the first N ids of the tokenizer's vocabulary
 
     def validate(self, path: str) -> None:
         if self.method is not None:
             _check_choice(f"{path}.method", self.method, "pruner")
+        _check_range(f"{path}.keep_tokens", self.keep_tokens, 0, 10_000_000)
+        if self.keep_tokens and self.method != "vocab":
+            raise RecipeError(f"recipe field {path}.keep_tokens: only method vocab keeps vocabulary ids")
         _check_range(f"{path}.amount", self.amount, 0, 1, low_open=True, high_open=True)
         _check_range(f"{path}.recover_epochs", self.recover_epochs, 0, 10_000)
         _check_choice(f"{path}.recover", self.recover, ("distill", "finetune"))

@@ -217,6 +217,31 @@ def test_vocabulary_pruning_keeps_vectors_and_logits_and_shrinks_the_bundle(tmp_
     ok(run_cli("prune", out, "--method", "heads", "--amount", "0.5", "--out", tmp_path / "then-heads", env=env))
 
 
+def test_vocabulary_pruning_keeps_the_first_n_tokens_when_asked(tmp_path, bert, env):
+    """--keep-tokens N also keeps ids 0..N-1 (frequency-ordered vocabularies: the most common tokens), so
+    texts with words the training data never had lose fewer tokens to [UNK]; other methods refuse it."""
+    from edgekit.models.load import load_saved
+
+    out = tmp_path / "vocab-2000"
+    ok(run_cli("prune", bert, "--method", "vocab", "--keep-tokens", "2000", "--out", out, env=env))
+    m, config = meta(out)["metrics"], meta(out)["config"]
+    assert config["keep_tokens"] == 2000 and 2000 <= m["vocab_after"] < 2500
+    old, new = load_saved(bert), load_saved(out)
+    first = [old.tokenizer.convert_ids_to_tokens(i) for i in range(2000)]
+    vocab = new.tokenizer.get_vocab()
+    assert all(vocab[t] < m["vocab_after"] for t in first)  # every one of them has a row of its own
+    assert len({vocab[t] for t in first}) == 2000
+    assert_user_error(
+        run_cli("prune", bert, "--method", "heads", "--keep-tokens", "10", "--out", tmp_path / "h", env=env),
+        "--keep-tokens is for --method vocab",
+    )
+    assert_user_error(
+        run_cli("prune", bert, "--method", "vocab", "--keep-tokens", "-1", "--out", tmp_path / "n", env=env),
+        "--keep-tokens -1",
+    )
+    assert not (tmp_path / "h").exists() and not (tmp_path / "n").exists()
+
+
 def test_vit_heads_pruning(tmp_path, env):
     import torch
     from transformers import ViTConfig, ViTForImageClassification

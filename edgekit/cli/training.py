@@ -383,6 +383,13 @@ def prune(
     calib_samples: Annotated[
         int, typer.Option("--calib-samples", help="Training examples used to score heads/neurons/channels.")
     ] = 256,
+    keep_tokens: Annotated[
+        int,
+        typer.Option(
+            "--keep-tokens",
+            help="--method vocab: also keep the first N ids of the tokenizer's vocabulary (its most common tokens, for texts the training data does not cover).",
+        ),
+    ] = 0,
     force: ForceOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
@@ -398,6 +405,7 @@ def prune(
         recover_epochs=recover_epochs,
         recover=recover,
         calib_samples=calib_samples,
+        keep_tokens=keep_tokens,
         force=force,
         resume=resume,
     )

@@ -75,18 +75,25 @@ def prune_stage(
     recover_epochs: int = 0,
     recover: str = "distill",
     calib_samples: int = 256,
+    keep_tokens: int = 0,
     recipe=None,
     force: bool = False,
     reuse: bool = False,
     resume: bool = False,
 ) -> StageMeta:
     """Prune a model stage by ``method`` (a pruner entry) and, with ``recover_epochs``, train it back
-    (KD from the unpruned model, or fine-tuning); the pruned model is a new stage folder ``out``."""
+    (KD from the unpruned model, or fine-tuning); the pruned model is a new stage folder ``out``.
+    ``keep_tokens`` (vocab only): also keep the first N ids of the tokenizer's vocabulary (its most
+    common tokens in frequency-ordered vocabularies), for texts the training data does not cover."""
     from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
     from edgekit.train.loop import evaluate
 
     _check_options(method, amount, recover, recover_epochs, calib_samples)
+    if isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 0:
+        raise EdgekitError(f"--keep-tokens {keep_tokens} must be a whole number, 0 or more")
+    if keep_tokens and method != "vocab":
+        raise EdgekitError(f"--keep-tokens is for --method vocab (it keeps vocabulary ids); drop it for {method}")
     model_dir = Path(model_dir)
     if not is_stage(model_dir) or not (model_dir / RECIPE_FILE).is_file():
         raise EdgekitError(
@@ -95,6 +102,8 @@ def prune_stage(
         )
     recipe = recipe or load_recipe(model_dir / RECIPE_FILE)
     config, train_cfg = _config(method, amount, recover, recover_epochs, calib_samples, recipe)
+    if keep_tokens:
+        config["keep_tokens"] = keep_tokens
     stage = Stage("prune", out, config, parent=model_dir)
     if (meta := stage.reused(reuse)) is not None:
         return meta
@@ -114,7 +123,8 @@ def prune_stage(
     with stage.folder(force) as folder:
         how = f"{method} {amount:.0%}" if pruner.can("amount", True) else method
         log.info(f"prune: {how} of {handle.arch} ({params_before / 1e6:.2f} M parameters)")
-        report = _apply(pruner, handle, data, method, amount, calib_samples, permanent=not recover_epochs)
+        options = {"keep_first": keep_tokens} if keep_tokens else {}
+        report = _apply(pruner, handle, data, method, amount, calib_samples, not recover_epochs, options)
         pruned = evaluate(handle, data.eval_split, desc="evaluate pruned model")
         key = task_spec(handle.task).score_key
         log.info(
@@ -180,13 +190,15 @@ def _pruner_for(method: str, handle):
     return pruner
 
 
-def _apply(pruner, handle, data, method: str, amount: float, calib_samples: int, permanent: bool) -> dict[str, Any]:
+def _apply(
+    pruner, handle, data, method: str, amount: float, calib_samples: int, permanent: bool, options=None
+) -> dict[str, Any]:
     """Prune ``handle`` in place; a structured pruner's report (what it removed), recorded in the structure."""
     if not pruner.can("structured"):  # zeros; during recovery the mask stays, so they stay zeros
         pruner.load()(handle.module, amount, permanent=permanent)
         return {}
     check = {"check": data.val} if pruner.can("validates", False) else {}
-    report = pruner.load()(handle, data.train, amount, calib_samples, **check)
+    report = pruner.load()(handle, data.train, amount, calib_samples, **check, **(options or {}))
     structure = handle.extra.get("structure") or {}
     heads = dict(structure.get("heads", {}))
     heads.update(report.pop("heads", {}))

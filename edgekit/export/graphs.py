@@ -281,7 +281,13 @@ def encoder_decoder_graphs(handle: ModelHandle, kv_cache: bool = False) -> list[
 @contextlib.contextmanager
 def quiet():
     """The exporters print pages of progress and warnings; a failure is reported by edgekit instead."""
-    names = ("torch.onnx", "onnxscript", "torch.export", "torch.utils._pytree", "onnxruntime.quantization.matmul_nbits_quantizer")
+    names = (
+        "torch.onnx",
+        "onnxscript",
+        "torch.export",
+        "torch.utils._pytree",
+        "onnxruntime.quantization.matmul_nbits_quantizer",
+    )
     loggers = [logging.getLogger(n) for n in names] + [logging.getLogger()]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
