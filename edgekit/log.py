@@ -36,6 +36,9 @@ if not any(isinstance(h, _Stderr) for h in LOGGER.handlers):
 def configure(verbosity: int = 0) -> None:
     """``verbosity`` -1 (``-q``): warnings and errors; 0: progress messages; 1 (``-v``): debug lines too."""
     LOGGER.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    # torch warns about an enum torchao registers (transformers imports torchao when it is installed):
+    # two lines of noise on every command that loads a model, nothing a user can act on
+    logging.getLogger("torch.utils._pytree").setLevel(logging.DEBUG if verbosity > 0 else logging.ERROR)
 
 
 def info(message: str) -> None:

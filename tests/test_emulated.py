@@ -121,6 +121,25 @@ def test_arm64_export_parity_is_measured_on_the_emulated_cores(bundles, kind):
     assert parity["int8@rpi4"]["label_agreement"] >= 0.9
 
 
+def test_int4_runs_on_the_emulated_pi_and_its_budget_is_measured_there(bundles, tmp_path):
+    """An arm64-int4 bundle (MatMulNBits, GatherBlockQuantized) runs on the target's aarch64 onnxruntime
+    (a core install, no torch); with --max-drop the chosen graph's accuracy drop is measured there too."""
+    out = tmp_path / "int4"
+    stage = Path(bundles["data"]).parent / "bert"
+    proc = run_cli(
+        "export", stage, "--preset", "arm64-int4", "--max-drop", "100", "--device", "rpi4", "--out", out, env=ENV
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int4" and manifest["opset"] == 21
+    where = manifest["parity"]["int4"]["measured_on"]
+    assert where["emulated"] is True and where["machine"] == "aarch64" and where["qemu_cpu"] == "cortex-a72"
+    (on_target,) = manifest["quantization"]["budget"]["on_targets"]
+    assert on_target["measured_on"]["machine"] == "aarch64" and on_target["drop_points"] <= 100
+    assert 0 <= on_target["accuracy"] <= 1
+    assert "budget check on emulated rpi4" in proc.stderr
+
+
 @pytest.mark.parametrize("device", ["rpi4", "rpi5"])
 @pytest.mark.parametrize("kind", ["text-int8", "vision-int8"])
 def test_bench_on_the_emulated_device(bundles, tmp_path, device, kind):

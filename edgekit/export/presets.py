@@ -213,6 +213,11 @@ def check_preset(preset: Preset) -> None:
             f"{where}: max_drop must be a finite number of accuracy points from 0 to 100, not {shown(drop)} "
             "(e.g. --max-drop 0.5)"
         )
+    if drop is not None and (preset.format != "onnx" or preset.precision not in ("int8", "int4")):
+        raise EdgekitError(
+            f"{where}: --max-drop plans int8 and int4 ONNX bundles; {preset.format} {preset.precision} has no "
+            "per-layer precision to plan (drop --max-drop, or use --format onnx --int8/--int4)"
+        )
 
 
 def embedding_precision(preset: Preset) -> str:
