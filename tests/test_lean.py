@@ -53,7 +53,7 @@ def test_shipped_profiles_and_presets_load():
     for name in list_named("export"):
         preset = load_preset(name)
         assert preset.format in __import__("edgekit.registry").registry.names("format")
-        assert preset.precision in ("int8", "fp16", "fp32")
+        assert preset.precision in ("int8", "int4", "fp16", "fp32")
         if preset.precision == "int8":
             assert preset.quantization["mode"] in ("auto", "dynamic", "static")
 

@@ -67,11 +67,8 @@ def quantized_weights(path: Path, precision: str, embeddings: str) -> list[Weigh
 def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str, Any], reduce_range: bool) -> None:
     """The graph with each weight of ``plan`` at its precision (the others fp32): int8 weights by
     dynamic quantization, then int4 ones block-wise (MatMulNBits / GatherBlockQuantized)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from edgekit.export.graphs import quiet
-    from edgekit.export.onnx import _scratch_directory, block_quantize
+    from edgekit.export.onnx import _scratch_directory, block_quantize, dynamic_int8
 
     int4 = [n for n, p in plan.items() if p == "int4"]
     # onnxruntime turns a Gemm into <name>_MatMul + Add before quantizing it: both names are given
@@ -79,16 +76,7 @@ def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str
     prepared, out = Path(prepared).resolve(), Path(out).resolve()
     with quiet(), _scratch_directory():  # int8 first: after the block pass Gemms are split and stay fp32
         if int8:
-            quantize_dynamic(
-                str(prepared),
-                str(out),
-                per_channel=quant["per_channel"],
-                reduce_range=reduce_range,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gather"],
-                nodes_to_quantize=int8,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            dynamic_int8(prepared, out, quant, reduce_range, ["MatMul", "Gather"], int8)
         block_quantize(out if int8 else prepared, out, quant, ("MatMul", "Gather"), nodes=int4)
 
 

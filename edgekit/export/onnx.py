@@ -83,6 +83,32 @@ def first_conv(path: Path) -> list[str]:
     return []
 
 
+def dynamic_int8(
+    source: Path,
+    out: Path,
+    quant: dict[str, Any],
+    reduce_range: bool,
+    op_types: list[str],
+    nodes: list[str] | None = None,
+) -> None:
+    """onnxruntime's dynamic int8 (int8 weights, activations quantized at run time) of the ``op_types``
+    nodes (only those named in ``nodes`` when given; onnxruntime names a Gemm it quantizes
+    ``<name>_MatMul``). Float is the default tensor type: fused ops lack shape inference."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(source),
+        str(out),
+        per_channel=quant["per_channel"],
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=op_types,
+        **({"nodes_to_quantize": nodes} if nodes is not None else {}),
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
 def constant_weight_nodes(path: Path, op_types: tuple[str, ...]) -> list[str]:
     """Names of the ``op_types`` nodes that read a constant weight (MatMul/Gemm: input 1; Gather: its
     table, input 0)."""
@@ -175,8 +201,7 @@ def quantize(
     per-tensor Gather), int4 (block-wise GatherBlockQuantized, after the int8 pass) or fp32."""
     if precision == "int4":
         return int4_weights(fp32, out, quant, embeddings, reduce_range)
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     fp32, out = Path(fp32).resolve(), Path(out).resolve()  # the work runs in a scratch directory
     mode, kept_fp32 = quant["mode"], []
@@ -208,15 +233,8 @@ def quantize(
                     nodes_to_exclude=kept_fp32,
                 )
             else:
-                quantize_dynamic(
-                    str(prepared),
-                    str(out),
-                    per_channel=quant["per_channel"],
-                    reduce_range=reduce_range,
-                    weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["MatMul", "Gemm", "Attention"] + (["Gather"] if embeddings == "int8" else []),
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops lack shape inference
-                )
+                ops = ["MatMul", "Gemm", "Attention"] + (["Gather"] if embeddings == "int8" else [])
+                dynamic_int8(prepared, out, quant, reduce_range, ops)
             shift = None
             if mode == "static" and quant["bias_correction"]:
                 shift = correct_output_bias(prepared, out, calibration)
@@ -247,8 +265,6 @@ def int4_weights(
     (a BERT pooler, a classifier head) are dynamic int8 as with --int8. Activations
     stay float (MatMulNBits quantizes them to int8 inside the kernel at ``accuracy_level`` 4). Refused
     for convolutional graphs: their weights are convolutions, which this leaves untouched."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32, out = Path(fp32).resolve(), Path(out).resolve()
     if is_convolutional(fp32):
@@ -265,16 +281,7 @@ def int4_weights(
             if embeddings == "int8":
                 int8_nodes += constant_weight_nodes(prepared, ("Gather",))
             if int8_nodes:
-                quantize_dynamic(
-                    str(prepared),
-                    str(out),
-                    per_channel=quant["per_channel"],
-                    reduce_range=reduce_range,
-                    weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["MatMul", "Gather"],
-                    nodes_to_quantize=int8_nodes,
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
+                dynamic_int8(prepared, out, quant, reduce_range, ["MatMul", "Gather"], int8_nodes)
             else:
                 out.write_bytes(prepared.read_bytes())
             replaced = block_quantize(out, out, quant, ops)
