@@ -126,9 +126,9 @@ def constant_weight_nodes(path: Path, op_types: tuple[str, ...]) -> list[str]:
 
 def fitted_block_size(model, block_size: int) -> int:
     """``block_size``, or the largest power of two (at least 16) that fits the shortest quantized axis
-    of the graph's constant MatMul/Gather weights: a block longer than the axis gives onnxruntime's
-    4-bit kernels wrong results (a 32-wide BERT with blocks of 64: 0% label agreement). The same for
-    every weight of a graph, whichever of them are quantized."""
+    of the graph's constant MatMul/Gather weights, so no block is mostly padding (a 32-wide model with
+    blocks of 64 would store one scale per 32 real values and 32 padded ones). The same for every weight
+    of a graph, whichever of them are quantized."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
     axes = []
     for node in model.graph.node:
