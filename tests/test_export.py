@@ -619,23 +619,12 @@ def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free
         ("bert", ["--int4", "--int8"], ["contradict"]),
         ("bert", ["--preset", "cpu-int8", "--int4"], ["opset 21", "cpu-int4"]),
         ("resnet18", ["--int4"], ["convolutions", "--int8"]),
-    ],
-)
-def test_int4_refusals_are_one_line_and_write_nothing(models, tmp_path, model, args, needles):
-    proc = run_cli("export", models[model], *args, "--out", tmp_path / "b")
-    assert_user_error(proc, *needles)
-    assert not (tmp_path / "b").exists()
-
-
-@pytest.mark.parametrize(
-    "model,args,needles",
-    [
         ("resnet18", ["--max-drop", "1"], ["static int8 (CNNs) is not planned", "--dynamic"]),
         ("t5", ["--max-drop", "1"], ["encoder-decoders have no budget"]),
         ("bert", ["--max-drop", "1", "--fp16"], ["not quantized"]),
     ],
 )
-def test_budget_refusals_are_one_line(models, tmp_path, model, args, needles):
+def test_int4_and_budget_refusals_are_one_line_and_write_nothing(models, tmp_path, model, args, needles):
     proc = run_cli("export", models[model], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "b").exists()

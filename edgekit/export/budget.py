@@ -112,6 +112,7 @@ class Planner:
         labels: np.ndarray,
     ):
         self.prepared, self.scratch, self.weights = Path(prepared), Path(scratch), weights
+        self.base = {w.node: w.base for w in weights}  # the preset's precision of each weight
         self.quant, self.reduce_range = quant, reduce_range
         self.val_batches, self.labels = val_batches, labels
         self.fp32_accuracy = _accuracy(_logits(prepared, val_batches), labels)
@@ -138,12 +139,12 @@ class Planner:
         """(weight, precision) steps: the noisiest (weight, precision) pair is lifted one step first, so
         a weight int8 cannot save goes on to fp32 before a robust one leaves int4. A weight's second step
         never comes before its first."""
-        current = {w.node: w.base for w in self.weights}
+        current = dict(self.base)
         pending: dict[str, list[str]] = {}
         out = []
 
         def lift(node: str) -> None:
-            ladder = LADDERS[next(w.base for w in self.weights if w.node == node)]
+            ladder = LADDERS[self.base[node]]
             current[node] = ladder[ladder.index(current[node]) + 1]
             out.append((node, current[node]))
             if current[node] in pending.get(node, []):
@@ -158,7 +159,7 @@ class Planner:
         return out
 
     def plan(self, moves: list[tuple[str, str]]) -> dict[str, str]:
-        plan = {w.node: w.base for w in self.weights}
+        plan = dict(self.base)
         for node, precision in moves:
             plan[node] = precision
         return plan
@@ -346,8 +347,7 @@ def _search(planner: Planner, moves: list[tuple[str, str]], limit_k: int, max_dr
 
 
 def _summary(planner: Planner, chosen: dict[str, Any], moves, ranked) -> dict[str, Any]:
-    plan = planner.plan(moves[: chosen["moves"]])
-    base = {w.node: w.base for w in planner.weights}
+    plan, base = planner.plan(moves[: chosen["moves"]]), planner.base
     counts: dict[str, int] = {}
     for precision in plan.values():
         counts[precision] = counts.get(precision, 0) + 1
