@@ -19,6 +19,8 @@ USER_CACHE_DIR = os.environ.get("EDGEKIT_CACHE_DIR") or str(Path.home() / ".cach
 # pytest-xdist runs test files side by side (pyproject's addopts): each worker, and every edgekit process
 # it starts, gets its share of the cores. Left at torch's default (all cores each), the workers' OpenMP
 # threads contend and the suite ran no faster than one worker; with a share each, about 1.9x faster.
+# edgekit hands the same count to onnxruntime, which ignores the variable itself (2 workers' sessions at
+# its default of every core each ran a tiny BERT 2x slower than at one thread each, measured).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

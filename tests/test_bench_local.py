@@ -115,6 +115,18 @@ def test_custom_profile_file(bundles, tmp_path):
     assert result["environment"]["temperatures_c"][str(sensor)] == 48.25
 
 
+@pytest.mark.parametrize("value, threads", [("3", 3), ("1", 1), ("0", 0), ("", 0), ("many", 0), ("-2", 0)])
+def test_runtimes_take_omp_num_threads_when_no_count_is_asked(monkeypatch, value, threads):
+    """onnxruntime ignores OMP_NUM_THREADS; edgekit passes it on, so its sessions use the cores PyTorch
+    uses, and two jobs that split a machine do not spin on each other's (about 2x slower, measured)."""
+    from edgekit.runtime.bundle import default_threads, session_options
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert default_threads() == threads
+    assert session_options().intra_op_num_threads == threads  # 0: onnxruntime's own default, every core
+    assert session_options(threads=2).intra_op_num_threads == 2  # a count asked for wins
+
+
 def test_unknown_device_and_missing_provider(bundles):
     assert_user_error(run_cli("bench", bundles[0], "--device", "rpi9"), "unknown device 'rpi9'")
     assert_user_error(run_cli("bench", bundles[0], "--device", "t4"), "CUDAExecutionProvider", "onnxruntime-gpu")

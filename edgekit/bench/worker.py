@@ -234,8 +234,14 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "model_memory_bytes": rss_loaded - rss_before,
         "providers": bundle.session.get_providers(),
-        "threads": profile.threads,
+        "threads": profile.threads or _default_threads(),  # 0: the runtime's default, every core
     }
+
+
+def _default_threads() -> int:
+    from edgekit.runtime.bundle import default_threads
+
+    return default_threads()
 
 
 def _server(scenario: dict[str, Any], step, latency: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,17 @@ TOKENIZER_FILE = "tokenizer.json"
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 
+def default_threads() -> int:
+    """The thread count a runtime gets when none is asked for: ``OMP_NUM_THREADS`` where it is set to a
+    positive number (PyTorch honours it too, so eager and exported models are compared on the same
+    cores; two jobs sharing a machine each get their share instead of spinning on each other's), else
+    0, the runtime's own default of every core."""
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
 def session_options(threads: int = 0, graph_optimization: str = "all"):
     import onnxruntime as ort
 
@@ -39,6 +50,7 @@ def session_options(threads: int = 0, graph_optimization: str = "all"):
     if graph_optimization not in levels:
         raise EdgekitError(f"graph optimization {graph_optimization!r} is not one of {', '.join(GRAPH_LEVELS)}")
     options.graph_optimization_level = levels[graph_optimization]
+    threads = threads or default_threads()
     if threads:
         options.intra_op_num_threads = int(threads)
     options.log_severity_level = 3
