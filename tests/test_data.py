@@ -130,3 +130,30 @@ def test_hugging_face_image_dataset_from_disk(tmp_path):
     assert data.label_names == ["bean", "rust"]
     assert len(data.train) + len(data.val) == 6 and len(data.val) == 2  # one held out per class
     assert preprocess_image(data.train.items[0], 16).shape == (3, 16, 16)
+
+
+def test_digits_are_scikit_learns_without_importing_it(monkeypatch, tmp_path):
+    """The CSV scikit-learn ships, read directly (importing scikit-learn costs seconds); the same arrays
+    as load_digits, and load_digits itself where the file is not where it was."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from edgekit.data import images
+
+    pixels, names = images.digits_images()
+    reference = load_digits()
+    assert np.array_equal(pixels, reference.images.astype(np.float32) * (255.0 / 16.0))
+    assert names == [str(int(t)) for t in reference.target] and pixels.dtype == np.float32
+    probe = (
+        "import sys; from edgekit.data.images import digits_images; digits_images(); print('sklearn' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+    moved = importlib.util.spec_from_file_location("sklearn", tmp_path / "__init__.py")
+    moved.submodule_search_locations = [str(tmp_path)]  # a scikit-learn whose data folder is elsewhere
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: moved)
+    again, again_names = images.digits_images()
+    assert np.array_equal(again, pixels) and again_names == names
