@@ -200,6 +200,10 @@ def export(
         handle = load_model(str(model_dir), task=data.task, label_names=data.label_names)
     if data is not None and data.label_names != handle.label_names:
         raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
+    from edgekit.export.presets import model_refusal
+
+    if refuse := model_refusal(preset, convolutional=handle.convolutional(), generates=handle.spec.generates):
+        raise EdgekitError(refuse)  # before the fp32 export, not after it
     with run.folder(force) as folder:
         writer = registry.get("format", preset.format)
         target = f"ONNX opset {preset.opset}" if writer.can("runtime") == "onnxruntime" else writer.can("title")

@@ -191,6 +191,7 @@ def check_budget(job, source: Path, val_split) -> None:
     """One line, before any quantization, when ``--max-drop`` cannot apply to this export (``source``:
     the fp32 graph)."""
     from edgekit.export.onnx import is_convolutional
+    from edgekit.export.presets import model_refusal
 
     preset, spec = job.preset, job.handle.spec
     refuse = None
@@ -198,12 +199,10 @@ def check_budget(job, source: Path, val_split) -> None:
         refuse = f"--max-drop plans int8 and int4 bundles; {preset.precision} is not quantized (drop --max-drop)"
     elif preset.format != "onnx":
         refuse = f"--max-drop plans ONNX bundles; {job.title} has no per-layer precision (use --format onnx)"
-    elif spec.generates or len(job.manifest.graphs) != 1:
-        refuse = "--max-drop judges classifiers by validation accuracy; encoder-decoders have no budget yet (drop --max-drop)"
-    elif preset.quantization["mode"] == "static" or (
-        preset.quantization["mode"] == "auto" and preset.precision == "int8" and is_convolutional(source)
+    elif refuse := model_refusal(
+        preset, convolutional=is_convolutional(source), generates=spec.generates or len(job.manifest.graphs) != 1
     ):
-        refuse = "--max-drop plans dynamic int8 and int4 weights; static int8 (CNNs) is not planned (add --dynamic)"
+        pass
     elif val_split is None or len(val_split) == 0:
         refuse = "--max-drop needs validation data: export a stage folder that has its recipe, or give --recipe"
     if refuse:

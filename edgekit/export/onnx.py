@@ -268,7 +268,9 @@ def int4_weights(
 
     fp32, out = Path(fp32).resolve(), Path(out).resolve()
     if is_convolutional(fp32):
-        raise EdgekitError("int4 is weight-only for matrix products; a CNN's weights are convolutions: use --int8")
+        from edgekit.export.presets import INT4_ON_CNN
+
+        raise EdgekitError(INT4_ON_CNN)
     prepared = out.with_name(out.stem + ".pre.onnx")
     ops = ("MatMul", "Gather") if embeddings == "int4" else ("MatMul",)
     try:

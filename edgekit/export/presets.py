@@ -45,6 +45,7 @@ QUANT_DEFAULTS = {
 }
 EMBEDDINGS = ("auto", "int8", "int4", "fp32")
 INT4_OPSET = 21  # the first opset with int4 tensors
+INT4_ON_CNN = "int4 is weight-only for matrix products; a CNN's weights are convolutions: use --int8"
 
 
 @dataclass
@@ -226,6 +227,22 @@ def embedding_precision(preset: Preset) -> str:
     if setting != "auto":
         return setting
     return {"int4": "int4", "int8": "int8"}.get(preset.precision, "fp32")
+
+
+def model_refusal(preset: Preset, *, convolutional: bool, generates: bool) -> str | None:
+    """Why this preset cannot apply to a model of this kind (None when it can), judged before any export
+    work: int4 has no convolution kernel, and a --max-drop budget plans neither static int8 (what a
+    CNN gets by default) nor encoder-decoders."""
+    mode = preset.quantization.get("mode", "auto")
+    if preset.precision == "int4" and convolutional:
+        return INT4_ON_CNN
+    if preset.max_drop is None or preset.precision not in ("int8", "int4") or preset.format != "onnx":
+        return None  # check_preset names what --max-drop cannot plan whatever the model
+    if generates:
+        return "--max-drop judges classifiers by validation accuracy; encoder-decoders have no budget yet (drop --max-drop)"
+    if mode == "static" or (mode == "auto" and preset.precision == "int8" and convolutional):
+        return "--max-drop plans dynamic int8 and int4 weights; static int8 (CNNs) is not planned (add --dynamic)"
+    return None
 
 
 def _check_int4(preset: Preset, where: str) -> None:

@@ -84,6 +84,13 @@ class ModelHandle:
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
+    def convolutional(self) -> bool:
+        """A CNN: convolutions outnumber linear layers (a ViT's one patch-embedding convolution does not
+        make it one); the export's ``is_convolutional`` judges an ONNX graph the same way."""
+        layers = [type(m) for m in self.module.modules()]
+        convs = sum(issubclass(t, torch.nn.modules.conv._ConvNd) for t in layers)
+        return convs > sum(issubclass(t, torch.nn.Linear) for t in layers)
+
     def example_inputs(self, batch: int = 2, seq_len: int = 16) -> dict[str, torch.Tensor]:
         if self.spec.modality == "image":
             size = self.preprocessing["image_size"]
