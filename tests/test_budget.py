@@ -154,3 +154,18 @@ def test_bad_budgets_fail_in_one_line(planted, tmp_path, args, needles):
     proc = run_cli("export", planted["stage"], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "b").exists()
+
+
+def test_ctrl_c_during_the_budget_search_leaves_nothing(planted, tmp_path):
+    """SIGINT while the budget ranks weights and builds plans (tens of scratch graphs): exit 130, one line,
+    no bundle, no temp folder beside it, no scratch graph in the temp directory."""
+    import signal
+
+    from test_interrupts import _leftovers, _one_error, _signal_after, _start
+
+    proc = _start(["export", planted["stage"], "--int4", "--max-drop", "0", "--out", tmp_path / "bundle"], tmp_path)
+    stderr = _signal_after(proc, signal.SIGINT, "export: budget 0 points", 0)
+    assert "interrupted" in _one_error(stderr, 130, proc)
+    assert _leftovers(tmp_path, "bundle") == []
+    # the private TMPDIR the command ran with (onnxruntime's import writes its own .ses id file there)
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name != ".ses"] == []
