@@ -88,7 +88,7 @@ def test_two_process_distillation_shares_the_transfer_set_and_resumes_bit_for_bi
                    "--lr", "1e-3", "--out", teacher, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     common = ["distill", "--teacher", teacher, "--student-layers", "2", "--features", "hidden,relation",
-              "--epochs", "25", "--batch-size", "16", "--lr", "1e-3", "--set", "distill.checkpoint_every=5"]  # fmt: skip
+              "--epochs", "12", "--batch-size", "16", "--lr", "1e-3", "--set", "distill.checkpoint_every=3"]  # fmt: skip
     whole = run_two(*common, "--out", root / "whole", env=env)
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert len(list(Path(env["EDGEKIT_CACHE_DIR"], "transfer").glob("*.npz"))) == 1  # computed once, by rank 0
