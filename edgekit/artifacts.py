@@ -146,6 +146,47 @@ def release_locks() -> None:
         release_lock(Path(out))
 
 
+COMMAND_SCRATCH = "edgekit-cmd-"
+
+
+@contextlib.contextmanager
+def command_scratch() -> Iterator[Path]:
+    """One temporary folder for a whole command, that every temporary file of it goes under: edgekit's,
+    onnxruntime's and child processes' (``tempfile.tempdir`` and ``TMPDIR`` point there while it runs).
+    Removed when the command ends, however it ends, so a Ctrl-C that lands while a library is removing
+    its own temporary folder leaves nothing behind. Named by pid: what a killed command (kill -9 skips
+    every clean-up) left is removed by the next command once that process is gone."""
+    base = Path(tempfile.gettempdir())
+    remove_dead_scratch(base, (COMMAND_SCRATCH, "edgekit-export-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{COMMAND_SCRATCH}{os.getpid()}-", dir=base))
+    previous = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(folder), str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous[0]
+        if previous[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous[1]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_dead_scratch(base: Path, prefixes: tuple[str, ...]) -> None:
+    """Folders in ``base`` named ``<prefix><pid>-...`` whose process is gone (another user's are kept)."""
+    for prefix in prefixes:
+        for folder in base.glob(f"{prefix}*-*"):
+            pid = folder.name[len(prefix) :].split("-")[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except PermissionError:
+                pass  # another user's live process
+
+
 def check_output(out: Path, force: bool) -> None:
     """Fail early, before any work, when ``out`` exists and ``force`` is off."""
     out = Path(out)

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,27 @@ def test_a_reused_stage_loses_the_leftovers_of_a_run_killed_while_replacing_it(t
     assert Stage("prune", tmp_path / "pruned", {"amount": 0.4}).reused(True) is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.old-xyz", "pruned"]
     assert folder != tmp_path / "pruned"
+
+
+def test_a_command_keeps_its_temporary_files_in_one_folder_removed_at_exit(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from edgekit.artifacts import command_scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"edgekit-cmd-{dead.stdout.strip()}-x").mkdir()  # left by a killed command
+    (tmp_path / f"edgekit-export-{dead.stdout.strip()}-y").mkdir()
+    alive = tmp_path / f"edgekit-cmd-{os.getppid()}-z"  # a command still running
+    alive.mkdir()
+    with command_scratch() as folder:
+        assert tempfile.gettempdir() == str(folder) == os.environ["TMPDIR"] and folder.parent == tmp_path
+        (Path(tempfile.mkdtemp(prefix="ort.quant.")) / "half-removed").write_text("x")
+        child = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
+                               capture_output=True, text=True)  # fmt: skip
+        assert child.stdout.strip() == str(folder)  # child processes write there too
+    assert tempfile.gettempdir() == str(tmp_path) == os.environ["TMPDIR"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name]

@@ -296,15 +296,16 @@ def test_a_signal_during_distill_writes_a_checkpoint_first(tmp_path, signum, cod
 def test_leftovers_of_a_killed_export_are_removed_by_the_next(stage, tmp_path):
     proc = _start(["export", stage, "--static", "--out", tmp_path / "bundle"], tmp_path)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "tmp").glob("edgekit-export-*")):
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "tmp").rglob("edgekit-export-*")):
         time.sleep(0.1)
     time.sleep(1)
     proc.kill()
     proc.communicate(timeout=60)
-    left = list((tmp_path / "tmp").glob("edgekit-export-*"))
-    assert left  # kill -9 skips every clean-up
+    left = list((tmp_path / "tmp").glob("edgekit-*"))  # the command's scratch folder, the export's inside it
+    assert left and list((tmp_path / "tmp").rglob("edgekit-export-*"))  # kill -9 skips every clean-up
     again = _start(["export", stage, "--fp32", "--out", tmp_path / "bundle"], tmp_path)
     _, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr[-2000:]
     assert not any(p.exists() for p in left) and not list(tmp_path.glob(".bundle.tmp-*"))
+    assert list((tmp_path / "tmp").glob("edgekit-*")) == []  # and the second command's own is gone too
     assert (tmp_path / "bundle" / "manifest.json").is_file()

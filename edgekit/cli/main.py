@@ -90,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_unless_main()
     command = build_app()
     signal.signal(signal.SIGTERM, _terminated)
-    try:
-        return _run(command, args)
-    finally:
-        from edgekit.artifacts import release_locks
+    from edgekit.artifacts import command_scratch, release_locks
 
+    try:
+        with command_scratch():
+            return _run(command, args)
+    finally:
         release_locks()
 
 

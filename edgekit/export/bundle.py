@@ -376,16 +376,11 @@ def torchscript_candidates(job: _Export, fp32_dir: Path, calibration: Split | No
 
 def _remove_dead_scratch() -> None:
     """Scratch folders of exports that were killed (kill -9 skips their clean-up): named by pid, removed
-    by the next export once that process is gone."""
-    for folder in Path(tempfile.gettempdir()).glob("edgekit-export-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(folder, ignore_errors=True)
-            except PermissionError:
-                pass  # another user's live process
+    by the next export once that process is gone (under the CLI they live in its command folder, which
+    the next command removes: edgekit.artifacts.command_scratch)."""
+    from edgekit.artifacts import remove_dead_scratch
+
+    remove_dead_scratch(Path(tempfile.gettempdir()), ("edgekit-export-",))
 
 
 def host_description(target_machine: str | None = None) -> dict[str, Any]:
