@@ -211,6 +211,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         invalid += generation["invalid_reasons"]
     measured_energy = energy.measure(first_step, profile.energy_meters, profile.energy_seconds)
     measured_energy["batch_size"] = latency["batch_size"]  # one inference is one call at this batch size
+    from edgekit.runtime.bundle import default_threads  # already loaded: the bundle came from it
+
     return {
         "bundle": str(folder),
         "model_sha256": sha256_file(files[0]) if len(files) == 1 else {p.name: sha256_file(p) for p in files},
@@ -234,14 +236,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "model_memory_bytes": rss_loaded - rss_before,
         "providers": bundle.session.get_providers(),
-        "threads": profile.threads or _default_threads(),  # 0: the runtime's default, every core
+        "threads": profile.threads or default_threads(),  # 0: the runtime's default, every core
     }
-
-
-def _default_threads() -> int:
-    from edgekit.runtime.bundle import default_threads
-
-    return default_threads()
 
 
 def _server(scenario: dict[str, Any], step, latency: dict[str, Any]) -> dict[str, Any]:

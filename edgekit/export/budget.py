@@ -92,6 +92,10 @@ def _logits(path: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([session.run(None, {k: v for k, v in b.items() if k in names})[0] for b in batches])
 
 
+def _count(batches: list[dict[str, np.ndarray]]) -> int:
+    return sum(len(next(iter(b.values()))) for b in batches)
+
+
 def _first_examples(batches: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:
     """The first ``limit`` examples of ``batches`` (the last batch cut to fit)."""
     kept, count = [], 0
@@ -133,15 +137,12 @@ class Planner:
         self.val_batches, self.labels = val_batches, labels
         self.fp32_accuracy = _accuracy(_logits(prepared, val_batches), labels)
         self.trials: dict[int, dict[str, Any]] = {}
-        self.probe_examples = 0  # parity inputs each sensitivity probe ran (sensitivity sets it)
 
     def sensitivity(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
         """Each weight's SNR (dB) of the logits when only it is quantized, at each precision it can
         have below fp32 (int4 and int8 for an int4 weight), lowest first."""
         from tqdm.auto import tqdm
 
-        batches = _first_examples(batches, PROBE_EXAMPLES)
-        self.probe_examples = sum(len(next(iter(b.values()))) for b in batches)
         reference = _logits(self.prepared, batches)
         probe = self.scratch / "sensitivity.onnx"
         probes = [(w, level) for w in self.weights for level in LADDERS[w.base][:-1]]
@@ -206,22 +207,16 @@ class Planner:
         return self.trials[k]
 
 
-def check_budget(job, source: Path, val_split) -> None:
-    """One line, before any quantization, when ``--max-drop`` cannot apply to this export (``source``:
-    the fp32 graph)."""
-    from edgekit.export.onnx import is_convolutional
-    from edgekit.export.presets import model_refusal
-
-    preset, spec = job.preset, job.handle.spec
+def check_budget(job, val_split) -> None:
+    """One line, before any quantization, when ``--max-drop`` cannot apply to this export; what the model's
+    kind rules out (static int8 CNNs, encoder-decoders) was refused before the fp32 export
+    (presets.model_refusal, in stages.export)."""
+    preset = job.preset
     refuse = None
     if preset.precision not in LADDERS:
         refuse = f"--max-drop plans int8 and int4 bundles; {preset.precision} is not quantized (drop --max-drop)"
     elif preset.format != "onnx":
         refuse = f"--max-drop plans ONNX bundles; {job.title} has no per-layer precision (use --format onnx)"
-    elif refuse := model_refusal(
-        preset, convolutional=is_convolutional(source), generates=spec.generates or len(job.manifest.graphs) != 1
-    ):
-        pass
     elif val_split is None or len(val_split) == 0:
         refuse = "--max-drop needs validation data: export a stage folder that has its recipe, or give --recipe"
     if refuse:
@@ -246,15 +241,14 @@ def within_budget(
     from edgekit.export.onnx import _prepare, _scratch_directory
     from edgekit.export.presets import embedding_precision, resolve_reduce_range
 
-    preset = job.preset
-    check_budget(job, source, val_split)
+    preset = job.preset  # check_budget ran before quantization (build_bundle)
     started = time.perf_counter()
     graph_name = source.name
     prepared = (job.scratch / "budget-prepared.onnx").resolve()
     with _scratch_directory():
         _prepare(source.resolve(), prepared)
     weights = quantized_weights(prepared, preset.precision, embedding_precision(preset))
-    limit = sum(len(next(iter(b.values()))) for b in val_batches)
+    limit = _count(val_batches)
     labels = np.asarray(val_split.labels[:limit])
     planner = Planner(
         prepared,
@@ -284,8 +278,9 @@ def within_budget(
         record["on_targets"] = _on_targets(targets, kept, val_batches, labels, planner.fp32_accuracy, max_drop)
         record["seconds"] = round(time.perf_counter() - started, 2)
         return kept, record
-    ranked = planner.sensitivity(job.batches)
-    record["sensitivity_examples"] = planner.probe_examples
+    probe_batches = _first_examples(job.batches, PROBE_EXAMPLES)
+    ranked = planner.sensitivity(probe_batches)
+    record["sensitivity_examples"] = _count(probe_batches)
     moves = planner.moves(ranked)
     limit_k = 0  # the most moves whose plan keeps at most MAX_FLOAT_SHARE in fp32
     for k in range(1, len(moves) + 1):
