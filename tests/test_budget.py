@@ -170,3 +170,60 @@ def test_ctrl_c_during_the_budget_search_leaves_nothing(planted, tmp_path):
     # the private TMPDIR the command ran with: every temp file (edgekit's, onnxruntime's, even the .ses
     # id file onnxruntime writes when imported) went under the command's own folder, removed at exit
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _plant_cnn(stage, scale: float = 1000.0):
+    """ResNet-18's first block made fragile under static int8 without changing the fp32 function: the
+    BatchNorm after its first convolution scales channel 0 by ``scale`` (ReLU commutes with it), the
+    second convolution's input channel 0 divides by it. The activation between them, quantized per
+    tensor, then rounds every other channel to zero."""
+    from safetensors.torch import load_file, save_file
+
+    path = stage / "model" / "model.safetensors"
+    weights = load_file(str(path))
+    weights["layer1.0.bn1.weight"][0] *= scale
+    weights["layer1.0.bn1.bias"][0] *= scale
+    weights["layer1.0.conv2.weight"][:, 0] /= scale
+    save_file(weights, str(path))
+
+
+def test_static_int8_cnn_budget_returns_the_planted_layers_to_fp32(tmp_path):
+    """A CNN's static int8 (calibrated activations) is planned like dynamic int8: the two convolutions
+    around a planted activation rank noisiest, go back to fp32, and the shipped graph meets the budget."""
+    import onnx
+
+    stage = tmp_path / "cnn"
+    digits = ["--dataset", "digits", "--image-size", "32", "--set", "data.limit=600"]
+    proc = run_cli(
+        "finetune", "resnet18", *digits, "--epochs", "3", "--batch-size", "32", "--lr", "1e-3", "--out", stage
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _plant_cnn(stage)
+    out = tmp_path / "bundle"
+    proc = run_cli("export", stage, "--int8", "--max-drop", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "budget:" in proc.stdout and "points" in proc.stdout
+    quantization = json.loads((out / "manifest.json").read_text())["quantization"]
+    budget = quantization["budget"]
+    assert quantization["mode"] == "static" and budget["mode"] == "static"
+    assert budget["fp32_accuracy"] > 0.8  # trained: the planted model is the same function in fp32
+    first = budget["trials"][0]
+    assert first["moves"] == 0 and first["drop_points"] > 5  # the preset's static int8 breaks the budget
+    assert budget["drop_points"] <= 1 and budget["passed"]
+    # every layer with a weight is a planned unit, but the first convolution the preset keeps fp32
+    ranked = [r["node"] for r in budget["sensitivity"]]
+    assert len(ranked) == budget["weights"] == 20 and quantization["fp32_nodes"][0] not in ranked
+    planted = {f"/module/layer1/layer1.0/conv{i}/Conv" for i in (1, 2)}
+    assert set(ranked[:2]) == planted, budget["sensitivity"][:4]
+    assert budget["sensitivity"][1]["snr_db"] + 10 < budget["sensitivity"][2]["snr_db"]  # far noisier than the rest
+    returned = {r["node"] for r in budget["returned"]}
+    assert returned and returned <= planted and all(r["to"] == "fp32" for r in budget["returned"])
+    assert budget["precision_counts"] == {"int8": 20 - len(returned), "fp32": len(returned)}
+    # the shipped graph is the plan: the returned convolutions read a float weight, the others a dequantized one
+    graph = onnx.load(str(out / "model.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    assert all(convs[name].input[1] not in dequantized for name in returned)
+    assert convs["/module/layer1/layer1.1/conv1/Conv"].input[1] in dequantized
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parity"]["int8"]["label_agreement"] > 0.95  # parity is still measured and recorded

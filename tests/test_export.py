@@ -619,7 +619,7 @@ def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free
         ("bert", ["--int4", "--int8"], ["contradict"]),
         ("bert", ["--preset", "cpu-int8", "--int4"], ["opset 21", "cpu-int4"]),
         ("resnet18", ["--int4"], ["convolutions", "--int8"]),
-        ("resnet18", ["--max-drop", "1"], ["static int8 (CNNs) is not planned", "--dynamic"]),
+        ("resnet18", ["--int4", "--max-drop", "1"], ["convolutions", "--int8"]),
         ("t5", ["--max-drop", "1"], ["encoder-decoders have no budget"]),
         ("bert", ["--max-drop", "1", "--fp16"], ["not quantized"]),
     ],

@@ -13,7 +13,11 @@ weights' fp32 bytes in fp32: beyond that the bundle is no longer the precision i
 fails with the best plan found. The plan (precision per weight, drop, size, every trial) goes into the
 manifest.
 
-ONNX int8 (dynamic) and int4 classifiers only: static int8 (CNNs) and encoder-decoders are refused.
+Static int8 (what a CNN gets) plans the same way over the layers that carry a weight (Conv, Gemm,
+MatMul): a probe quantizes only that layer (its weight and the activations it reads and writes), a plan
+leaves its fp32 layers out of the quantization; the activation ranges are calibrated once and reused by
+every probe and plan, and each plan gets the preset's output bias correction as the shipped bundle
+does. Classifiers only: encoder-decoders are refused (presets.model_refusal).
 """
 
 from __future__ import annotations
@@ -47,15 +51,27 @@ class Weight:
     base: str
 
 
-def quantized_weights(path: Path, precision: str, embeddings: str) -> list[Weight]:
+STATIC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers static int8 plans: those with a weight
+
+
+def quantized_weights(
+    path: Path, precision: str, embeddings: str, static_fp32: list[str] | None = None
+) -> list[Weight]:
     """The weights the preset quantizes in the fp32 graph at ``path``, in graph order: MatMul and Gemm
-    nodes with a constant weight, and Gathers of a constant table (embeddings)."""
+    nodes with a constant weight, and Gathers of a constant table (embeddings). Static int8
+    (``static_fp32``: the nodes the preset keeps fp32 there, e.g. the first convolution): every
+    Conv, Gemm and MatMul with a constant weight, but those."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     sizes = {t.name: int(np.prod(t.dims)) * 4 for t in graph.initializer}
     found = []
     for node in graph.node:
+        if static_fp32 is not None:
+            if node.op_type in STATIC_OPS and len(node.input) > 1 and node.input[1] in sizes:
+                if node.name and node.name not in static_fp32:
+                    found.append(Weight(node.name, node.op_type, sizes[node.input[1]], "int8"))
+            continue
         if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in sizes:
             base = precision if node.op_type == "MatMul" else "int8"  # Gemms are int8 under int4 too
             weight = node.input[1]
@@ -82,6 +98,42 @@ def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str
         if int8:
             dynamic_int8(prepared, out, quant, reduce_range, ["MatMul", "Gather"], int8)
         block_quantize(out if int8 else prepared, out, quant, ("MatMul", "Gather"), nodes=int4)
+
+
+class StaticPlans:
+    """Static int8 graphs of ``prepared`` for the budget: one calibration (its ranges cached in
+    ``scratch``) for every probe and plan; plans get the output bias correction when the preset has it."""
+
+    def __init__(
+        self, prepared: Path, scratch: Path, quant: dict[str, Any], reduce_range: bool, calibration, kept_fp32
+    ):
+        self.prepared, self.quant, self.reduce_range = Path(prepared).resolve(), quant, reduce_range
+        self.calibration, self.kept_fp32 = calibration, list(kept_fp32)
+        self.cache = (Path(scratch) / "budget-calibration.json").resolve()
+
+    def __call__(self, out: Path, plan: dict[str, str], probe: bool) -> None:
+        from edgekit.export.graphs import quiet
+        from edgekit.export.onnx import _scratch_directory, correct_output_bias, static_int8
+
+        out = Path(out).resolve()
+        fp32 = self.kept_fp32 + [n for n, p in plan.items() if p == "fp32"]
+        with quiet(), _scratch_directory():
+            if probe:  # only the probed layer quantized
+                static_int8(
+                    self.prepared,
+                    out,
+                    self.quant,
+                    self.reduce_range,
+                    self.calibration,
+                    only=list(plan),
+                    cache=self.cache,
+                )
+            else:
+                static_int8(
+                    self.prepared, out, self.quant, self.reduce_range, self.calibration, exclude=fp32, cache=self.cache
+                )
+                if self.quant["bias_correction"]:
+                    correct_output_bias(self.prepared, out, self.calibration)
 
 
 def _logits(path: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -126,14 +178,15 @@ class Planner:
         prepared: Path,
         scratch: Path,
         weights: list[Weight],
-        quant: dict[str, Any],
-        reduce_range: bool,
+        build,
         val_batches: list[dict[str, np.ndarray]],
         labels: np.ndarray,
     ):
+        """``build(out, plan, probe)`` writes the graph of ``plan`` (weight -> precision) at ``out``;
+        ``probe``: the plan names the one weight a sensitivity probe quantizes."""
         self.prepared, self.scratch, self.weights = Path(prepared), Path(scratch), weights
         self.base = {w.node: w.base for w in weights}  # the preset's precision of each weight
-        self.quant, self.reduce_range = quant, reduce_range
+        self.build = build
         self.val_batches, self.labels = val_batches, labels
         self.fp32_accuracy = _accuracy(_logits(prepared, val_batches), labels)
         self.trials: dict[int, dict[str, Any]] = {}
@@ -148,7 +201,7 @@ class Planner:
         probes = [(w, level) for w in self.weights for level in LADDERS[w.base][:-1]]
         ranked = []
         for w, level in tqdm(probes, desc="budget: sensitivity", unit="probe", leave=False):
-            build_mixed(self.prepared, probe, {w.node: level}, self.quant, self.reduce_range)
+            self.build(probe, {w.node: level}, True)
             snr = round(_snr_db(reference, _logits(probe, batches)), 2)
             ranked.append({"node": w.node, "precision": level, "snr_db": snr})
         probe.unlink(missing_ok=True)
@@ -194,7 +247,7 @@ class Planner:
             return self.trials[k]
         path = first if first is not None and k == 0 else self.scratch / f"budget-{k}.onnx"
         if path != first:
-            build_mixed(self.prepared, path, self.plan(moves[:k]), self.quant, self.reduce_range)
+            self.build(path, self.plan(moves[:k]), False)
         accuracy = _accuracy(_logits(path, self.val_batches), self.labels)
         self.trials[k] = {
             "moves": k,
@@ -209,8 +262,8 @@ class Planner:
 
 def check_budget(job, val_split) -> None:
     """One line, before any quantization, when ``--max-drop`` cannot apply to this export; what the model's
-    kind rules out (static int8 CNNs, encoder-decoders) was refused before the fp32 export
-    (presets.model_refusal, in stages.export)."""
+    kind rules out (encoder-decoders) was refused before the fp32 export (presets.model_refusal, in
+    stages.export)."""
     preset = job.preset
     refuse = None
     if preset.precision not in LADDERS:
@@ -232,12 +285,15 @@ def within_budget(
     max_drop: float,
     as_bundle,
     targets=(),
+    static: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The bundle folder to ship and the budget record: ``kept`` (the preset's candidate folder) when
     its drop is within ``max_drop`` points, else the mixed-precision plan that is (see the module
     docstring). ``source``: the fp32 graph; ``val_batches``: the validation split encoded;
-    ``as_bundle(name)``: a new candidate folder. The search runs on this host; with ``targets`` the
-    chosen graph's drop is then measured on each and must hold there too."""
+    ``as_bundle(name)``: a new candidate folder; ``static``: for a static int8 bundle, its calibration
+    batches and the nodes the preset kept fp32 (``{"calibration": ..., "fp32_nodes": ...}``). The search
+    runs on this host; with ``targets`` the chosen graph's drop is then measured on each and must hold
+    there too."""
     from edgekit.export.onnx import _prepare, _scratch_directory
     from edgekit.export.presets import embedding_precision, resolve_reduce_range
 
@@ -247,18 +303,19 @@ def within_budget(
     prepared = (job.scratch / "budget-prepared.onnx").resolve()
     with _scratch_directory():
         _prepare(source.resolve(), prepared)
-    weights = quantized_weights(prepared, preset.precision, embedding_precision(preset))
+    quant, reduce_range = preset.quantization, resolve_reduce_range(preset.quantization["reduce_range"])
+    if static is not None:
+        weights = quantized_weights(prepared, "int8", "fp32", static_fp32=list(static["fp32_nodes"]))
+        build = StaticPlans(prepared, job.scratch, quant, reduce_range, static["calibration"], static["fp32_nodes"])
+    else:
+        weights = quantized_weights(prepared, preset.precision, embedding_precision(preset))
+
+        def build(out: Path, plan: dict[str, str], probe: bool) -> None:
+            build_mixed(prepared, out, plan, quant, reduce_range)
+
     limit = _count(val_batches)
     labels = np.asarray(val_split.labels[:limit])
-    planner = Planner(
-        prepared,
-        job.scratch,
-        weights,
-        preset.quantization,
-        resolve_reduce_range(preset.quantization["reduce_range"]),
-        val_batches,
-        labels,
-    )
+    planner = Planner(prepared, job.scratch, weights, build, val_batches, labels)
     first = planner.trial(0, [], first=kept / graph_name)
     record: dict[str, Any] = {
         "max_drop_points": max_drop,
@@ -268,6 +325,7 @@ def within_budget(
         "fp32_accuracy": planner.fp32_accuracy,
         "weights": len(weights),
         "max_float_share": MAX_FLOAT_SHARE,
+        "mode": "static" if static is not None else preset.precision if preset.precision == "int4" else "dynamic",
     }
     log(
         f"export: budget {max_drop:g} points; fp32 {planner.fp32_accuracy:.2%} on {limit} validation examples, "

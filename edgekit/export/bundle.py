@@ -555,6 +555,10 @@ def build_bundle(
             if preset.max_drop is not None:  # the budget is the gate: accuracy on validation data
                 from edgekit.export.budget import MAX_EXAMPLES, within_budget
 
+                static = None
+                if quantization.get("mode") == "static":  # the budget plans over the same calibration
+                    calib = _batches(encoder, calibration, preset.calib_samples)
+                    static = {"calibration": calib, "fp32_nodes": quantization.get("fp32_nodes") or []}
                 final, budget = within_budget(
                     job,
                     _files(fp32_dir, manifest)[0],
@@ -564,6 +568,7 @@ def build_bundle(
                     float(preset.max_drop),
                     lambda name: _candidate(job.scratch, name, manifest),
                     targets,
+                    static,
                 )
                 quantization = {**quantization, "budget": budget}
             parity.update(_lossy_parity(preset.precision, reference, final, batches, job.scratch, preset, targets))

@@ -109,6 +109,44 @@ def dynamic_int8(
     )
 
 
+def static_int8(
+    source: Path,
+    out: Path,
+    quant: dict[str, Any],
+    reduce_range: bool,
+    calibration: list[dict[str, np.ndarray]],
+    *,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    cache: Path | None = None,
+) -> None:
+    """onnxruntime's static QDQ int8 of ``source`` (per-channel int8 weights, uint8 activations with
+    ranges calibrated on ``calibration``), leaving the ``exclude`` nodes float (or quantizing only the
+    ``only`` ones). ``cache``: a JSON file of the calibrated ranges, written on the first call and read
+    on the next ones, so several plans over one graph calibrate once (the budget search)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    quantize_static(
+        str(source),
+        str(out),
+        _Calibration(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=quant["per_channel"],
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=methods[quant["calibrate_method"]],
+        nodes_to_exclude=list(exclude),
+        **({"nodes_to_quantize": list(only)} if only is not None else {}),
+        **({"calibration_cache_path": str(cache)} if cache is not None else {}),
+    )
+
+
 def constant_weight_nodes(path: Path, op_types: tuple[str, ...]) -> list[str]:
     """Names of the ``op_types`` nodes that read a constant weight (MatMul/Gemm: input 1; Gather: its
     table, input 0)."""
@@ -201,8 +239,6 @@ def quantize(
     per-tensor Gather), int4 (block-wise GatherBlockQuantized, after the int8 pass) or fp32."""
     if precision == "int4":
         return int4_weights(fp32, out, quant, embeddings, reduce_range)
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     fp32, out = Path(fp32).resolve(), Path(out).resolve()  # the work runs in a scratch directory
     mode, kept_fp32 = quant["mode"], []
     if mode == "auto":
@@ -214,24 +250,8 @@ def quantize(
             if mode == "static":
                 if not calibration:
                     raise EdgekitError("static int8 needs calibration data; give training data or use dynamic mode")
-                methods = {
-                    "minmax": CalibrationMethod.MinMax,
-                    "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile,
-                }
                 kept_fp32 = first_conv(prepared) if quant["first_conv_fp32"] else []
-                quantize_static(
-                    str(prepared),
-                    str(out),
-                    _Calibration(calibration),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=quant["per_channel"],
-                    reduce_range=reduce_range,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=methods[quant["calibrate_method"]],
-                    nodes_to_exclude=kept_fp32,
-                )
+                static_int8(prepared, out, quant, reduce_range, calibration, exclude=kept_fp32)
             else:
                 ops = ["MatMul", "Gemm", "Attention"] + (["Gather"] if embeddings == "int8" else [])
                 dynamic_int8(prepared, out, quant, reduce_range, ops)

@@ -231,17 +231,13 @@ def embedding_precision(preset: Preset) -> str:
 
 def model_refusal(preset: Preset, *, convolutional: bool, generates: bool) -> str | None:
     """Why this preset cannot apply to a model of this kind (None when it can), judged before any export
-    work: int4 has no convolution kernel, and a --max-drop budget plans neither static int8 (what a
-    CNN gets by default) nor encoder-decoders."""
-    mode = preset.quantization.get("mode", "auto")
+    work: int4 has no convolution kernel, and a --max-drop budget does not plan encoder-decoders."""
     if preset.precision == "int4" and convolutional:
         return INT4_ON_CNN
     if preset.max_drop is None or preset.precision not in ("int8", "int4") or preset.format != "onnx":
         return None  # check_preset names what --max-drop cannot plan whatever the model
     if generates:
         return "--max-drop judges classifiers by validation accuracy; encoder-decoders have no budget yet (drop --max-drop)"
-    if mode == "static" or (mode == "auto" and preset.precision == "int8" and convolutional):
-        return "--max-drop plans dynamic int8 and int4 weights; static int8 (CNNs) is not planned (add --dynamic)"
     return None
 
 
