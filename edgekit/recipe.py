@@ -300,7 +300,7 @@ class ExportConfig:
     preset: str | None = None
     calib_samples: int = 256
     min_agreement: float | None = None
-    max_drop: float | None = None  # accuracy points quantization may cost (int8/int4 ONNX classifiers)
+    max_drop: float | None = None  # points of the task metric (accuracy, BLEU) quantization may cost (int8/int4 ONNX)
 
     @property
     def resolved_precision(self) -> str | None:

@@ -202,7 +202,7 @@ def export(
         raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
     from edgekit.export.presets import model_refusal
 
-    if refuse := model_refusal(preset, convolutional=handle.convolutional(), generates=handle.spec.generates):
+    if refuse := model_refusal(preset, convolutional=handle.convolutional()):
         raise EdgekitError(refuse)  # before the fp32 export, not after it
     with run.folder(force) as folder:
         writer = registry.get("format", preset.format)

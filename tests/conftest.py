@@ -132,6 +132,28 @@ def save_tiny_bert(folder: Path, tokenizer_dir: Path, hidden: int, layers: int, 
     return folder
 
 
+def tiny_t5(tokenizer, layers: int = 2):
+    """A random 32-wide T5 (``layers`` encoder and decoder blocks) over ``tokenizer``'s vocabulary, with
+    its pad/EOS/decoder-start ids (the MiniLM WordPiece tokenizer: [PAD], [SEP], [PAD])."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(config)
+
+
 def write_stage(folder, handle, recipe: str):
     """A model stage folder as finetune would write it (weights, meta.json, the recipe with the data)."""
     from edgekit.records import write_meta

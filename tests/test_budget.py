@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
+from conftest import assert_user_error, run_cli, save_tiny_bert, tiny_t5, write_questions
 from conftest import write_stage as _stage
 
 pytestmark = pytest.mark.slow
@@ -227,3 +227,93 @@ def test_static_int8_cnn_budget_returns_the_planted_layers_to_fp32(tmp_path):
     assert convs["/module/layer1/layer1.1/conv1/Conv"].input[1] in dequantized
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parity"]["int8"]["label_agreement"] > 0.95  # parity is still measured and recorded
+
+
+@pytest.fixture(scope="module")
+def planted_t5(tmp_path_factory, minilm_tokenizer_dir):
+    """A tiny T5 whose first encoder and first decoder self-attention are made fragile as _plant does
+    (value channel 0 divided, output projection's input channel 0 multiplied: the same function), and a
+    task whose references are the fp32 model's own greedy outputs: fp32 scores BLEU 100 by construction,
+    so every point lost is quantization's."""
+    import random
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgekit.models import load_model
+
+    root = tmp_path_factory.mktemp("budget_t5")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    model = tiny_t5(tokenizer).eval()
+    with torch.no_grad():
+        for stack in (model.encoder, model.decoder):
+            attention = stack.block[0].layer[0].SelfAttention
+            attention.v.weight[0] /= 1000.0
+            attention.o.weight[:, 0] *= 1000.0
+    model.save_pretrained(root / "src")
+    tokenizer.save_pretrained(root / "src")
+    rng = random.Random(0)
+    words = ["paris", "rome", "tokyo", "moon", "river", "radio", "python", "tower", "music", "apple"]
+    for name, n in (("train.tsv", 40), ("val.tsv", 64)):
+        sources = [" ".join(rng.choice(words) for _ in range(5)) for _ in range(n)]
+        batch = tokenizer(sources, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8, do_sample=False
+            )
+        targets = [t.strip() or "x" for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        (root / name).write_text("source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in zip(sources, targets)))
+    handle = load_model(str(root / "src"), task="text2text", label_names=[], max_length=32, max_target_length=8)
+    recipe = (
+        f"task: text2text\ndata: {{train: {root}/train.tsv, val: {root}/val.tsv, test: {root}/val.tsv, "
+        "text_column: source, label_column: target, max_length: 32, max_target_length: 8}\n"
+        "teacher: {model: x}\nstudent: {model: x}\n"
+    )
+    return _stage(root / "stage", handle, recipe)
+
+
+def test_encoder_decoder_budget_is_bleu_over_every_graph(planted_t5, tmp_path):
+    """An encoder-decoder's budget: BLEU points of greedy generations; its weights are planned across its
+    graphs (encoder, cross-attention, decoder step), and the planted projections go back to fp32."""
+    import onnx
+
+    out = tmp_path / "bundle"
+    proc = run_cli("export", planted_t5, "--int8", "--max-drop", "5", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "budget: validation BLEU" in proc.stdout and "points" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    budget = manifest["quantization"]["budget"]
+    assert budget["metric"] == "bleu" and "accuracy" not in budget
+    assert budget["fp32_score"] == pytest.approx(1.0)  # the references are the fp32 model's own outputs
+    assert budget["trials"][0]["drop_points"] > 20  # the preset's int8 breaks the budget
+    assert budget["drop_points"] <= 5 and budget["passed"]
+    files = {g["file"] for g in manifest["graphs"]}
+    assert len(files) > 1 and all(r["node"].split(":")[0] in files for r in budget["sensitivity"])
+    assert {r["node"].split(":")[0] for r in budget["sensitivity"]} == files  # every graph's weights are planned
+    top = [r["node"] for r in budget["sensitivity"][:2]]
+    assert "encoder.onnx:/encoder/block.0/layer.0/SelfAttention/o/MatMul" in top, budget["sensitivity"][:4]
+    decoder = next(f for f in files if f.startswith("decoder"))
+    assert any(n.startswith(f"{decoder}:") and "o/MatMul" in n for n in top), budget["sensitivity"][:4]
+    assert budget["sensitivity"][1]["snr_db"] + 10 < budget["sensitivity"][2]["snr_db"]
+    returned = [r["node"] for r in budget["returned"]]
+    assert returned and set(returned) <= set(top) and budget["returned_count"] < budget["weights"] // 4
+    for key in returned:  # the shipped graphs are the plan: each returned projection is a float MatMul again
+        file, node = key.split(":", 1)
+        assert node in {n.name for n in onnx.load(str(out / file)).graph.node if n.op_type == "MatMul"}
+
+
+def test_an_encoder_decoder_budget_on_a_target_is_refused_in_one_line():
+    """Generation (BLEU) runs on this host only: a budget to be measured on a target's kernels is refused
+    before any quantization."""
+    from types import SimpleNamespace
+
+    from edgekit.errors import EdgekitError
+    from edgekit.export.budget import check_budget
+
+    preset = SimpleNamespace(precision="int8", format="onnx")
+    job = SimpleNamespace(preset=preset, title="ONNX", handle=SimpleNamespace(spec=SimpleNamespace(generates=True)))
+    with pytest.raises(EdgekitError, match="encoder-decoder .* this host only; drop --device"):
+        check_budget(job, ["a validation example"], targets=[object()])
+    check_budget(job, ["a validation example"])  # without a target it plans
+    job.handle.spec.generates = False
+    check_budget(job, ["a validation example"], targets=[object()])  # a classifier's drop is measured there

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, at_a_terminal, run_cli, save_tiny_bert, write_questions
+from conftest import assert_user_error, at_a_terminal, run_cli, save_tiny_bert, tiny_t5, write_questions
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3"]
@@ -599,25 +599,11 @@ def seq2seq(tmp_path_factory, minilm_tokenizer_dir):
     """A tiny T5 with the MiniLM WordPiece vocabulary and a word-reversal task."""
     import random
 
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("t5")
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = T5Config(
-        vocab_size=tokenizer.vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=3,
-        num_decoder_layers=3,
-        num_heads=4,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(root / "t5")
+    tiny_t5(tokenizer, 3).save_pretrained(root / "t5")
     tokenizer.save_pretrained(root / "t5")
     rng = random.Random(0)
     words = ["paris", "rome", "tokyo", "moon", "river", "radio", "python", "tower", "music", "apple"]

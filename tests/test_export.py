@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli, save_tiny_bert, write_questions
+from conftest import assert_user_error, run_cli, save_tiny_bert, tiny_t5, write_questions
 from conftest import settle_batchnorm as _settle_batchnorm
 from conftest import write_stage as _stage
 
@@ -23,7 +23,7 @@ IMAGE_RECIPE = (
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, minilm_tokenizer_dir):
     import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration, ViTConfig, ViTForImageClassification
+    from transformers import AutoTokenizer, ViTConfig, ViTForImageClassification
 
     from edgekit.models import load_model
 
@@ -63,20 +63,7 @@ def models(tmp_path_factory, minilm_tokenizer_dir):
         stages[name] = _stage(root / name, cnn, IMAGE_RECIPE)
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
-    config = T5Config(
-        vocab_size=tokenizer.vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(root / "t5-src")
+    tiny_t5(tokenizer).save_pretrained(root / "t5-src")
     tokenizer.save_pretrained(root / "t5-src")
     rng = random.Random(0)
     words = ["paris", "rome", "tokyo", "moon", "river", "radio"]
@@ -620,7 +607,6 @@ def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free
         ("bert", ["--preset", "cpu-int8", "--int4"], ["opset 21", "cpu-int4"]),
         ("resnet18", ["--int4"], ["convolutions", "--int8"]),
         ("resnet18", ["--int4", "--max-drop", "1"], ["convolutions", "--int8"]),
-        ("t5", ["--max-drop", "1"], ["encoder-decoders have no budget"]),
         ("bert", ["--max-drop", "1", "--fp16"], ["not quantized"]),
     ],
 )

@@ -82,7 +82,7 @@ def export(
         Optional[float],
         typer.Option(
             "--max-drop",
-            help="Most validation accuracy (points) quantization may cost; over it the most sensitive weights go back to int8/fp32 (int8 and int4 ONNX classifiers).",
+            help="Most validation accuracy (points; BLEU points for encoder-decoders) quantization may cost; over it the most sensitive weights go back to int8/fp32 (int8 and int4 ONNX).",
         ),
     ] = None,
     allow_drop: Annotated[
@@ -208,9 +208,11 @@ def export(
     )
     budget = (manifest.quantization or {}).get("budget")
     if budget:
+        from edgekit.export.budget import score_phrase
+
         counts = ", ".join(f"{n} {k}" for k, n in sorted(budget["precision_counts"].items()))
         print(
-            f"budget: validation accuracy {budget['accuracy']:.2%} vs fp32 {budget['fp32_accuracy']:.2%} on "
+            f"budget: {score_phrase(budget)} on "
             f"{budget['examples']} examples: drop {budget['drop_points']:.2f} points (allowed {budget['max_drop_points']:g}); "
             f"weights {counts}; {budget['returned_count']} returned to higher precision"
         )

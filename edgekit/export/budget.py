@@ -17,13 +17,20 @@ Static int8 (what a CNN gets) plans the same way over the layers that carry a we
 MatMul): a probe quantizes only that layer (its weight and the activations it reads and writes), a plan
 leaves its fp32 layers out of the quantization; the activation ranges are calibrated once and reused by
 every probe and plan, and each plan gets the preset's output bias correction as the shipped bundle
-does. Classifiers only: encoder-decoders are refused (presets.model_refusal).
+does.
+
+Encoder-decoders (several graphs: encoder, decoder, and with a KV cache the cross-attention and decoder
+step) are planned over the weights of all their graphs (plan keys ``<graph file>:<node>``); the score
+is BLEU (points, 0-100) of greedy generations on the first ``MAX_GENERATION_EXAMPLES`` validation
+examples, and a probe's SNR is of the teacher-forced decoder logits. Their drop is measured on this
+host: a budget measured on another machine's kernels is refused for them (generation runs here only).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,16 +46,21 @@ MAX_EXAMPLES = 2000  # validation examples the drop is measured on
 # parity inputs each sensitivity probe runs: the probes' cost is inference (MiniLM-L6: 1.0 s of a 1.3 s
 # probe on 256 inputs), and a ranking in dB needs far fewer examples than an accuracy does
 PROBE_EXAMPLES = 64
+# encoder-decoders: validation examples generated per trial (greedy, up to max_target_length tokens each)
+MAX_GENERATION_EXAMPLES = 500
 
 
 @dataclasses.dataclass
 class Weight:
-    """One quantized weight: the node that reads it, its op, its fp32 bytes and the preset's precision."""
+    """One quantized weight: the plan's key for it (the node that reads it; ``<graph file>:<node>`` when
+    the bundle has several graphs), its op, its fp32 bytes, the preset's precision, and where it is."""
 
     node: str
     op: str
     nbytes: int
     base: str
+    graph: str = ""  # the graph file
+    name: str = ""  # the node's name in that graph
 
 
 STATIC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers static int8 plans: those with a weight
@@ -70,7 +82,7 @@ def quantized_weights(
         if static_fp32 is not None:
             if node.op_type in STATIC_OPS and len(node.input) > 1 and node.input[1] in sizes:
                 if node.name and node.name not in static_fp32:
-                    found.append(Weight(node.name, node.op_type, sizes[node.input[1]], "int8"))
+                    found.append(Weight(node.name, node.op_type, sizes[node.input[1]], "int8", path.name, node.name))
             continue
         if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in sizes:
             base = precision if node.op_type == "MatMul" else "int8"  # Gemms are int8 under int4 too
@@ -80,7 +92,7 @@ def quantized_weights(
         else:
             continue
         if base is not None and node.name:
-            found.append(Weight(node.name, node.op_type, sizes[weight], base))
+            found.append(Weight(node.name, node.op_type, sizes[weight], base, path.name, node.name))
     return found
 
 
@@ -101,7 +113,7 @@ def build_mixed(prepared: Path, out: Path, plan: dict[str, str], quant: dict[str
 
 
 class StaticPlans:
-    """Static int8 graphs of ``prepared`` for the budget: one calibration (its ranges cached in
+    """Static int8 graphs of one prepared graph for the budget: one calibration (its ranges cached in
     ``scratch``) for every probe and plan; plans get the output bias correction when the preset has it."""
 
     def __init__(
@@ -109,29 +121,23 @@ class StaticPlans:
     ):
         self.prepared, self.quant, self.reduce_range = Path(prepared).resolve(), quant, reduce_range
         self.calibration, self.kept_fp32 = calibration, list(kept_fp32)
-        self.cache = (Path(scratch) / "budget-calibration.json").resolve()
+        self.cache = (Path(scratch) / f"budget-calibration-{self.prepared.stem}.json").resolve()
 
     def __call__(self, out: Path, plan: dict[str, str], probe: bool) -> None:
         from edgekit.export.graphs import quiet
         from edgekit.export.onnx import _scratch_directory, correct_output_bias, static_int8
 
         out = Path(out).resolve()
+        if probe and not plan:  # a probe of another graph's layer: this one stays fp32
+            out.write_bytes(self.prepared.read_bytes())
+            return
         fp32 = self.kept_fp32 + [n for n, p in plan.items() if p == "fp32"]
+        args = (self.prepared, out, self.quant, self.reduce_range, self.calibration)
         with quiet(), _scratch_directory():
             if probe:  # only the probed layer quantized
-                static_int8(
-                    self.prepared,
-                    out,
-                    self.quant,
-                    self.reduce_range,
-                    self.calibration,
-                    only=list(plan),
-                    cache=self.cache,
-                )
+                static_int8(*args, only=list(plan), cache=self.cache)
             else:
-                static_int8(
-                    self.prepared, out, self.quant, self.reduce_range, self.calibration, exclude=fp32, cache=self.cache
-                )
+                static_int8(*args, exclude=fp32, cache=self.cache)
                 if self.quant["bias_correction"]:
                     correct_output_bias(self.prepared, out, self.calibration)
 
@@ -170,41 +176,75 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(-1) == labels).mean())
 
 
-class Planner:
-    """One budget search over the graph ``prepared`` (fp32, pre-processed for quantization)."""
+class LabelScore:
+    """A classifier's budget metric: accuracy (0-1) of its one graph's logits on the validation split."""
 
-    def __init__(
-        self,
-        prepared: Path,
-        scratch: Path,
-        weights: list[Weight],
-        build,
-        val_batches: list[dict[str, np.ndarray]],
-        labels: np.ndarray,
-    ):
-        """``build(out, plan, probe)`` writes the graph of ``plan`` (weight -> precision) at ``out``;
-        ``probe``: the plan names the one weight a sensitivity probe quantizes."""
-        self.prepared, self.scratch, self.weights = Path(prepared), Path(scratch), weights
+    metric = "accuracy"
+
+    def __init__(self, graph: str, batches: list[dict[str, np.ndarray]], labels: np.ndarray):
+        self.graph, self.batches, self.labels = graph, batches, labels
+
+    def outputs(self, folder: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+        return _logits(Path(folder) / self.graph, batches)
+
+    def score(self, folder: Path) -> float:
+        return _accuracy(self.outputs(folder, self.batches), self.labels)
+
+
+class GenerationScore:
+    """An encoder-decoder's budget metric: corpus BLEU (0-1, shown as 0-100 points) of the bundle's greedy
+    generations against the validation references; probes compare teacher-forced decoder logits."""
+
+    metric = "bleu"
+
+    def __init__(self, batches, references: list[str], tokenizer, limit: int):
+        self.batches, self.references, self.tokenizer, self.limit = batches, references, tokenizer, limit
+
+    def outputs(self, folder: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+        from edgekit.runtime.bundle import Bundle
+
+        bundle = Bundle(folder, verify=False)  # a scratch candidate (manifest, graphs)
+        return np.concatenate([bundle.run(b).ravel() for b in batches])  # batches differ in target length
+
+    def score(self, folder: Path) -> float:
+        from edgekit.metrics import generation_metrics
+        from edgekit.runtime.bundle import Bundle
+
+        bundle = Bundle(folder, verify=False)
+        texts = []
+        for batch in self.batches:
+            ids = bundle.greedy({k: batch[k] for k in ("input_ids", "attention_mask")}, self.limit)
+            texts += [self.tokenizer.decode([int(t) for t in row[1:]], skip_special_tokens=True).strip() for row in ids]
+        return generation_metrics(texts, self.references)["bleu"] / 100
+
+
+class Planner:
+    """One budget search over the bundle folder ``prepared`` (fp32 graphs, pre-processed for quantization)."""
+
+    def __init__(self, prepared: Path, weights: list[Weight], build, scorer, new_folder):
+        """``build(folder, plan, probe)`` writes every graph of ``plan`` (weight key -> precision) into
+        ``folder``; ``probe``: the plan names the one weight a sensitivity probe quantizes. ``scorer``:
+        LabelScore or GenerationScore; ``new_folder(name)``: an empty candidate bundle folder."""
+        self.prepared, self.weights = Path(prepared), weights
         self.base = {w.node: w.base for w in weights}  # the preset's precision of each weight
-        self.build = build
-        self.val_batches, self.labels = val_batches, labels
-        self.fp32_accuracy = _accuracy(_logits(prepared, val_batches), labels)
+        self.build, self.scorer, self.new_folder = build, scorer, new_folder
+        self.fp32_score = scorer.score(prepared)
         self.trials: dict[int, dict[str, Any]] = {}
 
     def sensitivity(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-        """Each weight's SNR (dB) of the logits when only it is quantized, at each precision it can
+        """Each weight's SNR (dB) of the outputs when only it is quantized, at each precision it can
         have below fp32 (int4 and int8 for an int4 weight), lowest first."""
         from tqdm.auto import tqdm
 
-        reference = _logits(self.prepared, batches)
-        probe = self.scratch / "sensitivity.onnx"
+        reference = self.scorer.outputs(self.prepared, batches)
+        probe = self.new_folder("budget-probe")
         probes = [(w, level) for w in self.weights for level in LADDERS[w.base][:-1]]
         ranked = []
         for w, level in tqdm(probes, desc="budget: sensitivity", unit="probe", leave=False):
             self.build(probe, {w.node: level}, True)
-            snr = round(_snr_db(reference, _logits(probe, batches)), 2)
+            snr = round(_snr_db(reference, self.scorer.outputs(probe, batches)), 2)
             ranked.append({"node": w.node, "precision": level, "snr_db": snr})
-        probe.unlink(missing_ok=True)
+        shutil.rmtree(probe, ignore_errors=True)
         ranked.sort(key=lambda r: r["snr_db"])
         return ranked
 
@@ -242,28 +282,28 @@ class Planner:
         return sum(w.nbytes for w in self.weights if plan[w.node] == "fp32") / total
 
     def trial(self, k: int, moves: list[tuple[str, str]], first: Path | None = None) -> dict[str, Any]:
-        """The drop (points) of the plan after the first ``k`` moves (``first``: the k=0 graph as built)."""
+        """The drop (points) of the plan after the first ``k`` moves (``first``: the k=0 bundle as built)."""
         if k in self.trials:
             return self.trials[k]
-        path = first if first is not None and k == 0 else self.scratch / f"budget-{k}.onnx"
-        if path != first:
-            self.build(path, self.plan(moves[:k]), False)
-        accuracy = _accuracy(_logits(path, self.val_batches), self.labels)
+        folder = first if first is not None and k == 0 else self.new_folder(f"budget-{k}")
+        if folder != first:
+            self.build(folder, self.plan(moves[:k]), False)
+        score = self.scorer.score(folder)
         self.trials[k] = {
             "moves": k,
-            "path": path,
-            "accuracy": accuracy,
-            "drop_points": round((self.fp32_accuracy - accuracy) * 100, 4),
-            "model_bytes": path.stat().st_size,
+            "path": folder,
+            "score": score,
+            **({"accuracy": score} if self.scorer.metric == "accuracy" else {}),
+            "drop_points": round((self.fp32_score - score) * 100, 4),
+            "model_bytes": sum(p.stat().st_size for p in folder.glob("*.onnx")),
             "float_share": round(self.float_share(self.plan(moves[:k])), 4),
         }
         return self.trials[k]
 
 
-def check_budget(job, val_split) -> None:
-    """One line, before any quantization, when ``--max-drop`` cannot apply to this export; what the model's
-    kind rules out (encoder-decoders) was refused before the fp32 export (presets.model_refusal, in
-    stages.export)."""
+def check_budget(job, val_split, targets=()) -> None:
+    """One line, before any quantization, when ``--max-drop`` cannot apply to this export (the preset,
+    missing validation data, an encoder-decoder's budget asked of a target)."""
     preset = job.preset
     refuse = None
     if preset.precision not in LADDERS:
@@ -272,6 +312,11 @@ def check_budget(job, val_split) -> None:
         refuse = f"--max-drop plans ONNX bundles; {job.title} has no per-layer precision (use --format onnx)"
     elif val_split is None or len(val_split) == 0:
         refuse = "--max-drop needs validation data: export a stage folder that has its recipe, or give --recipe"
+    elif targets and job.handle.spec.generates:
+        refuse = (
+            "--max-drop on an encoder-decoder measures BLEU of generations on this host only; "
+            "drop --device (parity is still checked on the target) or drop --max-drop"
+        )
     if refuse:
         raise EdgekitError(refuse)
 
@@ -289,7 +334,7 @@ def within_budget(
 ) -> tuple[Path, dict[str, Any]]:
     """The bundle folder to ship and the budget record: ``kept`` (the preset's candidate folder) when
     its drop is within ``max_drop`` points, else the mixed-precision plan that is (see the module
-    docstring). ``source``: the fp32 graph; ``val_batches``: the validation split encoded;
+    docstring). ``source``: the fp32 bundle folder; ``val_batches``: the validation split encoded;
     ``as_bundle(name)``: a new candidate folder; ``static``: for a static int8 bundle, its calibration
     batches and the nodes the preset kept fp32 (``{"calibration": ..., "fp32_nodes": ...}``). The search
     runs on this host; with ``targets`` the chosen graph's drop is then measured on each and must hold
@@ -299,41 +344,64 @@ def within_budget(
 
     preset = job.preset  # check_budget ran before quantization (build_bundle)
     started = time.perf_counter()
-    graph_name = source.name
-    prepared = (job.scratch / "budget-prepared.onnx").resolve()
+    files = [g.file for g in job.manifest.graphs]
+    prepared = as_bundle("budget-prepared")
     with _scratch_directory():
-        _prepare(source.resolve(), prepared)
+        for name in files:
+            _prepare((Path(source) / name).resolve(), (prepared / name).resolve())
     quant, reduce_range = preset.quantization, resolve_reduce_range(preset.quantization["reduce_range"])
-    if static is not None:
-        weights = quantized_weights(prepared, "int8", "fp32", static_fp32=list(static["fp32_nodes"]))
-        build = StaticPlans(prepared, job.scratch, quant, reduce_range, static["calibration"], static["fp32_nodes"])
+    weights, builders = [], {}
+    for name in files:
+        path = prepared / name
+        if static is not None:
+            weights += quantized_weights(path, "int8", "fp32", static_fp32=list(static["fp32_nodes"]))
+            builders[name] = StaticPlans(
+                path, job.scratch, quant, reduce_range, static["calibration"], static["fp32_nodes"]
+            )
+        else:
+            weights += quantized_weights(path, preset.precision, embedding_precision(preset))
+            builders[name] = lambda out, plan, probe, path=path: build_mixed(path, out, plan, quant, reduce_range)
+    if len(files) > 1:  # plan keys name the graph too: encoder and decoder graphs share node names
+        for w in weights:
+            w.node = f"{w.graph}:{w.name}"
+
+    def build(folder: Path, plan: dict[str, str], probe: bool) -> None:
+        for name in files:
+            builders[name](
+                folder / name, {w.name: plan[w.node] for w in weights if w.graph == name and w.node in plan}, probe
+            )
+
+    if job.handle.spec.generates:
+        val_batches = _first_examples(val_batches, MAX_GENERATION_EXAMPLES)
+        limit = _count(val_batches)
+        references = [str(t) for t in val_split.labels[:limit]]
+        tokens = int(job.manifest.preprocessing.get("max_target_length", 128))
+        scorer = GenerationScore(val_batches, references, job.encoder.tokenizer, tokens)
+        labels = None
     else:
-        weights = quantized_weights(prepared, preset.precision, embedding_precision(preset))
-
-        def build(out: Path, plan: dict[str, str], probe: bool) -> None:
-            build_mixed(prepared, out, plan, quant, reduce_range)
-
-    limit = _count(val_batches)
-    labels = np.asarray(val_split.labels[:limit])
-    planner = Planner(prepared, job.scratch, weights, build, val_batches, labels)
-    first = planner.trial(0, [], first=kept / graph_name)
+        limit = _count(val_batches)
+        labels = np.asarray(val_split.labels[:limit])
+        scorer = LabelScore(files[0], val_batches, labels)
+    planner = Planner(prepared, weights, build, scorer, as_bundle)
+    first = planner.trial(0, [], first=kept)
     record: dict[str, Any] = {
         "max_drop_points": max_drop,
-        "metric": "accuracy",
+        "metric": scorer.metric,
         "split": val_split.name,
         "examples": int(limit),
-        "fp32_accuracy": planner.fp32_accuracy,
+        "fp32_score": planner.fp32_score,
+        **({"fp32_accuracy": planner.fp32_score} if labels is not None else {}),
         "weights": len(weights),
         "max_float_share": MAX_FLOAT_SHARE,
         "mode": "static" if static is not None else preset.precision if preset.precision == "int4" else "dynamic",
     }
     log(
-        f"export: budget {max_drop:g} points; fp32 {planner.fp32_accuracy:.2%} on {limit} validation examples, "
-        f"{preset.precision} {first['accuracy']:.2%} (drop {first['drop_points']:.2f} points)"
+        f"export: budget {max_drop:g} points; {score_phrase(record, first)} on {limit} validation examples "
+        f"(drop {first['drop_points']:.2f} points)"
     )
     if first["drop_points"] <= max_drop:
         record.update(_summary(planner, first, [], []))
-        record["on_targets"] = _on_targets(targets, kept, val_batches, labels, planner.fp32_accuracy, max_drop)
+        record["on_targets"] = _on_targets(targets, kept, val_batches, labels, planner.fp32_score, max_drop)
         record["seconds"] = round(time.perf_counter() - started, 2)
         return kept, record
     probe_batches = _first_examples(job.batches, PROBE_EXAMPLES)
@@ -350,20 +418,32 @@ def within_budget(
     record["seconds"] = round(time.perf_counter() - started, 2)
     if best["drop_points"] > max_drop:
         raise EdgekitError(
-            f"no quantization plan keeps the validation accuracy drop within --max-drop {max_drop:g} points: the best "
-            f"found drops {best['drop_points']:.2f} points with {record['returned_count']} of {len(weights)} weights at "
-            f"higher precision ({best['float_share']:.0%} of them fp32, the most a plan may keep at "
-            f"{MAX_FLOAT_SHARE:.0%}); no bundle written (raise --max-drop, or export --fp32)"
+            f"no quantization plan keeps the validation {METRIC_NAMES[scorer.metric]} drop within --max-drop "
+            f"{max_drop:g} points: the best found drops {best['drop_points']:.2f} points with "
+            f"{record['returned_count']} of {len(weights)} weights at higher precision ({best['float_share']:.0%} "
+            f"of them fp32, the most a plan may keep at {MAX_FLOAT_SHARE:.0%}); no bundle written (raise "
+            "--max-drop, or export --fp32)"
         )
-    chosen = as_bundle("budget-kept")
-    (chosen / graph_name).write_bytes(best["path"].read_bytes())
     log(
         f"export: budget met with {record['returned_count']} of {len(weights)} weights at higher precision: "
         f"drop {best['drop_points']:.2f} points, {best['model_bytes'] / 1e6:.2f} MB"
     )
-    record["on_targets"] = _on_targets(targets, chosen, val_batches, labels, planner.fp32_accuracy, max_drop)
+    record["on_targets"] = _on_targets(targets, best["path"], val_batches, labels, planner.fp32_score, max_drop)
     record["seconds"] = round(time.perf_counter() - started, 2)
-    return chosen, record
+    return best["path"], record
+
+
+METRIC_NAMES = {"accuracy": "accuracy", "bleu": "BLEU"}
+
+
+def score_phrase(budget: dict[str, Any], chosen: dict[str, Any] | None = None) -> str:
+    """'validation accuracy 94.44% vs fp32 94.44%' or 'validation BLEU 41.20 vs fp32 42.00' (points)."""
+    metric = budget.get("metric", "accuracy")
+    fp32 = budget.get("fp32_score", budget.get("fp32_accuracy"))
+    score = (chosen or budget).get("score", (chosen or budget).get("accuracy"))
+    if metric == "bleu":
+        return f"validation BLEU {score * 100:.2f} vs fp32 {fp32 * 100:.2f}"
+    return f"validation accuracy {score:.2%} vs fp32 {fp32:.2%}"
 
 
 def _on_targets(targets, folder: Path, batches, labels, fp32_accuracy: float, max_drop: float) -> list[dict[str, Any]]:
@@ -371,7 +451,7 @@ def _on_targets(targets, folder: Path, batches, labels, fp32_accuracy: float, ma
     from edgekit.targets import target_environment, validate_on
 
     results = []
-    for target in targets:
+    for target in targets:  # classifiers only (check_budget refuses encoder-decoders with targets)
         log(f"export: budget check on {target.name}")
         with target.session() as session:
             logits = np.concatenate(validate_on(session, folder, batches))
@@ -425,7 +505,8 @@ def _summary(planner: Planner, chosen: dict[str, Any], moves, ranked) -> dict[st
         counts[precision] = counts.get(precision, 0) + 1
     returned = [{"node": n, "from": base[n], "to": p} for n, p in plan.items() if p != base[n]]
     return {
-        "accuracy": chosen["accuracy"],
+        "score": chosen["score"],
+        **({"accuracy": chosen["accuracy"]} if "accuracy" in chosen else {}),
         "drop_points": chosen["drop_points"],
         "passed": True,  # a plan over budget is an error, never written
         "moves": chosen["moves"],

@@ -549,7 +549,7 @@ def build_bundle(
         if preset.max_drop is not None:
             from edgekit.export.budget import check_budget
 
-            check_budget(job, parity_split)
+            check_budget(job, parity_split, targets)
         if preset.precision != "fp32":
             final, quantization, optimization = _lossy_candidate(job, fp32_dir, calibration)
             if preset.max_drop is not None:  # the budget is the gate: accuracy on validation data
@@ -561,7 +561,7 @@ def build_bundle(
                     static = {"calibration": calib, "fp32_nodes": quantization.get("fp32_nodes") or []}
                 final, budget = within_budget(
                     job,
-                    _files(fp32_dir, manifest)[0],
+                    fp32_dir,
                     final,
                     parity_split,
                     _batches(encoder, parity_split, MAX_EXAMPLES),

@@ -229,15 +229,11 @@ def embedding_precision(preset: Preset) -> str:
     return {"int4": "int4", "int8": "int8"}.get(preset.precision, "fp32")
 
 
-def model_refusal(preset: Preset, *, convolutional: bool, generates: bool) -> str | None:
+def model_refusal(preset: Preset, *, convolutional: bool) -> str | None:
     """Why this preset cannot apply to a model of this kind (None when it can), judged before any export
-    work: int4 has no convolution kernel, and a --max-drop budget does not plan encoder-decoders."""
+    work: int4 has no convolution kernel."""
     if preset.precision == "int4" and convolutional:
         return INT4_ON_CNN
-    if preset.max_drop is None or preset.precision not in ("int8", "int4") or preset.format != "onnx":
-        return None  # check_preset names what --max-drop cannot plan whatever the model
-    if generates:
-        return "--max-drop judges classifiers by validation accuracy; encoder-decoders have no budget yet (drop --max-drop)"
     return None
 
 

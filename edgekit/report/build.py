@@ -134,7 +134,8 @@ def _export_rows(run: str, stage: str, folder: Path, student: StageMeta | None) 
     if budget:  # the accuracy budget's plan, without the per-weight lists (those are in the manifest)
         extras["budget"] = {
             k: budget.get(k)
-            for k in ("max_drop_points", "drop_points", "fp32_accuracy", "accuracy", "examples")
+            for k in ("max_drop_points", "drop_points", "metric", "fp32_score", "score", "fp32_accuracy", "accuracy")
+            + ("examples",)
             + ("precision_counts", "returned_count", "weights", "float_share")
         }
     rows = []
@@ -184,6 +185,8 @@ def bytes_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
 
 def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One sentence per bundle exported within an accuracy budget (--max-drop)."""
+    from edgekit.export.budget import score_phrase
+
     lines, seen = [], set()
     for row in rows:
         b = row.get("budget")
@@ -192,7 +195,7 @@ def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
         seen.add((row["run"], row["stage"]))
         counts = ", ".join(f"{n} {k}" for k, n in sorted((b.get("precision_counts") or {}).items()))
         lines.append(
-            f"{row['stage']}: validation accuracy {b['accuracy']:.2%} vs fp32 {b['fp32_accuracy']:.2%} on "
+            f"{row['stage']}: {score_phrase(b)} on "
             f"{b['examples']} examples, drop {b['drop_points']:.2f} points (budget {b['max_drop_points']:g}); "
             f"weights {counts}; {b['returned_count']} of {b['weights']} returned to higher precision."
         )
