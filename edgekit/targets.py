@@ -124,9 +124,10 @@ def eval_on(
 
 
 def validate_on(
-    session: Session, folder: Path, batches: list[dict[str, np.ndarray]], *, timeout: float = 3600
+    session: Session, folder: Path, batches: list[dict[str, np.ndarray]], *, timeout: float = 3600, generate: int = 0
 ) -> list[np.ndarray]:
-    """Logits of the candidate bundle in ``folder`` for each batch, computed on the target."""
+    """Logits of the candidate bundle in ``folder`` for each batch, computed on the target; with
+    ``generate`` (encoder-decoders) its greedy token ids of up to that many new tokens instead."""
     with tempfile.TemporaryDirectory(prefix="edgekit-target-") as scratch:
         inputs = Path(scratch) / "inputs.npz"
         np.savez(inputs, **{f"{i}__{name}": array for i, batch in enumerate(batches) for name, array in batch.items()})
@@ -134,7 +135,8 @@ def validate_on(
         remote_inputs = session.upload(inputs, "inputs.npz")
     _run_checked(
         session,
-        ["edgekit", "validate-bundle", remote_bundle, remote_inputs, session.inside("outputs.npz")],
+        ["edgekit", "validate-bundle", remote_bundle, remote_inputs, session.inside("outputs.npz")]
+        + (["--generate", str(int(generate))] if generate else []),
         timeout,
         "running the exported model",
     )

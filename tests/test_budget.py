@@ -229,12 +229,11 @@ def test_static_int8_cnn_budget_returns_the_planted_layers_to_fp32(tmp_path):
     assert manifest["parity"]["int8"]["label_agreement"] > 0.95  # parity is still measured and recorded
 
 
-@pytest.fixture(scope="module")
-def planted_t5(tmp_path_factory, minilm_tokenizer_dir):
-    """A tiny T5 whose first encoder and first decoder self-attention are made fragile as _plant does
-    (value channel 0 divided, output projection's input channel 0 multiplied: the same function), and a
-    task whose references are the fp32 model's own greedy outputs: fp32 scores BLEU 100 by construction,
-    so every point lost is quantization's."""
+def t5_stage(root, tokenizer_dir, plant: bool):
+    """A tiny T5 stage whose task's references are the fp32 model's own greedy outputs: fp32 scores BLEU
+    100 by construction, so every point lost is quantization's. ``plant``: its first encoder and first
+    decoder self-attention made fragile as _plant does (value channel 0 divided, the output projection's
+    input channel 0 multiplied: the same function)."""
     import random
 
     import torch
@@ -242,11 +241,10 @@ def planted_t5(tmp_path_factory, minilm_tokenizer_dir):
 
     from edgekit.models import load_model
 
-    root = tmp_path_factory.mktemp("budget_t5")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = tiny_t5(tokenizer).eval()
     with torch.no_grad():
-        for stack in (model.encoder, model.decoder):
+        for stack in (model.encoder, model.decoder) if plant else ():
             attention = stack.block[0].layer[0].SelfAttention
             attention.v.weight[0] /= 1000.0
             attention.o.weight[:, 0] *= 1000.0
@@ -270,6 +268,11 @@ def planted_t5(tmp_path_factory, minilm_tokenizer_dir):
         "teacher: {model: x}\nstudent: {model: x}\n"
     )
     return _stage(root / "stage", handle, recipe)
+
+
+@pytest.fixture(scope="module")
+def planted_t5(tmp_path_factory, minilm_tokenizer_dir):
+    return t5_stage(tmp_path_factory.mktemp("budget_t5"), minilm_tokenizer_dir, plant=True)
 
 
 def test_encoder_decoder_budget_is_bleu_over_every_graph(planted_t5, tmp_path):
@@ -300,20 +303,3 @@ def test_encoder_decoder_budget_is_bleu_over_every_graph(planted_t5, tmp_path):
     for key in returned:  # the shipped graphs are the plan: each returned projection is a float MatMul again
         file, node = key.split(":", 1)
         assert node in {n.name for n in onnx.load(str(out / file)).graph.node if n.op_type == "MatMul"}
-
-
-def test_an_encoder_decoder_budget_on_a_target_is_refused_in_one_line():
-    """Generation (BLEU) runs on this host only: a budget to be measured on a target's kernels is refused
-    before any quantization."""
-    from types import SimpleNamespace
-
-    from edgekit.errors import EdgekitError
-    from edgekit.export.budget import check_budget
-
-    preset = SimpleNamespace(precision="int8", format="onnx")
-    job = SimpleNamespace(preset=preset, title="ONNX", handle=SimpleNamespace(spec=SimpleNamespace(generates=True)))
-    with pytest.raises(EdgekitError, match="encoder-decoder .* this host only; drop --device"):
-        check_budget(job, ["a validation example"], targets=[object()])
-    check_budget(job, ["a validation example"])  # without a target it plans
-    job.handle.spec.generates = False
-    check_budget(job, ["a validation example"], targets=[object()])  # a classifier's drop is measured there

@@ -519,11 +519,18 @@ def validate_bundle(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder (its manifest and model files).")],
     inputs: Annotated[Path, typer.Argument(help="INPUTS.npz: arrays named <batch>__<input name>.")],
     outputs: Annotated[Path, typer.Argument(help="OUTPUTS.npz to write: the logits of each batch.")],
+    generate: Annotated[
+        int,
+        typer.Option(
+            "--generate", min=0, help="Encoder-decoders: save greedy token ids of up to this many new tokens."
+        ),
+    ] = 0,
 ) -> None:
-    """Run a bundle on saved inputs and save its logits (how an export checks parity on a target)."""
+    """Run a bundle on saved inputs and save its logits, or with --generate its greedy tokens (how an
+    export checks parity, and a budget its BLEU, on a target)."""
     from edgekit.runtime.validate import _main
 
-    _main(str(bundle), str(inputs), str(outputs))
+    _main(str(bundle), str(inputs), str(outputs), "0", str(generate))
 
 
 def _bench_items(bundle: Path, data: Path, text_column: str, label_column: str) -> list:

@@ -22,8 +22,8 @@ does.
 Encoder-decoders (several graphs: encoder, decoder, and with a KV cache the cross-attention and decoder
 step) are planned over the weights of all their graphs (plan keys ``<graph file>:<node>``); the score
 is BLEU (points, 0-100) of greedy generations on the first ``MAX_GENERATION_EXAMPLES`` validation
-examples, and a probe's SNR is of the teacher-forced decoder logits. Their drop is measured on this
-host: a budget measured on another machine's kernels is refused for them (generation runs here only).
+examples, and a probe's SNR is of the teacher-forced decoder logits. On a target, their greedy tokens
+are generated there (``edgekit validate-bundle --generate``) and scored here.
 """
 
 from __future__ import annotations
@@ -190,6 +190,12 @@ class LabelScore:
     def score(self, folder: Path) -> float:
         return _accuracy(self.outputs(folder, self.batches), self.labels)
 
+    def score_on(self, session, folder: Path) -> float:
+        """The same accuracy, of logits computed on a target (``session``: edgekit.targets)."""
+        from edgekit.targets import validate_on
+
+        return _accuracy(np.concatenate(validate_on(session, folder, self.batches)), self.labels)
+
 
 class GenerationScore:
     """An encoder-decoder's budget metric: corpus BLEU (0-1, shown as 0-100 points) of the bundle's greedy
@@ -207,14 +213,23 @@ class GenerationScore:
         return np.concatenate([bundle.run(b).ravel() for b in batches])  # batches differ in target length
 
     def score(self, folder: Path) -> float:
-        from edgekit.metrics import generation_metrics
         from edgekit.runtime.bundle import Bundle
 
         bundle = Bundle(folder, verify=False)
-        texts = []
-        for batch in self.batches:
-            ids = bundle.greedy({k: batch[k] for k in ("input_ids", "attention_mask")}, self.limit)
-            texts += [self.tokenizer.decode([int(t) for t in row[1:]], skip_special_tokens=True).strip() for row in ids]
+        encoder_inputs = ("input_ids", "attention_mask")
+        return self._bleu([bundle.greedy({k: b[k] for k in encoder_inputs}, self.limit) for b in self.batches])
+
+    def score_on(self, session, folder: Path) -> float:
+        """The same BLEU, of greedy tokens generated on a target (``session``: edgekit.targets)."""
+        from edgekit.targets import validate_on
+
+        return self._bleu(validate_on(session, folder, self.batches, generate=self.limit))
+
+    def _bleu(self, ids: list[np.ndarray]) -> float:
+        from edgekit.metrics import generation_metrics
+
+        decode = self.tokenizer.decode
+        texts = [decode([int(t) for t in row[1:]], skip_special_tokens=True).strip() for batch in ids for row in batch]
         return generation_metrics(texts, self.references)["bleu"] / 100
 
 
@@ -301,9 +316,9 @@ class Planner:
         return self.trials[k]
 
 
-def check_budget(job, val_split, targets=()) -> None:
+def check_budget(job, val_split) -> None:
     """One line, before any quantization, when ``--max-drop`` cannot apply to this export (the preset,
-    missing validation data, an encoder-decoder's budget asked of a target)."""
+    or no validation data)."""
     preset = job.preset
     refuse = None
     if preset.precision not in LADDERS:
@@ -312,11 +327,6 @@ def check_budget(job, val_split, targets=()) -> None:
         refuse = f"--max-drop plans ONNX bundles; {job.title} has no per-layer precision (use --format onnx)"
     elif val_split is None or len(val_split) == 0:
         refuse = "--max-drop needs validation data: export a stage folder that has its recipe, or give --recipe"
-    elif targets and job.handle.spec.generates:
-        refuse = (
-            "--max-drop on an encoder-decoder measures BLEU of generations on this host only; "
-            "drop --device (parity is still checked on the target) or drop --max-drop"
-        )
     if refuse:
         raise EdgekitError(refuse)
 
@@ -377,11 +387,9 @@ def within_budget(
         references = [str(t) for t in val_split.labels[:limit]]
         tokens = int(job.manifest.preprocessing.get("max_target_length", 128))
         scorer = GenerationScore(val_batches, references, job.encoder.tokenizer, tokens)
-        labels = None
     else:
         limit = _count(val_batches)
-        labels = np.asarray(val_split.labels[:limit])
-        scorer = LabelScore(files[0], val_batches, labels)
+        scorer = LabelScore(files[0], val_batches, np.asarray(val_split.labels[:limit]))
     planner = Planner(prepared, weights, build, scorer, as_bundle)
     first = planner.trial(0, [], first=kept)
     record: dict[str, Any] = {
@@ -390,7 +398,7 @@ def within_budget(
         "split": val_split.name,
         "examples": int(limit),
         "fp32_score": planner.fp32_score,
-        **({"fp32_accuracy": planner.fp32_score} if labels is not None else {}),
+        **({"fp32_accuracy": planner.fp32_score} if scorer.metric == "accuracy" else {}),
         "weights": len(weights),
         "max_float_share": MAX_FLOAT_SHARE,
         "mode": "static" if static is not None else preset.precision if preset.precision == "int4" else "dynamic",
@@ -401,7 +409,7 @@ def within_budget(
     )
     if first["drop_points"] <= max_drop:
         record.update(_summary(planner, first, [], []))
-        record["on_targets"] = _on_targets(targets, kept, val_batches, labels, planner.fp32_score, max_drop)
+        record["on_targets"] = _on_targets(targets, kept, scorer, planner.fp32_score, max_drop)
         record["seconds"] = round(time.perf_counter() - started, 2)
         return kept, record
     probe_batches = _first_examples(job.batches, PROBE_EXAMPLES)
@@ -428,7 +436,7 @@ def within_budget(
         f"export: budget met with {record['returned_count']} of {len(weights)} weights at higher precision: "
         f"drop {best['drop_points']:.2f} points, {best['model_bytes'] / 1e6:.2f} MB"
     )
-    record["on_targets"] = _on_targets(targets, best["path"], val_batches, labels, planner.fp32_score, max_drop)
+    record["on_targets"] = _on_targets(targets, best["path"], scorer, planner.fp32_score, max_drop)
     record["seconds"] = round(time.perf_counter() - started, 2)
     return best["path"], record
 
@@ -446,19 +454,18 @@ def score_phrase(budget: dict[str, Any], chosen: dict[str, Any] | None = None) -
     return f"validation accuracy {score:.2%} vs fp32 {fp32:.2%}"
 
 
-def _on_targets(targets, folder: Path, batches, labels, fp32_accuracy: float, max_drop: float) -> list[dict[str, Any]]:
-    """The chosen graph's accuracy and drop on each target's own kernels; over budget there: one line."""
-    from edgekit.targets import target_environment, validate_on
+def _on_targets(targets, folder: Path, scorer, fp32_score: float, max_drop: float) -> list[dict[str, Any]]:
+    """The chosen bundle's score and drop on each target's own kernels; over budget there: one line."""
+    from edgekit.targets import target_environment
 
     results = []
-    for target in targets:  # classifiers only (check_budget refuses encoder-decoders with targets)
+    for target in targets:
         log(f"export: budget check on {target.name}")
         with target.session() as session:
-            logits = np.concatenate(validate_on(session, folder, batches))
+            score = scorer.score_on(session, folder)
             where = {**target.describe(), **target_environment(session)}
-        accuracy = _accuracy(logits, labels)
-        drop = round((fp32_accuracy - accuracy) * 100, 4)
-        results.append({"accuracy": accuracy, "drop_points": drop, "measured_on": where})
+        drop = round((fp32_score - score) * 100, 4)
+        results.append({"score": score, scorer.metric: score, "drop_points": drop, "measured_on": where})
         if drop > max_drop:
             raise EdgekitError(
                 f"the budgeted bundle drops {drop:.2f} points on {where.get('device') or where.get('machine')} "

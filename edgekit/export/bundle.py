@@ -549,7 +549,7 @@ def build_bundle(
         if preset.max_drop is not None:
             from edgekit.export.budget import check_budget
 
-            check_budget(job, parity_split, targets)
+            check_budget(job, parity_split)
         if preset.precision != "fp32":
             final, quantization, optimization = _lossy_candidate(job, fp32_dir, calibration)
             if preset.max_drop is not None:  # the budget is the gate: accuracy on validation data

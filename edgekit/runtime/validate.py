@@ -1,9 +1,11 @@
 """Run a bundle on saved inputs in a child process, so a runtime crash becomes a message.
 
-    python -m edgekit.runtime.validate BUNDLE_DIR INPUTS.npz OUTPUTS.npz [TIMED_RUNS]
+    python -m edgekit.runtime.validate BUNDLE_DIR INPUTS.npz OUTPUTS.npz [TIMED_RUNS [GENERATE]]
 
 INPUTS.npz holds arrays named ``<batch>__<input name>``; OUTPUTS.npz gets ``<batch>`` logits, and
-with TIMED_RUNS the median milliseconds of that many runs of the first batch (``p50_ms``).
+with TIMED_RUNS the median milliseconds of that many runs of the first batch (``p50_ms``). With
+GENERATE (an encoder-decoder bundle), ``<batch>`` holds greedy token ids instead (the decoder start
+token first, up to GENERATE new tokens): what a budget scores by BLEU on a target.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 
-def _main(folder: str, inputs: str, outputs: str, timed_runs: str = "0") -> int:
+def _main(folder: str, inputs: str, outputs: str, timed_runs: str = "0", generate: str = "0") -> int:
     from edgekit.runtime.bundle import Bundle
 
     bundle = Bundle(Path(folder), verify=False)
@@ -27,7 +29,13 @@ def _main(folder: str, inputs: str, outputs: str, timed_runs: str = "0") -> int:
         for key in data.files:
             batch, name = key.split("__", 1)
             batches[batch][name] = data[key]
-    results = {batch: bundle.run(feeds) for batch, feeds in batches.items()}
+    if int(generate):
+        if not bundle.encode.spec.generates:
+            raise EdgekitError(f"{folder} is a classifier bundle; only encoder-decoders generate")
+        encoder_inputs = ("input_ids", "attention_mask")
+        results = {b: bundle.greedy({k: f[k] for k in encoder_inputs}, int(generate)) for b, f in batches.items()}
+    else:
+        results = {batch: bundle.run(feeds) for batch, feeds in batches.items()}
     if int(timed_runs):
         import time
 
@@ -70,7 +78,7 @@ def run_isolated(folder: Path, batches: list[dict[str, np.ndarray]], workdir: Pa
 
 if __name__ == "__main__":
     try:
-        sys.exit(_main(*sys.argv[1:5]))
+        sys.exit(_main(*sys.argv[1:6]))
     except EdgekitError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
