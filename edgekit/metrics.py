@@ -101,3 +101,17 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
         else 0.0,
         "examples": len(predictions),
     }
+
+
+METRIC_NAMES = {"accuracy": "accuracy", "bleu": "BLEU"}
+
+
+def budget_score_phrase(budget: dict[str, Any], chosen: dict[str, Any] | None = None) -> str:
+    """A --max-drop budget's score (manifest ``quantization.budget``, or one of its trials as ``chosen``):
+    'validation accuracy 94.44% vs fp32 94.44%' or 'validation BLEU 41.20 vs fp32 42.00' (points)."""
+    metric = budget.get("metric", "accuracy")
+    fp32 = budget.get("fp32_score", budget.get("fp32_accuracy"))
+    score = (chosen or budget).get("score", (chosen or budget).get("accuracy"))
+    if metric == "bleu":
+        return f"validation BLEU {score * 100:.2f} vs fp32 {fp32 * 100:.2f}"
+    return f"validation accuracy {score:.2%} vs fp32 {fp32:.2%}"

@@ -208,11 +208,11 @@ def export(
     )
     budget = (manifest.quantization or {}).get("budget")
     if budget:
-        from edgekit.export.budget import score_phrase
+        from edgekit.metrics import budget_score_phrase
 
         counts = ", ".join(f"{n} {k}" for k, n in sorted(budget["precision_counts"].items()))
         print(
-            f"budget: {score_phrase(budget)} on "
+            f"budget: {budget_score_phrase(budget)} on "
             f"{budget['examples']} examples: drop {budget['drop_points']:.2f} points (allowed {budget['max_drop_points']:g}); "
             f"weights {counts}; {budget['returned_count']} returned to higher precision"
         )

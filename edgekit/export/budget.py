@@ -39,6 +39,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.log import info as log
+from edgekit.metrics import METRIC_NAMES, budget_score_phrase
 
 LADDERS = {"int4": ("int4", "int8", "fp32"), "int8": ("int8", "fp32")}
 MAX_FLOAT_SHARE = 0.5  # of the quantized weights' fp32 bytes
@@ -404,7 +405,7 @@ def within_budget(
         "mode": "static" if static is not None else preset.precision if preset.precision == "int4" else "dynamic",
     }
     log(
-        f"export: budget {max_drop:g} points; {score_phrase(record, first)} on {limit} validation examples "
+        f"export: budget {max_drop:g} points; {budget_score_phrase(record, first)} on {limit} validation examples "
         f"(drop {first['drop_points']:.2f} points)"
     )
     if first["drop_points"] <= max_drop:
@@ -439,19 +440,6 @@ def within_budget(
     record["on_targets"] = _on_targets(targets, best["path"], scorer, planner.fp32_score, max_drop)
     record["seconds"] = round(time.perf_counter() - started, 2)
     return best["path"], record
-
-
-METRIC_NAMES = {"accuracy": "accuracy", "bleu": "BLEU"}
-
-
-def score_phrase(budget: dict[str, Any], chosen: dict[str, Any] | None = None) -> str:
-    """'validation accuracy 94.44% vs fp32 94.44%' or 'validation BLEU 41.20 vs fp32 42.00' (points)."""
-    metric = budget.get("metric", "accuracy")
-    fp32 = budget.get("fp32_score", budget.get("fp32_accuracy"))
-    score = (chosen or budget).get("score", (chosen or budget).get("accuracy"))
-    if metric == "bleu":
-        return f"validation BLEU {score * 100:.2f} vs fp32 {fp32 * 100:.2f}"
-    return f"validation accuracy {score:.2%} vs fp32 {fp32:.2%}"
 
 
 def _on_targets(targets, folder: Path, scorer, fp32_score: float, max_drop: float) -> list[dict[str, Any]]:

@@ -185,7 +185,7 @@ def bytes_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
 
 def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One sentence per bundle exported within an accuracy budget (--max-drop)."""
-    from edgekit.export.budget import score_phrase
+    from edgekit.metrics import budget_score_phrase
 
     lines, seen = [], set()
     for row in rows:
@@ -195,7 +195,7 @@ def budget_lines(rows: list[dict[str, Any]]) -> list[str]:
         seen.add((row["run"], row["stage"]))
         counts = ", ".join(f"{n} {k}" for k, n in sorted((b.get("precision_counts") or {}).items()))
         lines.append(
-            f"{row['stage']}: {score_phrase(b)} on "
+            f"{row['stage']}: {budget_score_phrase(b)} on "
             f"{b['examples']} examples, drop {b['drop_points']:.2f} points (budget {b['max_drop_points']:g}); "
             f"weights {counts}; {b['returned_count']} of {b['weights']} returned to higher precision."
         )
