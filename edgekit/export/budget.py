@@ -217,8 +217,7 @@ class GenerationScore:
         from edgekit.runtime.bundle import Bundle
 
         bundle = Bundle(folder, verify=False)
-        encoder_inputs = ("input_ids", "attention_mask")
-        return self._bleu([bundle.greedy({k: b[k] for k in encoder_inputs}, self.limit) for b in self.batches])
+        return self._bleu([bundle.greedy(batch, self.limit) for batch in self.batches])
 
     def score_on(self, session, folder: Path) -> float:
         """The same BLEU, of greedy tokens generated on a target (``session``: edgekit.targets)."""

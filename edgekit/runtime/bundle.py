@@ -244,7 +244,7 @@ class Bundle:
         if not self.encode.spec.generates:
             return self.session.run(["logits"], inputs)[0]
         targets = inputs["decoder_input_ids"]
-        state = self.begin({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+        state = self.begin(inputs)
         if not self.cached:
             return self.decode_step(targets, state["hidden"], state["mask"])
         return np.concatenate([self.advance(state, targets[:, i : i + 1])[:, None] for i in range(targets.shape[1])], 1)
@@ -261,8 +261,9 @@ class Bundle:
         )[0]
 
     def begin(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Encode a batch of sources for decoding: the encoder's states (and the cross-attention cache)."""
-        hidden = self.sessions["encoder"].run(["hidden"], feeds)[0]
+        """Encode a batch of sources for decoding: the encoder's states (and the cross-attention cache).
+        ``feeds`` may hold more than the encoder reads (e.g. a parity batch's decoder_input_ids)."""
+        hidden = self.sessions["encoder"].run(["hidden"], {k: feeds[k] for k in self.encode.input_names})[0]
         state: dict[str, Any] = {"hidden": hidden, "mask": feeds["attention_mask"], "ids": None}
         if self.cached:
             state["cross"] = self.sessions["cross_kv"].run(["cross"], {"hidden": hidden})[0]

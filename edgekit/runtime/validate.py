@@ -32,8 +32,7 @@ def _main(folder: str, inputs: str, outputs: str, timed_runs: str = "0", generat
     if int(generate):
         if not bundle.encode.spec.generates:
             raise EdgekitError(f"{folder} is a classifier bundle; only encoder-decoders generate")
-        encoder_inputs = ("input_ids", "attention_mask")
-        results = {b: bundle.greedy({k: f[k] for k in encoder_inputs}, int(generate)) for b, f in batches.items()}
+        results = {batch: bundle.greedy(feeds, int(generate)) for batch, feeds in batches.items()}
     else:
         results = {batch: bundle.run(feeds) for batch, feeds in batches.items()}
     if int(timed_runs):
