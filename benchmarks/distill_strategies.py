@@ -58,6 +58,7 @@ def half_labels(train: Path, out: Path) -> tuple[Path, Path]:
     head, rows = rows[0], rows[1:]
     random.Random(1).shuffle(rows)
     keep, hide = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+    out.mkdir(parents=True, exist_ok=True)  # a dataset with its own train/test split made no data folder
     text_at = head.split("\t").index("text")
     (out / "half.tsv").write_text("\n".join([head] + keep) + "\n", encoding="utf-8")
     (out / "unlabeled.txt").write_text("\n".join(r.split("\t")[text_at] for r in hide) + "\n", encoding="utf-8")

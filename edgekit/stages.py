@@ -47,7 +47,9 @@ def finetune(
     import shutil
 
     from edgekit.models import load_model
-    from edgekit.train.loop import Checkpointing, evaluate, model_metrics, train
+    from edgekit.train.checkpoint import Checkpointing
+    from edgekit.train.evaluate import evaluate, model_metrics
+    from edgekit.train.loop import train
 
     model = model or recipe.teacher.model
     train_cfg = lora.train if lora else (recipe.teacher.train or recipe.distill.train)
@@ -281,7 +283,7 @@ def evaluate_stage(
     from edgekit.metrics import classification_metrics
     from edgekit.models.load import load_saved
     from edgekit.recipe import DataConfig
-    from edgekit.train.loop import predict_logits
+    from edgekit.train.evaluate import predict_logits
 
     handle = load_saved(Path(stage_dir))
     if task_spec(handle.task).generates:

@@ -134,7 +134,7 @@ def test_heads_and_ffn_pruning_shrink_reload_and_export_smaller(tmp_path, bert, 
     from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
     from edgekit.stages import load_data
-    from edgekit.train.loop import evaluate
+    from edgekit.train.evaluate import evaluate
 
     heads = tmp_path / "heads"
     ok(run_cli("prune", bert, "--method", "heads", "--amount", "0.5", "--out", heads, env=env))

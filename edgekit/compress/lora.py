@@ -340,7 +340,7 @@ def merge_checked(adapted, original, data, folder):
     (merged handle, report)."""
     import warnings
 
-    from edgekit.train.loop import evaluate, predict_logits
+    from edgekit.train.evaluate import evaluate, predict_logits
 
     adapted_logits = predict_logits(adapted, data.val)
     adapted_metrics = evaluate(adapted, data.eval_split, desc="evaluate adapted model")

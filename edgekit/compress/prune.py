@@ -87,7 +87,7 @@ def prune_stage(
     common tokens in frequency-ordered vocabularies), for texts the training data does not cover."""
     from edgekit.models.load import load_saved
     from edgekit.recipe import load_recipe
-    from edgekit.train.loop import evaluate
+    from edgekit.train.evaluate import evaluate
 
     _check_options(method, amount, recover, recover_epochs, calib_samples)
     if isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 0:
@@ -210,7 +210,8 @@ def _apply(
 
 def _recover(handle, data, train_cfg, objective, recipe, stage, out, recover: str, resume: bool):
     """Train the pruned model back (checkpointed, resumable); its history."""
-    from edgekit.train.loop import Checkpointing, train
+    from edgekit.train.checkpoint import Checkpointing
+    from edgekit.train.loop import train
 
     ckpt = Checkpointing.for_stage(out, stage.fingerprint, recipe.distill.checkpoint_every, resume)
     result = train(
@@ -229,7 +230,7 @@ def _recover(handle, data, train_cfg, objective, recipe, stage, out, recover: st
 
 
 def _pruned_metrics(handle, data, before, pruned, report) -> dict[str, Any]:
-    from edgekit.train.loop import model_metrics
+    from edgekit.train.evaluate import model_metrics
 
     metrics = model_metrics(handle, data)
     total = sum(m.weight.numel() for _, m in prunable_layers(handle.module))

@@ -212,7 +212,7 @@ class _Run:
         )
 
     def checkpointing(self, name: str, tag: str):
-        from edgekit.train.loop import Checkpointing
+        from edgekit.train.checkpoint import Checkpointing
 
         return Checkpointing(
             self.ckpt_root / name,
@@ -241,7 +241,7 @@ class _Run:
 
     def train_links(self, folder: Path, links: list[dict], teachers: list[str], handles: list) -> StageMeta:
         """Every link in order (each taught by the one before), the last saved in ``folder``."""
-        from edgekit.train.loop import evaluate
+        from edgekit.train.evaluate import evaluate
 
         spec = self.spec
         teacher_metrics = [
@@ -293,7 +293,8 @@ class _Run:
 
     def _train_link(self, folder, link, index, count, teacher, handles, score, rows, extra):
         """Build, train and measure one link; returns (student, metrics, train result, baseline metrics)."""
-        from edgekit.train.loop import copy_handle, model_metrics, train
+        from edgekit.train.evaluate import model_metrics
+        from edgekit.train.loop import copy_handle, train
 
         cfg, data, name = self.cfg, self.data, _link_name(index, link)
         ensemble, self_copy = self.strategy.can("teachers") == "many", self.strategy.can("student") == "self"
@@ -341,7 +342,8 @@ class _Run:
 
     def _baseline(self, initial, name: str) -> dict[str, Any]:
         """The same initial student on labels only, for the same budget: what KD gained."""
-        from edgekit.train.loop import model_metrics, train
+        from edgekit.train.evaluate import model_metrics
+        from edgekit.train.loop import train
 
         cfg = self.cfg
         log(f"distill: baseline — the same {_describe(initial)} on labels only, {cfg.train.epochs} epochs")

@@ -7,7 +7,7 @@ from edgekit.tasks.base import TaskSpec
 _JOBS = {
     "load_data": "edgekit.data.labelled:load_labelled",
     "load_eval_split": "edgekit.data.labelled:load_labelled_eval_split",
-    "evaluate_model": "edgekit.train.loop:evaluate_classifier",
+    "evaluate_model": "edgekit.train.evaluate:evaluate_classifier",
     "default_objective": "edgekit.train.objectives:Objective",
     "kd_objective": "edgekit.distill.engine:logit_objective",
     "graphs": "edgekit.export.graphs:classifier_graphs",

@@ -152,7 +152,7 @@ def generate(
 
 def evaluate_seq2seq(handle, split, batch_size: int = 32, desc: str | None = None) -> dict[str, Any]:
     """BLEU and ROUGE-L of greedy generations (at most 64 sources a batch: generate() holds a cache each)."""
-    from edgekit.train.loop import pick_device
+    from edgekit.train.evaluate import pick_device
 
     handle.module.to(pick_device())
     predictions = generate(handle, split, min(batch_size, 64), desc=desc)

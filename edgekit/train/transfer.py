@@ -154,7 +154,7 @@ def _barrier() -> None:
 
 
 def _cached_or_computed(handle, split, key, path, features, batch_size, desc, start) -> TransferSet:
-    from edgekit.train.loop import predict_logits
+    from edgekit.train.evaluate import predict_logits
 
     if path is not None and path.is_file():
         cached = _read_entry(path, key, len(split), features)
