@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,16 @@ def bench_bundles(
     providers = check_providers(profile)
     for bundle in bundles:
         read_manifest(bundle)  # fail before measuring anything
+    job = _Job(profile, providers, items, runs, batch_sizes, timeout_s, output_tokens)
     if compare:
-        return _compare(bundles, profile, providers, items, runs, batch_sizes, timeout_s, compare, output_tokens)
+        return _compare(bundles, job, compare)
     results = []
     for index, bundle in enumerate(bundles):
         if index and profile.cooldown_seconds:
             log.info(f"bench: cooling down {profile.cooldown_seconds} s")
             time.sleep(profile.cooldown_seconds)
         log.info(f"bench: {bundle} on {profile.name}")
-        results.append(
-            _bench_one(Path(bundle), profile, providers, items, runs, batch_sizes, timeout_s, scenario, output_tokens)
-        )
+        results.append(_bench_one(Path(bundle), job, scenario))
     document = {
         "schema_version": SCHEMA_VERSION,
         "device": profile.name,
@@ -69,16 +69,41 @@ def bench_bundles(
 _PROGRESS = ("server:", "offline:", "compare:")
 
 
-def _config(profile: Profile, providers: list[str], items, runs, batch_sizes, **what: Any) -> dict[str, Any]:
-    """What the bench worker is told: the profile, providers and inputs, and what to measure."""
-    return {
-        "profile": profile.to_json(),
-        "providers": providers,
-        "items": items,
-        "runs": runs,
-        "batch_sizes": batch_sizes,
-        **what,
-    }
+@dataclass(frozen=True)
+class _Job:
+    """What every bundle of one bench call is measured with: the profile, providers, inputs, runs."""
+
+    profile: Profile
+    providers: list[str]
+    items: list | None
+    runs: int | None
+    batch_sizes: list[int] | None
+    timeout_s: float
+    output_tokens: int | None
+
+    def measure(self, **what: Any) -> dict[str, Any]:
+        """The bench worker's result for ``what`` (a bundle and scenario, or bundles to compare)."""
+        config = {
+            "profile": self.profile.to_json(),
+            "providers": self.providers,
+            "items": self.items,
+            "runs": self.runs,
+            "batch_sizes": self.batch_sizes,
+            "output_tokens": self.output_tokens,
+            **what,
+        }
+        return _worker(config, self.timeout_s)
+
+
+def _described(result: dict[str, Any], manifest) -> dict[str, Any]:
+    """``result`` with what the bundle is: format, precision, quantization, parameters."""
+    result.update(
+        format=manifest.format,
+        precision=manifest.precision,
+        quantization=manifest.quant_mode,
+        parameters=manifest.parameters,
+    )
+    return result
 
 
 def _worker(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -132,32 +157,11 @@ def _worker(config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             return {"error": f"benchmark process printed no result (exit code {proc.returncode})"}
 
 
-def _bench_one(
-    bundle: Path,
-    profile: Profile,
-    providers: list[str],
-    items,
-    runs,
-    batch_sizes,
-    timeout_s,
-    scenario=None,
-    output_tokens=None,
-) -> dict[str, Any]:
+def _bench_one(bundle: Path, job: _Job, scenario=None) -> dict[str, Any]:
+    profile = job.profile
     sensors = list(profile.thermal_sensors)
     before = env.capture(sensors)
-    raw = _worker(
-        _config(
-            profile,
-            providers,
-            items,
-            runs,
-            batch_sizes,
-            bundle=str(bundle.resolve()),
-            scenario=scenario,
-            output_tokens=output_tokens,
-        ),
-        timeout_s,
-    )
+    raw = job.measure(bundle=str(bundle.resolve()), scenario=scenario)
     after = env.capture(sensors)
     manifest = read_manifest(bundle)
     result = {"bundle": str(bundle), "device": profile.name, "name": bundle.name}
@@ -170,10 +174,8 @@ def _bench_one(
         result["compressed_size_mb"] = sum(_compressed_bytes(bundle / g.file) for g in manifest.graphs) / MB
         result["peak_rss_mb"] = raw["peak_rss_bytes"] / MB
         result["model_memory_mb"] = raw["model_memory_bytes"] / MB
-    result["quantization"] = manifest.quant_mode
+    _described(result, manifest)
     result["size_breakdown"] = _breakdown_mb((manifest.sizes or {}).get("breakdown"))  # where the bytes go
-    result["format"], result["precision"] = manifest.format, manifest.precision
-    result["parameters"] = manifest.parameters
     result["environment"] = {
         **before,
         "temperatures_after_c": after["temperatures_c"],
@@ -193,23 +195,10 @@ def _breakdown_mb(sizes: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _compare(
-    bundles, profile: Profile, providers, items, runs, batch_sizes, timeout_s, compare, output_tokens=None
-) -> dict[str, Any]:
+def _compare(bundles, job: _Job, compare: dict[str, Any]) -> dict[str, Any]:
+    profile = job.profile
     before = env.capture(list(profile.thermal_sensors))
-    raw = _worker(
-        _config(
-            profile,
-            providers,
-            items,
-            runs,
-            batch_sizes,
-            bundles=[str(Path(b).resolve()) for b in bundles],
-            compare=compare,
-            output_tokens=output_tokens,
-        ),
-        timeout_s,
-    )
+    raw = job.measure(bundles=[str(Path(b).resolve()) for b in bundles], compare=compare)
     document: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "device": profile.name, "profile": profile.to_json()}
     if "error" in raw:
         reason = raw["error"]
@@ -220,19 +209,14 @@ def _compare(
         return {**document, "valid": False, "error": reason, "results": results}
     results = []
     for result, bundle in zip(raw["results"], bundles):
-        manifest = read_manifest(bundle)
         result.update(
             bundle=str(bundle),
             device=profile.name,
             valid=not result["invalid_reasons"],
             size_mb=result["size_bytes"] / MB,
             peak_rss_mb=None,  # the bundles share one process: memory is not theirs alone
-            format=manifest.format,
-            precision=manifest.precision,
-            quantization=manifest.quant_mode,
-            parameters=manifest.parameters,
         )
-        results.append(result)
+        results.append(_described(result, read_manifest(bundle)))
     return {
         **document,
         "valid": all(r["valid"] for r in results),

@@ -178,8 +178,12 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout):
+    """The SSH target the shared --host options name (the same for export, eval and bench), or None
+    without --host."""
     from edgekit.bench.ssh import SshTarget
 
+    if not host:
+        return None
     for path, option in ((identity, "--identity"), (ssh_config, "--ssh-config")):
         if path is not None and not path.is_file():
             raise EdgekitError(f"{option} {path} does not exist")

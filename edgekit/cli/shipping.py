@@ -139,7 +139,7 @@ def export(
     from edgekit.artifacts import lock_output
 
     lock_output(out)
-    ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout) if host else None
+    ssh = _ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
     if ssh is not None and device and len(device) > 1:
         raise EdgekitError("--host checks one device; give at most one --device with it")
     loaded = None
@@ -298,9 +298,7 @@ def evaluate(
     entry = choose(host=host, emulate=emulate)
     request = Request(
         device=device,
-        ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
-        if host
-        else None,
+        ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout),
     )
     measured = entry.load().evaluate(target, data_split, manifest.task, manifest.label_names, request)
     metrics = evaluate_bundle(
@@ -425,9 +423,7 @@ def bench(
         output_tokens=output_tokens,
         items=_bench_items(bundles[0], data, text_column or "text", label_column or "label") if data else None,
         run_timeout=run_timeout,
-        ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout)
-        if host
-        else None,
+        ssh=_ssh_target(host, port, identity, ssh_config, ssh_option, remote_edgekit, connect_timeout),
     )
     document = entry.load().bench(list(bundles), request)
     print(markdown_table(document))

@@ -410,8 +410,10 @@ def prune(
         resume=resume,
     )
     m, before = meta.metrics, meta.details
-    key = "accuracy" if "accuracy_before" in m else "bleu"
-    title, scale = ("accuracy (%)", 100) if key == "accuracy" else ("BLEU", 1)
+    from edgekit.metrics import METRIC_NAMES
+
+    key = m.get("score_metric", "accuracy")  # the task's score: accuracy (a fraction) or BLEU (points)
+    title, scale = ("accuracy (%)", 100) if key == "accuracy" else (METRIC_NAMES.get(key, key), 1)
     print(f"{'':<22} {'parameters (M)':>14} {'non-zero (M)':>12} {title:>12}")
     print(
         f"{'before':<22} {before['parameters_before'] / 1e6:14.3f} {before['nonzero_parameters_before'] / 1e6:12.3f} "

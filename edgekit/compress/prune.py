@@ -237,7 +237,7 @@ def _pruned_metrics(handle, data, before, pruned, report) -> dict[str, Any]:
     zeros = sum(int((m.weight == 0).sum()) for _, m in prunable_layers(handle.module))
     key = task_spec(handle.task).score_key  # accuracy, or BLEU for seq2seq
     metrics.update(
-        {f"{key}_before": before[key], f"{key}_pruned": pruned[key]},
+        {"score_metric": key, f"{key}_before": before[key], f"{key}_pruned": pruned[key]},
         **({"macro_f1_before": before["macro_f1"]} if "macro_f1" in before else {}),
         sparsity=zeros / total,
         layer_sparsity=layer_sparsity(handle.module),
