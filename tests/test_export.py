@@ -275,6 +275,22 @@ def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cac
     assert not decisions[plain]["used"] and "--no-kv-cache" in decisions[plain]["reason"]
     sources = ["paris rome moon", "radio river tokyo"]
     assert Bundle(cached).cached and not Bundle(plain).cached
+
+    # only the graph run once per token spins its idle threads (the encoder's would hold the decoder's cores)
+    def spinning(session) -> str:
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # never set: onnxruntime's default, which spins
+            return "default"
+
+    spins = {(b.name, name): spinning(session) for b in (cached, plain) for name, session in Bundle(b).sessions.items()}
+    assert spins == {
+        ("cached", "encoder"): "0",
+        ("cached", "cross_kv"): "0",
+        ("cached", "decoder_step"): "default",
+        ("plain", "encoder"): "0",
+        ("plain", "decoder"): "default",
+    }, spins
     assert Bundle(cached).generate(sources, max_new_tokens=6) == Bundle(plain).generate(sources, max_new_tokens=6)
 
     proc = run_cli("bench", cached, plain, "--runs", "12", "--output-tokens", "10", "--json", tmp_path / "b.json")
