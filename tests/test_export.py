@@ -529,7 +529,7 @@ def test_output_bias_correction_removes_the_mean_int8_shift(models, tmp_path):
     ],
 )
 def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain, fused, plain_mb, fused_mb, kept):
-    from edgekit.export.bundle import Candidate, _keep
+    from edgekit.export.candidates import Candidate, keep
     from edgekit.records import Manifest, ModelFile
 
     manifest = Manifest("image-classification", ["a", "b"], {}, [ModelFile("model", "model.onnx", [], [])])
@@ -539,14 +539,14 @@ def test_fused_graph_kept_only_when_faster_on_every_timed_input(tmp_path, plain,
         (tmp_path / name / "model.onnx").write_bytes(b"\0" * mb * 1000)
         candidates.append(Candidate(name, tmp_path / name, {}))
         variants[name] = {"p50_ms": times[0], "p50_ms_max_length": times[1], "label_agreement": 1.0, "snr_db": 30.0}
-    assert _keep(candidates, variants, manifest, timed=True).variant == kept  # optimize: timed
+    assert keep(candidates, variants, manifest, timed=True).variant == kept  # optimize: timed
     assert variants["fused"]["model_bytes"] == fused_mb * 1000
     # the default rule ignores timings: fused unless more than 5% larger or less accurate than plain
-    assert _keep(candidates, variants, manifest).variant == ("fused" if fused_mb <= 1.05 * plain_mb else "plain")
+    assert keep(candidates, variants, manifest).variant == ("fused" if fused_mb <= 1.05 * plain_mb else "plain")
     variants["fused"]["label_agreement"] = 0.99
-    assert _keep(candidates, variants, manifest).variant == "plain"
+    assert keep(candidates, variants, manifest).variant == "plain"
     variants["fused"].update(label_agreement=1.0, snr_db=28.5)
-    assert _keep(candidates, variants, manifest).variant == "plain"
+    assert keep(candidates, variants, manifest).variant == "plain"
 
 
 def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):

@@ -253,7 +253,9 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
     """The ``executorch`` format's lossy writer: one int8 candidate (PT2E + int8 embeddings)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgekit.export.bundle import Candidate, _batches, _candidate
+    from edgekit.export.candidates import Candidate
+    from edgekit.export.job import candidate_folder
+    from edgekit.export.parity import batches_of
 
     handle, preset, manifest = job.handle, job.preset, job.manifest
     quant = preset.quantization
@@ -261,8 +263,8 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
     mode = _mode(quant, module, handle.spec.static_int8)  # build_bundle refused --static where it does not apply
     embeddings = _quantize_embeddings(module)
     qhandle = dataclasses.replace(handle, module=module)
-    folder = _candidate(job.scratch, "int8", manifest)
-    calib = _batches(job.encoder, calibration, preset.calib_samples) if mode == "static" else []
+    folder = candidate_folder(job.scratch, "int8", manifest)
+    calib = batches_of(job.encoder, calibration, preset.calib_samples) if mode == "static" else []
     if mode == "static" and not calib:
         raise EdgekitError("static int8 needs calibration data; give training data or use dynamic mode")
     lowered: dict[str, Any] = {}
