@@ -1,12 +1,12 @@
-"""The Typer app: one function per command (in training, shipping and devices), each a thin layer over
+"""The Typer app: one function per command (in training, export, bench, shipping and devices), each a thin layer over
 edgekit.stages."""
 
 from __future__ import annotations
 
 import typer
 
+from edgekit.cli import bench, export, shipping, training
 from edgekit.cli import devices as device_commands
-from edgekit.cli import shipping, training
 
 
 def build_app():
@@ -23,9 +23,9 @@ def build_app():
     app.command("distill")(training.distill)
     app.command("finetune")(training.finetune)
     app.command("prune")(training.prune)
-    app.command("export")(shipping.export)
+    app.command("export")(export.export)
     app.command("eval")(shipping.evaluate)
-    app.command("bench")(shipping.bench)
+    app.command("bench")(bench.bench)
     app.command("report")(shipping.report)
     app.command("validate-bundle", hidden=True)(shipping.validate_bundle)
     devices = typer.Typer(
