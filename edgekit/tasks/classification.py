@@ -9,7 +9,7 @@ _JOBS = {
     "load_eval_split": "edgekit.data.labelled:load_labelled_eval_split",
     "evaluate_model": "edgekit.train.evaluate:evaluate_classifier",
     "default_objective": "edgekit.train.objectives:Objective",
-    "kd_objective": "edgekit.distill.engine:logit_objective",
+    "kd_objective": "edgekit.distill.logit:logit_objective",
     "graphs": "edgekit.export.graphs:classifier_graphs",
     "bundle_metrics": "edgekit.runtime.scoring:classifier_metrics",
 }
