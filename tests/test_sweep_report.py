@@ -146,7 +146,7 @@ def test_report_has_the_stage_table_strategy_table_and_plots(sweep_run):
 
 
 def test_pareto_front():
-    from edgekit.report.build import pareto
+    from edgekit.report.plots import pareto
 
     points = [(1.0, 80.0), (2.0, 85.0), (1.5, 79.0), (3.0, 84.0), (0.5, 70.0)]
     assert pareto(points) == [4, 0, 1]
