@@ -349,11 +349,47 @@ def within_budget(
     batches and the nodes the preset kept fp32 (``{"calibration": ..., "fp32_nodes": ...}``). The search
     runs on this host; with ``targets`` the chosen graph's drop is then measured on each and must hold
     there too."""
+    started = time.perf_counter()
+    planner, limit = _planner(job, source, val_split, val_batches, as_bundle, static)
+    scorer, weights = planner.scorer, planner.weights
+    first = planner.trial(0, [], first=kept)
+    record: dict[str, Any] = {
+        "max_drop_points": max_drop,
+        "metric": scorer.metric,
+        "split": val_split.name,
+        "examples": int(limit),
+        "fp32_score": planner.fp32_score,
+        **({"fp32_accuracy": planner.fp32_score} if scorer.metric == "accuracy" else {}),
+        "weights": len(weights),
+        "max_float_share": MAX_FLOAT_SHARE,
+        "mode": "static"
+        if static is not None
+        else job.preset.precision
+        if job.preset.precision == "int4"
+        else "dynamic",
+    }
+    log(
+        f"export: budget {max_drop:g} points; {budget_score_phrase(record, first)} on {limit} validation examples "
+        f"(drop {first['drop_points']:.2f} points)"
+    )
+    if first["drop_points"] <= max_drop:
+        chosen = first
+        record.update(_summary(planner, first, [], []))
+    else:
+        chosen = _mixed_plan(job, planner, record, max_drop)
+    folder = kept if chosen is first else chosen["path"]
+    record["on_targets"] = _on_targets(targets, folder, scorer, planner.fp32_score, max_drop)
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    return folder, record
+
+
+def _planner(job, source: Path, val_split, val_batches, as_bundle, static) -> tuple[Planner, int]:
+    """The budget's planner over the prepared fp32 graphs (every quantizable weight, the builder of each
+    graph, the task's scorer), and how many validation examples it scores."""
     from edgekit.export.onnx import _prepare, _scratch_directory
     from edgekit.export.presets import embedding_precision, resolve_reduce_range
 
     preset = job.preset  # check_budget ran before quantization (build_bundle)
-    started = time.perf_counter()
     files = [g.file for g in job.manifest.graphs]
     prepared = as_bundle("budget-prepared")
     with _scratch_directory():
@@ -390,28 +426,13 @@ def within_budget(
     else:
         limit = _count(val_batches)
         scorer = LabelScore(files[0], val_batches, np.asarray(val_split.labels[:limit]))
-    planner = Planner(prepared, weights, build, scorer, as_bundle)
-    first = planner.trial(0, [], first=kept)
-    record: dict[str, Any] = {
-        "max_drop_points": max_drop,
-        "metric": scorer.metric,
-        "split": val_split.name,
-        "examples": int(limit),
-        "fp32_score": planner.fp32_score,
-        **({"fp32_accuracy": planner.fp32_score} if scorer.metric == "accuracy" else {}),
-        "weights": len(weights),
-        "max_float_share": MAX_FLOAT_SHARE,
-        "mode": "static" if static is not None else preset.precision if preset.precision == "int4" else "dynamic",
-    }
-    log(
-        f"export: budget {max_drop:g} points; {budget_score_phrase(record, first)} on {limit} validation examples "
-        f"(drop {first['drop_points']:.2f} points)"
-    )
-    if first["drop_points"] <= max_drop:
-        record.update(_summary(planner, first, [], []))
-        record["on_targets"] = _on_targets(targets, kept, scorer, planner.fp32_score, max_drop)
-        record["seconds"] = round(time.perf_counter() - started, 2)
-        return kept, record
+    return Planner(prepared, weights, build, scorer, as_bundle), limit
+
+
+def _mixed_plan(job, planner: Planner, record: dict[str, Any], max_drop: float) -> dict[str, Any]:
+    """The preset's bundle drops too much: rank the weights by sensitivity, search the fewest moves to
+    higher precision that keep the drop within ``max_drop`` (at most MAX_FLOAT_SHARE of them fp32); the
+    chosen trial, or one line when none holds."""
     probe_batches = _first_examples(job.batches, PROBE_EXAMPLES)
     ranked = planner.sensitivity(probe_batches)
     record["sensitivity_examples"] = _count(probe_batches)
@@ -423,22 +444,19 @@ def within_budget(
         limit_k = k
     best = _search(planner, moves, limit_k, max_drop)
     record.update(_summary(planner, best, moves, ranked))
-    record["seconds"] = round(time.perf_counter() - started, 2)
     if best["drop_points"] > max_drop:
         raise EdgekitError(
-            f"no quantization plan keeps the validation {METRIC_NAMES[scorer.metric]} drop within --max-drop "
-            f"{max_drop:g} points: the best found drops {best['drop_points']:.2f} points with "
-            f"{record['returned_count']} of {len(weights)} weights at higher precision ({best['float_share']:.0%} "
-            f"of them fp32, the most a plan may keep at {MAX_FLOAT_SHARE:.0%}); no bundle written (raise "
-            "--max-drop, or export --fp32)"
+            f"no quantization plan keeps the validation {METRIC_NAMES[planner.scorer.metric]} drop within "
+            f"--max-drop {max_drop:g} points: the best found drops {best['drop_points']:.2f} points with "
+            f"{record['returned_count']} of {len(planner.weights)} weights at higher precision "
+            f"({best['float_share']:.0%} of them fp32, the most a plan may keep at {MAX_FLOAT_SHARE:.0%}); no bundle "
+            "written (raise --max-drop, or export --fp32)"
         )
     log(
-        f"export: budget met with {record['returned_count']} of {len(weights)} weights at higher precision: "
+        f"export: budget met with {record['returned_count']} of {len(planner.weights)} weights at higher precision: "
         f"drop {best['drop_points']:.2f} points, {best['model_bytes'] / 1e6:.2f} MB"
     )
-    record["on_targets"] = _on_targets(targets, best["path"], scorer, planner.fp32_score, max_drop)
-    record["seconds"] = round(time.perf_counter() - started, 2)
-    return best["path"], record
+    return best
 
 
 def _on_targets(targets, folder: Path, scorer, fp32_score: float, max_drop: float) -> list[dict[str, Any]]:
