@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_user_error, run_cli, save_tiny_bert, tiny_t5, write_questions
 from conftest import settle_batchnorm as _settle_batchnorm
 from conftest import write_stage as _stage
+from edgekit.errors import EdgekitError
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +221,19 @@ def test_exported_t5_generates_what_pytorch_generates(models, tmp_path):
     sources = ["paris rome moon", "radio river tokyo", "moon"]
     expected = _torch_greedy(load_saved(models["t5"]), sources, 6)
     assert Bundle(tmp_path / "b").generate(sources, max_new_tokens=6) == expected
+    # one key and one value tensor per layer, in and out (no stacked cache sliced every token)
+    document = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    step = next(g for g in document["graphs"] if g["name"] == "decoder_step")
+    layers = len(load_saved(models["t5"]).module.decoder.block)
+    names = [i["name"] for i in step["inputs"]]
+    assert names[:4] == ["decoder_input_ids", "attention_mask", "past_key_0", "past_value_0"]
+    assert len(names) == 2 + 4 * layers and names[-1] == f"cross_value_{layers - 1}"
+    assert [o["name"] for o in step["outputs"]][1:3] == ["present_key_0", "present_value_0"]
+    # a bundle written with the earlier stacked layout is refused with one line, not an onnxruntime error
+    step["inputs"] = step["inputs"][:2] + [{"name": "past", "dtype": "float32", "shape": []}]
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(document))
+    with pytest.raises(EdgekitError, match="stacked cache tensor.*export the bundle again"):
+        Bundle(tmp_path / "b")
 
 
 def _torch_greedy(handle, sources: list[str], tokens: int, **options) -> list[str]:

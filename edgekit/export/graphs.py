@@ -154,9 +154,16 @@ def _heads(x: torch.Tensor, attention) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], attention.n_heads, attention.key_value_proj_dim).transpose(1, 2)
 
 
+def cache_names(kind: str, layers: int) -> list[str]:
+    """The per-layer cache tensors of a decoder step, keys and values apart (``past``, ``present`` or
+    ``cross``): ``past_key_0, past_value_0, past_key_1, ...``. One tensor each, so a step reads and writes
+    them in place of slicing (and copying) a stacked cache every token."""
+    return [f"{kind}_{part}_{index}" for index in range(layers) for part in ("key", "value")]
+
+
 class _CrossKV(torch.nn.Module):
-    """The cross-attention keys and values of every decoder block, computed once per source:
-    (layers, 2, batch, heads, source, d_kv)."""
+    """The cross-attention keys and values of every decoder block, computed once per source: 2 x layers
+    tensors (batch, heads, source, d_kv) in ``cache_names("cross", layers)`` order."""
 
     def __init__(self, model):
         super().__init__()
@@ -166,24 +173,28 @@ class _CrossKV(torch.nn.Module):
         out = []
         for block in self.model.decoder.block:
             attention = block.layer[1].EncDecAttention
-            out.append(torch.stack([_heads(attention.k(hidden), attention), _heads(attention.v(hidden), attention)]))
-        return torch.stack(out)
+            out += [_heads(attention.k(hidden), attention), _heads(attention.v(hidden), attention)]
+        return tuple(out)
 
 
 class _DecoderStep(torch.nn.Module):
-    """One decoder position with a KV cache: the next token's logits (batch, 1, vocab) and the self-attention
-    cache grown by one position, ``present`` (layers, 2, batch, heads, past + 1, d_kv). ``past`` may have
-    length 0 (the first step). Same arithmetic as T5's eager attention: no query scaling, the first
-    block's relative position bias shared by all blocks, the source padding masked in cross-attention."""
+    """One decoder position with a KV cache: the next token's logits (batch, 1, vocab), then each block's
+    self-attention keys and values grown by one position (batch, heads, past + 1, d_kv). Inputs: the
+    token, the source mask, the past keys/values and the cross keys/values (``cache_names`` order; the
+    past may have length 0, the first step). Same arithmetic as T5's eager attention: no query scaling,
+    the first block's relative position bias shared by all blocks, the source padding masked in
+    cross-attention."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, decoder_input_ids, past, cross, attention_mask):
+    def forward(self, decoder_input_ids, attention_mask, *cache):
         decoder = self.model.decoder
+        layers = len(decoder.block)
+        past, cross = cache[: 2 * layers], cache[2 * layers :]
         x = decoder.embed_tokens(decoder_input_ids)
-        position = past.shape[4]
+        position = past[0].shape[2]
         first = decoder.block[0].layer[0].SelfAttention
         relative = torch.arange(position + 1, device=x.device)[None, :] - position
         bucket = first._relative_position_bucket(
@@ -201,22 +212,22 @@ class _DecoderStep(torch.nn.Module):
             attention = layer.SelfAttention
             normed = layer.layer_norm(x)
             query = _heads(attention.q(normed), attention)
-            key = torch.cat([past[index, 0], _heads(attention.k(normed), attention)], dim=2)
-            value = torch.cat([past[index, 1], _heads(attention.v(normed), attention)], dim=2)
-            present.append(torch.stack([key, value]))
+            key = torch.cat([past[2 * index], _heads(attention.k(normed), attention)], dim=2)
+            value = torch.cat([past[2 * index + 1], _heads(attention.v(normed), attention)], dim=2)
+            present += [key, value]
             weights = torch.softmax((query @ key.transpose(-1, -2) + bias).float(), dim=-1).type_as(query)
             x = x + attention.o((weights @ value).transpose(1, 2).reshape(batch, 1, -1))
             layer = block.layer[1]
             attention = layer.EncDecAttention
             query = _heads(attention.q(layer.layer_norm(x)), attention)
-            scores = query @ cross[index, 0].transpose(-1, -2) + source_mask
+            scores = query @ cross[2 * index].transpose(-1, -2) + source_mask
             weights = torch.softmax(scores.float(), dim=-1).type_as(query)
-            x = x + attention.o((weights @ cross[index, 1]).transpose(1, 2).reshape(batch, 1, -1))
+            x = x + attention.o((weights @ cross[2 * index + 1]).transpose(1, 2).reshape(batch, 1, -1))
             x = block.layer[2](x)
         x = decoder.final_layer_norm(x)
         if self.model.config.tie_word_embeddings:
             x = x * (self.model.model_dim**-0.5)
-        return self.model.lm_head(x), torch.stack(present)
+        return (self.model.lm_head(x), *present)
 
 
 def encoder_decoder_graphs(handle: ModelHandle, kv_cache: bool = False) -> list[Graph]:
@@ -242,24 +253,34 @@ def encoder_decoder_graphs(handle: ModelHandle, kv_cache: bool = False) -> list[
     if kv_cache and cache_refusal(model) is None:
         with torch.no_grad():
             cross = _CrossKV(model)(hidden)
-        layers, _, _, heads, _, d_kv = cross.shape
-        past = torch.randn(layers, 2, 2, heads, 3, d_kv)
+        layers = len(model.decoder.block)
+        _, heads, _, d_kv = cross[0].shape
+        past = tuple(torch.randn(2, heads, 3, d_kv) for _ in range(2 * layers))
         step_ids = torch.randint(5, int(model.config.vocab_size), (2, 1))
+        cross_names, past_names = cache_names("cross", layers), cache_names("past", layers)
+        cross_axes, past_axes = {0: "batch", 2: "source"}, {0: "batch", 2: "past"}
         return [
             encoder,
             Graph(
-                "cross_kv", _CrossKV(model), ["hidden"], "cross", (hidden,), [{0: "batch", 1: "source"}], ["float32"]
+                "cross_kv",
+                _CrossKV(model),
+                ["hidden"],
+                cross_names[0],
+                (hidden,),
+                [{0: "batch", 1: "source"}],
+                ["float32"],
+                extra_outputs=tuple(cross_names[1:]),
             ),
             Graph(
                 "decoder_step",
                 _DecoderStep(model),
-                ["decoder_input_ids", "past", "cross", "attention_mask"],
+                ["decoder_input_ids", "attention_mask", *past_names, *cross_names],
                 "logits",
-                (step_ids, past, cross, mask),
-                [{0: "batch"}, {2: "batch", 4: "past"}, {2: "batch", 4: "source"}, {0: "batch", 1: "source"}],
-                ["int64", "float32", "float32", "int64"],
+                (step_ids, mask, *past, *cross),
+                [{0: "batch"}, {0: "batch", 1: "source"}] + [past_axes] * len(past) + [cross_axes] * len(cross),
+                ["int64", "int64"] + ["float32"] * (len(past) + len(cross)),
                 legacy_first=True,  # the past axis starts at 0, which torch.export's dimensions do not allow
-                extra_outputs=("present",),
+                extra_outputs=tuple(cache_names("present", layers)),
             ),
         ]
     decoder_ids = torch.randint(5, int(model.config.vocab_size), (2, 5))

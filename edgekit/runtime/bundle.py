@@ -253,6 +253,11 @@ class Bundle:
             for g in self.manifest.graphs
         }
         self.session = next(iter(self.sessions.values()))
+        if self.cached and "past" in self._graph("decoder_step").input_names:
+            raise EdgekitError(
+                f"{self.folder} holds a decoder step with one stacked cache tensor (edgekit before per-layer "
+                "keys and values); export the bundle again"
+            )
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Logits: of the classifier, or (encoder-decoders) of the decoder for given ``decoder_input_ids``
@@ -283,24 +288,30 @@ class Bundle:
         hidden = self.sessions["encoder"].run(["hidden"], {k: feeds[k] for k in self.encode.input_names})[0]
         state: dict[str, Any] = {"hidden": hidden, "mask": feeds["attention_mask"], "ids": None}
         if self.cached:
-            state["cross"] = self.sessions["cross_kv"].run(["cross"], {"hidden": hidden})[0]
-            layers, _, _, heads, _, d_kv = state["cross"].shape
-            state["past"] = np.zeros((layers, 2, len(hidden), heads, 0, d_kv), dtype=np.float32)
+            names = self._graph("cross_kv").outputs
+            cross = self.sessions["cross_kv"].run([o["name"] for o in names], {"hidden": hidden})
+            state["cross"] = {o["name"]: value for o, value in zip(names, cross)}
+            _, heads, _, d_kv = cross[0].shape
+            state["past"] = {
+                "past" + name[len("cross") :]: np.zeros((len(hidden), heads, 0, d_kv), dtype=np.float32)
+                for name in state["cross"]
+            }
         return state
+
+    def _graph(self, name: str) -> ModelFile:
+        return next(g for g in self.manifest.graphs if g.name == name)
 
     def advance(self, state: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         """Feed the next decoder token of each row (batch, 1); the logits (batch, vocab) that follow it.
-        With the cache this runs one position; without, the whole decoder over every token so far."""
+        With the cache this runs one position (the per-layer keys and values grown by it); without, the
+        whole decoder over every token so far."""
         if self.cached:
-            logits, state["past"] = self.sessions["decoder_step"].run(
-                ["logits", "present"],
-                {
-                    "decoder_input_ids": ids,
-                    "past": state["past"],
-                    "cross": state["cross"],
-                    "attention_mask": state["mask"],
-                },
+            present = ["present" + name[len("past") :] for name in state["past"]]
+            logits, *grown = self.sessions["decoder_step"].run(
+                ["logits", *present],
+                {"decoder_input_ids": ids, "attention_mask": state["mask"], **state["past"], **state["cross"]},
             )
+            state["past"] = dict(zip(state["past"], grown))
             return logits[:, -1]
         state["ids"] = ids if state["ids"] is None else np.concatenate([state["ids"], ids], axis=1)
         return self.decode_step(state["ids"], state["hidden"], state["mask"])[:, -1]
