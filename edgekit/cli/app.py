@@ -1,11 +1,11 @@
-"""The Typer app: one function per command (in training, export, bench, shipping and devices), each a thin layer over
-edgekit.stages."""
+"""The Typer app: one function per command (in training, distill, export, bench, shipping and devices),
+each a thin layer over edgekit.stages."""
 
 from __future__ import annotations
 
 import typer
 
-from edgekit.cli import bench, export, shipping, training
+from edgekit.cli import bench, distill, export, shipping, training
 from edgekit.cli import devices as device_commands
 
 
@@ -20,7 +20,7 @@ def build_app():
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.command("run")(training.run)
-    app.command("distill")(training.distill)
+    app.command("distill")(distill.distill)
     app.command("finetune")(training.finetune)
     app.command("prune")(training.prune)
     app.command("export")(export.export)
