@@ -417,7 +417,7 @@ register("precision", "fp32", summary="full precision")
 # int8/fp16 candidates' writer, (job, fp32 folder, calibration split) -> candidates; session: the class
 # that runs the file (none: onnxruntime); presets: the default preset per precision; opset: the preset's
 # opset applies; torch_free: the device needs no torch to run it; kv_cache: encoder-decoders are written
-# with a cached decoder step (edgekit.export.graphs.encoder_decoder_graphs).
+# with a cached decoder step (edgekit.export.seq2seq_graphs.encoder_decoder_graphs).
 register(
     "format",
     "onnx",

@@ -25,7 +25,7 @@ from edgekit.artifacts import sha256_file
 from edgekit.data.splits import Split
 from edgekit.errors import EdgekitError
 from edgekit.export.candidates import lossy_candidate
-from edgekit.export.graphs import cache_refusal, graphs_for
+from edgekit.export.graphs import graphs_for
 from edgekit.export.job import ExportJob, candidate_folder, graph_files
 from edgekit.export.parity import (
     batches_of,
@@ -37,6 +37,7 @@ from edgekit.export.parity import (
     torch_outputs,
 )
 from edgekit.export.presets import Preset
+from edgekit.export.seq2seq_graphs import cache_refusal
 from edgekit.export.sizes import breakdown as size_breakdown
 from edgekit.models.handle import ModelHandle, keep_pruned_vocabulary
 from edgekit.records import Manifest, ModelFile, read_meta

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from edgekit.data.splits import Split
-from edgekit.export.graphs import FullDecoder, Graph
+from edgekit.export.graphs import Graph
 from edgekit.export.presets import Preset
+from edgekit.export.seq2seq_graphs import FullDecoder
 from edgekit.log import info as log
 from edgekit.metrics import agreement, snr_db
 from edgekit.models.handle import ModelHandle

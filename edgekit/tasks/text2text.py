@@ -31,7 +31,7 @@ SPEC = TaskSpec(
         "evaluate_model": "edgekit.train.seq2seq:evaluate_seq2seq",
         "default_objective": "edgekit.train.seq2seq:token_cross_entropy",
         "kd_objective": "edgekit.train.seq2seq:kd_objective",
-        "graphs": "edgekit.export.graphs:encoder_decoder_graphs",
+        "graphs": "edgekit.export.seq2seq_graphs:encoder_decoder_graphs",
         "bundle_metrics": "edgekit.runtime.scoring:generation_metrics_of",
     },
 )
