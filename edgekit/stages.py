@@ -46,9 +46,8 @@ def finetune(
     NF4 base when ``lora.qlora``, merged back into a plain model (see :mod:`edgekit.compress.lora`)."""
     import shutil
 
-    from edgekit.models import load_model
     from edgekit.train.checkpoint import Checkpointing
-    from edgekit.train.evaluate import evaluate, model_metrics
+    from edgekit.train.evaluate import model_metrics
     from edgekit.train.loop import train
 
     model = model or recipe.teacher.model
@@ -68,37 +67,10 @@ def finetune(
     if (meta := run.reused(reuse)) is not None:
         return meta
     data = data or load_data(recipe)
-    from edgekit.train.loop import seed_everything
-
-    seed_everything(recipe.seed)  # the initial weights of a model trained from scratch
-    handle = load_model(
-        model,
-        task=data.task,
-        label_names=data.label_names,
-        pretrained=recipe.teacher.pretrained,
-        image_size=recipe.data.image_size,
-        max_length=recipe.data.max_length,
-        max_target_length=recipe.data.max_target_length,
-    )
-    extra: dict = {}
-    trained = handle
-    if lora:
-        from edgekit.compress.lora import with_lora
-
-        extra["metrics_before"] = evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch} before {stage}")
-        trained = with_lora(handle, lora, quantized=lora.qlora)
-        if lora.qlora:  # adapters start at zero: this is the 4-bit base alone, i.e. what NF4 costs
-            extra["metrics_nf4_base"] = evaluate(trained, data.eval_split, desc="evaluate NF4 base")
+    handle = _load_to_train(recipe, model, data)
+    trained, extra = _with_adapters(handle, lora, data, stage) if lora else (handle, {})
     with run.folder(force) as folder:
-        what = (
-            f", {trained.extra['lora']['trainable_parameters'] / 1e6:.3f} M trainable ({stage} r={lora.r} on "
-            f"{', '.join(trained.extra['lora']['target_modules'][:4])}{', ...' if len(trained.extra['lora']['target_modules']) > 4 else ''})"
-            if lora
-            else ""
-        )
-        log(
-            f"{stage}: {handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what}) on {len(data.train)} examples"
-        )
+        log(f"{stage}: {_described(handle, trained, lora, stage)} on {len(data.train)} examples")
         ckpt = Checkpointing.for_stage(out, run.fingerprint, recipe.distill.checkpoint_every, resume)
         result = train(
             trained,
@@ -126,6 +98,47 @@ def finetune(
     if is_main():
         shutil.rmtree(ckpt.folder, ignore_errors=True)
     return meta
+
+
+def _load_to_train(recipe: Recipe, model: str, data):
+    """``model`` loaded for the task's labels and the recipe's input sizes, after seeding (the initial
+    weights of a model trained from scratch, or of a new head, follow the recipe's seed)."""
+    from edgekit.models import load_model
+    from edgekit.train.loop import seed_everything
+
+    seed_everything(recipe.seed)
+    return load_model(
+        model,
+        task=data.task,
+        label_names=data.label_names,
+        pretrained=recipe.teacher.pretrained,
+        image_size=recipe.data.image_size,
+        max_length=recipe.data.max_length,
+        max_target_length=recipe.data.max_target_length,
+    )
+
+
+def _with_adapters(handle, lora, data, stage: str):
+    """The model LoRA trains (adapters on ``handle``, over an NF4 copy for QLoRA) and the metrics the
+    stage records before training: the model's own, and for QLoRA the 4-bit base alone."""
+    from edgekit.compress.lora import with_lora
+    from edgekit.train.evaluate import evaluate
+
+    extra = {"metrics_before": evaluate(handle, data.eval_split, desc=f"evaluate {handle.arch} before {stage}")}
+    trained = with_lora(handle, lora, quantized=lora.qlora)
+    if lora.qlora:  # adapters start at zero: this is the 4-bit base alone, i.e. what NF4 costs
+        extra["metrics_nf4_base"] = evaluate(trained, data.eval_split, desc="evaluate NF4 base")
+    return trained, extra
+
+
+def _described(handle, trained, lora, stage: str) -> str:
+    """``bert (4.39 M parameters, 0.041 M trainable (lora r=8 on query, value))`` for the stage's log line."""
+    what = ""
+    if lora:
+        info = trained.extra["lora"]
+        targets = ", ".join(info["target_modules"][:4]) + (", ..." if len(info["target_modules"]) > 4 else "")
+        what = f", {info['trainable_parameters'] / 1e6:.3f} M trainable ({stage} r={lora.r} on {targets})"
+    return f"{handle.arch} ({handle.parameter_count() / 1e6:.2f} M parameters{what})"
 
 
 def distill(
@@ -163,22 +176,9 @@ def export(
     A lossy bundle's parity is judged on ``devices`` (emulated) or over ``ssh`` on the device, and for a
     preset that targets another machine type on its emulated devices when they are built."""
     from edgekit.export.bundle import build_bundle
-    from edgekit.export.presets import check_preset, load_preset
-    from edgekit.models import load_model
-    from edgekit.models.load import load_saved
-
-    preset = load_preset(preset_name, fmt, precision, mode)
-    if calib_samples:
-        preset.calib_samples = calib_samples
-    if min_agreement is not None:
-        preset.parity["min_agreement"] = min_agreement
-    if kv_cache is not None:
-        preset.kv_cache = kv_cache
-    if max_drop is not None:
-        preset.max_drop = max_drop
-        check_preset(preset)
     from edgekit.targets import parity_targets
 
+    preset = _export_preset(preset_name, fmt, precision, mode, calib_samples, min_agreement, kv_cache, max_drop)
     targets, warning = parity_targets(preset, devices or [], ssh) if preset.precision != "fp32" else ([], None)
     if warning:
         log(warning)
@@ -192,20 +192,7 @@ def export(
     if (meta := run.reused(reuse)) is not None:
         return meta
     data = load_data(recipe) if recipe is not None else None
-    if is_stage(source):
-        handle = load_saved(source)
-    else:
-        if data is None:
-            raise EdgekitError(
-                f"{model_dir} is not an edgekit stage folder; give --train/--dataset so labels and calibration data are known"
-            )
-        handle = load_model(str(model_dir), task=data.task, label_names=data.label_names)
-    if data is not None and data.label_names != handle.label_names:
-        raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
-    from edgekit.export.presets import model_refusal
-
-    if refuse := model_refusal(preset, convolutional=handle.convolutional()):
-        raise EdgekitError(refuse)  # before the fp32 export, not after it
+    handle = _model_to_export(model_dir, source, data, preset)
     with run.folder(force) as folder:
         writer = registry.get("format", preset.format)
         target = f"ONNX opset {preset.opset}" if writer.can("runtime") == "onnxruntime" else writer.can("title")
@@ -237,6 +224,46 @@ def export(
             },
         )
     return meta
+
+
+def _export_preset(preset_name, fmt, precision, mode, calib_samples, min_agreement, kv_cache, max_drop):
+    """The export preset (by name, or the default for the format and precision) with the command's
+    overrides applied; checked again when a budget is set."""
+    from edgekit.export.presets import check_preset, load_preset
+
+    preset = load_preset(preset_name, fmt, precision, mode)
+    if calib_samples:
+        preset.calib_samples = calib_samples
+    if min_agreement is not None:
+        preset.parity["min_agreement"] = min_agreement
+    if kv_cache is not None:
+        preset.kv_cache = kv_cache
+    if max_drop is not None:
+        preset.max_drop = max_drop
+        check_preset(preset)
+    return preset
+
+
+def _model_to_export(model_dir: str, source: Path, data, preset):
+    """The model to export (a stage folder's, or a model id loaded for the data's labels), refused in one
+    line before the fp32 export when its labels differ from the data's or the preset cannot take it."""
+    from edgekit.export.presets import model_refusal
+    from edgekit.models import load_model
+    from edgekit.models.load import load_saved
+
+    if is_stage(source):
+        handle = load_saved(source)
+    else:
+        if data is None:
+            raise EdgekitError(
+                f"{model_dir} is not an edgekit stage folder; give --train/--dataset so labels and calibration data are known"
+            )
+        handle = load_model(str(model_dir), task=data.task, label_names=data.label_names)
+    if data is not None and data.label_names != handle.label_names:
+        raise EdgekitError(f"the data's labels {data.label_names} differ from the model's {handle.label_names}")
+    if refuse := model_refusal(preset, convolutional=handle.convolutional()):
+        raise EdgekitError(refuse)
+    return handle
 
 
 def evaluate_bundle(
