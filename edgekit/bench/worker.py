@@ -156,7 +156,6 @@ def _log(message: str) -> None:
 def measure(config: dict[str, Any]) -> dict[str, Any]:
     from edgekit.artifacts import sha256_file
     from edgekit.bench import energy
-    from edgekit.bench.harness import time_loop
     from edgekit.bench.profiles import Profile
 
     profile = Profile.from_json(config["profile"])
@@ -171,29 +170,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     runs = config.get("runs") or profile.runs
 
     tokens = _tokens(config, profile)
-    throughput = {}
-    latency = None
-    first_step = None
-    generation = None
-    for batch in batch_sizes:
-        feeds, records = _feeds(bundle, items, batch, profile), []
-        step = _stepper(bundle, feeds, tokens, records)
-        stats = time_loop(
-            step,
-            warmup=profile.warmup,
-            runs=runs,
-            min_seconds=profile.min_seconds,
-            max_seconds=profile.max_seconds,
-        )
-        throughput[str(batch)] = {
-            "items_per_second": batch * 1e3 / stats["mean"] if stats["mean"] else None,
-            "p50_ms": stats["p50"],
-            "runs": stats["runs"],
-        }
-        if latency is None:
-            latency, first_step = {**stats, "batch_size": batch}, step
-            if bundle.encode.spec.generates:
-                generation = _generation(records, stats["runs"], tokens, batch, bundle, feeds)
+    throughput, latency, first_step, generation = _time_batches(bundle, items, batch_sizes, runs, tokens, profile)
     scenario = config.get("scenario") or {"name": "single-stream"}
     extra: dict[str, Any] = {}
     if scenario["name"] == "server":
@@ -201,11 +178,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     elif scenario["name"] == "offline":
         extra["offline"] = _offline(folder, config, profile, items, bundle)
     files = [folder / g.file for g in bundle.manifest.graphs]
-    invalid = list(latency["invalid_reasons"])
-    if latency["stopped_by_time_limit"]:
-        invalid.append(f"stopped at max_seconds={profile.max_seconds} before {runs} runs")
-    if latency["stopped_by_max_runs"]:
-        invalid.append(f"stopped at the cap of {latency['runs']} runs before {runs} runs")
+    invalid = _invalid_reasons(latency, runs, profile)
     if generation is not None:
         extra["generation"] = generation
         invalid += generation["invalid_reasons"]
@@ -238,6 +211,46 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "providers": bundle.session.get_providers(),
         "threads": profile.threads or default_threads(),  # 0: the runtime's default, every core
     }
+
+
+def _time_batches(bundle, items, batch_sizes: list[int], runs: int, tokens, profile):
+    """The timed loop at each batch size: throughput per batch size, the first batch size's latency
+    statistics (and its step, which energy is measured with), and for encoder-decoders its per-token
+    generation figures."""
+    from edgekit.bench.harness import time_loop
+
+    throughput: dict[str, Any] = {}
+    latency = first_step = generation = None
+    for batch in batch_sizes:
+        feeds, records = _feeds(bundle, items, batch, profile), []
+        step = _stepper(bundle, feeds, tokens, records)
+        stats = time_loop(
+            step,
+            warmup=profile.warmup,
+            runs=runs,
+            min_seconds=profile.min_seconds,
+            max_seconds=profile.max_seconds,
+        )
+        throughput[str(batch)] = {
+            "items_per_second": batch * 1e3 / stats["mean"] if stats["mean"] else None,
+            "p50_ms": stats["p50"],
+            "runs": stats["runs"],
+        }
+        if latency is None:
+            latency, first_step = {**stats, "batch_size": batch}, step
+            if bundle.encode.spec.generates:
+                generation = _generation(records, stats["runs"], tokens, batch, bundle, feeds)
+    return throughput, latency, first_step, generation
+
+
+def _invalid_reasons(latency: dict[str, Any], runs: int, profile) -> list[str]:
+    """Why the latency run is not valid by the profile's rules (empty: it is)."""
+    invalid = list(latency["invalid_reasons"])
+    if latency["stopped_by_time_limit"]:
+        invalid.append(f"stopped at max_seconds={profile.max_seconds} before {runs} runs")
+    if latency["stopped_by_max_runs"]:
+        invalid.append(f"stopped at the cap of {latency['runs']} runs before {runs} runs")
+    return invalid
 
 
 def _server(scenario: dict[str, Any], step, latency: dict[str, Any]) -> dict[str, Any]:
@@ -299,32 +312,11 @@ def measure_compare(config: dict[str, Any]) -> dict[str, Any]:
     batch = (config.get("batch_sizes") or profile.batch_sizes)[0]
     runs = config.get("runs") or profile.runs
     compare = config["compare"]
-    names: list[str] = []
-    for folder in folders:
-        name = folder.name
-        while name in names:
-            name += "'"
-        names.append(name)
+    names = _distinct_names(folders)
     bundles = {name: _open(folder, config, profile) for name, folder in zip(names, folders)}
     tokens = _tokens(config, profile)
     steps = {name: _stepper(b, _feeds(b, items, batch, profile), tokens) for name, b in bundles.items()}
-    # warm-up, which also says how long a run takes. A round runs each bundle for about ROUND_MS (at
-    # least 5 runs), so that drift slower than a few tens of milliseconds cancels in its ratio; there are
-    # at least 20 rounds, at least `runs` runs of each bundle, and min_seconds in all (at most max_seconds)
-    cost_ms = {}
-    for name, step in steps.items():
-        t0 = time.perf_counter()
-        for _ in range(max(profile.warmup, 1)):
-            step()
-        cost_ms[name] = (time.perf_counter() - t0) * 1e3 / max(profile.warmup, 1)
-    slowest, total = max(cost_ms.values()), sum(cost_ms.values())
-    if compare.get("rounds"):
-        rounds = compare["rounds"]
-        per_round = max(5, -(-runs // rounds), math.ceil(profile.min_seconds * 1e3 / (rounds * total)))
-    else:
-        per_round = max(5, math.ceil(ROUND_MS / slowest))
-        rounds = max(20, -(-runs // per_round), math.ceil(profile.min_seconds * 1e3 / (per_round * total)))
-    rounds = max(2, min(rounds, int(profile.max_seconds * 1e3 / (per_round * total))))
+    rounds, per_round = _round_plan(steps, profile, compare, runs)
     _log(f"compare: {rounds} interleaved rounds of {per_round} runs of each bundle, batch {batch}")
     timings = interleaved_rounds(steps, rounds=rounds, per_round=per_round, warmup=0)
     results = []
@@ -361,6 +353,40 @@ def measure_compare(config: dict[str, Any]) -> dict[str, Any]:
         "results": results,
         "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def _distinct_names(folders: list[Path]) -> list[str]:
+    """Each bundle's folder name, primed until unique (two folders called ``b``: ``b`` and ``b'``)."""
+    names: list[str] = []
+    for folder in folders:
+        name = folder.name
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names
+
+
+def _round_plan(steps, profile, compare: dict[str, Any], runs: int) -> tuple[int, int]:
+    """Warm every step up (which also times one run of each), then how many interleaved rounds, and runs of
+    each bundle per round, the comparison takes."""
+    # The warm-up says how long a run takes. A round runs each bundle for about ROUND_MS (at
+    # least 5 runs), so that drift slower than a few tens of milliseconds cancels in its ratio; there are
+    # at least 20 rounds, at least `runs` runs of each bundle, and min_seconds in all (at most max_seconds)
+    cost_ms = {}
+    for name, step in steps.items():
+        t0 = time.perf_counter()
+        for _ in range(max(profile.warmup, 1)):
+            step()
+        cost_ms[name] = (time.perf_counter() - t0) * 1e3 / max(profile.warmup, 1)
+    slowest, total = max(cost_ms.values()), sum(cost_ms.values())
+    if compare.get("rounds"):
+        rounds = compare["rounds"]
+        per_round = max(5, -(-runs // rounds), math.ceil(profile.min_seconds * 1e3 / (rounds * total)))
+    else:
+        per_round = max(5, math.ceil(ROUND_MS / slowest))
+        rounds = max(20, -(-runs // per_round), math.ceil(profile.min_seconds * 1e3 / (per_round * total)))
+    rounds = max(2, min(rounds, int(profile.max_seconds * 1e3 / (per_round * total))))
+    return rounds, per_round
 
 
 def main(path: str) -> int:
