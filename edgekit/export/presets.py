@@ -141,6 +141,15 @@ def load_preset(
 def check_preset(preset: Preset) -> None:
     """Every setting of ``preset`` valid, alone and together (after --precision/--static overrides)."""
     where = f"export preset {preset.name}"
+    _check_format(preset, where)
+    _check_quantization(preset, where)
+    _check_settings(preset, where)
+    _check_int4(preset, where)
+    _check_max_drop(preset, where)
+
+
+def _check_format(preset: Preset, where: str) -> None:
+    """A registered format and precision, one the format's writer has."""
     if preset.format not in registry.names("format"):
         raise EdgekitError(f"{where}: format {preset.format!r} is not one of {', '.join(registry.names('format'))}")
     if preset.precision not in registry.names("precision"):
@@ -159,6 +168,10 @@ def check_preset(preset: Preset) -> None:
         raise EdgekitError(
             f"{writer.can('title')} export has no {preset.precision} mode; use {', '.join(writer.can('precisions'))}"
         )
+
+
+def _check_quantization(preset: Preset, where: str) -> None:
+    """The quantization mode, engine and optimize level among the known ones, its switches true or false."""
     quant = preset.quantization
     for key, value, allowed in (
         ("quantization.mode", quant["mode"], registry.names("quant-mode")),
@@ -174,6 +187,10 @@ def check_preset(preset: Preset) -> None:
         raise EdgekitError(
             "TorchScript int8 is dynamic (torch quantize_dynamic); for static int8 use --format onnx --static"
         )
+
+
+def _check_settings(preset: Preset, where: str) -> None:
+    """The target, the parity thresholds, opset, calibration size and description."""
     target = preset.target
     if target is not None and (
         not isinstance(target, dict)
@@ -205,7 +222,10 @@ def check_preset(preset: Preset) -> None:
         raise EdgekitError(f"{where}: calib_samples must be a whole number from 1 to 100000, not {shown(calib)}")
     if not isinstance(preset.description, str):
         raise EdgekitError(f"{where}: description must be text, not {shown(preset.description)}")
-    _check_int4(preset, where)
+
+
+def _check_max_drop(preset: Preset, where: str) -> None:
+    """An accuracy budget in points, for an int8 or int4 ONNX bundle only."""
     drop = preset.max_drop
     if drop is not None and (
         isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop) or not 0 <= drop <= 100

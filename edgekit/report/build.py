@@ -275,11 +275,53 @@ def sweep_markdown(table: dict[str, Any], shipped: str | None) -> list[str]:
 
 
 def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
+    """report.md, report.html and report.json (with the plots) in ``out`` for the stages of ``run_dirs``."""
     out = Path(out)
     rows = [row for run_dir in run_dirs for row in collect_rows(run_dir)]
     if not rows:
         raise EdgekitError("no stages with metrics found; run 'edgekit run' first")
     out.mkdir(parents=True, exist_ok=True)
+    plots, confusions = _plots(rows, run_dirs, out)
+    sweeps = [(Path(r).name, read_sweep(r)) for r in run_dirs]
+    table = sweep_table(rows)
+    multi = len(run_dirs) > 1
+    sections: dict[str, Any] = {
+        "runs": [str(Path(r)) for r in run_dirs],
+        "note": (
+            "Accuracy is measured on the evaluation split (test when present); an exported row's accuracy is that "
+            "of the exported file on its runtime. Latency is batch 1, steady state after warm-up; retention is "
+            "accuracy / the teacher's, compression the teacher's parameters / the row's."
+        ),
+        "tables": [],
+    }
+    sizes = bytes_table(rows)
+    if sizes:
+        sections["tables"].append({"title": "Where the bytes go", "header": sizes[0], "rows": sizes[1]})
+    budgets = budget_lines(rows)
+    if budgets:
+        sections["budgets"] = budgets
+    text = _markdown_report(rows, sweeps, table, sections, plots, confusions, multi)
+    write_text_atomic(out / REPORT_MD, "\n".join(text) + "\n")
+    from edgekit.report.html import render
+
+    write_text_atomic(out / REPORT_HTML, render(rows, table, sweeps, plots, confusions, sections, multi))
+    document = {
+        "schema_version": 2,
+        "runs": sections["runs"],
+        "rows": rows,
+        "plots": [p.name for p in plots.values()],
+        "sweep": table,
+        "shipped": [{"run": run, "cell": s["shipped"], "reason": s["reason"]} for run, s in sweeps if s],
+        "confusion_matrices": [{k: c[k] for k in ("run", "labels", "matrix", "plot")} for c in confusions],
+        "html": "report.html",
+    }
+    write_json_atomic(out / REPORT_JSON, document)
+    return document
+
+
+def _plots(rows: list[dict[str, Any]], run_dirs: list[Path], out: Path) -> tuple[dict[str, Path], list[dict]]:
+    """Every plot of the report written into ``out`` (title -> file), and the runs' confusion matrices
+    (each with the name of its plot)."""
     plots = {"accuracy vs size and latency": write_plot(rows, out / "accuracy_size_latency.png")}
     params_plot = write_params_plot(rows, out / "params_accuracy.png")
     if params_plot:
@@ -291,18 +333,13 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
         name = "confusion_matrix.png" if len(confusions) == 1 else f"confusion_matrix_{slug(c['run'])}.png"
         c["plot"] = write_confusion_plot(c["labels"], c["matrix"], out / name).name
         plots[f"confusion matrix ({c['run']})"] = out / c["plot"]
-    sweeps = [(Path(r).name, read_sweep(r)) for r in run_dirs]
-    table = sweep_table(rows)
+    return plots, confusions
+
+
+def _markdown_report(rows, sweeps, table, sections, plots, confusions, multi: bool) -> list[str]:
+    """report.md's lines: the stage table, the strategy grid of sweeps, the extra tables, the budget
+    lines, the plots and the confusion matrices."""
     shipped = next((s["shipped"] for _, s in sweeps if s), None)
-    multi = len(run_dirs) > 1
-    sections = {
-        "runs": [str(Path(r)) for r in run_dirs],
-        "note": (
-            "Accuracy is measured on the evaluation split (test when present); an exported row's accuracy is that "
-            "of the exported file on its runtime. Latency is batch 1, steady state after warm-up; retention is "
-            "accuracy / the teacher's, compression the teacher's parameters / the row's."
-        ),
-    }
     text = [
         "# edgekit report",
         "",
@@ -321,19 +358,12 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
             if s:
                 text += [f"{run}: shipped **{s['shipped']}**, {s['reason']}.", ""]
         text += [*sweep_markdown(table, shipped), ""]
-    sizes = bytes_table(rows)
-    budgets = budget_lines(rows)
-    sections["tables"] = []
-    if sizes:
-        sections["tables"].append({"title": "Where the bytes go", "header": sizes[0], "rows": sizes[1]})
-    if budgets:
-        sections["budgets"] = budgets
     for extra in sections["tables"]:
         text += [f"## {extra['title']}", "", "| " + " | ".join(extra["header"]) + " |"]
         text += ["|---|" + "---:|" * (len(extra["header"]) - 1)]
         text += ["| " + " | ".join(r) + " |" for r in extra["rows"]] + [""]
-    if budgets:
-        text += ["## Quantization within an accuracy budget", "", *(f"- {line}" for line in budgets), ""]
+    if sections.get("budgets"):
+        text += ["## Quantization within an accuracy budget", "", *(f"- {line}" for line in sections["budgets"]), ""]
     text += (
         ["## Plots", ""]
         + [f"![{title}]({path.name})" for title, path in plots.items() if not title.startswith("confusion matrix")]
@@ -341,22 +371,7 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     )  # that one: in its own section
     for c in confusions:
         text += _confusion_markdown(c)
-    write_text_atomic(out / REPORT_MD, "\n".join(text) + "\n")
-    from edgekit.report.html import render
-
-    write_text_atomic(out / REPORT_HTML, render(rows, table, sweeps, plots, confusions, sections, multi))
-    document = {
-        "schema_version": 2,
-        "runs": sections["runs"],
-        "rows": rows,
-        "plots": [p.name for p in plots.values()],
-        "sweep": table,
-        "shipped": [{"run": run, "cell": s["shipped"], "reason": s["reason"]} for run, s in sweeps if s],
-        "confusion_matrices": [{k: c[k] for k in ("run", "labels", "matrix", "plot")} for c in confusions],
-        "html": "report.html",
-    }
-    write_json_atomic(out / REPORT_JSON, document)
-    return document
+    return text
 
 
 def _confusions(run_dirs: list[Path]) -> list[dict[str, Any]]:
