@@ -197,6 +197,11 @@ def bench_stage(bundle: Path, out: Path, device: str, recipe: Recipe, reuse: boo
     document = bench_bundles([bundle], device, runs=recipe.bench.runs, batch_sizes=[recipe.bench.batch_size])
     log.info(markdown_table(document))
     result = document["results"][0]
+    if "latency_ms" not in result:  # the bundle did not run there: nothing measured, nothing to keep and reuse
+        raise EdgekitError(
+            f"bench on {device} could not run {bundle}: {result.get('error') or 'no latency measured'}; "
+            "fix that and run again (finished stages are reused)"
+        )
     with stage.folder(force=True) as folder:
         write_json_atomic(folder / "bench.json", document)
         metrics = {"valid": result["valid"]}

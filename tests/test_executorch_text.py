@@ -63,3 +63,65 @@ def test_without_the_runtime_the_bench_names_the_package(models, tmp_path, block
     proc = run_cli("bench", export_pte(models, "bert", "int8"), "--runs", "5", env=block_torch)
     line = assert_user_error(proc, "pip install executorch")
     assert "onnx" in line.lower()
+
+
+def test_a_recipe_ships_a_pte_bundle_and_the_report_puts_formats_side_by_side(
+    tmp_path, minilm_tokenizer_dir, question_files
+):
+    """`edgekit run` with export.format executorch: teacher -> student -> .pte bundle, evaluated and benched;
+    the same recipe as ONNX in a second run folder; `edgekit report` of both: one table, both runtimes."""
+    import yaml
+
+    from conftest import save_tiny_bert
+
+    teacher = save_tiny_bert(tmp_path / "teacher-src", minilm_tokenizer_dir, hidden=32, layers=2)
+    recipe = {
+        "name": "pte",
+        "task": "text-classification",
+        "data": {"train": str(question_files["train"]), "test": str(question_files["test"]), "max_length": 32},
+        "teacher": {"model": str(teacher), "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3}},
+        "student": {"layers": [1]},
+        "distill": {"train": {"epochs": 1, "batch_size": 32, "lr": 1e-3}},
+        "export": {"format": "executorch", "precision": "int8"},
+        "bench": {"devices": ["cpu"], "runs": 20},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {"EDGEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    pte_run, onnx_run = tmp_path / "run-pte", tmp_path / "run-onnx"
+    proc = run_cli("run", path, "--out", pte_run, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((pte_run / "export" / "manifest.json").read_text())
+    assert manifest["format"] == "executorch" and (pte_run / "export" / "model.pte").is_file()
+    assert not list((pte_run / "export").glob("*.onnx"))
+    # synthetic inputs no longer than the bundle's max_length (32): the program is planned for those
+    bench = json.loads((pte_run / "bench-cpu" / "bench.json").read_text())["results"][0]
+    assert bench["valid"] and bench["sequence_length"] == 32 and bench["latency_ms"]["p50"] > 0
+    proc = run_cli("run", path, "--out", onnx_run, "--set", "export.format=onnx", env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("report", pte_run, onnx_run, "--out", tmp_path / "both")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "both" / "report.json").read_text())
+    exported = {r["run"]: r for r in report["rows"] if r["stage"] == "export"}
+    assert exported["run-pte"]["runtime"] == "executorch int8 dynamic", exported
+    assert exported["run-pte"]["model"].endswith(".pte") and exported["run-onnx"]["model"].endswith(".onnx")
+    assert exported["run-onnx"]["runtime"].startswith("onnxruntime int8")
+    for row in exported.values():  # each bundle evaluated and measured by its own runtime
+        assert 0 <= row["accuracy"] <= 1 and row["p50_ms"] > 0 and row["size_mb"] > 0
+    text = (tmp_path / "both" / "report.md").read_text()
+    assert "executorch int8" in text and "onnxruntime int8" in text
+
+
+def test_a_bench_that_cannot_run_the_bundle_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    """No empty bench stage is kept (a re-run would reuse it and never measure): one clear error instead."""
+    import edgekit.bench.run
+    from edgekit.errors import EdgekitError
+    from edgekit.pipeline import bench_stage
+    from edgekit.recipe import Recipe
+
+    failed = {"results": [{"name": "export", "valid": False, "error": "ExecuTorch could not run the program"}]}
+    monkeypatch.setattr(edgekit.bench.run, "bench_bundles", lambda *a, **k: failed)
+    (tmp_path / "export").mkdir()
+    with pytest.raises(EdgekitError, match="bench on cpu could not run .*ExecuTorch could not run the program"):
+        bench_stage(tmp_path / "export", tmp_path / "bench-cpu", "cpu", Recipe(), reuse=True)
+    assert not (tmp_path / "bench-cpu").exists()

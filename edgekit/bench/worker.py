@@ -34,8 +34,17 @@ def current_rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def synthetic_length(bundle, seq_len: int) -> int:
+    """The synthetic sequence length for ``bundle``: the profile's, but never longer than the texts the
+    bundle's tokenizer makes (its ``max_length``): longer inputs would time what the bundle never sees,
+    and a program planned for its own max_length (ExecuTorch) cannot run them."""
+    longest = bundle.manifest.preprocessing.get("max_length")
+    return min(int(seq_len), int(longest)) if longest else int(seq_len)
+
+
 def synthetic_inputs(bundle, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    seq_len = synthetic_length(bundle, seq_len)
     if bundle.encode.spec.modality == "image":
         size = int(bundle.manifest.preprocessing["image_size"])
         return {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
@@ -206,6 +215,11 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "energy_mj_per_inference": measured_energy["energy_mj_per_inference"],
         "energy": measured_energy,
         "inputs": "real" if items else "synthetic",
+        **(
+            {"sequence_length": synthetic_length(bundle, profile.sequence_length)}
+            if not items and bundle.encode.spec.modality != "image"
+            else {}
+        ),
         "peak_rss_bytes": peak_rss_bytes(),
         "model_memory_bytes": rss_loaded - rss_before,
         "providers": bundle.session.get_providers(),
