@@ -61,6 +61,10 @@ def check_pte_bundle(models, model: str, precision: str, mode: str | None) -> No
         assert manifest["sizes"]["model_bytes"] < manifest["sizes"]["fp32_model_bytes"]
         if model in ("bert", "t5"):  # word (and position) embeddings are int8 rows
             assert quant["quantized_embeddings"] >= 1
+        if model == "bert":  # the position table keeps the rows a planned sequence (<= max_length) can index
+            longest = manifest["preprocessing"]["max_length"]  # the tiny BERT has 128 positions
+            kept = {"bert.embeddings.position_embeddings": longest} if longest < 128 else None
+            assert quant.get("position_rows_kept") == kept
             ops = {op for p in manifest["executorch"].values() for op in p["portable_operators"]}
             assert "quantized_decomposed::embedding_byte.dtype_out" in ops
     bundle = Bundle(out)

@@ -93,6 +93,8 @@ def test_a_recipe_ships_a_pte_bundle_and_the_report_puts_formats_side_by_side(
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((pte_run / "export" / "manifest.json").read_text())
     assert manifest["format"] == "executorch" and (pte_run / "export" / "model.pte").is_file()
+    # max_length 32: the program indexes 32 of the tiny BERT's 128 position rows, and keeps only those
+    assert manifest["quantization"]["position_rows_kept"] == {"bert.embeddings.position_embeddings": 32}
     assert not list((pte_run / "export").glob("*.onnx"))
     # synthetic inputs no longer than the bundle's max_length (32): the program is planned for those
     bench = json.loads((pte_run / "bench-cpu" / "bench.json").read_text())["results"][0]
