@@ -11,7 +11,8 @@ int8 (PT2E): embeddings become int8 per row with fp16 row scales (ExecuTorch's `
 kernel), so the file is no larger than the int8 ONNX; then the XNNPACK quantizer: for transformers, int8 per-channel weights of
 every Linear with activations quantized at run time (``mode: dynamic``); for CNNs, static int8 of
 convolutions and linears calibrated on training data (``mode: static``; the first convolution stays fp32
-when the preset says ``first_conv_fp32``). ``mode: auto`` picks by the model, as for ONNX.
+when the preset says ``first_conv_fp32``; with ``bias_correction`` the logits' mean int8 shift on the
+calibration data is subtracted at the output, as on the ONNX path). ``mode: auto`` picks by the model.
 """
 
 from __future__ import annotations
@@ -313,6 +314,7 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
     if mode == "static" and not calib:
         raise EdgekitError("static int8 needs calibration data; give training data or use dynamic mode")
     lowered: dict[str, Any] = {}
+    shifts: dict[str, list[float]] = {}
     for graph in graphs_for(qhandle):
         wrapped = _program_module(graph, qhandle)
         skip = None
@@ -334,6 +336,12 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
         except Exception as exc:  # noqa: BLE001
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EdgekitError(f"cannot quantize {handle.arch} ({graph.name}) for ExecuTorch: {first[:300]}") from None
+        shift = None
+        if mode == "static" and quant["bias_correction"]:
+            shift = _output_shift(wrapped, converted, calib, graph.inputs)
+            if shift is not None:
+                converted = _Shifted(converted, shift)
+                shifts[graph.name] = [round(float(v), 6) for v in shift]
         data, record = _lower(_exported(converted, graph, qhandle), graph, qhandle)
         (folder / (graph.name + job.suffix)).write_bytes(data)
         _plan_batch(job, record, folder)
@@ -346,12 +354,44 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
         "activation_type": "dynamic int8" if mode == "dynamic" else "int8",
         "quantized": "Linear layers" if mode == "dynamic" else "convolutions and Linear layers",
         "quantized_embeddings": embeddings,
-        "embedding_type": "int8 per row, fp16 row scales (embedding_byte)",
+        **({"embedding_type": "int8 per row, fp16 row scales (embedding_byte)"} if embeddings else {}),
         **({"position_rows_kept": kept} if kept else {}),
         "calibration_batches": len(calib),
         "first_conv_fp32": skip,
     }
-    job.notes["executorch"] = lowered  # the shipped programs' delegates and portable operators
     if mode == "static" and quant["bias_correction"]:
-        quantization["note"] = "bias_correction is an ONNX-path setting; not applied to ExecuTorch programs"
+        quantization["output_bias_correction"] = shifts.get("model") if len(shifts) <= 1 else shifts
+    job.notes["executorch"] = lowered  # the shipped programs' delegates and portable operators
     return [Candidate("plain", folder, quantization)]
+
+
+def _first_tensor(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _output_shift(reference: torch.nn.Module, converted: torch.nn.Module, calib, names) -> torch.Tensor | None:
+    """Static int8's systematic shift of each logit (the ONNX path's ``correct_output_bias``, Nagel et al.
+    2019 sec. 4.2): the mean of (int8 - fp32) logits over the calibration batches, int8 simulated by
+    the converted PT2E graph (quantize/dequantize at the points XNNPACK quantizes). None when the
+    program does not end in one (batch, classes) output."""
+    diffs = []
+    with torch.no_grad():
+        for batch in calib:
+            args = [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names]
+            fp32, int8 = _first_tensor(reference(*args)), _first_tensor(converted(*args))
+            if not isinstance(fp32, torch.Tensor) or fp32.dim() != 2 or fp32.shape != int8.shape:
+                return None
+            diffs.append(int8.double() - fp32.double())
+    return torch.cat(diffs).mean(0).float() if diffs else None
+
+
+class _Shifted(torch.nn.Module):
+    """The converted program with the calibration shift subtracted from its output (one fp32 Sub)."""
+
+    def __init__(self, inner: torch.nn.Module, shift: torch.Tensor):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("shift", shift)
+
+    def forward(self, *args):
+        return _first_tensor(self.inner(*args)) - self.shift
