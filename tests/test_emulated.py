@@ -173,8 +173,15 @@ def test_an_encoder_decoder_budget_is_scored_by_bleu_of_tokens_generated_on_the_
     (on_target,) = budget["on_targets"]
     assert budget["metric"] == "bleu" and on_target["measured_on"]["machine"] == "aarch64"
     assert 0 <= on_target["bleu"] <= 1 and on_target["drop_points"] <= 100
-    # the same file on aarch64 and x86 kernels: nearly the same tokens
-    assert abs(on_target["bleu"] - budget["score"]) <= 0.2, (on_target, budget["score"])
+    # the same file on aarch64 and x86 kernels: nearly the same tokens -- where x86's int8 kernels do
+    # not saturate. An arm64 file has no reduce_range; AVX2 without VNNI overflows its u8s8 products
+    # (measured on an AVX2 EPYC: host BLEU 0.14, the emulated Pi 0.98), which is why on-target scoring exists.
+    from edgekit.export.presets import cpu_has_vnni
+
+    if cpu_has_vnni():
+        assert abs(on_target["bleu"] - budget["score"]) <= 0.2, (on_target, budget["score"])
+    else:
+        assert on_target["bleu"] >= budget["score"] - 0.2, (on_target, budget["score"])
     assert "budget check on emulated rpi4" in proc.stderr
 
 
