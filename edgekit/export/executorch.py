@@ -171,6 +171,14 @@ def _plan_batch(job, record: dict[str, Any], folder: Path) -> None:
     job.manifest.write(folder)
 
 
+def _position_tables(module: torch.nn.Module) -> list[tuple[str, torch.nn.Embedding]]:
+    return [
+        (name, sub)
+        for name, sub in module.named_modules()
+        if type(sub) is torch.nn.Embedding and name.endswith("position_embeddings")
+    ]
+
+
 def _trim_positions(module: torch.nn.Module, max_length: int | None) -> dict[str, int]:
     """Learned absolute position tables (``*position_embeddings`` Embeddings: BERT, RoBERTa, DistilBERT...)
     cut to the rows a sequence of at most ``max_length`` tokens indexes: positions 0..max_length-1, after
@@ -179,9 +187,7 @@ def _trim_positions(module: torch.nn.Module, max_length: int | None) -> dict[str
     kept: dict[str, int] = {}
     if not max_length:
         return kept
-    for name, sub in list(module.named_modules()):
-        if type(sub) is not torch.nn.Embedding or not name.endswith("position_embeddings"):
-            continue
+    for name, sub in _position_tables(module):
         rows = int(max_length) + (sub.padding_idx + 1 if sub.padding_idx is not None else 0)
         if rows < sub.num_embeddings:
             sub.weight = torch.nn.Parameter(sub.weight.detach()[:rows].clone(), requires_grad=False)
@@ -194,7 +200,7 @@ def _trimmed(handle) -> tuple[Any, dict[str, int]]:
     """A copy of ``handle`` whose position tables are cut to the program's longest sequence (or ``handle``
     itself when nothing is cut)."""
     longest = handle.preprocessing.get("max_length")
-    if not longest or not any(n.endswith("position_embeddings") for n, _ in handle.module.named_modules()):
+    if not longest or not _position_tables(handle.module):  # nothing to cut: no copy of the model
         return handle, {}
     module = copy.deepcopy(handle.module).eval()
     kept = _trim_positions(module, int(longest))
@@ -336,7 +342,6 @@ def int8_candidates(job, fp32_dir: Path, calibration) -> list:
         except Exception as exc:  # noqa: BLE001
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EdgekitError(f"cannot quantize {handle.arch} ({graph.name}) for ExecuTorch: {first[:300]}") from None
-        shift = None
         if mode == "static" and quant["bias_correction"]:
             shift = _output_shift(wrapped, converted, calib, graph.inputs)
             if shift is not None:
