@@ -60,6 +60,32 @@ def run_cli(
     )
 
 
+def cli_in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The same ``edgekit`` entry point (``edgekit.cli.main.main``) run in this process: its exit code, and
+    what it wrote to stdout and stderr. For the many bad-input checks: a fresh interpreter pays ~6 s of
+    torch and transformers imports per call on this machine, which is most of what such a check costs.
+    ``run_cli`` stays the way to check a whole process (signals, exit on a missing package, children)."""
+    import contextlib
+    import io
+
+    from edgekit.cli.main import main
+
+    saved_env, saved_term = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # (main returns its code; a stray exit is still a process's exit)
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        signal.signal(signal.SIGTERM, saved_term)
+    return subprocess.CompletedProcess(["edgekit", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """A user error: non-zero exit, one line on stderr starting with 'error:', no traceback."""
     assert proc.returncode != 0, proc.stdout + proc.stderr

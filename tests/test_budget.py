@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error, run_cli, save_tiny_bert, tiny_t5, write_questions
+from conftest import assert_user_error, cli_in_process, run_cli, save_tiny_bert, tiny_t5, write_questions
 from conftest import write_stage as _stage
 
 pytestmark = pytest.mark.slow
@@ -151,7 +151,7 @@ def test_a_budget_no_plan_meets_fails_with_the_best_plan_and_writes_nothing(plan
     ],
 )
 def test_bad_budgets_fail_in_one_line(planted, tmp_path, args, needles):
-    proc = run_cli("export", planted["stage"], *args, "--out", tmp_path / "b")
+    proc = cli_in_process("export", planted["stage"], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "b").exists()
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import assert_user_error, run_cli, write_questions
+from conftest import assert_user_error, cli_in_process, run_cli, write_questions
 
 COMMANDS = ["run", "distill", "finetune", "prune", "export", "eval", "bench", "report", "devices"]
 
@@ -101,7 +101,7 @@ def test_device_without_provider_fails_before_training(tmp_path):
     ],
 )
 def test_bad_prune_recipe_fails_before_training(tmp_path, sets, needles):
-    proc = run_cli("run", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "out")
+    proc = cli_in_process("run", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "out")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "out").exists()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_cli, save_tiny_bert
+from conftest import assert_user_error, cli_in_process, run_cli, save_tiny_bert
 
 pytestmark = pytest.mark.slow
 DIGITS = ["--dataset", "digits", "--image-size", "16", "--set", "data.limit=200"]
@@ -330,7 +330,7 @@ def test_bad_compress_inputs(tmp_path, bert, resnet, env):
         (["finetune", "mobilenet_v2", *DIGITS, "--lora", "--lora-targets", "features.1.conv.0.0"], ["depthwise"]),
     ]
     for args, needles in cases:
-        assert_user_error(run_cli(*args, "--out", tmp_path / "out", env=env), *needles)
+        assert_user_error(cli_in_process(*args, "--out", tmp_path / "out", env=env), *needles)
         assert not (tmp_path / "out").exists()
 
 

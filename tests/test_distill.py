@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, at_a_terminal, run_cli, save_tiny_bert, tiny_t5, write_questions
+from conftest import assert_user_error, at_a_terminal, cli_in_process, run_cli, save_tiny_bert, tiny_t5, write_questions
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "3", "--batch-size", "16", "--lr", "1e-3"]
@@ -281,7 +281,7 @@ def test_bad_unlabeled_files_are_one_line_before_training(tmp_path, teacher, con
     path = tmp_path / ("u.csv" if content and "label" in content else "u.txt")
     if content is not None:
         path.write_text(content)
-    proc = run_cli(
+    proc = cli_in_process(
         "distill", "--teacher", teacher, "--student-layers", "1", "--unlabeled", path, "--out", tmp_path / "s"
     )
     assert_user_error(proc, *needles)
@@ -365,7 +365,7 @@ def test_intermediate_layer_kd_through_the_cli(tmp_path, teacher, tiny_bert, cac
     ],
 )
 def test_bad_intermediate_kd_settings_are_one_line_before_training(tmp_path, teacher, args, needles):
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", *args, "--out", tmp_path / "s")
+    proc = cli_in_process("distill", "--teacher", teacher, "--student-layers", "2", *args, "--out", tmp_path / "s")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "s").exists()
 
@@ -680,7 +680,7 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
     ).save_pretrained(other)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (other / name).write_bytes((seq2seq / "t5" / name).read_bytes())
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         seq2seq / "t5",
@@ -703,7 +703,7 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
 def test_t5_refuses_the_classifier_only_kd_settings(tmp_path, seq2seq, args, needle):
     unlabeled = tmp_path / "u.txt"
     unlabeled.write_text("translate this\n")
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         seq2seq / "t5",
@@ -744,13 +744,13 @@ def test_rouge_l_and_bleu_on_known_cases():
     ],
 )
 def test_bad_distill_settings(tmp_path, teacher, args, needles):
-    proc = run_cli("distill", "--teacher", teacher, *args, "--epochs", "1", "--out", tmp_path / "s")
+    proc = cli_in_process("distill", "--teacher", teacher, *args, "--epochs", "1", "--out", tmp_path / "s")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "s").exists()
 
 
 def test_teacher_weights_must_match_the_teachers(tmp_path, teacher):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -770,7 +770,7 @@ def test_teacher_weights_must_match_the_teachers(tmp_path, teacher):
 
 def test_teacher_trained_on_other_labels(tmp_path, teacher):
     other = write_questions(tmp_path / "two.tsv", 60, 3, labels=("HUM", "LOC"))
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -787,7 +787,7 @@ def test_teacher_trained_on_other_labels(tmp_path, teacher):
 
 
 def test_student_layers_need_a_transformer_teacher(tmp_path):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         "resnet18",
@@ -804,7 +804,7 @@ def test_student_layers_need_a_transformer_teacher(tmp_path):
 
 
 def test_resume_without_a_checkpoint(tmp_path, teacher):
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "1", "--resume", "--out", tmp_path / "s")
+    proc = cli_in_process("distill", "--teacher", teacher, "--student-layers", "1", "--resume", "--out", tmp_path / "s")
     assert_user_error(proc, "nothing to resume")
 
 

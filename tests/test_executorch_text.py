@@ -9,7 +9,7 @@ import pytest
 from pte_checks import check_pte_bundle, export_pte
 from test_export import models  # noqa: F401 - the same tiny model stages as the other formats
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, cli_in_process, run_cli
 
 # The int8 export writes and parity-checks the fp32 program first (manifest parity.fp32), so one
 # int8 bundle covers both programs; every test below reuses it (lowering takes tens of seconds).
@@ -51,12 +51,12 @@ def test_a_corrupt_pte_is_one_line(models, tmp_path):  # noqa: F811
     bundle = tmp_path / "b"
     shutil.copytree(export_pte(models, "bert", "int8"), bundle)
     (bundle / "model.pte").write_bytes(b"not a program" * 100)
-    proc = run_cli("bench", bundle, "--runs", "5")
+    proc = cli_in_process("bench", bundle, "--runs", "5")
     assert_user_error(proc, "model.pte", "export")  # the checksum no longer matches
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["sha256"] = manifest["graphs"][0]["sha256"] = sha256_file(bundle / "model.pte")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_cli("eval", bundle, "--data", models["root"] / "test.tsv")
+    proc = cli_in_process("eval", bundle, "--data", models["root"] / "test.tsv")
     assert_user_error(proc, "ExecuTorch cannot load", "corrupt")
 
 

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli, save_tiny_bert, tiny_t5, write_questions
+from conftest import assert_user_error, cli_in_process, run_cli, save_tiny_bert, tiny_t5, write_questions
 from conftest import settle_batchnorm as _settle_batchnorm
 from conftest import write_stage as _stage
 from edgekit.errors import EdgekitError
@@ -484,12 +484,13 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
 @pytest.mark.parametrize("model, flags", [("bert", ["--int8"]), ("mobilenet_v2", ["--int8"]), ("bert", ["--fp32"])])
 def test_the_same_export_gives_the_same_files(models, tmp_path, model, flags):
     """Same model, same settings, same edgekit: byte-identical model files (the fused-or-plain choice is a
-    rule on the files, not a timing that noise can flip), and the choice recorded."""
+    rule on the files, not a timing that noise can flip), and the choice recorded. One export runs in this
+    test process (after whatever the tests before it did to torch's state), the other in a fresh one."""
     import hashlib
 
     digests = []
-    for name in ("a", "b"):
-        proc = run_cli("export", models[model], *flags, "--allow-drop", "--out", tmp_path / name)
+    for name, runner in (("a", cli_in_process), ("b", run_cli)):
+        proc = runner("export", models[model], *flags, "--allow-drop", "--out", tmp_path / name)
         assert proc.returncode == 0, proc.stderr[-2000:]
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         digests.append(
@@ -569,7 +570,7 @@ def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):
     preset.write_text(
         "name: strict\nformat: torchscript\nprecision: int8\nparity: {min_agreement: 1.0, min_snr_db: 200}\n"
     )
-    proc = run_cli("export", models["bert"], "--preset", preset, "--out", tmp_path / "b")
+    proc = cli_in_process("export", models["bert"], "--preset", preset, "--out", tmp_path / "b")
     assert_user_error(proc, "int8 TorchScript fails parity", "no bundle written")
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.tmp-*"))
 
@@ -588,7 +589,7 @@ def test_torchscript_parity_failure_leaves_nothing(models, tmp_path):
     ],
 )
 def test_bad_export_options_fail_before_exporting(models, tmp_path, args, needles):
-    proc = run_cli("export", models["bert"], *args, "--out", tmp_path / "b")
+    proc = cli_in_process("export", models["bert"], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "b").exists()
 
@@ -642,7 +643,7 @@ def test_int4_embeddings_beside_int8_matmuls_and_the_int4_bundle_runs_torch_free
     ],
 )
 def test_int4_and_budget_refusals_are_one_line_and_write_nothing(models, tmp_path, model, args, needles):
-    proc = run_cli("export", models[model], *args, "--out", tmp_path / "b")
+    proc = cli_in_process("export", models[model], *args, "--out", tmp_path / "b")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "b").exists()
 
@@ -660,7 +661,7 @@ def test_int4_and_budget_refusals_are_one_line_and_write_nothing(models, tmp_pat
 def test_bad_int4_settings_fail_before_exporting(models, tmp_path, section, needles):
     preset = tmp_path / "bad.yaml"
     preset.write_text(f"name: bad\nopset: 21\nprecision: int4\nquantization: {section}\n")
-    assert_user_error(run_cli("export", models["bert"], "--preset", preset, "--out", tmp_path / "b"), *needles)
+    assert_user_error(cli_in_process("export", models["bert"], "--preset", preset, "--out", tmp_path / "b"), *needles)
     assert not (tmp_path / "b").exists()
 
 
@@ -683,7 +684,7 @@ def test_preset_switch_that_is_not_true_or_false_fails_before_exporting(models, 
     preset.write_text(f"name: bad\nprecision: int8\nquantization: {{{line}}}\n")
     key = line.split(":")[0]
     assert_user_error(
-        run_cli("export", models["resnet18"], "--preset", preset, "--out", tmp_path / "b"),
+        cli_in_process("export", models["resnet18"], "--preset", preset, "--out", tmp_path / "b"),
         f"quantization.{key}",
         "true or false",
     )

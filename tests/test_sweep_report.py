@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, assert_user_error, run_cli, save_tiny_bert
+from conftest import REPO, assert_user_error, cli_in_process, run_cli, save_tiny_bert
 
 pytestmark = pytest.mark.slow
 STRATEGIES = ["labels-only", "straightforward", "successive", "multi-teacher"]
@@ -281,7 +281,7 @@ def test_kill_then_rerun_resumes_and_reuses_unchanged_stages(sweep_run):
 )
 def test_bad_sweep_recipes_fail_before_training(tmp_path, teacher4, question_files, changes, needles):
     recipe = sweep_recipe(tmp_path, teacher4, question_files, **changes)
-    proc = run_cli("run", recipe, "--out", tmp_path / "out")
+    proc = cli_in_process("run", recipe, "--out", tmp_path / "out")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "out").exists()
 
@@ -290,13 +290,13 @@ def test_unknown_stage_section_fails_before_training(tmp_path, teacher4, questio
     recipe = sweep_recipe(tmp_path, teacher4, question_files)
     text = recipe.read_text() + "quantize:\n  bits: 4\n"
     recipe.write_text(text)
-    proc = run_cli("run", recipe, "--out", tmp_path / "out")
+    proc = cli_in_process("run", recipe, "--out", tmp_path / "out")
     assert_user_error(proc, "recipe field quantize is unknown", "prune", "sweep")
     assert not (tmp_path / "out").exists()
 
 
 def test_layer_students_need_a_transformer_teacher(tmp_path):
-    proc = run_cli(
+    proc = cli_in_process(
         "run", "--set", "sweep.strategies=[straightforward]", "--set", "sweep.students=[2]", "--out", tmp_path / "out"
     )
     assert_user_error(proc, "resnet18 is a CNN", "mobilenet_v2")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -149,16 +149,18 @@ def test_corrupt_model_file_is_a_clear_error(text_stages, tmp_path, question_fil
     shutil.copytree(text_stages / "bundle", bundle)
     data = (bundle / "model.onnx").read_bytes()
     (bundle / "model.onnx").write_bytes(data[: len(data) // 3])
-    proc = run_cli("bench", bundle, "--runs", "5", "--json", tmp_path / "b.json")
+    proc = cli_in_process("bench", bundle, "--runs", "5", "--json", tmp_path / "b.json")
     assert_user_error(proc, "could not be measured", "does not match the sha256", "truncated")
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["valid"] is False and "error" in result["results"][0]
-    assert_user_error(run_cli("eval", bundle, "--data", question_files["test"]), "does not match the sha256")
+    assert_user_error(cli_in_process("eval", bundle, "--data", question_files["test"]), "does not match the sha256")
     # deleting the recorded hashes does not skip the check: a bundle without them is refused
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["sha256"] = None
     for graph in manifest["graphs"]:
         graph["sha256"] = None
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    assert_user_error(run_cli("eval", bundle, "--data", question_files["test"]), "has no sha256", "export it again")
-    assert_user_error(run_cli("eval", bundle, "--data", text_stages / "missing.tsv"), "does not exist")
+    assert_user_error(
+        cli_in_process("eval", bundle, "--data", question_files["test"]), "has no sha256", "export it again"
+    )
+    assert_user_error(cli_in_process("eval", bundle, "--data", text_stages / "missing.tsv"), "does not exist")
