@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error, cli_in_process, run_cli, save_tiny_bert, tiny_t5, write_questions
+from conftest import assert_user_error, cli_in_process, save_tiny_bert, tiny_t5, write_questions
 from conftest import write_stage as _stage
 
 pytestmark = pytest.mark.slow
@@ -78,10 +78,10 @@ def test_planted_sensitive_weight_goes_back_to_higher_precision(planted, tmp_pat
     import onnx
 
     plain = tmp_path / "plain"
-    proc = run_cli("export", planted["stage"], flag, "--out", plain, "--allow-drop")
+    proc = cli_in_process("export", planted["stage"], flag, "--out", plain, "--allow-drop")
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "run" / "export"  # a run folder's export stage, as edgekit run lays it out
-    proc = run_cli("export", planted["stage"], flag, "--max-drop", "2", "--out", out)
+    proc = cli_in_process("export", planted["stage"], flag, "--max-drop", "2", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "budget:" in proc.stdout and "points" in proc.stdout
     budget = json.loads((out / "manifest.json").read_text())["quantization"]["budget"]
@@ -110,9 +110,9 @@ def test_planted_sensitive_weight_goes_back_to_higher_precision(planted, tmp_pat
     graph = onnx.load(str(out / "model.onnx")).graph
     float_matmuls = {n.name.removeprefix("/module") for n in graph.node if n.op_type == "MatMul"}
     assert {r["node"].removeprefix("/module") for r in budget["returned"] if r["to"] == "fp32"} <= float_matmuls
-    ev = run_cli("eval", out, "--data", planted["root"] / "test.tsv", "--json", tmp_path / "m.json")
+    ev = cli_in_process("eval", out, "--data", planted["root"] / "test.tsv", "--json", tmp_path / "m.json")
     assert ev.returncode == 0, ev.stderr
-    evp = run_cli("eval", plain, "--data", planted["root"] / "test.tsv", "--json", tmp_path / "p.json")
+    evp = cli_in_process("eval", plain, "--data", planted["root"] / "test.tsv", "--json", tmp_path / "p.json")
     assert evp.returncode == 0, evp.stderr
     budgeted, broken = (json.loads((tmp_path / f).read_text())["accuracy"] for f in ("m.json", "p.json"))
     assert budgeted > broken + 0.1, (budgeted, broken)
@@ -194,13 +194,13 @@ def test_static_int8_cnn_budget_returns_the_planted_layers_to_fp32(tmp_path):
 
     stage = tmp_path / "cnn"
     digits = ["--dataset", "digits", "--image-size", "32", "--set", "data.limit=600"]
-    proc = run_cli(
+    proc = cli_in_process(
         "finetune", "resnet18", *digits, "--epochs", "3", "--batch-size", "32", "--lr", "1e-3", "--out", stage
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _plant_cnn(stage)
     out = tmp_path / "bundle"
-    proc = run_cli("export", stage, "--int8", "--max-drop", "1", "--out", out)
+    proc = cli_in_process("export", stage, "--int8", "--max-drop", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "budget:" in proc.stdout and "points" in proc.stdout
     quantization = json.loads((out / "manifest.json").read_text())["quantization"]
@@ -281,7 +281,7 @@ def test_encoder_decoder_budget_is_bleu_over_every_graph(planted_t5, tmp_path):
     import onnx
 
     out = tmp_path / "bundle"
-    proc = run_cli("export", planted_t5, "--int8", "--max-drop", "5", "--out", out)
+    proc = cli_in_process("export", planted_t5, "--int8", "--max-drop", "5", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "budget: validation BLEU" in proc.stdout and "points" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, cli_in_process, run_cli, save_tiny_bert
+from conftest import assert_user_error, cli_in_process, save_tiny_bert
 
 pytestmark = pytest.mark.slow
 DIGITS = ["--dataset", "digits", "--image-size", "16", "--set", "data.limit=200"]
@@ -35,7 +35,7 @@ def bert(tmp_path_factory, minilm_tokenizer_dir, question_files, env) -> Path:
     base = save_tiny_bert(tmp_path_factory.mktemp("bert"), minilm_tokenizer_dir, hidden=32, layers=2, heads=4)
     out = tmp_path_factory.mktemp("ft") / "bert"
     ok(
-        run_cli(
+        cli_in_process(
             "finetune",
             base,
             "--train",
@@ -60,7 +60,7 @@ def bert(tmp_path_factory, minilm_tokenizer_dir, question_files, env) -> Path:
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory, env) -> Path:
     out = tmp_path_factory.mktemp("resnet") / "r18"
-    ok(run_cli("finetune", "resnet18", *DIGITS, "--epochs", "2", "--batch-size", "32", "--out", out, env=env))
+    ok(cli_in_process("finetune", "resnet18", *DIGITS, "--epochs", "2", "--batch-size", "32", "--out", out, env=env))
     return out
 
 
@@ -73,7 +73,7 @@ def state(folder: Path) -> dict:
 @pytest.mark.parametrize("kind", ["lora", "qlora"])
 def test_bert_adapters_merge_exactly(tmp_path, bert, env, kind):
     out = tmp_path / kind
-    proc = ok(run_cli("finetune", bert, f"--{kind}", "--epochs", "2", "--lr", "1e-2", "--out", out, env=env))
+    proc = ok(cli_in_process("finetune", bert, f"--{kind}", "--epochs", "2", "--lr", "1e-2", "--out", out, env=env))
     m = meta(out)
     assert m["stage"] == kind
     merge = m["merge"]
@@ -103,7 +103,7 @@ def test_bert_adapters_merge_exactly(tmp_path, bert, env, kind):
 @pytest.mark.parametrize("kind", ["lora", "qlora"])
 def test_cnn_adapters_merge_exactly(tmp_path, resnet, env, kind):
     out = tmp_path / kind
-    ok(run_cli("finetune", resnet, f"--{kind}", "--epochs", "1", "--batch-size", "32", "--out", out, env=env))
+    ok(cli_in_process("finetune", resnet, f"--{kind}", "--epochs", "1", "--batch-size", "32", "--out", out, env=env))
     m = meta(out)
     assert m["merge"]["max_abs_logit_diff"] < 1e-3 and m["merge"]["label_agreement"] == 1.0
     targets = json.loads((out / "model" / "edgekit_model.json").read_text())["lora"]["target_modules"]
@@ -113,7 +113,7 @@ def test_cnn_adapters_merge_exactly(tmp_path, resnet, env, kind):
 
 def test_l1_unstructured_reaches_the_asked_sparsity(tmp_path, bert, env):
     out = tmp_path / "l1"
-    ok(run_cli("prune", bert, "--method", "l1-unstructured", "--amount", "0.3", "--out", out, env=env))
+    ok(cli_in_process("prune", bert, "--method", "l1-unstructured", "--amount", "0.3", "--out", out, env=env))
     m = meta(out)
     assert m["metrics"]["sparsity"] == pytest.approx(0.3, abs=0.005)
     assert all(s == pytest.approx(0.3, abs=0.01) for s in m["metrics"]["layer_sparsity"].values())
@@ -124,7 +124,7 @@ def test_l1_unstructured_reaches_the_asked_sparsity(tmp_path, bert, env):
 
 
 def _export_bytes(stage: Path, out: Path, env) -> int:
-    ok(run_cli("export", stage, "--fp32", "--out", out, env=env))
+    ok(cli_in_process("export", stage, "--fp32", "--out", out, env=env))
     return meta(out)["model_bytes"]
 
 
@@ -137,10 +137,12 @@ def test_heads_and_ffn_pruning_shrink_reload_and_export_smaller(tmp_path, bert, 
     from edgekit.train.evaluate import evaluate
 
     heads = tmp_path / "heads"
-    ok(run_cli("prune", bert, "--method", "heads", "--amount", "0.5", "--out", heads, env=env))
+    ok(cli_in_process("prune", bert, "--method", "heads", "--amount", "0.5", "--out", heads, env=env))
     ffn = tmp_path / "ffn"
     proc = ok(
-        run_cli("prune", heads, "--method", "ffn", "--amount", "0.5", "--recover-epochs", "1", "--out", ffn, env=env)
+        cli_in_process(
+            "prune", heads, "--method", "ffn", "--amount", "0.5", "--recover-epochs", "1", "--out", ffn, env=env
+        )
     )
     assert "recovered (distill)" in proc.stdout
     m = meta(ffn)
@@ -170,7 +172,7 @@ def test_vocabulary_pruning_keeps_vectors_and_logits_and_shrinks_the_bundle(tmp_
     from edgekit.models.load import load_saved
 
     out = tmp_path / "vocab"
-    proc = ok(run_cli("prune", bert, "--method", "vocab", "--out", out, env=env))
+    proc = ok(cli_in_process("prune", bert, "--method", "vocab", "--out", out, env=env))
     m = meta(out)["metrics"]
     assert m["vocab_before"] == 30522 and 10 < m["vocab_after"] < 500
     assert (
@@ -212,9 +214,9 @@ def test_vocabulary_pruning_keeps_vectors_and_logits_and_shrinks_the_bundle(tmp_
     for s in sizes:
         assert s["breakdown"]["bundle_bytes"] > s["model_bytes"] and "tokenizer.json" in s["breakdown"]["files"]
         assert sum(s["breakdown"]["components"].values()) <= s["model_bytes"]
-    ok(run_cli("bench", tmp_path / "x-vocab", "--runs", "5", env=env))  # synthetic ids stay inside the rows
+    ok(cli_in_process("bench", tmp_path / "x-vocab", "--runs", "5", env=env))  # synthetic ids stay inside the rows
     # the vocabulary prunes once; --amount is not its setting, and a model it cannot prune is refused
-    ok(run_cli("prune", out, "--method", "heads", "--amount", "0.5", "--out", tmp_path / "then-heads", env=env))
+    ok(cli_in_process("prune", out, "--method", "heads", "--amount", "0.5", "--out", tmp_path / "then-heads", env=env))
 
 
 def test_vocabulary_pruning_keeps_the_first_n_tokens_when_asked(tmp_path, bert, env):
@@ -223,7 +225,7 @@ def test_vocabulary_pruning_keeps_the_first_n_tokens_when_asked(tmp_path, bert, 
     from edgekit.models.load import load_saved
 
     out = tmp_path / "vocab-2000"
-    ok(run_cli("prune", bert, "--method", "vocab", "--keep-tokens", "2000", "--out", out, env=env))
+    ok(cli_in_process("prune", bert, "--method", "vocab", "--keep-tokens", "2000", "--out", out, env=env))
     m, config = meta(out)["metrics"], meta(out)["config"]
     assert config["keep_tokens"] == 2000 and 2000 <= m["vocab_after"] < 2500
     old, new = load_saved(bert), load_saved(out)
@@ -232,11 +234,11 @@ def test_vocabulary_pruning_keeps_the_first_n_tokens_when_asked(tmp_path, bert, 
     assert all(vocab[t] < m["vocab_after"] for t in first)  # every one of them has a row of its own
     assert len({vocab[t] for t in first}) == 2000
     assert_user_error(
-        run_cli("prune", bert, "--method", "heads", "--keep-tokens", "10", "--out", tmp_path / "h", env=env),
+        cli_in_process("prune", bert, "--method", "heads", "--keep-tokens", "10", "--out", tmp_path / "h", env=env),
         "--keep-tokens is for --method vocab",
     )
     assert_user_error(
-        run_cli("prune", bert, "--method", "vocab", "--keep-tokens", "-1", "--out", tmp_path / "n", env=env),
+        cli_in_process("prune", bert, "--method", "vocab", "--keep-tokens", "-1", "--out", tmp_path / "n", env=env),
         "--keep-tokens -1",
     )
     assert not (tmp_path / "h").exists() and not (tmp_path / "n").exists()
@@ -260,7 +262,7 @@ def test_vit_heads_pruning(tmp_path, env):
         )
     ).save_pretrained(vit)
     ok(
-        run_cli(
+        cli_in_process(
             "finetune",
             vit,
             *DIGITS,
@@ -275,7 +277,11 @@ def test_vit_heads_pruning(tmp_path, env):
             env=env,
         )
     )
-    ok(run_cli("prune", tmp_path / "t", "--method", "heads", "--amount", "0.25", "--out", tmp_path / "p", env=env))
+    ok(
+        cli_in_process(
+            "prune", tmp_path / "t", "--method", "heads", "--amount", "0.25", "--out", tmp_path / "p", env=env
+        )
+    )
     from edgekit.models.load import load_saved
 
     handle = load_saved(tmp_path / "p")
@@ -297,9 +303,9 @@ def test_conv_channel_pruning(tmp_path, resnet, env, arch):
     source = resnet
     if arch != "resnet18":
         source = tmp_path / arch
-        ok(run_cli("finetune", arch, *DIGITS, "--epochs", "1", "--batch-size", "32", "--out", source, env=env))
+        ok(cli_in_process("finetune", arch, *DIGITS, "--epochs", "1", "--batch-size", "32", "--out", source, env=env))
     out = tmp_path / "p"
-    ok(run_cli("prune", source, "--method", "channels", "--amount", "0.5", "--out", out, env=env))
+    ok(cli_in_process("prune", source, "--method", "channels", "--amount", "0.5", "--out", out, env=env))
     m = meta(out)
     assert m["parameters"] < 0.75 * m["parameters_before"] and m["metrics"]["removed"]["conv_channels"] > 0
     handle = load_saved(out)

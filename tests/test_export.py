@@ -257,7 +257,7 @@ def test_t5_bundle_eval_scores_bleu(models, tmp_path):
     from edgekit import stages
 
     stages.export(str(models["t5"]), tmp_path / "b", preset_name=None, precision="fp32", fmt="onnx")
-    proc = run_cli(
+    proc = cli_in_process(
         "eval",
         tmp_path / "b",
         "--data",
@@ -281,8 +281,8 @@ def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cac
     from edgekit.runtime import Bundle
 
     cached, plain = tmp_path / "cached", tmp_path / "plain"
-    assert run_cli("export", models["t5"], "--fp32", "--out", cached).returncode == 0
-    proc = run_cli("export", models["t5"], "--fp32", "--no-kv-cache", "--out", plain)
+    assert cli_in_process("export", models["t5"], "--fp32", "--out", cached).returncode == 0
+    proc = cli_in_process("export", models["t5"], "--fp32", "--no-kv-cache", "--out", plain)
     assert proc.returncode == 0, proc.stderr
     decisions = {b: json.loads((b / "manifest.json").read_text())["preprocessing"]["kv_cache"] for b in (cached, plain)}
     assert decisions[cached] == {"used": True, "reason": None}
@@ -307,7 +307,9 @@ def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cac
     }, spins
     assert Bundle(cached).generate(sources, max_new_tokens=6) == Bundle(plain).generate(sources, max_new_tokens=6)
 
-    proc = run_cli("bench", cached, plain, "--runs", "12", "--output-tokens", "10", "--json", tmp_path / "b.json")
+    proc = cli_in_process(
+        "bench", cached, plain, "--runs", "12", "--output-tokens", "10", "--json", tmp_path / "b.json"
+    )
     assert proc.returncode == 0, proc.stderr
     document = json.loads((tmp_path / "b.json").read_text())
     for result, with_cache in zip(document["results"], (True, False)):
@@ -325,14 +327,16 @@ def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cac
     assert "generation of 10 tokens from 32 input tokens" in proc.stdout and "tokens/s" in proc.stdout
     assert "with the KV cache" in proc.stdout and "without a KV cache" in proc.stdout
 
-    proc = run_cli(
+    proc = cli_in_process(
         "bench", plain, cached, "--compare", "--rounds", "4", "--output-tokens", "4", "--json", tmp_path / "c.json"
     )
     assert proc.returncode == 0, proc.stderr
     compared = json.loads((tmp_path / "c.json").read_text())["compare"]
     assert compared["output_tokens"] == 4 and len(compared["ratios"]) == 1
     assert "a run generates 4 tokens" in proc.stdout
-    proc = run_cli("bench", cached, "--scenario", "server", "--rate", "20", "--duration", "1", "--output-tokens", "3")
+    proc = cli_in_process(
+        "bench", cached, "--scenario", "server", "--rate", "20", "--duration", "1", "--output-tokens", "3"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "server at 20 queries/s" in proc.stdout
 
@@ -349,9 +353,9 @@ def test_seq2seq_bench_times_first_token_and_each_token_with_and_without_the_cac
     assert "| first token (ms) | per token (ms) |" in markdown([row]) and "| 1.500 | 0.250 |" in markdown([row])
     assert "first token" not in markdown([{"stage": "export", "p50_ms": 1.0}])  # classifier-only tables
 
-    assert_user_error(run_cli("bench", cached, "--output-tokens", "0"), "--output-tokens", "at least 1")
+    assert_user_error(cli_in_process("bench", cached, "--output-tokens", "0"), "--output-tokens", "at least 1")
     real = ["--data", models["root"] / "pairs-test.tsv", "--text-column", "source", "--label-column", "target"]
-    one = run_cli("bench", cached, *real, "--runs", "3", "--output-tokens", "1", "--json", tmp_path / "one.json")
+    one = cli_in_process("bench", cached, *real, "--runs", "3", "--output-tokens", "1", "--json", tmp_path / "one.json")
     assert one.returncode == 0, one.stderr
     result = json.loads((tmp_path / "one.json").read_text())
     g = result["generation"]
@@ -367,7 +371,7 @@ def test_t5_vocabulary_pruning_keeps_the_embedding_tied_and_generates_the_same(m
     from edgekit.runtime import Bundle
 
     out = tmp_path / "vocab"
-    proc = run_cli("prune", models["t5"], "--method", "vocab", "--out", out)
+    proc = cli_in_process("prune", models["t5"], "--method", "vocab", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "meta.json").read_text())["metrics"]
     assert metrics["vocab_after"] < 40 and "bleu_before" in metrics and "BLEU" in proc.stdout
@@ -378,7 +382,7 @@ def test_t5_vocabulary_pruning_keeps_the_embedding_tied_and_generates_the_same(m
     assert metrics["parameters_removed_by_part"] == {"embeddings": (30522 - metrics["vocab_after"]) * 32}
 
     for name, source in (("full", models["t5"]), ("small", out)):
-        assert run_cli("export", source, "--fp32", "--out", tmp_path / name).returncode == 0
+        assert cli_in_process("export", source, "--fp32", "--out", tmp_path / name).returncode == 0
     full, small = Bundle(tmp_path / "full"), Bundle(tmp_path / "small")
     assert small.manifest.model_bytes(tmp_path / "small") < 0.3 * full.manifest.model_bytes(tmp_path / "full")
     # the pruned model can only say kept tokens: it generates what the unpruned one does when the
@@ -440,7 +444,9 @@ def test_torchscript_cli_export_eval_and_bench(models, tmp_path, block_torch):
 
 def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, tmp_path):
     out = tmp_path / "s"
-    proc = run_cli("export", models["resnet18"], "--static", "--calib-samples", "32", "--allow-drop", "--out", out)
+    proc = cli_in_process(
+        "export", models["resnet18"], "--static", "--calib-samples", "32", "--allow-drop", "--out", out
+    )
     assert proc.returncode == 0, proc.stderr
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     assert q["mode"] == "static" and q["per_channel"] is True and q["calibration_batches"] == 2  # 32 examples / 16
@@ -450,7 +456,7 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
         "name: all-int8\nprecision: int8\nquantization: {mode: static, first_conv_fp32: false, "
         "bias_correction: false}\n"
     )
-    proc = run_cli(
+    proc = cli_in_process(
         "export",
         models["resnet18"],
         "--preset",
@@ -467,7 +473,7 @@ def test_static_int8_with_calibration_samples_and_fused_choice_recorded(models, 
     out2 = tmp_path / "d"
     timed = tmp_path / "timed.yaml"  # optimize: timed decides by timing on this CPU (opt-in: not reproducible)
     timed.write_text("name: timed\nprecision: int8\noptimize: timed\n")
-    assert run_cli("export", models["bert"], "--preset", timed, "--out", out2).returncode == 0
+    assert cli_in_process("export", models["bert"], "--preset", timed, "--out", out2).returncode == 0
     optimization = json.loads((out2 / "manifest.json").read_text())["graph_optimization"]
     # both graphs measured on this CPU on a task example and on it padded to max_length; the rule applied
     variants = optimization["variants"]
@@ -695,9 +701,9 @@ def test_existing_output_needs_force(models, tmp_path):
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert_user_error(run_cli("export", models["bert"], "--fp32", "--out", out), "exists", "--force")
+    assert_user_error(cli_in_process("export", models["bert"], "--fp32", "--out", out), "exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
-    proc = run_cli("export", models["bert"], "--fp32", "--out", out, "--force")
+    proc = cli_in_process("export", models["bert"], "--fp32", "--out", out, "--force")
     assert proc.returncode == 0, proc.stderr
     assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
 

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_vit_from_image_folder_to_int8_bundle(tmp_path, image_folders, tiny_vit,
 
 def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
     train, test = image_folders
-    teacher = run_cli(
+    teacher = cli_in_process(
         "finetune",
         "resnet18",
         "--train",
@@ -109,7 +109,7 @@ def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
         tmp_path / "teacher",
     )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    student = run_cli(
+    student = cli_in_process(
         "distill",
         "--teacher",
         tmp_path / "teacher",
@@ -133,7 +133,7 @@ def test_cnn_distillation_from_image_folder(tmp_path, image_folders):
         meta["metrics"]["unlabeled_examples"] == 20 and meta["metrics"]["transfer_examples"] == 68 + 20
     )  # 80 less the validation split
     assert meta["config"]["teachers"] == [str(tmp_path / "teacher")]
-    fp32 = run_cli("export", tmp_path / "student", "--fp32", "--out", tmp_path / "bundle")
+    fp32 = cli_in_process("export", tmp_path / "student", "--fp32", "--out", tmp_path / "bundle")
     assert fp32.returncode == 0, fp32.stderr[-3000:]
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["quantization"] is None and manifest["parity"]["fp32"]["passed"]

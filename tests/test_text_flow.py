@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def text_stages(tmp_path_factory, tiny_bert, question_files):
     root = tmp_path_factory.mktemp("text")
     common = ["--train", question_files["train"], "--test", question_files["test"]]
-    teacher = run_cli(
+    teacher = cli_in_process(
         "finetune",
         tiny_bert,
         *common,
@@ -29,7 +29,7 @@ def text_stages(tmp_path_factory, tiny_bert, question_files):
         root / "teacher.yaml",
     )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    student = run_cli(
+    student = cli_in_process(
         "distill",
         "--teacher",
         root / "teacher",
@@ -116,7 +116,7 @@ def test_bench_with_real_sentences(text_stages, question_files, tmp_path, block_
 
 def test_prune_l1_unstructured(text_stages):
     out = text_stages / "pruned"
-    proc = run_cli("prune", text_stages / "student", "--amount", "0.3", "--out", out)
+    proc = cli_in_process("prune", text_stages / "student", "--amount", "0.3", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metrics"]["sparsity"] == pytest.approx(0.3, abs=0.01)
@@ -125,18 +125,20 @@ def test_prune_l1_unstructured(text_stages):
 
 
 def test_export_refuses_existing_output(text_stages):
-    proc = run_cli("export", text_stages / "student", "--out", text_stages / "bundle")
+    proc = cli_in_process("export", text_stages / "student", "--out", text_stages / "bundle")
     assert proc.returncode != 0 and "already exists; pass --force" in proc.stderr
 
 
 def test_parity_failure_leaves_no_bundle_unless_allowed(text_stages, tmp_path):
     preset = tmp_path / "strict.yaml"
     preset.write_text("name: strict\nquantization: {mode: dynamic}\nparity: {min_agreement: 1.0, min_snr_db: 200}\n")
-    proc = run_cli("export", text_stages / "student", "--preset", preset, "--out", tmp_path / "b")
+    proc = cli_in_process("export", text_stages / "student", "--preset", preset, "--out", tmp_path / "b")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "int8 ONNX fails parity" in proc.stderr and "no bundle written" in proc.stderr
     assert not (tmp_path / "b").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["strict.yaml"]
-    kept = run_cli("export", text_stages / "student", "--preset", preset, "--allow-drop", "--out", tmp_path / "b")
+    kept = cli_in_process(
+        "export", text_stages / "student", "--preset", preset, "--allow-drop", "--out", tmp_path / "b"
+    )
     assert kept.returncode == 0, kept.stderr[-2000:]
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["parity"]["int8"]["passed"] is False and manifest["preset"] == "strict"
