@@ -157,3 +157,38 @@ def test_digits_are_scikit_learns_without_importing_it(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: moved)
     again, again_names = images.digits_images()
     assert np.array_equal(again, pixels) and again_names == names
+
+
+def test_augmented_copies_are_perturbed_deterministic_and_unlabeled():
+    import subprocess
+    import sys
+
+    from edgekit.data.augment import augment_texts, augmented
+    from edgekit.data.splits import Split
+
+    texts = [
+        "the battery lasts all day and the screen is sharp",
+        "it does n't play half of my dvds",
+        "ok",
+        "   ",  # no words: not copied
+        "line one\nline two of a long multi-line review " + "very " * 200 + "long",
+    ]
+    copies = augment_texts(texts, 3, seed=7)
+    assert len(copies) == 3 * 4 and all(c.strip() for c in copies)
+    assert copies == augment_texts(texts, 3, seed=7) and copies != augment_texts(texts, 3, seed=8)
+    words = {w for t in texts for w in t.split()}
+    assert all(set(c.split()) <= words for c in copies)  # replacements come from the texts' own words
+    changed = sum(c != " ".join(t.split()) for c, t in zip(copies, [t for t in texts if t.split()] * 3))
+    assert changed >= 6  # most copies differ from their text (a 2-word text may come through unchanged)
+    assert copies[4 * 0 + 3].count("very") > 150  # a long text keeps most of its words
+    # the same copies in a fresh process (no hash randomisation in the seed)
+    script = "from edgekit.data.augment import augment_texts; import sys, json; print(json.dumps(augment_texts(json.loads(sys.argv[1]), 3, 7)))"
+    import json
+
+    fresh = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(texts)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(fresh.stdout) == copies
+    split = augmented(Split("train", texts[:2], np.array([0, 1])), 2, seed=0)
+    assert len(split) == 4 and (split.labels == -1).all()
+    assert augment_texts(["", " "], 2, seed=0) == []

@@ -46,7 +46,7 @@ def bert4(tmp_path_factory, minilm_tokenizer_dir) -> Path:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, bert4, question_files, cache_env) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "t"
-    proc = run_cli(
+    proc = cli_in_process(
         "finetune",
         bert4,
         "--train",
@@ -78,7 +78,7 @@ def test_kept_layers_are_evenly_spaced_and_end_with_the_last():
 
 
 def test_straightforward_derived_student_with_baseline(tmp_path, teacher, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -108,7 +108,7 @@ def test_straightforward_derived_student_with_baseline(tmp_path, teacher, cache_
 
 
 def test_successive_chain_keeps_every_link(tmp_path, teacher, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -134,9 +134,11 @@ def test_successive_chain_keeps_every_link(tmp_path, teacher, cache_env):
 
 def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
     other = tmp_path / "other"
-    proc = run_cli("distill", "--teacher", teacher, "--student-layers", "2", *FAST, "--out", other, env=cache_env)
+    proc = cli_in_process(
+        "distill", "--teacher", teacher, "--student-layers", "2", *FAST, "--out", other, env=cache_env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    learned = run_cli(
+    learned = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -160,7 +162,7 @@ def test_multi_teacher_learned_and_fixed_weights(tmp_path, teacher, cache_env):
     assert fit["fitted_on"] == "val split" and fit["examples"] == 45 and len(fit["teacher_accuracy"]) == 2
     assert fit["ensemble_nll_fitted"] <= fit["ensemble_nll_equal_weights"] + 1e-9
     assert "teacher weights (learned, fitted on the val split: 45 examples" in learned.stdout
-    fixed = run_cli(
+    fixed = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -189,7 +191,7 @@ def test_unlabeled_texts_join_the_transfer_set_for_the_kd_term_only(tmp_path, te
     texts = [line.split("\t", 1)[1] for line in pool.read_text().splitlines()[1:]]
     plain = tmp_path / "unlabeled.txt"
     plain.write_text("\n".join(texts[:80]) + "\n\n  \n")  # blank lines are not examples
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -214,7 +216,7 @@ def test_unlabeled_texts_join_the_transfer_set_for_the_kd_term_only(tmp_path, te
     assert "unlabeled:" in (tmp_path / "u" / "recipe.yaml").read_text()
     table = tmp_path / "unlabeled.csv"
     table.write_text("text,label\n" + "".join(f'"{t}",NOT-A-LABEL\n' for t in texts[80:]))
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -233,7 +235,7 @@ def test_unlabeled_texts_join_the_transfer_set_for_the_kd_term_only(tmp_path, te
 
 
 def test_dkd_loss_through_the_cli_and_its_options(tmp_path, teacher, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -252,7 +254,7 @@ def test_dkd_loss_through_the_cli_and_its_options(tmp_path, teacher, cache_env):
     m = meta(tmp_path / "d")
     assert m["config"]["loss"] == "dkd" and m["config"]["loss_options"] == {"nontarget_weight": 2.0}
     assert m["metrics"]["accuracy"] > 0.5
-    bad = run_cli(
+    bad = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -289,7 +291,7 @@ def test_bad_unlabeled_files_are_one_line_before_training(tmp_path, teacher, con
 
 
 def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -309,7 +311,7 @@ def test_feature_kd_projects_a_narrower_student(tmp_path, teacher, tiny_bert, ca
 
 
 def test_intermediate_layer_kd_through_the_cli(tmp_path, teacher, tiny_bert, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -333,7 +335,7 @@ def test_intermediate_layer_kd_through_the_cli(tmp_path, teacher, tiny_bert, cac
     assert m["config"]["features"] == {"kinds": {"attention": 0.5, "hidden": 1.0, "relation": 1.0}, "layer_map": None}
     assert m["metrics"]["accuracy"] > 0.5
     # a narrower student from elsewhere: an even map unless told, projections to the teacher's width
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -371,7 +373,7 @@ def test_bad_intermediate_kd_settings_are_one_line_before_training(tmp_path, tea
 
 
 def test_self_quantized_merges_exactly_into_a_plain_model(tmp_path, teacher, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill", "--teacher", teacher, "--strategy", "self-quantized", *FAST, "--out", tmp_path / "q", env=cache_env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -408,7 +410,7 @@ def test_transfer_set_cache_hits_and_invalidates(tmp_path, monkeypatch, tiny_ber
 
 
 def test_second_student_reuses_the_cached_transfer_set(tmp_path, teacher, cache_env):
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -422,7 +424,7 @@ def test_second_student_reuses_the_cached_transfer_set(tmp_path, teacher, cache_
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cache hit" in proc.stderr  # computed by an earlier test's student of the same teacher and data
-    fresh = run_cli(
+    fresh = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -548,7 +550,7 @@ def test_vision_transformer_student_layers(tmp_path, cache_env):
         )
     ).save_pretrained(vit)
     common = ["--dataset", "digits", "--image-size", "32", "--set", "data.limit=300"]
-    teacher = run_cli(
+    teacher = cli_in_process(
         "finetune",
         vit,
         *common,
@@ -563,7 +565,7 @@ def test_vision_transformer_student_layers(tmp_path, cache_env):
         env=cache_env,
     )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    student = run_cli(
+    student = cli_in_process(
         "distill",
         "--teacher",
         tmp_path / "t",
@@ -624,7 +626,7 @@ def t5_data(seq2seq, test: bool = False) -> list:
 
 def test_t5_token_level_kd_with_bleu_and_rouge(tmp_path, seq2seq, cache_env):
     data = t5_data(seq2seq, test=True)
-    teacher = run_cli(
+    teacher = cli_in_process(
         "finetune",
         seq2seq / "t5",
         *data,
@@ -644,7 +646,7 @@ def test_t5_token_level_kd_with_bleu_and_rouge(tmp_path, seq2seq, cache_env):
     assert [h["train_loss"] for h in meta(tmp_path / "t")["history"]][-1] < meta(tmp_path / "t")["history"][0][
         "train_loss"
     ]
-    student = run_cli(
+    student = cli_in_process(
         "distill",
         "--teacher",
         tmp_path / "t",
@@ -698,7 +700,11 @@ def test_t5_vocabulary_mismatch_is_refused(tmp_path, seq2seq):
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--loss", "dkd"], "distill.loss dkd"), (["--unlabeled", "UNLABELED"], "unlabeled transfer data")],
+    [
+        (["--loss", "dkd"], "distill.loss dkd"),
+        (["--unlabeled", "UNLABELED"], "unlabeled transfer data"),
+        (["--augment", "2"], "augmented transfer data"),
+    ],
 )
 def test_t5_refuses_the_classifier_only_kd_settings(tmp_path, seq2seq, args, needle):
     unlabeled = tmp_path / "u.txt"
@@ -718,6 +724,49 @@ def test_t5_refuses_the_classifier_only_kd_settings(tmp_path, seq2seq, args, nee
     )
     assert_user_error(proc, needle, "token-level Hinton KD", "classifiers")
     assert not (tmp_path / "s").exists()
+
+
+def test_augmented_copies_join_the_transfer_set_for_the_kd_term_only(tmp_path, teacher, question_files, cache_env):
+    """--augment 2: two perturbed copies of each of the 255 labelled texts, labelled by the teacher (cached
+    like the rest), in the transfer set; the labels-only baseline sees the labelled texts alone."""
+    out = tmp_path / "a"
+    proc = cli_in_process(
+        "distill", "--teacher", teacher, "--student-layers", "1", "--augment", "2", "--baseline", *FAST,
+        "--out", out, env=cache_env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = meta(out)
+    assert m["metrics"]["transfer_examples"] == 3 * 255 and m["metrics"]["unlabeled_examples"] == 2 * 255
+    assert m["config"]["augment"] == 2 and "augment: 2" in (out / "recipe.yaml").read_text()
+    assert "+ 510 augmented copies of the labelled texts" in proc.stderr
+    assert m["baseline_metrics"]["accuracy"] >= 0 and 0 <= m["metrics"]["accuracy"] <= 1
+    tables = list(Path(cache_env["EDGEKIT_CACHE_DIR"], "transfer").glob("*.npz"))
+    assert any(np.load(t)["logits"].shape[0] == 765 for t in tables)  # the teacher labelled every copy
+
+
+def test_augmenting_images_is_one_line(tmp_path):
+    proc = cli_in_process(
+        "distill", "--teacher", "resnet18", "--student", "mobilenet_v2", "--dataset", "digits", "--augment", "1",
+        "--out", tmp_path / "s",
+    )  # fmt: skip
+    assert_user_error(proc, "--augment 1", "image-classification", "--unlabeled")
+    assert not (tmp_path / "s").exists()
+    assert_user_error(
+        cli_in_process(
+            "distill",
+            "--teacher",
+            "resnet18",
+            "--student",
+            "mobilenet_v2",
+            "--dataset",
+            "digits",
+            "--augment",
+            "-1",
+            "--out",
+            tmp_path / "s",
+        ),  # fmt: skip
+        "distill.augment",
+    )
 
 
 def test_rouge_l_and_bleu_on_known_cases():
@@ -832,7 +881,7 @@ def test_long_multiline_and_path_like_texts_go_through_every_command(tmp_path, t
     train, test = _awkward_texts(tmp_path / "train.jsonl", 120, 5), _awkward_texts(tmp_path / "test.jsonl", 40, 6)
     assert max(len(json.loads(r)["text"].encode()) for r in train.read_text().splitlines()) > 255
     student = tmp_path / "s"
-    proc = run_cli(
+    proc = cli_in_process(
         "distill",
         "--teacher",
         teacher,
@@ -850,10 +899,10 @@ def test_long_multiline_and_path_like_texts_go_through_every_command(tmp_path, t
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = tmp_path / "b"
-    proc = run_cli("export", student, "--fp32", "--out", bundle, env=cache_env)
+    proc = cli_in_process("export", student, "--fp32", "--out", bundle, env=cache_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli("eval", bundle, "--data", test, "--json", tmp_path / "m.json")
+    proc = cli_in_process("eval", bundle, "--data", test, "--json", tmp_path / "m.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "m.json").read_text())["examples"] == 40
-    proc = run_cli("bench", bundle, "--data", test, "--runs", "5")
+    proc = cli_in_process("bench", bundle, "--data", test, "--runs", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]

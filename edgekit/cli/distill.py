@@ -116,6 +116,16 @@ def distill(
             "uses them): a .txt file with one text per line, a CSV/TSV/JSONL file's text column, or a folder of images.",
         ),
     ] = None,
+    augment: Annotated[
+        Optional[int],
+        typer.Option(
+            "--augment",
+            help="Add N perturbed copies of each labelled training text (words dropped, replaced, swapped) to the "
+            "transfer set without labels: the teacher labels them, only the KD term uses them (text classification; "
+            "each epoch sees 1+N times the examples).",
+            metavar="N",
+        ),
+    ] = None,
     baseline: Annotated[
         bool,
         typer.Option(
@@ -168,6 +178,7 @@ def distill(
         ("alpha", alpha),
         ("feature_weight", feature_weight),
         ("loss", loss),
+        ("augment", augment),
     ):
         if value is not None:
             overrides.append(f"distill.{key}={json.dumps(value)}")

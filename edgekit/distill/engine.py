@@ -89,6 +89,13 @@ def distill(
         log(
             f"distill: {len(data.train)} labelled + {len(unlabeled)} unlabeled transfer examples ({recipe.data.unlabeled})"
         )
+    if cfg.augment:
+        from edgekit.data.augment import augmented
+        from edgekit.data.unlabeled import with_unlabeled
+
+        copies = augmented(data.train, cfg.augment, recipe.seed)
+        transfer = replace(transfer, train=with_unlabeled(transfer.train, copies))
+        log(f"distill: + {len(copies)} augmented copies of the labelled texts ({cfg.augment} each, teacher-labelled)")
     run = DistillRun(recipe, cfg, strategy, data, task_spec(data.task), stage, checkpoint_folder(out), resume, transfer)
     handles = run.load_teachers(teachers, links)
     if not resume and run.ckpt_root.exists() and is_main():
@@ -136,6 +143,7 @@ def _check_logit_settings(recipe) -> None:
                 ("distill.loss_options", bool(cfg.loss_options)),
                 ("distill.features", bool(cfg.features)),
                 ("unlabeled transfer data (--unlabeled)", recipe.data.unlabeled is not None),
+                ("augmented transfer data (--augment)", cfg.augment > 0),
             )
             if on
         ]
@@ -144,6 +152,11 @@ def _check_logit_settings(recipe) -> None:
                 f"{' and '.join(given)}: {task} distillation runs token-level Hinton KD against a teacher run on "
                 "each batch; these work for classifiers (drop them here)"
             )
+    if cfg.augment and task_spec(task).modality != "text":
+        raise EdgekitError(
+            f"--augment {cfg.augment}: augmented copies are made of texts, and this is a {task} task; give more "
+            "images to the teacher as unlabeled transfer data instead (--unlabeled FOLDER)"
+        )
 
 
 def _unlabeled(recipe):
@@ -164,6 +177,8 @@ def _config(recipe, teachers: list[str], strategy, unlabeled=None) -> dict[str, 
         extra["loss_options"] = dict(sorted(cfg.loss_options.items()))
     if cfg.features:
         extra["features"] = {"kinds": dict(sorted(cfg.features.items())), "layer_map": cfg.layer_map}
+    if cfg.augment:
+        extra["augment"] = cfg.augment
     if unlabeled is not None:
         from edgekit.train.transfer import split_digest
 

@@ -183,6 +183,10 @@ class DistillConfig:
     kinds: the ``feature-kd`` registry entries), over the ``layer_map`` (the teacher layer, 1-based,
     for each student layer; default: the layers a derived student was cut from, else an even map);
     the teacher's intermediate outputs are kept in memory up to ``feature_cache_mb``.
+    ``augment`` N > 0 adds N perturbed copies of each labelled training text (words dropped, replaced
+    and swapped; :mod:`edgekit.data.augment`) to the transfer set without labels: the teacher labels
+    them and only the KD term learns from them. Text classification only; each epoch sees 1 + N times
+    the examples.
     """
 
     strategy: str = "straightforward"
@@ -201,6 +205,7 @@ class DistillConfig:
     features: dict[str, float] = field(default_factory=dict)
     layer_map: list[int] | None = None
     feature_cache_mb: float = 1024.0
+    augment: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -223,6 +228,7 @@ class DistillConfig:
         if self.layer_map is not None and not self.features:
             raise RecipeError(f"recipe field {path}.layer_map: it maps layers for distill.features; set those too")
         check_range(f"{path}.feature_cache_mb", self.feature_cache_mb, 0, 1 << 20)
+        check_range(f"{path}.augment", self.augment, 0, 100)
         check_range(f"{path}.temperature", self.temperature, 0, 100, low_open=True)
         check_range(f"{path}.alpha", self.alpha, 0, 1)
         check_range(f"{path}.feature_weight", self.feature_weight, 0, 1000)
