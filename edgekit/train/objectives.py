@@ -154,7 +154,8 @@ def fit_teacher_weights(teacher_logits: list[np.ndarray], labels: np.ndarray, wh
     def nll() -> torch.Tensor:
         return F.cross_entropy(torch.einsum("t,tnc->nc", torch.softmax(w, 0), z), y)
 
-    equal = float(nll())
+    with torch.no_grad():  # (a float of a tensor that needs grad warns on every run)
+        equal = float(nll())
     optimizer = torch.optim.LBFGS([w], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
