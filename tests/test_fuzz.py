@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 import typing
 from pathlib import Path
 
 import pytest
 from test_bench_local import make_bundle
+
+from conftest import cli_in_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,26 +100,18 @@ def _recipe_cases():
 
 
 @pytest.fixture()
-def cli(tmp_path, monkeypatch, capsys):
+def cli(tmp_path, monkeypatch):
     """Run edgekit's main() in an empty working folder; returns (exit code, stdout, stderr)."""
-    from edgekit.cli.main import main
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / ".cache-never"))
     private = tmp_path.parent / f"{tmp_path.name}-tmp"  # this case's own temp folder: what it leaves is its own
     private.mkdir()
     monkeypatch.setenv("TMPDIR", str(private))
     monkeypatch.setattr(tempfile, "tempdir", str(private))
-    previous = signal.getsignal(signal.SIGTERM)
 
     def run(*args):
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        proc = cli_in_process(*args)
+        return proc.returncode, proc.stdout, proc.stderr
 
     return run
 
