@@ -745,28 +745,11 @@ def test_augmented_copies_join_the_transfer_set_for_the_kd_term_only(tmp_path, t
 
 
 def test_augmenting_images_is_one_line(tmp_path):
-    proc = cli_in_process(
-        "distill", "--teacher", "resnet18", "--student", "mobilenet_v2", "--dataset", "digits", "--augment", "1",
-        "--out", tmp_path / "s",
-    )  # fmt: skip
+    images = ["distill", "--teacher", "resnet18", "--student", "mobilenet_v2", "--dataset", "digits"]
+    proc = cli_in_process(*images, "--augment", "1", "--out", tmp_path / "s")
     assert_user_error(proc, "--augment 1", "image-classification", "--unlabeled")
     assert not (tmp_path / "s").exists()
-    assert_user_error(
-        cli_in_process(
-            "distill",
-            "--teacher",
-            "resnet18",
-            "--student",
-            "mobilenet_v2",
-            "--dataset",
-            "digits",
-            "--augment",
-            "-1",
-            "--out",
-            tmp_path / "s",
-        ),  # fmt: skip
-        "distill.augment",
-    )
+    assert_user_error(cli_in_process(*images, "--augment", "-1", "--out", tmp_path / "s"), "distill.augment")
 
 
 def test_rouge_l_and_bleu_on_known_cases():
