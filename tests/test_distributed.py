@@ -54,7 +54,8 @@ def sha(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, minilm_tokenizer_dir):
     root = tmp_path_factory.mktemp("dist")
-    env = {"EDGEKIT_CACHE_DIR": str(root / "cache")}
+    (root / "tmp").mkdir()  # torch's elastic agent leaves a torchelastic_* folder in TMPDIR per launch
+    env = {"EDGEKIT_CACHE_DIR": str(root / "cache"), "TMPDIR": str(root / "tmp")}
     bert = save_tiny_bert(root / "bert", minilm_tokenizer_dir, hidden=48, layers=4)
     train, test = write_questions(root / "train.tsv", 300, 1), write_questions(root / "test.tsv", 90, 2)
     return root, env, bert, train, test
