@@ -77,6 +77,23 @@ def test_kept_layers_are_evenly_spaced_and_end_with_the_last():
     assert kept_layers(4, 4) == [0, 1, 2, 3]
 
 
+def test_teacher_data_missing_from_here_names_the_teachers_recipe(tmp_path, teacher, question_files):
+    """A teacher trained elsewhere recorded its data path relative to that directory: without --train
+    the error names the teacher's recipe and says how to give the data, before anything is written."""
+    import shutil
+
+    moved = tmp_path / "moved-teacher"
+    shutil.copytree(teacher, moved)
+    recipe = moved / "recipe.yaml"
+    text = recipe.read_text()
+    assert str(question_files["train"]) in text
+    recipe.write_text(text.replace(str(question_files["train"]), "elsewhere/train.tsv"))
+    out = tmp_path / "s"
+    proc = cli_in_process("distill", "--teacher", moved, "--student-layers", "1", "--out", out)
+    assert_user_error(proc, "teacher's recipe", "data.train elsewhere/train.tsv", "--train")
+    assert not out.exists()
+
+
 def test_straightforward_derived_student_with_baseline(tmp_path, teacher, cache_env):
     proc = cli_in_process(
         "distill",

@@ -161,6 +161,7 @@ def distill(
     base = recipe
     if base is None and is_stage(first) and (first / "recipe.yaml").is_file() and not (train or dataset):
         base = first / "recipe.yaml"  # the teacher's data, unless new data is given
+        _check_teacher_data(base)
     overrides = data_overrides(train, val, test, dataset, text_column, label_column, task, image_size, seed)
     if student is not None:
         overrides.append(f"student.model={json.dumps(student)}")
@@ -218,3 +219,21 @@ def _weights(text: str, flag: str) -> dict[str, float]:
     if not out:
         raise EdgekitError(f"{flag}: name at least one kind, e.g. {flag} hidden=1")
     return out
+
+
+def _check_teacher_data(recipe: Path) -> None:
+    """The teacher's recipe records its data paths as they were typed, relative to where it was trained:
+    from another directory they are missing, and the error should say where they came from."""
+    import yaml
+
+    try:
+        data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return  # load_recipe reports an unreadable recipe in its own words
+    for key in ("train", "val", "test", "unlabeled"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).exists():
+            raise EdgekitError(
+                f"the teacher's recipe {recipe} names data.{key} {value}, which does not exist from this "
+                "directory; run from where the teacher was trained or give the data with --train/--test"
+            )
