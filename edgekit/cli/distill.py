@@ -224,14 +224,11 @@ def _weights(text: str, flag: str) -> dict[str, float]:
 def _check_teacher_data(recipe: Path) -> None:
     """The teacher's recipe records its data paths as they were typed, relative to where it was trained:
     from another directory they are missing, and the error should say where they came from."""
-    import yaml
+    from edgekit.recipe import load_recipe
 
-    try:
-        data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        return  # load_recipe reports an unreadable recipe in its own words
+    data = load_recipe(recipe).data
     for key in ("train", "val", "test", "unlabeled"):
-        value = data.get(key)
+        value = getattr(data, key)
         if isinstance(value, str) and value and not Path(value).exists():
             raise EdgekitError(
                 f"the teacher's recipe {recipe} names data.{key} {value}, which does not exist from this "
